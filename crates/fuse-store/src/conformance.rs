@@ -1,0 +1,461 @@
+//! The conformance suite every [`StateStore`] backend must pass, run by each backend's own
+//! tests with a factory that yields a fresh, empty store. It checks every trait method and
+//! the concurrency contracts (placement never over-commits, release exactly once).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use crate::*;
+use fuse_types::{now, AgentSpec, SnapshotState, Spec, TaskId};
+use std::future::Future;
+use std::sync::Arc;
+
+/// A VM record in `provisioning` for task `task`.
+pub fn vm(task: &str, cpus: u32, ram_mb: u64) -> VmRecord {
+    let task_id = TaskId::parse(task).unwrap();
+    let at = now();
+    VmRecord {
+        id: VmId::for_task("fuse-", &task_id),
+        task_id,
+        state: VmState::Provisioning,
+        generation: 1,
+        host_id: None,
+        reserved: None,
+        url: String::new(),
+        spec: Spec {
+            cpus,
+            ram_mb,
+            storage_gb: 1,
+            region: String::new(),
+            max_runtime_seconds: 7200,
+        },
+        request_hash: format!("hash-{task}"),
+        agent: AgentSpec::default(),
+        error: None,
+        restored_from: None,
+        created_at: at,
+        updated_at: at,
+        running_since: None,
+    }
+}
+
+/// A host registration.
+pub fn host(id: &str, cpus: u32, vm_count: u32) -> HostUpsert {
+    HostUpsert {
+        id: HostId::parse(id).unwrap(),
+        url: format!("http://{id}.invalid:8090"),
+        token: "t".into(),
+        region: "r1".into(),
+        capacity: Resources {
+            cpus,
+            ram_mb: u64::from(cpus) * 1024,
+            storage_gb: 100,
+            vm_count,
+        },
+        initial_state: HostState::Active,
+        initial_reason: None,
+        seen: true,
+    }
+}
+
+/// Runs every conformance check, each on a fresh store.
+pub async fn run_all<S, F, Fut>(factory: F)
+where
+    S: StateStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    vm_create_get_and_idempotency(factory().await).await;
+    vm_update_generation_and_transitions(factory().await).await;
+    vm_list_filters_and_pages(factory().await).await;
+    place_and_release(factory().await).await;
+    concurrent_place_never_overcommits(Arc::new(factory().await)).await;
+    concurrent_release_is_exactly_once(Arc::new(factory().await)).await;
+    hosts_upsert_keeps_allocation_and_delete_refuses_busy(factory().await).await;
+    snapshots_children_and_lifecycle(factory().await).await;
+    purge_terminal(factory().await).await;
+}
+
+async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
+    let r = vm("a", 1, 512);
+    assert!(matches!(s.vm_create(r.clone()).await.unwrap(), VmCreated::Created(_)));
+    let got = s.vm_get(&r.id).await.unwrap().unwrap();
+    assert_eq!(got.task_id, r.task_id);
+    assert_eq!(got.spec, r.spec);
+    assert_eq!(got.request_hash, r.request_hash);
+    // A second create with the same id returns the existing row untouched.
+    let mut other = vm("a", 2, 512);
+    other.request_hash = "different".into();
+    match s.vm_create(other.clone()).await.unwrap() {
+        VmCreated::Exists(e) => assert_eq!(e.request_hash, r.request_hash),
+        c => panic!("expected Exists, got {c:?}"),
+    }
+    assert!(s.vm_get(&VmId::parse("fuse-zzz").unwrap()).await.unwrap().is_none());
+    // A destroyed record is replaced by a new incarnation.
+    let g = got.generation;
+    let d = s
+        .vm_update(&r.id, g, VmPatch::state(VmState::Destroying, "test"))
+        .await
+        .unwrap();
+    s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "test"))
+        .await
+        .unwrap();
+    match s.vm_create(other).await.unwrap() {
+        VmCreated::Created(c) => assert_eq!(c.request_hash, "different"),
+        c => panic!("expected Created, got {c:?}"),
+    }
+    let audit = s.audit_list(r.id.as_str()).await.unwrap();
+    let kinds: Vec<&str> = audit.iter().map(|a| a.event_type.as_str()).collect();
+    assert_eq!(kinds, ["created", "state", "state", "created"]);
+}
+
+async fn vm_update_generation_and_transitions<S: StateStore>(s: S) {
+    let r = vm("b", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let g0 = s.vm_get(&r.id).await.unwrap().unwrap().generation;
+    // Illegal transition.
+    let err = s
+        .vm_update(&r.id, g0, VmPatch::state(VmState::Destroyed, "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition { .. }), "{err:?}");
+    // Legal transition bumps the generation and sets running_since.
+    let up = s
+        .vm_update(
+            &r.id,
+            g0,
+            VmPatch {
+                url: Some("http://x".into()),
+                ..VmPatch::state(VmState::Running, "ok")
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.state, VmState::Running);
+    assert_eq!(up.url, "http://x");
+    assert!(up.generation > g0);
+    assert!(up.running_since.is_some());
+    // Stale generation.
+    let err = s
+        .vm_update(&r.id, g0, VmPatch::state(VmState::Draining, "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Stale { .. }), "{err:?}");
+    // Non-state patch: no audit event, error set and cleared.
+    let e = s
+        .vm_update(
+            &r.id,
+            up.generation,
+            VmPatch {
+                error: Some(Some("boom".into())),
+                ..VmPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.error.as_deref(), Some("boom"));
+    let audit = s.audit_list(r.id.as_str()).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[1].payload["from"], "provisioning");
+    assert_eq!(audit[1].payload["to"], "running");
+    assert_eq!(audit[1].payload["reason"], "ok");
+    // Unknown VM.
+    let err = s
+        .vm_update(&VmId::parse("nope").unwrap(), 1, VmPatch::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }));
+}
+
+async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
+    for i in 0..7 {
+        s.vm_create(vm(&format!("t{i}"), 1, 512)).await.unwrap();
+    }
+    let r = s.vm_get(&VmId::parse("fuse-t3").unwrap()).await.unwrap().unwrap();
+    s.vm_update(&r.id, r.generation, VmPatch::state(VmState::Running, "x"))
+        .await
+        .unwrap();
+    let all = s.vm_list(&VmFilter::default(), None, 100).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let ids: Vec<&str> = all.iter().map(|v| v.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    let p1 = s.vm_list(&VmFilter::default(), None, 3).await.unwrap();
+    let p2 = s
+        .vm_list(&VmFilter::default(), Some(p1[2].id.as_str()), 3)
+        .await
+        .unwrap();
+    let p3 = s
+        .vm_list(&VmFilter::default(), Some(p2[2].id.as_str()), 3)
+        .await
+        .unwrap();
+    assert_eq!((p1.len(), p2.len(), p3.len()), (3, 3, 1));
+    assert_eq!(p3[0].id.as_str(), "fuse-t6");
+    let running = VmFilter {
+        state: Some(VmState::Running),
+        ..VmFilter::default()
+    };
+    let got = s.vm_list(&running, None, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id.as_str(), "fuse-t3");
+    let by_task = VmFilter {
+        task_id: Some("t5".into()),
+        ..VmFilter::default()
+    };
+    assert_eq!(s.vm_list(&by_task, None, 100).await.unwrap().len(), 1);
+    let by_host = VmFilter {
+        host_id: Some("h".into()),
+        ..VmFilter::default()
+    };
+    assert!(s.vm_list(&by_host, None, 100).await.unwrap().is_empty());
+    let counts = s.vm_count_by_state().await.unwrap();
+    let get = |st| counts.iter().find(|(s, _)| *s == st).map(|c| c.1).unwrap_or(0);
+    assert_eq!(get(VmState::Provisioning), 6);
+    assert_eq!(get(VmState::Running), 1);
+}
+
+async fn place_and_release<S: StateStore>(s: S) {
+    let r = vm("p", 2, 1024);
+    s.vm_create(r.clone()).await.unwrap();
+    // No hosts at all.
+    match s.vm_place(&r.id, r.generation, Policy::Spread).await {
+        Err(StoreError::NoCapacity(np)) => assert_eq!(np.hosts, 0),
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+    s.host_upsert(host("h1", 4, 10)).await.unwrap();
+    s.host_upsert(host("h2", 8, 10)).await.unwrap();
+    let placed = s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+    assert_eq!(placed.host_id.as_ref().unwrap().as_str(), "h2");
+    assert_eq!(placed.reserved.unwrap().cpus, 2);
+    let h2 = s.host_get(&HostId::parse("h2").unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        h2.allocated,
+        Resources {
+            cpus: 2,
+            ram_mb: 1024,
+            storage_gb: 1,
+            vm_count: 1
+        }
+    );
+    // Filter by host now matches.
+    let by_host = VmFilter {
+        host_id: Some("h2".into()),
+        ..VmFilter::default()
+    };
+    assert_eq!(s.vm_list(&by_host, None, 10).await.unwrap().len(), 1);
+    // Release exactly once.
+    assert!(s.vm_release(&r.id).await.unwrap());
+    assert!(!s.vm_release(&r.id).await.unwrap());
+    let h2 = s.host_get(&HostId::parse("h2").unwrap()).await.unwrap().unwrap();
+    assert_eq!(h2.allocated, Resources::default());
+    // Cordoned and too-small hosts are skipped; the reason is reported.
+    s.host_set_state(&HostId::parse("h2").unwrap(), HostState::Cordoned, None)
+        .await
+        .unwrap();
+    let big = vm("q", 6, 1024);
+    s.vm_create(big.clone()).await.unwrap();
+    match s.vm_place(&big.id, big.generation, Policy::Spread).await {
+        Err(StoreError::NoCapacity(np)) => {
+            assert_eq!((np.hosts, np.not_active, np.short_cpus), (2, 1, 1))
+        }
+        other => panic!("expected NoCapacity, got {other:?}"),
+    }
+}
+
+async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
+    s.host_upsert(host("only", 64, 10)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = vm(&format!("c{i}"), 1, 256);
+            s.vm_create(r.clone()).await.unwrap();
+            s.vm_place(&r.id, r.generation, Policy::Binpack).await.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10);
+    let h = s.host_get(&HostId::parse("only").unwrap()).await.unwrap().unwrap();
+    assert_eq!(h.allocated.vm_count, 10);
+    assert_eq!(h.allocated.cpus, 10);
+}
+
+async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
+    s.host_upsert(host("h", 64, 100)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = vm(&format!("r{i}"), 2, 256);
+        s.vm_create(r.clone()).await.unwrap();
+        s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+        ids.push(r.id);
+    }
+    let mut tasks = Vec::new();
+    for id in &ids {
+        for _ in 0..4 {
+            let (s, id) = (s.clone(), id.clone());
+            tasks.push(tokio::spawn(async move { s.vm_release(&id).await.unwrap() }));
+        }
+    }
+    let mut released = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            released += 1;
+        }
+    }
+    assert_eq!(released, 5);
+    let h = s.host_get(&HostId::parse("h").unwrap()).await.unwrap().unwrap();
+    assert_eq!(h.allocated, Resources::default());
+}
+
+async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s: S) {
+    let (h, created) = s.host_upsert(host("h", 8, 10)).await.unwrap();
+    assert!(created);
+    assert_eq!(h.state, HostState::Active);
+    let r = vm("x", 2, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let placed = s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+    s.host_set_state(&h.id, HostState::Cordoned, Some("maintenance".into()))
+        .await
+        .unwrap();
+    let mut again = host("h", 16, 20);
+    again.url = "http://new:8090".into();
+    again.region = "r2".into();
+    let (h2, created) = s.host_upsert(again).await.unwrap();
+    assert!(!created);
+    assert_eq!(h2.url, "http://new:8090");
+    assert_eq!(h2.region, "r2");
+    assert_eq!(h2.capacity.cpus, 16);
+    assert_eq!(h2.allocated.cpus, 2, "allocation kept");
+    assert_eq!(h2.state, HostState::Cordoned, "state kept");
+    assert_eq!(h2.state_reason.as_deref(), Some("maintenance"));
+    assert_eq!(h2.created_at, h.created_at, "created_at kept");
+    // Busy host cannot be deleted.
+    match s.host_delete(&h.id).await {
+        Err(StoreError::HostBusy { vms, .. }) => assert_eq!(vms, 1),
+        other => panic!("expected HostBusy, got {other:?}"),
+    }
+    // After the VM is destroyed it can.
+    let d = s
+        .vm_update(&r.id, placed.generation, VmPatch::state(VmState::Destroying, "t"))
+        .await
+        .unwrap();
+    s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "t"))
+        .await
+        .unwrap();
+    s.vm_release(&r.id).await.unwrap();
+    s.host_delete(&h.id).await.unwrap();
+    assert!(s.host_get(&h.id).await.unwrap().is_none());
+    assert!(matches!(
+        s.host_delete(&h.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // host_seen updates last_seen and capacity.
+    let (h3, _) = s.host_upsert(host("h3", 2, 2)).await.unwrap();
+    let seen = s
+        .host_seen(
+            &h3.id,
+            Some(Resources {
+                cpus: 3,
+                ram_mb: 1,
+                storage_gb: 1,
+                vm_count: 1,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen.capacity.cpus, 3);
+    assert!(seen.last_seen.unwrap() >= h3.last_seen.unwrap());
+    assert_eq!(s.host_list().await.unwrap().len(), 1);
+}
+
+fn snap(id: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
+    let at = now();
+    SnapshotRecord {
+        id: SnapshotId::parse(id).unwrap(),
+        vm_id: vm.id.clone(),
+        task_id: vm.task_id.clone(),
+        host_id: None,
+        parent_id: parent.map(|p| SnapshotId::parse(p).unwrap()),
+        mode: "disk".into(),
+        state: SnapshotState::Creating,
+        comment: "c".into(),
+        size_bytes: 0,
+        host_snapshot_id: String::new(),
+        created_at: at,
+        updated_at: at,
+        retention_until: None,
+        last_error: None,
+    }
+}
+
+async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
+    let r = vm("s", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    s.snapshot_insert(snap("snap_a", &r, None)).await.unwrap();
+    s.snapshot_insert(snap("snap_b", &r, Some("snap_a"))).await.unwrap();
+    let a = SnapshotId::parse("snap_a").unwrap();
+    let b = SnapshotId::parse("snap_b").unwrap();
+    let up = s
+        .snapshot_update(
+            &a,
+            SnapshotPatch {
+                state: Some(SnapshotState::Ready),
+                size_bytes: Some(42),
+                ..SnapshotPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((up.state, up.size_bytes), (SnapshotState::Ready, 42));
+    match s.snapshot_begin_delete(&a).await {
+        Err(StoreError::HasChildren { children, .. }) => assert_eq!(children, 1),
+        other => panic!("expected HasChildren, got {other:?}"),
+    }
+    let ready = SnapshotFilter {
+        state: Some(SnapshotState::Ready),
+        ..SnapshotFilter::default()
+    };
+    assert_eq!(s.snapshot_list(&ready).await.unwrap().len(), 1);
+    let by_vm = SnapshotFilter {
+        vm_id: Some(r.id.to_string()),
+        ..SnapshotFilter::default()
+    };
+    assert_eq!(s.snapshot_list(&by_vm).await.unwrap().len(), 2);
+    let before = s.snapshot_begin_delete(&b).await.unwrap();
+    assert_eq!(before.state, SnapshotState::Creating);
+    assert_eq!(
+        s.snapshot_get(&b).await.unwrap().unwrap().state,
+        SnapshotState::Deleting
+    );
+    s.snapshot_remove(&b).await.unwrap();
+    s.snapshot_begin_delete(&a).await.unwrap();
+    s.snapshot_remove(&a).await.unwrap();
+    assert!(s.snapshot_get(&a).await.unwrap().is_none());
+    assert!(matches!(
+        s.snapshot_remove(&a).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn purge_terminal<S: StateStore>(s: S) {
+    let r = vm("old", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let keep = vm("live", 1, 512);
+    s.vm_create(keep.clone()).await.unwrap();
+    let d = s
+        .vm_update(&r.id, r.generation, VmPatch::state(VmState::Destroying, "t"))
+        .await
+        .unwrap();
+    s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "t"))
+        .await
+        .unwrap();
+    let later = now() + time::Duration::seconds(1);
+    assert_eq!(s.vm_purge_terminal(later).await.unwrap(), 1);
+    assert!(s.vm_get(&r.id).await.unwrap().is_none());
+    assert!(s.vm_get(&keep.id).await.unwrap().is_some());
+}

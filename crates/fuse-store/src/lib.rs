@@ -1,0 +1,204 @@
+//! The control plane's state: the [`StateStore`] trait, its storage rows, and its backends.
+//!
+//! Rules that must hold under concurrency are trait methods with a documented contract that
+//! every backend implements atomically: placing a VM and reserving host capacity
+//! ([`StateStore::vm_place`]), releasing that capacity exactly once
+//! ([`StateStore::vm_release`]), generation-checked state transitions that append their
+//! audit event in the same step ([`StateStore::vm_update`]), deleting a host only when it is
+//! empty, and deleting a snapshot only when it has no children. The conformance suite in
+//! [`conformance`] runs against every backend.
+
+pub mod conformance;
+mod memory;
+mod records;
+
+pub use memory::MemoryStore;
+pub use records::*;
+
+use async_trait::async_trait;
+use fuse_scheduler::{NoPlacement, Policy};
+use fuse_types::{HostId, HostState, Resources, SnapshotId, TransitionError, VmId, VmState};
+
+/// Failures of store operations. Messages are safe to show to a client except `Internal`
+/// and `Unavailable`, whose detail is for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named row does not exist.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// `environment`, `host` or `snapshot`.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// Someone else changed the row since it was read.
+    #[error("environment {id} changed concurrently (expected generation {expected}, found {actual})")]
+    Stale {
+        /// The row.
+        id: String,
+        /// The generation the caller read.
+        expected: u64,
+        /// The generation found.
+        actual: u64,
+    },
+    /// The requested state change is not allowed by the lifecycle.
+    #[error("environment {id}: {source}")]
+    Transition {
+        /// The row.
+        id: String,
+        /// The refused transition.
+        source: TransitionError,
+    },
+    /// No host can take the VM.
+    #[error(transparent)]
+    NoCapacity(#[from] NoPlacement),
+    /// The host still has live VMs.
+    #[error("host {id} still has {vms} live environment(s)")]
+    HostBusy {
+        /// Host id.
+        id: String,
+        /// Live VMs on it.
+        vms: u64,
+    },
+    /// The snapshot has children.
+    #[error("snapshot {id} has {children} child snapshot(s); delete them first")]
+    HasChildren {
+        /// Snapshot id.
+        id: String,
+        /// Number of children.
+        children: u64,
+    },
+    /// The backing database cannot be reached (retryable).
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("state store internal error: {0}")]
+    Internal(String),
+}
+
+/// What [`StateStore::vm_create`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmCreated {
+    /// A new record was stored (possibly replacing a `destroyed` one with the same id).
+    Created(VmRecord),
+    /// A live or failed record with this id already exists; nothing was written.
+    Exists(VmRecord),
+}
+
+/// The control plane's persistent state. Every method is atomic on its own.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// A short name for logs and `/ready` (`memory`, `postgres`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks that the backend answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts `rec` unless a record with its id exists. A `destroyed` record is replaced
+    /// (its task id is reused); any other existing record is returned untouched.
+    /// The insert appends a `created` audit event.
+    async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError>;
+
+    /// Reads one VM.
+    async fn vm_get(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError>;
+
+    /// Lists VMs ordered by id, strictly after `after`, at most `limit`, matching `filter`.
+    async fn vm_list(
+        &self,
+        filter: &VmFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VmRecord>, StoreError>;
+
+    /// Counts VMs per stored state (for gauges).
+    async fn vm_count_by_state(&self) -> Result<Vec<(VmState, u64)>, StoreError>;
+
+    /// Applies `patch` if the record's generation is still `expected_generation` and the
+    /// state change (if any) is legal. Bumps the generation and `updated_at`; a state change
+    /// appends a `state` audit event `{from, to, reason}` in the same atomic step.
+    async fn vm_update(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        patch: VmPatch,
+    ) -> Result<VmRecord, StoreError>;
+
+    /// Chooses a host for a `provisioning` VM that has none and reserves the VM's resources
+    /// on it, atomically: concurrent calls (from any replica) never over-commit a host.
+    /// `NoCapacity` carries why nothing fits (with `hosts == 0` when none is registered).
+    async fn vm_place(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        policy: Policy,
+    ) -> Result<VmRecord, StoreError>;
+
+    /// Returns the VM's reserved resources to its host exactly once: the first call
+    /// subtracts them (never below zero) and clears the reservation; later calls are no-ops
+    /// returning `false`.
+    async fn vm_release(&self, id: &VmId) -> Result<bool, StoreError>;
+
+    /// Removes terminal VM records last updated before `before`; returns how many.
+    async fn vm_purge_terminal(&self, before: fuse_types::Timestamp) -> Result<u64, StoreError>;
+
+    /// Registers a host or updates its url, token, region and capacity. `allocated`,
+    /// `state` and `created_at` of an existing host are kept. Returns the row and whether
+    /// it was created.
+    async fn host_upsert(&self, host: HostUpsert) -> Result<(HostRecord, bool), StoreError>;
+
+    /// Reads one host.
+    async fn host_get(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError>;
+
+    /// Lists every host ordered by id.
+    async fn host_list(&self) -> Result<Vec<HostRecord>, StoreError>;
+
+    /// Sets a host's state (and the reason shown with it), appending an audit event.
+    async fn host_set_state(
+        &self,
+        id: &HostId,
+        state: HostState,
+        reason: Option<String>,
+    ) -> Result<HostRecord, StoreError>;
+
+    /// Records that the host answered now; optionally refreshes its capacity.
+    async fn host_seen(
+        &self,
+        id: &HostId,
+        capacity: Option<Resources>,
+    ) -> Result<HostRecord, StoreError>;
+
+    /// Deletes a host, refused with `HostBusy` while any non-destroyed VM is placed on it.
+    async fn host_delete(&self, id: &HostId) -> Result<(), StoreError>;
+
+    /// Inserts a snapshot record.
+    async fn snapshot_insert(&self, snap: SnapshotRecord) -> Result<(), StoreError>;
+
+    /// Reads one snapshot.
+    async fn snapshot_get(&self, id: &SnapshotId) -> Result<Option<SnapshotRecord>, StoreError>;
+
+    /// Lists snapshots matching `filter`, newest first.
+    async fn snapshot_list(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<Vec<SnapshotRecord>, StoreError>;
+
+    /// Updates state, size and error of a snapshot.
+    async fn snapshot_update(
+        &self,
+        id: &SnapshotId,
+        patch: SnapshotPatch,
+    ) -> Result<SnapshotRecord, StoreError>;
+
+    /// Moves a snapshot to `deleting`, refused with `HasChildren` while any snapshot names
+    /// it as parent. Returns the record as it was before.
+    async fn snapshot_begin_delete(&self, id: &SnapshotId) -> Result<SnapshotRecord, StoreError>;
+
+    /// Removes a snapshot record (after the host deleted its files).
+    async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError>;
+
+    /// Appends an audit event.
+    async fn audit_append(&self, ev: AuditEvent) -> Result<(), StoreError>;
+
+    /// The audit events of one entity, oldest first.
+    async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
+}
