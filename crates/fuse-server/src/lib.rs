@@ -1,1 +1,14 @@
-//! placeholder
+//! The Fuse control plane: REST API (`http`), domain operations (`app`), providers that act
+//! on hosts (`provider`), live events, metrics and background loops. The `fuse` binary is a
+//! thin `main` over [`server::start`].
+
+pub mod app;
+pub mod background;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod profile;
+pub mod provider;
+pub mod server;

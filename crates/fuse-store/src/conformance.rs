@@ -103,6 +103,13 @@ async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
         VmCreated::Created(c) => assert_eq!(c.request_hash, "different"),
         c => panic!("expected Created, got {c:?}"),
     }
+    // A failed record that was never placed is replaced too; a placed one is not.
+    let u = vm("unplaced", 1, 512);
+    s.vm_create(u.clone()).await.unwrap();
+    s.vm_update(&u.id, u.generation, VmPatch::state(VmState::Failed, "no capacity"))
+        .await
+        .unwrap();
+    assert!(matches!(s.vm_create(u.clone()).await.unwrap(), VmCreated::Created(_)));
     let audit = s.audit_list(r.id.as_str()).await.unwrap();
     let kinds: Vec<&str> = audit.iter().map(|a| a.event_type.as_str()).collect();
     assert_eq!(kinds, ["created", "state", "state", "created"]);
@@ -218,13 +225,24 @@ async fn place_and_release<S: StateStore>(s: S) {
     let r = vm("p", 2, 1024);
     s.vm_create(r.clone()).await.unwrap();
     // No hosts at all.
-    match s.vm_place(&r.id, r.generation, Policy::Spread).await {
+    match s.vm_place(&r.id, r.generation, Policy::Spread, None).await {
         Err(StoreError::NoCapacity(np)) => assert_eq!(np.hosts, 0),
         other => panic!("expected NoCapacity, got {other:?}"),
     }
+    // No hosts, with a fallback pseudo-host: assigned without a reservation.
+    let f = vm("fb", 1, 512);
+    s.vm_create(f.clone()).await.unwrap();
+    let dflt = HostId::parse("default").unwrap();
+    let placed = s
+        .vm_place(&f.id, f.generation, Policy::Spread, Some(&dflt))
+        .await
+        .unwrap();
+    assert_eq!(placed.host_id.as_ref(), Some(&dflt));
+    assert!(placed.reserved.is_none());
+    assert!(!s.vm_release(&f.id).await.unwrap());
     s.host_upsert(host("h1", 4, 10)).await.unwrap();
     s.host_upsert(host("h2", 8, 10)).await.unwrap();
-    let placed = s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+    let placed = s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
     assert_eq!(placed.host_id.as_ref().unwrap().as_str(), "h2");
     assert_eq!(placed.reserved.unwrap().cpus, 2);
     let h2 = s.host_get(&HostId::parse("h2").unwrap()).await.unwrap().unwrap();
@@ -254,7 +272,7 @@ async fn place_and_release<S: StateStore>(s: S) {
         .unwrap();
     let big = vm("q", 6, 1024);
     s.vm_create(big.clone()).await.unwrap();
-    match s.vm_place(&big.id, big.generation, Policy::Spread).await {
+    match s.vm_place(&big.id, big.generation, Policy::Spread, None).await {
         Err(StoreError::NoCapacity(np)) => {
             assert_eq!((np.hosts, np.not_active, np.short_cpus), (2, 1, 1))
         }
@@ -270,7 +288,7 @@ async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
         tasks.push(tokio::spawn(async move {
             let r = vm(&format!("c{i}"), 1, 256);
             s.vm_create(r.clone()).await.unwrap();
-            s.vm_place(&r.id, r.generation, Policy::Binpack).await.is_ok()
+            s.vm_place(&r.id, r.generation, Policy::Binpack, None).await.is_ok()
         }));
     }
     let mut ok = 0;
@@ -291,7 +309,7 @@ async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
     for i in 0..5 {
         let r = vm(&format!("r{i}"), 2, 256);
         s.vm_create(r.clone()).await.unwrap();
-        s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+        s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
         ids.push(r.id);
     }
     let mut tasks = Vec::new();
@@ -318,7 +336,7 @@ async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s:
     assert_eq!(h.state, HostState::Active);
     let r = vm("x", 2, 512);
     s.vm_create(r.clone()).await.unwrap();
-    let placed = s.vm_place(&r.id, r.generation, Policy::Spread).await.unwrap();
+    let placed = s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
     s.host_set_state(&h.id, HostState::Cordoned, Some("maintenance".into()))
         .await
         .unwrap();

@@ -94,8 +94,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Checks that the backend answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Inserts `rec` unless a record with its id exists. A `destroyed` record is replaced
-    /// (its task id is reused); any other existing record is returned untouched.
+    /// Inserts `rec` unless a record with its id exists. A `destroyed` record, or a `failed`
+    /// one that was never placed on a host, is replaced (its task id is reused); any other
+    /// existing record is returned untouched.
     /// The insert appends a `created` audit event.
     async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError>;
 
@@ -126,11 +127,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Chooses a host for a `provisioning` VM that has none and reserves the VM's resources
     /// on it, atomically: concurrent calls (from any replica) never over-commit a host.
     /// `NoCapacity` carries why nothing fits (with `hosts == 0` when none is registered).
+    /// When no host is registered at all and `fallback` is given, the VM is assigned to
+    /// that pseudo-host without a reservation.
     async fn vm_place(
         &self,
         id: &VmId,
         expected_generation: u64,
         policy: Policy,
+        fallback: Option<&HostId>,
     ) -> Result<VmRecord, StoreError>;
 
     /// Returns the VM's reserved resources to its host exactly once: the first call

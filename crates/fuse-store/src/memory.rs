@@ -85,6 +85,11 @@ fn snapshot_not_found(id: &SnapshotId) -> StoreError {
     }
 }
 
+/// Whether a new create may replace this record (shared with the Postgres backend).
+pub(crate) fn replaceable(r: &VmRecord) -> bool {
+    r.state == VmState::Destroyed || (r.state == VmState::Failed && r.host_id.is_none())
+}
+
 /// The audit event a state transition appends (shared with the Postgres backend).
 pub(crate) fn transition_event(
     id: &VmId,
@@ -137,7 +142,7 @@ impl StateStore for MemoryStore {
     async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError> {
         let mut g = self.inner.lock();
         if let Some(existing) = g.vms.get(rec.id.as_str()) {
-            if existing.state != VmState::Destroyed {
+            if !replaceable(existing) {
                 return Ok(VmCreated::Exists(existing.clone()));
             }
         }
@@ -216,6 +221,7 @@ impl StateStore for MemoryStore {
         id: &VmId,
         expected_generation: u64,
         policy: Policy,
+        fallback: Option<&HostId>,
     ) -> Result<VmRecord, StoreError> {
         let mut guard = self.inner.lock();
         let g = &mut *guard;
@@ -228,6 +234,13 @@ impl StateStore for MemoryStore {
         }
         let need = Resources::for_spec(&rec.spec);
         let region = rec.spec.region.clone();
+        if let (true, Some(fb)) = (g.hosts.is_empty(), fallback) {
+            let rec = g.vm_mut(id, expected_generation)?;
+            rec.host_id = Some(fb.clone());
+            rec.generation += 1;
+            rec.updated_at = now();
+            return Ok(rec.clone());
+        }
         let views: Vec<HostView> = g
             .hosts
             .values()

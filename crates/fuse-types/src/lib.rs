@@ -6,6 +6,7 @@
 //! deliberately separate; storage rows live in `fuse-store`.
 
 mod error;
+pub mod hostagent;
 mod ids;
 mod state;
 mod wire;

@@ -1,0 +1,691 @@
+//! Environment lifecycle (DESIGN §3): create → provision → running → draining → destroyed,
+//! exec and rotate-token. Every transition is persisted (generation-checked) before the
+//! provider acts on it; a concurrent delete wins over a provision in flight, and the
+//! provision then removes what it created itself.
+
+use super::validate::{self, ValidCreate};
+use super::{random_token, App, VmSecrets};
+use crate::error::ApiError;
+use crate::provider::{Provider, ProviderError, DEFAULT_HOST};
+use base64::Engine as _;
+use fuse_store::{AuditEvent, StoreError, VmCreated, VmFilter, VmPatch, VmRecord};
+use fuse_types::hostagent::{AgentStart, AgentVmCreate};
+use fuse_types::{
+    now, AgentSpec, CreateEnvironment, Environment, EnvironmentList, ExecRequest, ExecResponse,
+    HostId, VmId, VmState,
+};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Whether a create made a new environment or found the existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new environment (201, or 202 with `wait=false`).
+    New,
+    /// The same request was made before; this is that environment (200).
+    Existing,
+}
+
+/// Why a provision stopped.
+#[derive(Debug)]
+struct Failure {
+    step: &'static str,
+    message: String,
+    /// Someone else (a delete) changed the record; clean up but do not mark it failed.
+    aborted: bool,
+}
+
+impl Failure {
+    fn at(step: &'static str, e: impl std::fmt::Display) -> Self {
+        Failure {
+            step,
+            message: e.to_string(),
+            aborted: false,
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<VmId, ApiError> {
+    VmId::parse(id).map_err(|e| ApiError::invalid(e.0))
+}
+
+/// Opaque pagination cursor: the last id of the previous page, base64url.
+fn cursor_encode(id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+}
+
+fn cursor_decode(c: &str) -> Result<String, ApiError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::invalid("cursor is not a value returned as next_cursor"))
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let s = s.trim_end();
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+impl App {
+    /// Reads one environment or 404.
+    pub async fn env_get(&self, id: &str) -> Result<VmRecord, ApiError> {
+        let id = parse_id(id)?;
+        self.store
+            .vm_get(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))
+    }
+
+    /// One page of environments.
+    pub async fn env_list(
+        &self,
+        filter: VmFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<EnvironmentList, ApiError> {
+        let after = cursor.map(cursor_decode).transpose()?;
+        let mut rows = self
+            .store
+            .vm_list(&filter, after.as_deref(), limit + 1)
+            .await?;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| cursor_encode(r.id.as_str()))
+        } else {
+            None
+        };
+        Ok(EnvironmentList {
+            environments: rows.iter().map(VmRecord::to_wire).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Creates an environment (or returns the one made by the same request before).
+    /// With `wait`, returns once it is `running` or `failed`.
+    pub async fn env_create(
+        self: &Arc<Self>,
+        req: CreateEnvironment,
+        wait: bool,
+    ) -> Result<(Environment, CreateOutcome), ApiError> {
+        let valid = validate::create(&req).map_err(ApiError::invalid_all)?;
+        let id = VmId::for_task(&self.config.vm_prefix, &valid.task_id);
+        let agent = self.profile.resolve(
+            &self.config.agent_download_url,
+            req.agent.as_ref(),
+            &valid.gateway_url,
+        );
+        let at = now();
+        let rec = VmRecord {
+            id: id.clone(),
+            task_id: valid.task_id.clone(),
+            state: VmState::Provisioning,
+            generation: 1,
+            host_id: None,
+            reserved: None,
+            url: String::new(),
+            spec: valid.spec.clone(),
+            request_hash: valid.request_hash.clone(),
+            agent,
+            error: None,
+            restored_from: None,
+            created_at: at,
+            updated_at: at,
+            running_since: None,
+        };
+        let rec = match self.store.vm_create(rec).await? {
+            VmCreated::Exists(e) if e.request_hash == valid.request_hash => {
+                let e = if wait && e.state == VmState::Provisioning {
+                    self.wait_settled(&e.id).await?
+                } else {
+                    e
+                };
+                return Ok((e.to_wire(), CreateOutcome::Existing));
+            }
+            VmCreated::Exists(e) => {
+                return Err(ApiError::conflict(format!(
+                    "task {} already has environment {} ({}) created with a different request; \
+                     delete it first or repeat the original request",
+                    e.task_id, e.id, e.state
+                ))
+                .with_detail("environment_id", e.id.to_string()));
+            }
+            VmCreated::Created(r) => r,
+        };
+        self.events.publish(&rec);
+        let started = Instant::now();
+        let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| ApiError::internal(e.0))?;
+        let placed = match self
+            .store
+            .vm_place(&id, rec.generation, self.config.policy, Some(&fallback))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let api = ApiError::from(e);
+                let failed = self
+                    .store
+                    .vm_update(
+                        &id,
+                        rec.generation,
+                        VmPatch::state(VmState::Failed, "placement").with_error(api.message.clone()),
+                    )
+                    .await?;
+                self.events.publish(&failed);
+                self.metrics
+                    .provision_failures
+                    .with_label_values(&["placement"])
+                    .inc();
+                return Err(api);
+            }
+        };
+        let app = self.clone();
+        let handle = tokio::spawn(async move { app.provision(placed, valid, started).await });
+        if !wait {
+            let cur = self.store.vm_get(&id).await?;
+            let cur = cur.ok_or_else(|| ApiError::internal("environment vanished after create"))?;
+            return Ok((cur.to_wire(), CreateOutcome::New));
+        }
+        let done = handle
+            .await
+            .map_err(|e| ApiError::internal(format!("provision task: {e}")))?;
+        Ok((done.to_wire(), CreateOutcome::New))
+    }
+
+    /// Waits until the environment leaves `provisioning` (or the provision limit passes).
+    pub async fn wait_settled(&self, id: &VmId) -> Result<VmRecord, ApiError> {
+        let mut rx = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + self.config.provision_timeout;
+        loop {
+            let cur = self
+                .store
+                .vm_get(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))?;
+            if cur.state != VmState::Provisioning {
+                return Ok(cur);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => return Ok(cur),
+                    Ok(Ok(ev)) if ev.vm_id == id.as_str() => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) => {
+                        rx = self.events.subscribe();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn provision(self: Arc<Self>, rec: VmRecord, valid: ValidCreate, started: Instant) -> VmRecord {
+        let id = rec.id.clone();
+        let host_id = rec.host_id.clone();
+        let mut redact_list: Vec<String> = valid.secrets.values().cloned().collect();
+        redact_list.push(valid.gateway_token.clone());
+        let mut created = false;
+        let result = tokio::time::timeout(
+            self.config.provision_timeout,
+            self.provision_steps(rec, &valid, &mut created),
+        )
+        .await;
+        let failure = match result {
+            Ok(Ok(done)) => {
+                self.metrics
+                    .provision_duration
+                    .with_label_values(&["running"])
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::info!(vm_id = %id, host_id = ?done.host_id.as_ref().map(HostId::as_str),
+                    ms = started.elapsed().as_millis() as u64, "environment running");
+                return done;
+            }
+            Ok(Err(f)) => f,
+            Err(_) => Failure::at(
+                "timeout",
+                format!(
+                    "provisioning took longer than {} s",
+                    self.config.provision_timeout.as_secs()
+                ),
+            ),
+        };
+        let message = validate::redact(&failure.message, &redact_list);
+        if failure.aborted {
+            tracing::info!(vm_id = %id, "provision stopped: environment changed concurrently");
+        } else {
+            tracing::warn!(vm_id = %id, step = failure.step, error = %message, "provision failed");
+            self.metrics
+                .provision_failures
+                .with_label_values(&[failure.step])
+                .inc();
+        }
+        // Remove what was created; release capacity only once the host confirmed.
+        let mut host_clean = true;
+        if let Some(h) = &host_id {
+            if created || failure.step == "timeout" || failure.aborted {
+                host_clean = match self.providers.for_host(&*self.store, h).await {
+                    Ok(p) => match p.vm_destroy(id.as_str()).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(vm_id = %id, error = %e, "could not remove a failed VM; the reconciler will");
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                };
+            }
+        }
+        if host_clean {
+            if let Err(e) = self.store.vm_release(&id).await {
+                tracing::error!(vm_id = %id, error = %e, "releasing capacity after a failed provision");
+            }
+        }
+        self.secrets_drop(id.as_str());
+        let mut last = None;
+        for _ in 0..5 {
+            let cur = match self.store.vm_get(&id).await {
+                Ok(Some(c)) => c,
+                _ => break,
+            };
+            if failure.aborted || cur.state != VmState::Provisioning {
+                last = Some(cur);
+                break;
+            }
+            let patch = VmPatch::state(VmState::Failed, failure.step).with_error(format!(
+                "{}: {message}",
+                failure.step.replace('_', " ")
+            ));
+            match self.store.vm_update(&id, cur.generation, patch).await {
+                Ok(r) => {
+                    self.metrics
+                        .provision_duration
+                        .with_label_values(&["failed"])
+                        .observe(started.elapsed().as_secs_f64());
+                    self.events.publish(&r);
+                    last = Some(r);
+                    break;
+                }
+                Err(StoreError::Stale { .. }) => continue,
+                Err(e) => {
+                    tracing::error!(vm_id = %id, error = %e, "recording a failed provision");
+                    break;
+                }
+            }
+        }
+        match last {
+            Some(r) => r,
+            None => self
+                .store
+                .vm_get(&id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| unreachable_record(&id)),
+        }
+    }
+
+    /// Persists `patch` against the generation we hold; a concurrent change aborts.
+    async fn advance(&self, rec: &VmRecord, patch: VmPatch) -> Result<VmRecord, Failure> {
+        match self.store.vm_update(&rec.id, rec.generation, patch).await {
+            Ok(r) => Ok(r),
+            Err(StoreError::Stale { .. } | StoreError::Transition { .. }) => Err(Failure {
+                step: "aborted",
+                message: "environment changed concurrently".into(),
+                aborted: true,
+            }),
+            Err(e) => Err(Failure::at("store", e)),
+        }
+    }
+
+    async fn provision_steps(
+        &self,
+        rec: VmRecord,
+        valid: &ValidCreate,
+        created: &mut bool,
+    ) -> Result<VmRecord, Failure> {
+        let host_id = rec
+            .host_id
+            .clone()
+            .ok_or_else(|| Failure::at("placement", "environment has no host"))?;
+        let provider = self
+            .providers
+            .for_host(&*self.store, &host_id)
+            .await
+            .map_err(|e| Failure::at("host", e))?;
+        let vm = provider
+            .vm_create(&AgentVmCreate {
+                name: rec.id.to_string(),
+                cpus: rec.spec.cpus,
+                memory_mb: rec.spec.ram_mb,
+                storage_gb: rec.spec.storage_gb,
+            })
+            .await
+            .map_err(|e| Failure::at("create_vm", e))?;
+        *created = true;
+        let rec = self
+            .advance(
+                &rec,
+                VmPatch {
+                    url: Some(vm.url),
+                    ..VmPatch::default()
+                },
+            )
+            .await?;
+        let auth_token = random_token();
+        self.upload_agent_files(&*provider, &rec, valid, &auth_token)
+            .await
+            .map_err(|e| Failure::at("upload", e))?;
+        if let Some(script) = &valid.startup_script {
+            let argv = vec!["sh".to_owned(), "-lc".to_owned(), script.clone()];
+            let r = provider
+                .exec(rec.id.as_str(), &argv, self.config.provision_timeout)
+                .await
+                .map_err(|e| Failure::at("startup_script", e))?;
+            if r.exit_code != 0 {
+                return Err(Failure::at(
+                    "startup_script",
+                    format!("exited with {}: {}", r.exit_code, tail(&r.stderr, 400)),
+                ));
+            }
+        }
+        provider
+            .start_agent(
+                rec.id.as_str(),
+                &agent_start(&rec.agent, &auth_token, &valid.gateway_token),
+            )
+            .await
+            .map_err(|e| Failure::at("start_agent", e))?;
+        let mut secret_values: Vec<String> = valid.secrets.values().cloned().collect();
+        secret_values.push(valid.gateway_token.clone());
+        self.secrets_put(
+            rec.id.as_str(),
+            VmSecrets {
+                auth_token,
+                gateway_token: valid.gateway_token.clone(),
+                secret_values,
+            },
+        );
+        let rec = self
+            .advance(&rec, VmPatch::state(VmState::Running, "provisioned"))
+            .await?;
+        self.events.publish(&rec);
+        Ok(rec)
+    }
+
+    async fn upload_agent_files(
+        &self,
+        provider: &dyn Provider,
+        rec: &VmRecord,
+        valid: &ValidCreate,
+        auth_token: &str,
+    ) -> Result<(), ProviderError> {
+        let id = rec.id.as_str();
+        let p = self.profile;
+        if let Some(m) = &valid.manifest {
+            provider.upload(id, &p.manifest_path(), m, 0o644).await?;
+        }
+        if !valid.secrets.is_empty() {
+            let body = serde_json::to_vec(&valid.secrets)
+                .map_err(|e| ProviderError::Internal(e.to_string()))?;
+            provider.upload(id, &p.secrets_path(), &body, 0o600).await?;
+        }
+        provider
+            .upload(id, &p.token_path(), auth_token.as_bytes(), 0o600)
+            .await?;
+        let config = serde_json::json!({
+            "vm_id": id,
+            "task_id": rec.task_id.as_str(),
+            "listen": rec.agent.listen,
+            "gateway_url": valid.gateway_url,
+        });
+        provider
+            .upload(id, &p.config_path(), config.to_string().as_bytes(), 0o644)
+            .await?;
+        for (path, content) in &valid.files {
+            provider.upload(id, path, content, 0o644).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes an environment: persist `destroying`, destroy on its host, release, persist
+    /// `destroyed`. A host that cannot be reached leaves it `destroying` for the reconciler.
+    pub async fn env_delete(&self, id: &str) -> Result<(), ApiError> {
+        let id = parse_id(id)?;
+        let rec = loop {
+            let rec = self
+                .store
+                .vm_get(&id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))?;
+            match rec.state {
+                VmState::Destroyed => return Ok(()),
+                VmState::Destroying => break rec,
+                _ => match self
+                    .store
+                    .vm_update(
+                        &id,
+                        rec.generation,
+                        VmPatch::state(VmState::Destroying, "delete requested"),
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        self.events.publish(&r);
+                        break r;
+                    }
+                    Err(StoreError::Stale { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        };
+        self.env_finish_destroy(rec).await
+    }
+
+    /// Finishes the destroy of a `destroying` environment (also used by the reconciler).
+    pub async fn env_finish_destroy(&self, rec: VmRecord) -> Result<(), ApiError> {
+        let id = rec.id.clone();
+        if let Some(h) = &rec.host_id {
+            let res = match self.providers.for_host(&*self.store, h).await {
+                Ok(p) => p.vm_destroy(id.as_str()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::warn!(vm_id = %id, host_id = %h, error = %e, "destroy deferred: host did not confirm");
+                if let Ok(Some(cur)) = self.store.vm_get(&id).await {
+                    let patch = VmPatch {
+                        error: Some(Some(format!("destroy pending: {}", e.client_message()))),
+                        ..VmPatch::default()
+                    };
+                    if let Ok(r) = self.store.vm_update(&id, cur.generation, patch).await {
+                        self.events.publish(&r);
+                    }
+                }
+                return Ok(());
+            }
+        }
+        self.store.vm_release(&id).await?;
+        self.secrets_drop(id.as_str());
+        loop {
+            let Some(cur) = self.store.vm_get(&id).await? else {
+                return Ok(());
+            };
+            if cur.state != VmState::Destroying {
+                return Ok(());
+            }
+            match self
+                .store
+                .vm_update(&id, cur.generation, VmPatch::state(VmState::Destroyed, "destroyed on host"))
+                .await
+            {
+                Ok(r) => {
+                    self.events.publish(&r);
+                    tracing::info!(vm_id = %id, "environment destroyed");
+                    return Ok(());
+                }
+                Err(StoreError::Stale { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Drains a running environment: persist `draining`, then run the drain command with
+    /// its limit. A failure keeps `draining` and records the error. Never destroys.
+    pub async fn env_drain(&self, id: &str) -> Result<VmRecord, ApiError> {
+        let rec = self.env_get(id).await?;
+        if rec.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "environment {} is {}; only a running environment can be drained",
+                rec.id, rec.state
+            )));
+        }
+        let rec = self
+            .store
+            .vm_update(
+                &rec.id,
+                rec.generation,
+                VmPatch::state(VmState::Draining, "drain requested"),
+            )
+            .await?;
+        self.events.publish(&rec);
+        let cmd = rec.agent.drain_command.trim();
+        if cmd.is_empty() {
+            return Ok(rec);
+        }
+        let argv = vec!["sh".to_owned(), "-c".to_owned(), cmd.to_owned()];
+        let result = match self.provider_of(&rec).await {
+            Ok(p) => p.exec(rec.id.as_str(), &argv, self.config.drain_timeout).await,
+            Err(e) => Err(e),
+        };
+        let error = match result {
+            Ok(r) if r.exit_code == 0 => None,
+            Ok(r) if r.exit_code == 124 => Some(format!(
+                "drain command did not finish within {} s",
+                self.config.drain_timeout.as_secs()
+            )),
+            Ok(r) => Some(format!(
+                "drain command exited with {}: {}",
+                r.exit_code,
+                tail(&r.stderr, 400)
+            )),
+            Err(e) => Some(format!("drain command failed: {}", e.client_message())),
+        };
+        let Some(error) = error else {
+            return Ok(rec);
+        };
+        let secrets = self.secrets_get(rec.id.as_str()).unwrap_or_default();
+        let error = validate::redact(&error, &secrets.secret_values);
+        tracing::warn!(vm_id = %rec.id, error = %error, "drain failed");
+        let patch = VmPatch {
+            error: Some(Some(error)),
+            ..VmPatch::default()
+        };
+        let rec = self.store.vm_update(&rec.id, rec.generation, patch).await?;
+        self.events.publish(&rec);
+        Ok(rec)
+    }
+
+    /// Gives the agent new credentials and restarts it, so the old token stops working.
+    pub async fn env_rotate_token(&self, id: &str) -> Result<(), ApiError> {
+        let rec = self.env_get(id).await?;
+        if rec.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "environment {} is {}; only a running environment can rotate its token",
+                rec.id, rec.state
+            )));
+        }
+        let provider = self.provider_of(&rec).await?;
+        let mut secrets = self.secrets_get(rec.id.as_str()).unwrap_or_default();
+        let token = random_token();
+        provider
+            .upload(rec.id.as_str(), &self.profile.token_path(), token.as_bytes(), 0o600)
+            .await?;
+        provider.stop_agent(rec.id.as_str()).await?;
+        provider
+            .start_agent(
+                rec.id.as_str(),
+                &agent_start(&rec.agent, &token, &secrets.gateway_token),
+            )
+            .await?;
+        secrets.auth_token = token;
+        self.secrets_put(rec.id.as_str(), secrets);
+        self.store
+            .audit_append(AuditEvent {
+                entity_kind: "environment",
+                entity_id: rec.id.to_string(),
+                event_type: "token_rotated".into(),
+                payload: serde_json::json!({}),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Runs a command in a running (or draining) environment.
+    pub async fn env_exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, ApiError> {
+        let (argv, timeout) = validate::exec(&req).map_err(ApiError::invalid_all)?;
+        let rec = self.env_get(id).await?;
+        if !matches!(rec.state, VmState::Running | VmState::Draining) {
+            return Err(ApiError::conflict(format!(
+                "environment {} is {}; commands run only in running or draining environments",
+                rec.id, rec.state
+            )));
+        }
+        let provider = self.provider_of(&rec).await?;
+        Ok(provider.exec(rec.id.as_str(), &argv, timeout).await?)
+    }
+
+    /// The provider of the VM's own host.
+    pub async fn provider_of(&self, rec: &VmRecord) -> Result<Arc<dyn Provider>, ProviderError> {
+        let h = rec
+            .host_id
+            .as_ref()
+            .ok_or_else(|| ProviderError::Unavailable(format!("{} is not placed", rec.id)))?;
+        self.providers.for_host(&*self.store, h).await
+    }
+}
+
+fn agent_start(a: &AgentSpec, auth_token: &str, gateway_token: &str) -> AgentStart {
+    AgentStart {
+        download_url: a.download_url.clone(),
+        command: a.command.clone(),
+        binary_path: a.binary_path.clone(),
+        listen: a.listen.clone(),
+        auth_token: auth_token.to_owned(),
+        gateway: a.gateway.clone(),
+        gateway_token: gateway_token.to_owned(),
+    }
+}
+
+/// Only reached if the store lost a row it just wrote; keeps the task from panicking.
+fn unreachable_record(id: &VmId) -> VmRecord {
+    let at = now();
+    VmRecord {
+        id: id.clone(),
+        task_id: fuse_types::TaskId::parse("unknown").unwrap_or_else(|_| unreachable!()),
+        state: VmState::Failed,
+        generation: 0,
+        host_id: None,
+        reserved: None,
+        url: String::new(),
+        spec: fuse_types::Spec {
+            cpus: 0,
+            ram_mb: 0,
+            storage_gb: 0,
+            region: String::new(),
+            max_runtime_seconds: 0,
+        },
+        request_hash: String::new(),
+        agent: AgentSpec::default(),
+        error: Some("environment record lost".into()),
+        restored_from: None,
+        created_at: at,
+        updated_at: at,
+        running_since: None,
+    }
+}

@@ -1,0 +1,229 @@
+//! Snapshots of running environments (DESIGN §3): create, list, restore into the same VM,
+//! delete (refused while children exist) and retention GC. A snapshot's parent is the
+//! snapshot its VM was last restored from, so a chain of restores forms a tree.
+
+use super::App;
+use crate::error::ApiError;
+use fuse_store::{SnapshotFilter, SnapshotPatch, SnapshotRecord, StoreError, VmPatch};
+use fuse_types::{now, CreateSnapshot, SnapshotId, SnapshotState, VmState};
+use rand::RngCore;
+use std::time::Instant;
+
+fn parse_snapshot_id(id: &str) -> Result<SnapshotId, ApiError> {
+    SnapshotId::parse(id).map_err(|e| ApiError::invalid(e.0))
+}
+
+impl App {
+    /// Takes a snapshot of a running environment.
+    pub async fn snapshot_create(
+        &self,
+        vm_id: &str,
+        req: CreateSnapshot,
+    ) -> Result<SnapshotRecord, ApiError> {
+        let mut errs = Vec::new();
+        let mode = req.mode.clone().unwrap_or_else(|| "disk".into());
+        if mode != "disk" && mode != "full" {
+            errs.push(format!("mode must be disk or full (got {mode:?})"));
+        }
+        let comment = req.comment.clone().unwrap_or_default();
+        if comment.len() > 1024 {
+            errs.push("comment must be at most 1024 bytes".into());
+        }
+        let retention = req
+            .retention_seconds
+            .unwrap_or(self.config.snapshot_retention.as_secs());
+        if retention > 10 * 365 * 86_400 {
+            errs.push("retention_seconds must be at most ten years".into());
+        }
+        if !errs.is_empty() {
+            return Err(ApiError::invalid_all(errs));
+        }
+        let vm = self.env_get(vm_id).await?;
+        if vm.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "environment {} is {}; only a running environment can be snapshotted",
+                vm.id, vm.state
+            )));
+        }
+        let mut b = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut b);
+        let id = SnapshotId::from_hex(&hex::encode(b));
+        let at = now();
+        let rec = SnapshotRecord {
+            id: id.clone(),
+            vm_id: vm.id.clone(),
+            task_id: vm.task_id.clone(),
+            host_id: vm.host_id.clone(),
+            parent_id: vm.restored_from.clone(),
+            mode: mode.clone(),
+            state: SnapshotState::Creating,
+            comment,
+            size_bytes: 0,
+            host_snapshot_id: String::new(),
+            created_at: at,
+            updated_at: at,
+            retention_until: Some(at + time::Duration::seconds(retention as i64)),
+            last_error: None,
+        };
+        self.store.snapshot_insert(rec).await?;
+        let started = Instant::now();
+        let provider = self.provider_of(&vm).await?;
+        match provider
+            .snapshot_create(vm.id.as_str(), id.as_str(), &mode)
+            .await
+        {
+            Ok(s) => {
+                self.metrics
+                    .snapshot_duration
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(self
+                    .store
+                    .snapshot_update(
+                        &id,
+                        SnapshotPatch {
+                            state: Some(SnapshotState::Ready),
+                            size_bytes: Some(s.size_bytes),
+                            host_snapshot_id: Some(s.snapshot_id),
+                            last_error: Some(None),
+                        },
+                    )
+                    .await?)
+            }
+            Err(e) => {
+                self.store
+                    .snapshot_update(
+                        &id,
+                        SnapshotPatch {
+                            state: Some(SnapshotState::Error),
+                            last_error: Some(Some(e.client_message())),
+                            ..SnapshotPatch::default()
+                        },
+                    )
+                    .await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads one snapshot or 404.
+    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotRecord, ApiError> {
+        let id = parse_snapshot_id(id)?;
+        self.store
+            .snapshot_get(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("snapshot {id} not found")))
+    }
+
+    /// Snapshots matching `filter`, newest first.
+    pub async fn snapshot_list(
+        &self,
+        filter: SnapshotFilter,
+    ) -> Result<Vec<SnapshotRecord>, ApiError> {
+        Ok(self.store.snapshot_list(&filter).await?)
+    }
+
+    /// Restores a ready snapshot into its (running) environment.
+    pub async fn snapshot_restore(&self, id: &str) -> Result<(), ApiError> {
+        let snap = self.snapshot_get(id).await?;
+        if snap.state != SnapshotState::Ready {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is {}; only a ready snapshot can be restored",
+                snap.id, snap.state
+            )));
+        }
+        let vm = self.env_get(snap.vm_id.as_str()).await?;
+        if vm.state != VmState::Running {
+            return Err(ApiError::conflict(format!(
+                "environment {} is {}; snapshots restore only into a running environment",
+                vm.id, vm.state
+            )));
+        }
+        let provider = self.provider_of(&vm).await?;
+        self.store
+            .snapshot_update(
+                &snap.id,
+                SnapshotPatch {
+                    state: Some(SnapshotState::Restoring),
+                    ..SnapshotPatch::default()
+                },
+            )
+            .await?;
+        let host_id = if snap.host_snapshot_id.is_empty() {
+            snap.id.to_string()
+        } else {
+            snap.host_snapshot_id.clone()
+        };
+        let result = provider.snapshot_restore(vm.id.as_str(), &host_id).await;
+        let patch = SnapshotPatch {
+            state: Some(SnapshotState::Ready),
+            last_error: Some(result.as_ref().err().map(|e| e.client_message())),
+            ..SnapshotPatch::default()
+        };
+        self.store.snapshot_update(&snap.id, patch).await?;
+        result?;
+        let patch = VmPatch {
+            restored_from: Some(Some(snap.id.clone())),
+            ..VmPatch::default()
+        };
+        match self.store.vm_update(&vm.id, vm.generation, patch).await {
+            Ok(_) | Err(StoreError::Stale { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes a snapshot; 409 while it has children.
+    pub async fn snapshot_delete(&self, id: &str) -> Result<(), ApiError> {
+        let sid = parse_snapshot_id(id)?;
+        let before = self.store.snapshot_begin_delete(&sid).await?;
+        let host_id = if before.host_snapshot_id.is_empty() {
+            before.id.to_string()
+        } else {
+            before.host_snapshot_id.clone()
+        };
+        let vm = self.store.vm_get(&before.vm_id).await?;
+        let result = match vm {
+            // The VM is gone (and its snapshots with it) or was never placed.
+            Some(vm) if vm.state != VmState::Destroyed && vm.host_id.is_some() => {
+                match self.provider_of(&vm).await {
+                    Ok(p) => p.snapshot_delete(vm.id.as_str(), &host_id).await,
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            self.store
+                .snapshot_update(
+                    &sid,
+                    SnapshotPatch {
+                        state: Some(SnapshotState::Error),
+                        last_error: Some(Some(format!("delete failed: {}", e.client_message()))),
+                        ..SnapshotPatch::default()
+                    },
+                )
+                .await?;
+            return Err(e.into());
+        }
+        self.store.snapshot_remove(&sid).await?;
+        Ok(())
+    }
+
+    /// Deletes snapshots past their retention that have no children; returns how many.
+    pub async fn snapshot_gc(&self) -> Result<u64, ApiError> {
+        let at = now();
+        let all = self.store.snapshot_list(&SnapshotFilter::default()).await?;
+        let mut n = 0;
+        for s in all {
+            let expired = s.retention_until.is_some_and(|r| r < at);
+            if !expired || !matches!(s.state, SnapshotState::Ready | SnapshotState::Error) {
+                continue;
+            }
+            match self.snapshot_delete(s.id.as_str()).await {
+                Ok(()) => n += 1,
+                Err(e) if e.code == fuse_types::ErrorCode::Conflict => {}
+                Err(e) => tracing::warn!(snapshot_id = %s.id, error = %e.message, "snapshot gc"),
+            }
+        }
+        Ok(n)
+    }
+}

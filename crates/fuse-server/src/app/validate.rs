@@ -1,0 +1,384 @@
+//! Validation of create requests: every problem is collected, so a client learns all of
+//! them from one 400. Secret values never appear in a message.
+
+use crate::config::check_http_url;
+use base64::Engine as _;
+use fuse_types::{CreateEnvironment, ExecRequest, Spec, TaskId};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Limits on secrets (count, key bytes, value bytes, total bytes).
+pub const MAX_SECRETS: usize = 256;
+/// Longest secret key.
+pub const MAX_SECRET_KEY: usize = 256;
+/// Largest secret value.
+pub const MAX_SECRET_VALUE: usize = 64 << 10;
+/// Largest total of keys and values.
+pub const MAX_SECRETS_TOTAL: usize = 1 << 20;
+/// Most files in one request.
+pub const MAX_FILES: usize = 1024;
+/// Default command limit.
+pub const EXEC_DEFAULT_MS: u64 = 30_000;
+/// Longest command limit.
+pub const EXEC_MAX_MS: u64 = 600_000;
+
+/// A create request that passed validation, with its payloads decoded.
+#[derive(Debug, Clone)]
+pub struct ValidCreate {
+    /// Task id.
+    pub task_id: TaskId,
+    /// Resolved spec.
+    pub spec: Spec,
+    /// Decoded manifest.
+    pub manifest: Option<Vec<u8>>,
+    /// Secrets.
+    pub secrets: BTreeMap<String, String>,
+    /// Decoded files.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Startup script.
+    pub startup_script: Option<String>,
+    /// Gateway URL.
+    pub gateway_url: String,
+    /// Gateway token.
+    pub gateway_token: String,
+    /// Fingerprint for idempotent create.
+    pub request_hash: String,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// Checks a guest path: absolute, no `..`, no NUL, at most 4096 bytes.
+pub fn check_guest_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must be an absolute path".into());
+    }
+    if p.len() > 4096 || p.contains('\0') {
+        return Err("must be at most 4096 bytes without NUL".into());
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err("must not contain '..'".into());
+    }
+    if p.ends_with('/') {
+        return Err("must name a file, not a directory".into());
+    }
+    Ok(())
+}
+
+/// Validates a create request.
+pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
+    let mut errs = Vec::new();
+    let task_id = match req.task_id.as_deref() {
+        None | Some("") => {
+            errs.push("task_id is required".to_owned());
+            None
+        }
+        Some(t) => TaskId::parse(t).map_err(|e| errs.push(e.0)).ok(),
+    };
+    let s = &req.spec;
+    let spec = Spec {
+        cpus: s.cpus.unwrap_or(1),
+        ram_mb: s.ram_mb.unwrap_or(512),
+        storage_gb: s.storage_gb.unwrap_or(1),
+        region: s.region.clone().unwrap_or_default(),
+        max_runtime_seconds: s.max_runtime_seconds.unwrap_or(7200),
+    };
+    if !(1..=64).contains(&spec.cpus) {
+        errs.push(format!("spec.cpus must be from 1 to 64 (got {})", spec.cpus));
+    }
+    if !(128..=262_144).contains(&spec.ram_mb) {
+        errs.push(format!(
+            "spec.ram_mb must be from 128 to 262144 (got {})",
+            spec.ram_mb
+        ));
+    }
+    if !(1..=2048).contains(&spec.storage_gb) {
+        errs.push(format!(
+            "spec.storage_gb must be from 1 to 2048 (got {})",
+            spec.storage_gb
+        ));
+    }
+    if !(1..=30 * 86_400).contains(&spec.max_runtime_seconds) {
+        errs.push(format!(
+            "spec.max_runtime_seconds must be from 1 to 2592000 (got {})",
+            spec.max_runtime_seconds
+        ));
+    }
+    if spec.region.len() > 64 {
+        errs.push("spec.region must be at most 64 characters".into());
+    }
+    let manifest = match req.manifest_inline.as_deref() {
+        None | Some("") => None,
+        Some(m) => match b64().decode(m) {
+            Ok(bytes) => {
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+                    errs.push("manifest_inline must be base64 of a JSON document".into());
+                }
+                Some(bytes)
+            }
+            Err(_) => {
+                errs.push("manifest_inline is not valid standard base64".into());
+                None
+            }
+        },
+    };
+    if req.secrets.len() > MAX_SECRETS {
+        errs.push(format!(
+            "secrets: at most {MAX_SECRETS} keys (got {})",
+            req.secrets.len()
+        ));
+    }
+    let mut total = 0usize;
+    for (k, v) in &req.secrets {
+        total += k.len() + v.len();
+        if k.is_empty() || k.len() > MAX_SECRET_KEY {
+            errs.push(format!(
+                "secrets: key {:?} must be 1-{MAX_SECRET_KEY} bytes",
+                k.chars().take(40).collect::<String>()
+            ));
+        }
+        if v.len() > MAX_SECRET_VALUE {
+            errs.push(format!(
+                "secrets[{k:?}]: value is {} bytes; at most {MAX_SECRET_VALUE}",
+                v.len()
+            ));
+        }
+    }
+    if total > MAX_SECRETS_TOTAL {
+        errs.push(format!(
+            "secrets: {total} bytes in total; at most {MAX_SECRETS_TOTAL}"
+        ));
+    }
+    if req.files.len() > MAX_FILES {
+        errs.push(format!("files: at most {MAX_FILES} files"));
+    }
+    let mut files = Vec::new();
+    for (path, content) in &req.files {
+        if let Err(e) = check_guest_path(path) {
+            errs.push(format!("files[{path:?}]: path {e}"));
+            continue;
+        }
+        match b64().decode(content) {
+            Ok(bytes) => files.push((path.clone(), bytes)),
+            Err(_) => errs.push(format!("files[{path:?}]: content is not valid standard base64")),
+        }
+    }
+    if let Some(sc) = &req.startup_script {
+        if sc.len() > 1 << 20 {
+            errs.push("startup_script must be at most 1 MiB".into());
+        }
+    }
+    let gateway_url = req.gateway_url.clone().unwrap_or_default();
+    if !gateway_url.is_empty() {
+        if let Err(e) = check_http_url(&gateway_url) {
+            errs.push(format!("gateway_url: {e}"));
+        }
+    }
+    if let Some(a) = &req.agent {
+        if let Some(u) = a.download_url.as_deref().filter(|u| !u.is_empty()) {
+            if let Err(e) = check_http_url(u) {
+                errs.push(format!("agent.download_url: {e}"));
+            }
+        }
+        if a.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            errs.push("agent.command must not be empty when given".into());
+        }
+        if let Some(l) = a.listen.as_deref().filter(|l| !l.is_empty()) {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                errs.push(format!(
+                    "agent.listen: {l:?} is not an address like 0.0.0.0:8443"
+                ));
+            }
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let request_hash = {
+        let bytes = serde_json::to_vec(req).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(b"fuse-create-v1\0");
+        h.update(&bytes);
+        hex::encode(h.finalize())
+    };
+    Ok(ValidCreate {
+        task_id: task_id.unwrap_or_else(|| unreachable!("errors were empty")),
+        spec,
+        manifest,
+        secrets: req.secrets.clone(),
+        files,
+        startup_script: req.startup_script.clone().filter(|s| !s.trim().is_empty()),
+        gateway_url,
+        gateway_token: req.gateway_token.clone().unwrap_or_default(),
+        request_hash,
+    })
+}
+
+/// Validates an exec request into an argv and a limit.
+pub fn exec(req: &ExecRequest) -> Result<(Vec<String>, Duration), Vec<String>> {
+    let mut errs = Vec::new();
+    let argv = match (&req.cmd, &req.shell) {
+        (Some(_), Some(_)) => {
+            errs.push("give either cmd or shell, not both".to_owned());
+            vec![]
+        }
+        (None, None) => {
+            errs.push("one of cmd (argv list) or shell (string) is required".to_owned());
+            vec![]
+        }
+        (Some(c), None) if c.is_empty() || c[0].is_empty() => {
+            errs.push("cmd must be a non-empty list whose first element is the program".into());
+            vec![]
+        }
+        (Some(c), None) => c.clone(),
+        (None, Some(s)) if s.trim().is_empty() => {
+            errs.push("shell must not be empty".into());
+            vec![]
+        }
+        (None, Some(s)) => vec!["sh".into(), "-c".into(), s.clone()],
+    };
+    let ms = req.timeout_ms.unwrap_or(EXEC_DEFAULT_MS);
+    if !(1..=EXEC_MAX_MS).contains(&ms) {
+        errs.push(format!(
+            "timeout_ms must be from 1 to {EXEC_MAX_MS} (got {ms})"
+        ));
+    }
+    if errs.is_empty() {
+        Ok((argv, Duration::from_millis(ms)))
+    } else {
+        Err(errs)
+    }
+}
+
+/// Replaces every secret value (at least 4 bytes long) found in `text` with `[redacted]`.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "[redacted]");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuse_types::{AgentOverride, SpecInput};
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut req = CreateEnvironment {
+            task_id: Some("Bad Id".into()),
+            spec: SpecInput {
+                cpus: Some(0),
+                ram_mb: Some(1),
+                storage_gb: Some(0),
+                ..SpecInput::default()
+            },
+            manifest_inline: Some("%%%".into()),
+            gateway_url: Some("ftp://x".into()),
+            agent: Some(AgentOverride {
+                command: Some(" ".into()),
+                listen: Some("nope".into()),
+                ..AgentOverride::default()
+            }),
+            ..CreateEnvironment::default()
+        };
+        req.files.insert("relative".into(), "aGk=".into());
+        req.files.insert("/ok".into(), "not base64!".into());
+        req.files.insert("/a/../b".into(), "aGk=".into());
+        req.secrets.insert(String::new(), "x".into());
+        let errs = create(&req).unwrap_err();
+        let all = errs.join("\n");
+        for needle in [
+            "task_id must be",
+            "spec.cpus",
+            "spec.ram_mb",
+            "spec.storage_gb",
+            "manifest_inline is not valid",
+            "gateway_url",
+            "agent.command",
+            "agent.listen",
+            "files[\"relative\"]: path must be an absolute path",
+            "files[\"/ok\"]: content is not valid standard base64",
+            "files[\"/a/../b\"]: path must not contain '..'",
+            "secrets: key",
+        ] {
+            assert!(all.contains(needle), "{needle:?} missing from:\n{all}");
+        }
+        assert_eq!(errs.len(), 12, "{all}");
+    }
+
+    #[test]
+    fn secret_values_never_in_messages() {
+        let mut req = CreateEnvironment {
+            task_id: Some("t".into()),
+            ..CreateEnvironment::default()
+        };
+        req.secrets
+            .insert("BIG".into(), "s3cr3t-".repeat(MAX_SECRET_VALUE / 7 + 1));
+        let errs = create(&req).unwrap_err();
+        assert!(!errs.join(" ").contains("s3cr3t"));
+        assert!(errs[0].contains("secrets[\"BIG\"]"));
+    }
+
+    #[test]
+    fn defaults_and_hash() {
+        let req = CreateEnvironment {
+            task_id: Some("t1".into()),
+            ..CreateEnvironment::default()
+        };
+        let v = create(&req).unwrap();
+        assert_eq!((v.spec.cpus, v.spec.ram_mb, v.spec.storage_gb), (1, 512, 1));
+        assert_eq!(v.spec.max_runtime_seconds, 7200);
+        let mut other = req.clone();
+        other.startup_script = Some("echo hi".into());
+        assert_ne!(v.request_hash, create(&other).unwrap().request_hash);
+        assert_eq!(v.request_hash, create(&req).unwrap().request_hash);
+    }
+
+    #[test]
+    fn exec_table() {
+        let ok = |r: ExecRequest| exec(&r).is_ok();
+        assert!(ok(ExecRequest {
+            cmd: Some(vec!["ls".into()]),
+            ..ExecRequest::default()
+        }));
+        assert!(ok(ExecRequest {
+            shell: Some("ls".into()),
+            timeout_ms: Some(600_000),
+            ..ExecRequest::default()
+        }));
+        assert!(!ok(ExecRequest::default()));
+        assert!(!ok(ExecRequest {
+            cmd: Some(vec![]),
+            ..ExecRequest::default()
+        }));
+        assert!(!ok(ExecRequest {
+            cmd: Some(vec!["a".into()]),
+            shell: Some("b".into()),
+            ..ExecRequest::default()
+        }));
+        assert!(!ok(ExecRequest {
+            shell: Some("ls".into()),
+            timeout_ms: Some(0),
+            ..ExecRequest::default()
+        }));
+        let (argv, t) = exec(&ExecRequest {
+            shell: Some("echo hi".into()),
+            ..ExecRequest::default()
+        })
+        .unwrap();
+        assert_eq!(argv, ["sh", "-c", "echo hi"]);
+        assert_eq!(t, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn redaction() {
+        let s = vec!["hunter22".to_string(), "ab".to_string()];
+        assert_eq!(redact("pw=hunter22 ab", &s), "pw=[redacted] ab");
+    }
+}

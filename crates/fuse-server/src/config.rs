@@ -1,0 +1,502 @@
+//! The one typed configuration of `fuse`, built once at start from flags and environment
+//! variables (DESIGN §7). Every value is read here as text and validated together, so a bad
+//! configuration yields one error that lists every problem. No other module reads the
+//! environment.
+
+use clap::Parser;
+use fuse_scheduler::Policy;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command-line flags; each has an environment variable of the same meaning.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "fuse", version, about = "Fuse control plane: Firecracker microVMs for AI agents")]
+pub struct Flags {
+    /// Listen address (`:8080` means every interface).
+    #[arg(long, env = "ORCH_LISTEN", default_value = ":8080")]
+    pub listen: String,
+    /// Postgres URL; empty selects the in-memory store.
+    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    pub database_url: String,
+    /// Base URL of a single default host agent.
+    #[arg(long = "firecracker-url", env = "FIRECRACKER_BASE_URL", default_value = "")]
+    pub firecracker_url: String,
+    /// Bearer token of the default host agent.
+    #[arg(long, env = "FIRECRACKER_TOKEN", default_value = "", hide_env_values = true)]
+    pub firecracker_token: String,
+    /// 64 hex characters (AES-256-GCM key) for secrets at rest.
+    #[arg(long, env = "TOKEN_ENCRYPTION_KEY", default_value = "", hide_env_values = true)]
+    pub token_encryption_key: String,
+    /// `firecracker` or `stub`; empty chooses from the other settings.
+    #[arg(long, env = "FUSE_PROVIDER", default_value = "")]
+    pub provider: String,
+    /// Default download URL of the agent binary.
+    #[arg(long, env = "AGENT_DOWNLOAD_URL", default_value = "")]
+    pub agent_download_url: String,
+    /// TLS certificate (PEM).
+    #[arg(long, env = "ORCH_TLS_CERT", default_value = "")]
+    pub tls_cert: String,
+    /// TLS private key (PEM).
+    #[arg(long, env = "ORCH_TLS_KEY", default_value = "")]
+    pub tls_key: String,
+    /// Bearer token required on `/v1`.
+    #[arg(long, env = "ORCH_AUTH_TOKEN", default_value = "", hide_env_values = true)]
+    pub auth_token: String,
+    /// Comma-separated CIDRs allowed to call `/v1` (empty: any).
+    #[arg(long, env = "ORCH_ALLOWED_CIDRS", default_value = "")]
+    pub allowed_cidrs: String,
+    /// Refuse to start unless auth token, encryption key and database are set.
+    #[arg(long, env = "ORCH_REQUIRE_AUTH", default_value = "false")]
+    pub require_auth: String,
+    /// Prefix of VM ids.
+    #[arg(long, env = "ORCH_VM_PREFIX", default_value = "fuse-")]
+    pub vm_prefix: String,
+    /// Agent profile: `fused` or `surfd`.
+    #[arg(long, env = "FUSE_AGENT_PROFILE", default_value = "fused")]
+    pub agent_profile: String,
+    /// Placement policy: `spread` or `binpack`.
+    #[arg(long, env = "FUSE_SCHEDULER_POLICY", default_value = "spread")]
+    pub scheduler_policy: String,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "ORCH_MAX_BODY_BYTES", default_value = "16777216")]
+    pub max_body_bytes: String,
+    /// Seconds between SSE keepalive comments.
+    #[arg(long, env = "FUSE_SSE_KEEPALIVE_SECS", default_value = "15")]
+    pub sse_keepalive_secs: String,
+    /// Seconds between host health polls.
+    #[arg(long, env = "FUSE_HOST_POLL_SECS", default_value = "10")]
+    pub host_poll_secs: String,
+    /// Seconds between garbage-collection passes (old terminal records, expired snapshots).
+    #[arg(long, env = "FUSE_GC_PERIOD_SECS", default_value = "60")]
+    pub gc_period_secs: String,
+    /// How long destroyed environments stay visible before they are purged.
+    #[arg(long, env = "FUSE_TERMINAL_RETENTION_SECS", default_value = "86400")]
+    pub terminal_retention_secs: String,
+    /// Default snapshot retention.
+    #[arg(long, env = "FUSE_SNAPSHOT_RETENTION_SECS", default_value = "604800")]
+    pub snapshot_retention_secs: String,
+    /// Limit of the drain command.
+    #[arg(long, env = "FUSE_DRAIN_TIMEOUT_SECS", default_value = "30")]
+    pub drain_timeout_secs: String,
+    /// Limit of a whole provision (create, uploads, startup script, agent start).
+    #[arg(long, env = "FUSE_PROVISION_TIMEOUT_SECS", default_value = "600")]
+    pub provision_timeout_secs: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "FUSE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Which provider serves VMs when no host is registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultProvider {
+    /// The in-memory stub.
+    Stub,
+    /// One `fc-agent` at this URL.
+    HostAgent {
+        /// Base URL.
+        url: String,
+        /// Bearer token.
+        token: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Postgres URL, if any.
+    pub database_url: Option<String>,
+    /// The provider used when no host is registered.
+    pub default_provider: DefaultProvider,
+    /// AES-256-GCM key for secrets at rest.
+    pub encryption_key: Option<[u8; 32]>,
+    /// Default agent download URL.
+    pub agent_download_url: String,
+    /// TLS certificate and key paths.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bearer token on `/v1`.
+    pub auth_token: Option<String>,
+    /// Allowed client networks (empty: any).
+    pub allowed_cidrs: Vec<IpNet>,
+    /// VM id prefix.
+    pub vm_prefix: String,
+    /// Agent profile name.
+    pub agent_profile: String,
+    /// Placement policy.
+    pub policy: Policy,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// SSE keepalive period.
+    pub sse_keepalive: Duration,
+    /// Host poll period.
+    pub host_poll: Duration,
+    /// GC period.
+    pub gc_period: Duration,
+    /// Destroyed records kept this long.
+    pub terminal_retention: Duration,
+    /// Default snapshot retention.
+    pub snapshot_retention: Duration,
+    /// Drain command limit.
+    pub drain_timeout: Duration,
+    /// Provision limit.
+    pub provision_timeout: Duration,
+    /// Emit JSON logs.
+    pub log_json: bool,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::from_flags(Flags {
+            listen: "127.0.0.1:0".into(),
+            require_auth: "false".into(),
+            vm_prefix: "fuse-".into(),
+            agent_profile: "fused".into(),
+            scheduler_policy: "spread".into(),
+            max_body_bytes: "16777216".into(),
+            sse_keepalive_secs: "15".into(),
+            host_poll_secs: "10".into(),
+            gc_period_secs: "60".into(),
+            terminal_retention_secs: "86400".into(),
+            snapshot_retention_secs: "604800".into(),
+            drain_timeout_secs: "30".into(),
+            provision_timeout_secs: "600".into(),
+            log_format: "text".into(),
+            ..Flags::default()
+        }, |_| None)
+        .unwrap_or_else(|e| panic!("default config is invalid: {e}"))
+    }
+}
+
+impl Config {
+    /// Parses flags and environment; `env` resolves the legacy alias variables
+    /// (`SURF_PROVIDER`, `SURFD_DOWNLOAD_URL`).
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::from_flags(Flags::parse(), |k| std::env::var(k).ok())
+    }
+
+    /// Validates `f`, listing every problem.
+    pub fn from_flags(
+        f: Flags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut errs = Vec::new();
+        let listen = parse_listen(&f.listen).unwrap_or_else(|e| {
+            errs.push(format!("ORCH_LISTEN: {e}"));
+            SocketAddr::from(([0, 0, 0, 0], 8080))
+        });
+        let provider = if f.provider.is_empty() {
+            env("SURF_PROVIDER").unwrap_or_default()
+        } else {
+            f.provider.clone()
+        };
+        let download = if f.agent_download_url.is_empty() {
+            env("SURFD_DOWNLOAD_URL").unwrap_or_default()
+        } else {
+            f.agent_download_url.clone()
+        };
+        let default_provider = match provider.as_str() {
+            "" | "firecracker" if !f.firecracker_url.is_empty() => {
+                if let Err(e) = check_http_url(&f.firecracker_url) {
+                    errs.push(format!("FIRECRACKER_BASE_URL: {e}"));
+                }
+                DefaultProvider::HostAgent {
+                    url: f.firecracker_url.trim_end_matches('/').to_owned(),
+                    token: f.firecracker_token.clone(),
+                }
+            }
+            "" | "firecracker" | "stub" => DefaultProvider::Stub,
+            other => {
+                errs.push(format!(
+                    "FUSE_PROVIDER: unknown provider {other:?}; expected firecracker or stub"
+                ));
+                DefaultProvider::Stub
+            }
+        };
+        let encryption_key = match f.token_encryption_key.as_str() {
+            "" => None,
+            k => match hex::decode(k) {
+                Ok(b) if b.len() == 32 => {
+                    let mut key = [0u8; 32];
+                    key.copy_from_slice(&b);
+                    Some(key)
+                }
+                _ => {
+                    errs.push(format!(
+                        "TOKEN_ENCRYPTION_KEY: must be exactly 64 hex characters (got {} characters)",
+                        k.len()
+                    ));
+                    None
+                }
+            },
+        };
+        let tls = match (f.tls_cert.as_str(), f.tls_key.as_str()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                errs.push("ORCH_TLS_CERT and ORCH_TLS_KEY must be set together".into());
+                None
+            }
+            (c, k) => {
+                for (name, p) in [("ORCH_TLS_CERT", c), ("ORCH_TLS_KEY", k)] {
+                    if !std::path::Path::new(p).is_file() {
+                        errs.push(format!("{name}: {p} is not a readable file"));
+                    }
+                }
+                Some((PathBuf::from(c), PathBuf::from(k)))
+            }
+        };
+        let mut allowed_cidrs = Vec::new();
+        for part in f.allowed_cidrs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match part.parse::<IpNet>() {
+                Ok(n) => allowed_cidrs.push(n),
+                Err(_) => match part.parse::<std::net::IpAddr>() {
+                    Ok(ip) => allowed_cidrs.push(IpNet::from(ip)),
+                    Err(_) => errs.push(format!(
+                        "ORCH_ALLOWED_CIDRS: {part:?} is not a CIDR (e.g. 10.0.0.0/8) or address"
+                    )),
+                },
+            }
+        }
+        let require_auth = parse_bool(&f.require_auth).unwrap_or_else(|e| {
+            errs.push(format!("ORCH_REQUIRE_AUTH: {e}"));
+            false
+        });
+        if require_auth {
+            let mut missing = Vec::new();
+            if f.auth_token.is_empty() {
+                missing.push("ORCH_AUTH_TOKEN");
+            }
+            if f.token_encryption_key.is_empty() {
+                missing.push("TOKEN_ENCRYPTION_KEY");
+            }
+            if f.database_url.is_empty() {
+                missing.push("DATABASE_URL");
+            }
+            if !missing.is_empty() {
+                errs.push(format!(
+                    "ORCH_REQUIRE_AUTH is set but these are missing: {}",
+                    missing.join(", ")
+                ));
+            }
+        }
+        let prefix_ok = f.vm_prefix.len() <= 20
+            && f.vm_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !prefix_ok {
+            errs.push(format!(
+                "ORCH_VM_PREFIX: {:?} must be at most 20 characters of [a-z0-9-]",
+                f.vm_prefix
+            ));
+        }
+        if crate::profile::Profile::by_name(&f.agent_profile).is_none() {
+            errs.push(format!(
+                "FUSE_AGENT_PROFILE: unknown profile {:?}; expected one of {}",
+                f.agent_profile,
+                crate::profile::Profile::NAMES.join(", ")
+            ));
+        }
+        let policy = f.scheduler_policy.parse::<Policy>().unwrap_or_else(|e| {
+            errs.push(format!("FUSE_SCHEDULER_POLICY: {e}"));
+            Policy::Spread
+        });
+        let mut num = |name: &str, v: &str, min: u64, max: u64| -> u64 {
+            match v.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    errs.push(format!(
+                        "{name}: {v:?} must be a whole number from {min} to {max}"
+                    ));
+                    min
+                }
+            }
+        };
+        let max_body_bytes = num("ORCH_MAX_BODY_BYTES", &f.max_body_bytes, 1024, 1 << 30) as usize;
+        let sse_keepalive = secs(num("FUSE_SSE_KEEPALIVE_SECS", &f.sse_keepalive_secs, 1, 3600));
+        let host_poll = secs(num("FUSE_HOST_POLL_SECS", &f.host_poll_secs, 1, 3600));
+        let gc_period = secs(num("FUSE_GC_PERIOD_SECS", &f.gc_period_secs, 1, 86400));
+        let terminal_retention = secs(num(
+            "FUSE_TERMINAL_RETENTION_SECS",
+            &f.terminal_retention_secs,
+            0,
+            u64::from(u32::MAX),
+        ));
+        let snapshot_retention = secs(num(
+            "FUSE_SNAPSHOT_RETENTION_SECS",
+            &f.snapshot_retention_secs,
+            0,
+            u64::from(u32::MAX),
+        ));
+        let drain_timeout = secs(num("FUSE_DRAIN_TIMEOUT_SECS", &f.drain_timeout_secs, 1, 3600));
+        let provision_timeout = secs(num(
+            "FUSE_PROVISION_TIMEOUT_SECS",
+            &f.provision_timeout_secs,
+            1,
+            86400,
+        ));
+        let log_json = match f.log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                errs.push(format!("FUSE_LOG_FORMAT: {other:?}; expected text or json"));
+                false
+            }
+        };
+        if !f.database_url.is_empty()
+            && !(f.database_url.starts_with("postgres://")
+                || f.database_url.starts_with("postgresql://"))
+        {
+            errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
+        }
+        if !errs.is_empty() {
+            return Err(ConfigError(errs));
+        }
+        Ok(Config {
+            listen,
+            database_url: (!f.database_url.is_empty()).then_some(f.database_url),
+            default_provider,
+            encryption_key,
+            agent_download_url: download,
+            tls,
+            auth_token: (!f.auth_token.is_empty()).then_some(f.auth_token),
+            allowed_cidrs,
+            vm_prefix: f.vm_prefix,
+            agent_profile: f.agent_profile,
+            policy,
+            max_body_bytes,
+            sse_keepalive,
+            host_poll,
+            gc_period,
+            terminal_retention,
+            snapshot_retention,
+            drain_timeout,
+            provision_timeout,
+            log_json,
+        })
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Accepts Go-style `:8080`, `host:port` and `[v6]:port`.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    full.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        "1" | "true" | "yes" | "on" => Ok(true),
+        _ => Err(format!("{s:?} is not a boolean (true/false)")),
+    }
+}
+
+/// Checks that `s` is an absolute http(s) URL.
+pub fn check_http_url(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{s:?} has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec!["fuse"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_quick_start() {
+        // Parse without the process environment leaking in: every flag explicit.
+        let c = Config::from_flags(flags(&["--listen", ":8080"]), |_| None).unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(c.default_provider, DefaultProvider::Stub);
+        assert_eq!(c.vm_prefix, "fuse-");
+        assert_eq!(c.agent_profile, "fused");
+        assert!(c.database_url.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let f = flags(&[
+            "--listen",
+            "nope",
+            "--token-encryption-key",
+            "abc",
+            "--allowed-cidrs",
+            "10.0.0.0/8,bogus",
+            "--vm-prefix",
+            "Bad_",
+            "--agent-profile",
+            "x",
+            "--scheduler-policy",
+            "random",
+            "--max-body-bytes=-1",
+            "--require-auth",
+            "true",
+            "--tls-cert",
+            "/nonexistent.pem",
+        ]);
+        let err = Config::from_flags(f, |_| None).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ORCH_LISTEN",
+            "TOKEN_ENCRYPTION_KEY: must be exactly 64 hex",
+            "\"bogus\"",
+            "ORCH_VM_PREFIX",
+            "FUSE_AGENT_PROFILE",
+            "FUSE_SCHEDULER_POLICY",
+            "ORCH_MAX_BODY_BYTES",
+            "missing: ORCH_AUTH_TOKEN, DATABASE_URL",
+            "set together",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        assert_eq!(err.0.len(), 9, "{text}");
+    }
+
+    #[test]
+    fn legacy_aliases_and_default_host() {
+        let f = flags(&["--firecracker-url", "http://h:8090/", "--firecracker-token", "t"]);
+        let c = Config::from_flags(f, |k| {
+            (k == "SURFD_DOWNLOAD_URL").then(|| "http://dl/x".to_string())
+        })
+        .unwrap();
+        assert_eq!(
+            c.default_provider,
+            DefaultProvider::HostAgent {
+                url: "http://h:8090".into(),
+                token: "t".into()
+            }
+        );
+        assert_eq!(c.agent_download_url, "http://dl/x");
+        let err = Config::from_flags(flags(&[]), |k| {
+            (k == "SURF_PROVIDER").then(|| "docker".to_string())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown provider \"docker\""));
+    }
+}

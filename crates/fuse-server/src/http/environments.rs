@@ -1,0 +1,88 @@
+//! `/v1/environments` handlers: thin wrappers over `app::environments`.
+
+use super::extract::{ApiBytes, ApiJson, Params};
+use crate::app::environments::CreateOutcome;
+use crate::app::App;
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fuse_store::VmFilter;
+use fuse_types::{CreateEnvironment, ExecRequest, VmState};
+use std::sync::Arc;
+
+/// Default page size.
+const DEFAULT_LIMIT: usize = 50;
+/// Largest page size.
+const MAX_LIMIT: usize = 200;
+
+pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, ApiError> {
+    let state = q.parse::<VmState>("state")?;
+    let limit = q.parse::<usize>("limit")?.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "query parameter limit must be from 1 to {MAX_LIMIT} (got {limit})"
+        )));
+    }
+    let filter = VmFilter {
+        task_id: q.str("task_id").map(str::to_owned),
+        state,
+        host_id: q.str("host_id").map(str::to_owned),
+    };
+    let page = app.env_list(filter, limit, q.str("cursor")).await?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    q: Params,
+    ApiJson(req): ApiJson<CreateEnvironment>,
+) -> Result<Response, ApiError> {
+    let wait = q.bool("wait", true)?;
+    let (env, outcome) = app.env_create(req, wait).await?;
+    let status = match (outcome, wait) {
+        (CreateOutcome::Existing, _) => StatusCode::OK,
+        (CreateOutcome::New, true) => StatusCode::CREATED,
+        (CreateOutcome::New, false) => StatusCode::ACCEPTED,
+    };
+    Ok((status, Json(env)).into_response())
+}
+
+pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(app.env_get(&id).await?.to_wire()).into_response())
+}
+
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.env_delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/environments/{id}?action=drain|rotate-token|exec`.
+pub async fn action(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    q: Params,
+    ApiBytes(body): ApiBytes,
+) -> Result<Response, ApiError> {
+    match q.str("action") {
+        Some("drain") => Ok(Json(app.env_drain(&id).await?.to_wire()).into_response()),
+        Some("rotate-token") => {
+            app.env_rotate_token(&id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Some("exec") => {
+            let req: ExecRequest = super::extract::parse_json(&body)?;
+            Ok(Json(app.env_exec(&id, req).await?).into_response())
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "unknown action {other:?}; expected drain, rotate-token or exec"
+        ))),
+        None => Err(ApiError::invalid(
+            "query parameter action is required: drain, rotate-token or exec",
+        )),
+    }
+}

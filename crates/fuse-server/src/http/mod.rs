@@ -1,0 +1,201 @@
+//! The REST API (DESIGN §2). The router is built from one route table, so the OpenAPI
+//! description can be checked against every route that exists. Layers, outermost first:
+//! request id (always echoed) → metrics and tracing span → for `/v1`: CIDR allowlist (403)
+//! → bearer token (401) → body limit → handler.
+
+mod environments;
+mod events;
+pub mod extract;
+mod hosts;
+mod snapshots;
+mod system;
+
+use crate::app::App;
+use crate::error::ApiError;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// The request id of the current request, set by the outermost layer.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Every route: method, path (axum syntax) and handler.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<App>>)> {
+    vec![
+        (Method::GET, "/health", get(system::health)),
+        (Method::GET, "/ready", get(system::ready)),
+        (Method::GET, "/metrics", get(system::metrics)),
+        (Method::GET, "/openapi.json", get(system::openapi)),
+        (Method::GET, "/v1/environments", get(environments::list)),
+        (Method::POST, "/v1/environments", post(environments::create)),
+        (Method::GET, "/v1/environments/{id}", get(environments::get)),
+        (Method::DELETE, "/v1/environments/{id}", delete(environments::delete)),
+        (Method::POST, "/v1/environments/{id}", post(environments::action)),
+        (Method::GET, "/v1/environments/{id}/events", get(events::stream)),
+        (Method::POST, "/v1/environments/{id}/snapshots", post(snapshots::create)),
+        (Method::GET, "/v1/snapshots", get(snapshots::list)),
+        (Method::GET, "/v1/snapshots/{id}", get(snapshots::get)),
+        (Method::DELETE, "/v1/snapshots/{id}", delete(snapshots::delete)),
+        (Method::POST, "/v1/snapshots/{id}", post(snapshots::action)),
+        (Method::GET, "/v1/hosts", get(hosts::list)),
+        (Method::POST, "/v1/hosts", post(hosts::register)),
+        (Method::GET, "/v1/hosts/{id}", get(hosts::get)),
+        (Method::DELETE, "/v1/hosts/{id}", delete(hosts::delete)),
+        (Method::POST, "/v1/hosts/{id}", post(hosts::action)),
+    ]
+}
+
+/// Builds the whole router.
+pub fn router(app: Arc<App>) -> Router {
+    let mut public = Router::new();
+    let mut v1 = Router::new();
+    for (_, path, handler) in routes() {
+        if path.starts_with("/v1") {
+            v1 = v1.route(path, handler);
+        } else {
+            public = public.route(path, handler);
+        }
+    }
+    let v1 = v1
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::max(app.config.max_body_bytes));
+    public
+        .merge(v1)
+        .route_layer(middleware::from_fn_with_state(app.clone(), observe))
+        .fallback(system::not_found)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(middleware::from_fn(request_id))
+        .with_state(app)
+}
+
+fn valid_request_id(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Echoes a valid client `X-Request-ID` or generates `req_` + 32 hex; always on the response.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| valid_request_id(s))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut b);
+            format!("req_{}", hex::encode(b))
+        });
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Counts and times every routed request, inside a span carrying the request id.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let rid = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("http", request_id = %rid, method = %method, route = %route);
+    let m = &app.metrics;
+    m.http_in_flight.inc();
+    let start = Instant::now();
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    m.http_in_flight.dec();
+    m.http_duration
+        .with_label_values(&[&route, method.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, method.as_str(), resp.status().as_str()])
+        .inc();
+    if resp.status().is_server_error() {
+        span.in_scope(|| tracing::warn!(status = resp.status().as_u16(), "request failed"));
+    } else {
+        span.in_scope(|| {
+            tracing::debug!(status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request")
+        });
+    }
+    resp
+}
+
+/// CIDR allowlist (403), then bearer token (401), constant-time.
+async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let cfg = &app.config;
+    if !cfg.allowed_cidrs.is_empty() {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let allowed = peer.is_some_and(|ip| {
+            let ip = match ip {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(std::net::IpAddr::V4)
+                    .unwrap_or(ip),
+                v4 => v4,
+            };
+            cfg.allowed_cidrs.iter().any(|n| n.contains(&ip))
+        });
+        if !allowed {
+            return Err(ApiError::new(
+                fuse_types::ErrorCode::Forbidden,
+                "client address is not in ORCH_ALLOWED_CIDRS",
+            ));
+        }
+    }
+    if let Some(want) = &cfg.auth_token {
+        let got = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or("");
+        // Hash both sides so the comparison does not leak the token's length.
+        let a = Sha256::digest(got.as_bytes());
+        let b = Sha256::digest(want.as_bytes());
+        if got.is_empty() || !bool::from(a.ct_eq(&b)) {
+            return Err(ApiError::new(
+                fuse_types::ErrorCode::Unauthorized,
+                "missing or invalid bearer token",
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_rule() {
+        assert!(valid_request_id("abc-DEF_123"));
+        assert!(valid_request_id(&"a".repeat(128)));
+        assert!(!valid_request_id(&"a".repeat(129)));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id("a/b"));
+    }
+}

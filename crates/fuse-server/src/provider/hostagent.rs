@@ -1,0 +1,304 @@
+//! HTTP client for one `fc-agent` (the host-agent wire of DESIGN §6). Timeouts on every
+//! call; only idempotent calls (GET, DELETE) are retried, once, and only when the
+//! connection failed before the request could have been processed.
+
+use super::{Provider, ProviderError};
+use async_trait::async_trait;
+use base64::Engine as _;
+use fuse_types::hostagent::{
+    AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
+    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList,
+};
+use fuse_types::{ErrorBody, ExecResponse};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Calls that may take a while (boot, snapshot) get this long.
+const SLOW: Duration = Duration::from_secs(300);
+/// Everything else.
+const FAST: Duration = Duration::from_secs(30);
+
+/// A client for one host.
+#[derive(Debug, Clone)]
+pub struct HostAgentClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl HostAgentClient {
+    /// A client for the agent at `base` (e.g. `http://10.0.0.5:8090`).
+    pub fn new(base: &str, token: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        HostAgentClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<Option<T>, ProviderError> {
+        let idempotent = method == Method::GET || method == Method::DELETE;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{}", self.base, path))
+                .timeout(timeout)
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if idempotent && attempt < 2 && e.is_connect() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "{method} {path}: {}",
+                        error_chain(&e)
+                    )))
+                }
+            };
+            let status = resp.status();
+            if status.is_success() {
+                if status == StatusCode::NO_CONTENT {
+                    return Ok(None);
+                }
+                let bytes = resp.bytes().await.map_err(|e| {
+                    ProviderError::Unavailable(format!("{method} {path}: reading body: {e}"))
+                })?;
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    ProviderError::Internal(format!("{method} {path}: bad answer: {e}"))
+                });
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| text.chars().take(300).collect());
+            return Err(match status {
+                StatusCode::NOT_FOUND => ProviderError::NotFound(message),
+                StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::BAD_GATEWAY
+                | StatusCode::GATEWAY_TIMEOUT
+                | StatusCode::TOO_MANY_REQUESTS => {
+                    ProviderError::Unavailable(format!("{method} {path}: {status}: {message}"))
+                }
+                s if s.is_client_error() => ProviderError::Rejected {
+                    status: s.as_u16(),
+                    message,
+                },
+                s => ProviderError::Internal(format!("{method} {path}: {s}: {message}")),
+            });
+        }
+    }
+
+    fn vm_path(vm_id: &str, rest: &str) -> String {
+        format!("/v1/vm/{vm_id}{rest}")
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn need<T>(v: Option<T>, what: &str) -> Result<T, ProviderError> {
+    v.ok_or_else(|| ProviderError::Internal(format!("{what}: empty answer")))
+}
+
+#[async_trait]
+impl Provider for HostAgentClient {
+    fn kind(&self) -> &'static str {
+        "fc-agent"
+    }
+
+    async fn health(&self) -> Result<AgentHealth, ProviderError> {
+        let h = self
+            .call::<(), AgentHealth>(Method::GET, "/healthz", None, Duration::from_secs(5))
+            .await?;
+        need(h, "healthz")
+    }
+
+    async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        let v = self.call(Method::POST, "/v1/vm", Some(req), SLOW).await?;
+        need(v, "create vm")
+    }
+
+    async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError> {
+        match self
+            .call::<(), serde_json::Value>(Method::DELETE, &Self::vm_path(vm_id, ""), None, SLOW)
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn vm_list(&self, prefix: &str) -> Result<Vec<AgentVm>, ProviderError> {
+        let l: Option<AgentVmList> = self
+            .call::<(), _>(Method::GET, &format!("/v1/vm?prefix={prefix}"), None, FAST)
+            .await?;
+        Ok(need(l, "list vms")?.vms)
+    }
+
+    async fn upload(
+        &self,
+        vm_id: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<(), ProviderError> {
+        let body = AgentUpload {
+            path: path.to_owned(),
+            content_b64: base64::engine::general_purpose::STANDARD.encode(content),
+            mode: Some(mode),
+        };
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            &Self::vm_path(vm_id, "/upload"),
+            Some(&body),
+            FAST,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        vm_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResponse, ProviderError> {
+        let body = AgentExec {
+            cmd: cmd.to_vec(),
+            timeout_ms: Some(timeout.as_millis() as u64),
+        };
+        let r: AgentExecResult = need(
+            self.call(
+                Method::POST,
+                &Self::vm_path(vm_id, "/exec"),
+                Some(&body),
+                timeout + Duration::from_secs(10),
+            )
+            .await?,
+            "exec",
+        )?;
+        let dec = |s: &str| -> Result<String, ProviderError> {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| ProviderError::Internal(format!("exec output is not base64: {e}")))
+        };
+        Ok(ExecResponse {
+            exit_code: r.exit_code,
+            stdout: dec(&r.stdout)?,
+            stderr: dec(&r.stderr)?,
+        })
+    }
+
+    async fn start_agent(&self, vm_id: &str, spec: &AgentStart) -> Result<(), ProviderError> {
+        let r = self
+            .call::<_, serde_json::Value>(
+                Method::POST,
+                &Self::vm_path(vm_id, "/start-agent"),
+                Some(spec),
+                SLOW,
+            )
+            .await;
+        match r {
+            // Hosts still running the original agent only know the older route.
+            Err(ProviderError::NotFound(_)) => {
+                self.call::<_, serde_json::Value>(
+                    Method::POST,
+                    &Self::vm_path(vm_id, "/start-surfd"),
+                    Some(spec),
+                    SLOW,
+                )
+                .await?;
+                Ok(())
+            }
+            r => r.map(|_| ()),
+        }
+    }
+
+    async fn stop_agent(&self, vm_id: &str) -> Result<(), ProviderError> {
+        self.call::<(), serde_json::Value>(
+            Method::POST,
+            &Self::vm_path(vm_id, "/stop-agent"),
+            None,
+            FAST,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn snapshot_create(
+        &self,
+        vm_id: &str,
+        snapshot_id: &str,
+        mode: &str,
+    ) -> Result<AgentSnapshot, ProviderError> {
+        let body = AgentSnapshotCreate {
+            snapshot_id: snapshot_id.to_owned(),
+            mode: mode.to_owned(),
+        };
+        let s = self
+            .call(Method::POST, &Self::vm_path(vm_id, "/snapshot"), Some(&body), SLOW)
+            .await?;
+        need(s, "snapshot")
+    }
+
+    async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        let body = AgentRestore {
+            snapshot_id: snapshot_id.to_owned(),
+        };
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            &Self::vm_path(vm_id, "/restore"),
+            Some(&body),
+            SLOW,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        match self
+            .call::<(), serde_json::Value>(
+                Method::DELETE,
+                &Self::vm_path(vm_id, &format!("/snapshots/{snapshot_id}")),
+                None,
+                SLOW,
+            )
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

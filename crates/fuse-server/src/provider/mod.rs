@@ -1,0 +1,192 @@
+//! Providers: how the control plane acts on one host. [`Provider`] is the seam; the
+//! in-memory [`stub::StubProvider`] serves the quick start and tests of everything above
+//! the host, and [`hostagent::HostAgentClient`] speaks the `fc-agent` wire (DESIGN §6).
+//! [`Providers`] maps every VM to its own host's provider; there is no global default
+//! except the pseudo-host `default`, used only while no host is registered.
+
+pub mod hostagent;
+pub mod stub;
+
+use async_trait::async_trait;
+use fuse_store::{HostRecord, StateStore};
+use fuse_types::hostagent::{AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate};
+use fuse_types::{ExecResponse, HostId};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The id of the pseudo-host that stands for the default provider.
+pub const DEFAULT_HOST: &str = "default";
+
+/// Failures talking to a host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The VM (or snapshot) is not on the host.
+    #[error("not found on host: {0}")]
+    NotFound(String),
+    /// The host could not be reached, timed out, or is out of room (retryable).
+    #[error("host unavailable: {0}")]
+    Unavailable(String),
+    /// The host refused the request as invalid.
+    #[error("host rejected the request ({status}): {message}")]
+    Rejected {
+        /// HTTP status from the host.
+        status: u16,
+        /// The host's message.
+        message: String,
+    },
+    /// The host failed or answered nonsense.
+    #[error("host error: {0}")]
+    Internal(String),
+}
+
+impl ProviderError {
+    /// A message safe for a client (no URLs or host internals beyond the host's own words).
+    pub fn client_message(&self) -> String {
+        match self {
+            ProviderError::NotFound(m) => format!("not found on host: {m}"),
+            ProviderError::Unavailable(_) => "host unavailable; retry later".into(),
+            ProviderError::Rejected { message, .. } => format!("host rejected the request: {message}"),
+            ProviderError::Internal(_) => "host error".into(),
+        }
+    }
+}
+
+/// What the control plane can ask of one host. Every call names the VM by its id; destroy
+/// and the deletes are idempotent (a missing VM is success).
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// `stub` or `fc-agent`.
+    fn kind(&self) -> &'static str;
+    /// Capacity, version, backend.
+    async fn health(&self) -> Result<AgentHealth, ProviderError>;
+    /// Creates and boots a VM; returns its id and agent URL.
+    async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError>;
+    /// Destroys a VM; success if it is already gone.
+    async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError>;
+    /// VMs on the host whose id starts with `prefix`.
+    async fn vm_list(&self, prefix: &str) -> Result<Vec<AgentVm>, ProviderError>;
+    /// Writes a file in the guest.
+    async fn upload(
+        &self,
+        vm_id: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<(), ProviderError>;
+    /// Runs a command in the guest.
+    async fn exec(
+        &self,
+        vm_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResponse, ProviderError>;
+    /// Starts (or restarts) the agent.
+    async fn start_agent(&self, vm_id: &str, spec: &AgentStart) -> Result<(), ProviderError>;
+    /// Stops the agent.
+    async fn stop_agent(&self, vm_id: &str) -> Result<(), ProviderError>;
+    /// Snapshots a VM.
+    async fn snapshot_create(
+        &self,
+        vm_id: &str,
+        snapshot_id: &str,
+        mode: &str,
+    ) -> Result<AgentSnapshot, ProviderError>;
+    /// Restores a snapshot into its VM.
+    async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
+    /// Deletes a snapshot; success if it is already gone.
+    async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
+}
+
+/// Maps hosts to providers, building a client the first time a host is used (also for
+/// hosts registered through another replica).
+pub struct Providers {
+    default: Arc<dyn Provider>,
+    hosts: RwLock<HashMap<String, Arc<dyn Provider>>>,
+    stubs: RwLock<HashMap<String, Arc<stub::StubProvider>>>,
+    allow_stub_hosts: bool,
+}
+
+impl Providers {
+    /// `default` serves the pseudo-host; `allow_stub_hosts` lets hosts register with
+    /// `stub://NAME` URLs (quick start and tests only).
+    pub fn new(default: Arc<dyn Provider>, allow_stub_hosts: bool) -> Self {
+        Providers {
+            default,
+            hosts: RwLock::new(HashMap::new()),
+            stubs: RwLock::new(HashMap::new()),
+            allow_stub_hosts,
+        }
+    }
+
+    /// Providers whose default is an in-memory stub, reachable by tests as `stub("default")`;
+    /// `stub://` host URLs are accepted.
+    pub fn new_stub() -> Self {
+        let stub = Arc::new(stub::StubProvider::new());
+        let p = Providers::new(stub.clone(), true);
+        p.stubs.write().insert(DEFAULT_HOST.to_owned(), stub);
+        p
+    }
+
+    /// Whether `stub://` host URLs are accepted.
+    pub fn allow_stub_hosts(&self) -> bool {
+        self.allow_stub_hosts
+    }
+
+    /// The default provider.
+    pub fn default_provider(&self) -> Arc<dyn Provider> {
+        self.default.clone()
+    }
+
+    /// Builds (without caching) the provider for a host record.
+    pub fn build(&self, url: &str, token: &str) -> Arc<dyn Provider> {
+        if let Some(name) = url.strip_prefix("stub://") {
+            let mut stubs = self.stubs.write();
+            let s = stubs
+                .entry(name.to_owned())
+                .or_insert_with(|| Arc::new(stub::StubProvider::new()))
+                .clone();
+            return s;
+        }
+        Arc::new(hostagent::HostAgentClient::new(url, token))
+    }
+
+    /// Installs (or replaces) the provider of a host after registration.
+    pub fn install(&self, host: &HostRecord) -> Arc<dyn Provider> {
+        let p = self.build(&host.url, &host.token);
+        self.hosts.write().insert(host.id.to_string(), p.clone());
+        p
+    }
+
+    /// Forgets a deleted host.
+    pub fn remove(&self, id: &str) {
+        self.hosts.write().remove(id);
+    }
+
+    /// The provider of the VM's own host.
+    pub async fn for_host(
+        &self,
+        store: &dyn StateStore,
+        host_id: &HostId,
+    ) -> Result<Arc<dyn Provider>, ProviderError> {
+        if host_id.as_str() == DEFAULT_HOST {
+            return Ok(self.default.clone());
+        }
+        if let Some(p) = self.hosts.read().get(host_id.as_str()) {
+            return Ok(p.clone());
+        }
+        match store.host_get(host_id).await {
+            Ok(Some(h)) => Ok(self.install(&h)),
+            Ok(None) => Err(ProviderError::Unavailable(format!(
+                "host {host_id} is not registered"
+            ))),
+            Err(e) => Err(ProviderError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The stub behind a `stub://NAME` host (tests inspect what it recorded).
+    pub fn stub(&self, name: &str) -> Option<Arc<stub::StubProvider>> {
+        self.stubs.read().get(name).cloned()
+    }
+}

@@ -1,0 +1,279 @@
+//! The in-memory stub provider: a host that keeps VMs as records. It runs nothing; its
+//! `exec` understands a handful of commands so that lifecycle paths can be exercised
+//! without a hypervisor (documented in `docs/stub-provider.md`):
+//!
+//! - `true` → 0, `false` → 1, `echo ARGS` → ARGS, `cat PATH` → the uploaded file or 1,
+//!   `uname -r` → `stub`, `sleep N` → 124 if N exceeds the timeout; other argv → 127;
+//! - `sh -c|-lc SCRIPT`: `exit N` → N, `sleep N` as above, `echo`/`cat` as above, a script
+//!   containing `pkill -TERM` or `systemctl stop` stops the agent; anything else → 0.
+//!
+//! Every call is recorded so tests can assert what the control plane asked for.
+
+use super::{Provider, ProviderError};
+use async_trait::async_trait;
+use fuse_types::hostagent::{AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate};
+use fuse_types::{ExecResponse, Resources};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// One VM in the stub.
+#[derive(Debug, Clone, Default)]
+pub struct StubVm {
+    /// Creation request.
+    pub spec: AgentVmCreate,
+    /// Guest files.
+    pub files: BTreeMap<String, (Vec<u8>, u32)>,
+    /// Every command run, in order.
+    pub execs: Vec<Vec<String>>,
+    /// The last agent launch.
+    pub agent: Option<AgentStart>,
+    /// Whether the agent runs.
+    pub agent_running: bool,
+    /// How many times the agent was started.
+    pub agent_starts: u32,
+    /// Snapshots: id → files at that time.
+    pub snapshots: BTreeMap<String, BTreeMap<String, (Vec<u8>, u32)>>,
+    created: Option<Instant>,
+}
+
+/// The stub host.
+#[derive(Debug)]
+pub struct StubProvider {
+    vms: Mutex<HashMap<String, StubVm>>,
+    capacity: Resources,
+}
+
+impl Default for StubProvider {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StubProvider {
+    /// A stub host with a large capacity.
+    pub fn new() -> Self {
+        StubProvider {
+            vms: Mutex::new(HashMap::new()),
+            capacity: Resources {
+                cpus: 4096,
+                ram_mb: 16 << 20,
+                storage_gb: 1 << 20,
+                vm_count: 1_000_000,
+            },
+        }
+    }
+
+    /// A copy of one VM's record.
+    pub fn vm(&self, id: &str) -> Option<StubVm> {
+        self.vms.lock().get(id).cloned()
+    }
+
+    /// How many VMs it holds.
+    pub fn len(&self) -> usize {
+        self.vms.lock().len()
+    }
+
+    /// Whether it holds no VM.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn with_vm<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut StubVm) -> T,
+    ) -> Result<T, ProviderError> {
+        let mut g = self.vms.lock();
+        let vm = g
+            .get_mut(id)
+            .ok_or_else(|| ProviderError::NotFound(format!("vm {id}")))?;
+        Ok(f(vm))
+    }
+}
+
+fn out(code: i32, stdout: impl Into<String>, stderr: impl Into<String>) -> ExecResponse {
+    ExecResponse {
+        exit_code: code,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    }
+}
+
+fn run_argv(vm: &mut StubVm, argv: &[&str], timeout: Duration) -> ExecResponse {
+    match argv {
+        [] => out(127, "", "empty command\n"),
+        ["true", ..] | [":", ..] => out(0, "", ""),
+        ["false", ..] => out(1, "", ""),
+        ["echo", rest @ ..] => out(0, format!("{}\n", rest.join(" ")), ""),
+        ["uname", "-r"] => out(0, "stub\n", ""),
+        ["cat", path] => match vm.files.get(*path) {
+            Some((b, _)) => out(0, String::from_utf8_lossy(b), ""),
+            None => out(1, "", format!("cat: {path}: No such file or directory\n")),
+        },
+        ["sleep", n] => match n.parse::<f64>() {
+            Ok(s) if Duration::from_secs_f64(s.max(0.0)) > timeout => out(124, "", "timed out\n"),
+            Ok(_) => out(0, "", ""),
+            Err(_) => out(1, "", "sleep: invalid time interval\n"),
+        },
+        ["exit", n] => out(n.parse().unwrap_or(2), "", ""),
+        [cmd, ..] => out(127, "", format!("{cmd}: command not found\n")),
+    }
+}
+
+fn run_shell(vm: &mut StubVm, script: &str, timeout: Duration) -> ExecResponse {
+    if script.contains("pkill -TERM") || script.contains("systemctl stop") {
+        vm.agent_running = false;
+        return out(0, "", "");
+    }
+    let words: Vec<&str> = script.split_whitespace().collect();
+    match words.as_slice() {
+        ["exit", _] | ["echo", ..] | ["cat", _] | ["sleep", _] | ["true"] | ["false"]
+        | ["uname", "-r"] => run_argv(vm, &words, timeout),
+        _ => out(0, "", ""),
+    }
+}
+
+#[async_trait]
+impl Provider for StubProvider {
+    fn kind(&self) -> &'static str {
+        "stub"
+    }
+
+    async fn health(&self) -> Result<AgentHealth, ProviderError> {
+        let g = self.vms.lock();
+        let mut allocated = Resources::default();
+        for v in g.values() {
+            allocated = allocated.plus(Resources {
+                cpus: v.spec.cpus,
+                ram_mb: v.spec.memory_mb,
+                storage_gb: v.spec.storage_gb,
+                vm_count: 1,
+            });
+        }
+        Ok(AgentHealth {
+            status: "ok".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            backend: "stub".into(),
+            capacity: self.capacity,
+            allocated,
+        })
+    }
+
+    async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        let mut g = self.vms.lock();
+        g.entry(req.name.clone()).or_insert_with(|| StubVm {
+            spec: req.clone(),
+            created: Some(Instant::now()),
+            ..StubVm::default()
+        });
+        Ok(AgentVm {
+            vm_id: req.name.clone(),
+            url: format!("http://stub.invalid/{}", req.name),
+            state: "running".into(),
+            age_seconds: 0,
+        })
+    }
+
+    async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError> {
+        self.vms.lock().remove(vm_id);
+        Ok(())
+    }
+
+    async fn vm_list(&self, prefix: &str) -> Result<Vec<AgentVm>, ProviderError> {
+        let g = self.vms.lock();
+        let mut v: Vec<AgentVm> = g
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, vm)| AgentVm {
+                vm_id: k.clone(),
+                url: format!("http://stub.invalid/{k}"),
+                state: "running".into(),
+                age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
+            })
+            .collect();
+        v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        Ok(v)
+    }
+
+    async fn upload(
+        &self,
+        vm_id: &str,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<(), ProviderError> {
+        if !path.starts_with('/') {
+            return Err(ProviderError::Rejected {
+                status: 400,
+                message: format!("path {path:?} must be absolute"),
+            });
+        }
+        self.with_vm(vm_id, |vm| {
+            vm.files.insert(path.to_owned(), (content.to_vec(), mode));
+        })
+    }
+
+    async fn exec(
+        &self,
+        vm_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecResponse, ProviderError> {
+        self.with_vm(vm_id, |vm| {
+            vm.execs.push(cmd.to_vec());
+            let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            match argv.as_slice() {
+                ["sh", "-c" | "-lc", script] => run_shell(vm, script, timeout),
+                _ => run_argv(vm, &argv, timeout),
+            }
+        })
+    }
+
+    async fn start_agent(&self, vm_id: &str, spec: &AgentStart) -> Result<(), ProviderError> {
+        self.with_vm(vm_id, |vm| {
+            vm.agent = Some(spec.clone());
+            vm.agent_running = true;
+            vm.agent_starts += 1;
+        })
+    }
+
+    async fn stop_agent(&self, vm_id: &str) -> Result<(), ProviderError> {
+        self.with_vm(vm_id, |vm| vm.agent_running = false)
+    }
+
+    async fn snapshot_create(
+        &self,
+        vm_id: &str,
+        snapshot_id: &str,
+        mode: &str,
+    ) -> Result<AgentSnapshot, ProviderError> {
+        self.with_vm(vm_id, |vm| {
+            let size: usize = vm.files.values().map(|(b, _)| b.len()).sum();
+            vm.snapshots.insert(snapshot_id.to_owned(), vm.files.clone());
+            AgentSnapshot {
+                snapshot_id: snapshot_id.to_owned(),
+                size_bytes: size as u64,
+                mode: mode.to_owned(),
+            }
+        })
+    }
+
+    async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        self.with_vm(vm_id, |vm| match vm.snapshots.get(snapshot_id) {
+            Some(files) => {
+                vm.files = files.clone();
+                Ok(())
+            }
+            None => Err(ProviderError::NotFound(format!("snapshot {snapshot_id}"))),
+        })?
+    }
+
+    async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        let mut g = self.vms.lock();
+        if let Some(vm) = g.get_mut(vm_id) {
+            vm.snapshots.remove(snapshot_id);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Wiring, startup and graceful shutdown. [`start`] binds (port 0 in tests), spawns the
+//! background loops and serves until the app's shutdown token is cancelled; in-flight
+//! requests then finish before [`Running::wait`] returns.
+
+use crate::app::App;
+use crate::background::{self, Poke};
+use crate::config::{Config, DefaultProvider};
+use crate::provider::{hostagent::HostAgentClient, Provider, Providers};
+use anyhow::Context as _;
+use fuse_store::{MemoryStore, StateStore};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A started server.
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Shared state (tests reach the store and stub providers through it).
+    pub app: Arc<App>,
+    /// Pokes the host monitor.
+    pub host_monitor: Poke,
+    /// Pokes the garbage collector.
+    pub gc: Poke,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Asks the server to stop.
+    pub fn shutdown(&self) {
+        self.app.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.join.await.context("server task")?
+    }
+}
+
+/// Builds the state store named by the configuration.
+pub async fn build_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>> {
+    match &config.database_url {
+        None => Ok(Arc::new(MemoryStore::new())),
+        Some(_) => anyhow::bail!(
+            "DATABASE_URL is set, but this build of fuse has no Postgres store yet; unset it to use the in-memory store"
+        ),
+    }
+}
+
+/// Builds the providers: the default one and the per-host registry.
+pub fn build_providers(config: &Config) -> Providers {
+    match &config.default_provider {
+        DefaultProvider::Stub => Providers::new_stub(),
+        DefaultProvider::HostAgent { url, token } => {
+            let p: Arc<dyn Provider> = Arc::new(HostAgentClient::new(url, token));
+            Providers::new(p, false)
+        }
+    }
+}
+
+/// Builds everything and starts serving on `config.listen`.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let store = build_store(&config).await?;
+    let providers = build_providers(&config);
+    let app = App::new(config, store, providers);
+    start_with(app).await
+}
+
+/// Starts serving an already-built app.
+pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
+    let cfg = &app.config;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let host_monitor = background::spawn_loop(
+        app.clone(),
+        "host_monitor",
+        cfg.host_poll,
+        background::host_monitor::pass,
+    );
+    let gc = background::spawn_loop(app.clone(), "gc", cfg.gc_period, background::gc::pass);
+    let router = crate::http::router(app.clone());
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = app.shutdown.clone();
+    let join = match cfg.tls.clone() {
+        None => tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("serving HTTP")
+        }),
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| {
+                    format!("loading TLS certificate {} and key {}", cert.display(), key.display())
+                })?;
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                h2.graceful_shutdown(Some(Duration::from_secs(30)));
+            });
+            let std_listener = listener.into_std()?;
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(std_listener, tls)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+                    .context("serving HTTPS")
+            })
+        }
+    };
+    Ok(Running {
+        addr,
+        app,
+        host_monitor,
+        gc,
+        join,
+    })
+}
+
+/// Logs a one-line summary of what this process runs with.
+pub fn log_startup(app: &App, addr: SocketAddr) {
+    let c = &app.config;
+    let provider = match &c.default_provider {
+        DefaultProvider::Stub => "in-memory stub provider (no VMs are started)".to_owned(),
+        DefaultProvider::HostAgent { url, .. } => format!("default host agent at {url}"),
+    };
+    tracing::info!(
+        listen = %addr,
+        store = app.store.kind(),
+        provider = %provider,
+        tls = c.tls.is_some(),
+        profile = %c.agent_profile,
+        policy = %c.policy,
+        "fuse started: store={}, provider={}",
+        app.store.kind(),
+        provider
+    );
+    if c.auth_token.is_none() {
+        tracing::warn!("ORCH_AUTH_TOKEN is not set: /v1 accepts requests without a token");
+    }
+    if c.encryption_key.is_none() {
+        tracing::warn!("TOKEN_ENCRYPTION_KEY is not set: secrets are kept in memory only and not persisted");
+    }
+}

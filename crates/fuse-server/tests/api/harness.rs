@@ -1,0 +1,154 @@
+//! A started server plus a client with small helpers.
+
+use fuse_server::config::{Config, Flags};
+use fuse_server::provider::stub::StubProvider;
+use fuse_server::server::{self, Running};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Fuse {
+    pub running: Running,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// Flags for tests: loopback, port 0, fast loops.
+pub fn test_flags() -> Flags {
+    Flags {
+        listen: "127.0.0.1:0".into(),
+        require_auth: "false".into(),
+        vm_prefix: "fuse-".into(),
+        agent_profile: "fused".into(),
+        scheduler_policy: "spread".into(),
+        max_body_bytes: "1048576".into(),
+        sse_keepalive_secs: "15".into(),
+        host_poll_secs: "3600".into(),
+        gc_period_secs: "3600".into(),
+        terminal_retention_secs: "86400".into(),
+        snapshot_retention_secs: "604800".into(),
+        drain_timeout_secs: "30".into(),
+        provision_timeout_secs: "60".into(),
+        log_format: "text".into(),
+        ..Flags::default()
+    }
+}
+
+pub async fn start() -> Fuse {
+    start_with(test_flags()).await
+}
+
+pub async fn start_with(flags: Flags) -> Fuse {
+    let token = (!flags.auth_token.is_empty()).then(|| flags.auth_token.clone());
+    let cfg = Config::from_flags(flags, |_| None).expect("test config");
+    let running = server::start(cfg).await.expect("server starts");
+    let base = format!("http://{}", running.addr);
+    Fuse {
+        running,
+        base,
+        http: reqwest::Client::new(),
+        token,
+    }
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Resp {
+    /// The error code of an error envelope.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+}
+
+impl Fuse {
+    pub fn app(&self) -> &Arc<fuse_server::app::App> {
+        &self.running.app
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request sent");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Creates an environment and asserts 201 running.
+    pub async fn create_running(&self, task: &str) -> Value {
+        let r = self.post("/v1/environments", json!({"task_id": task})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.body["state"], "running", "{}", r.text);
+        r.body
+    }
+
+    /// Registers a stub host with a capacity.
+    pub async fn stub_host(&self, id: &str, cpus: u32, vm_count: u32) -> Value {
+        let r = self
+            .post(
+                "/v1/hosts",
+                json!({"id": id, "url": format!("stub://{id}"), "region": "r1",
+                       "capacity": {"cpus": cpus, "ram_mb": cpus * 2048, "storage_gb": 100, "vm_count": vm_count}}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.body
+    }
+
+    /// The default (pseudo-host) stub.
+    pub fn default_stub(&self) -> Arc<StubProvider> {
+        self.stub("default")
+    }
+
+    pub fn stub(&self, host: &str) -> Arc<StubProvider> {
+        self.app().providers.stub(host).expect("stub host exists")
+    }
+
+    /// Polls until `f` holds or the deadline passes.
+    pub async fn eventually<F, Fut>(&self, what: &str, f: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if f().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}

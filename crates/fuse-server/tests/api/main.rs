@@ -1,0 +1,12 @@
+//! Integration tests of the control plane over real HTTP: the server runs in-process on
+//! port 0 with the in-memory store and stub hosts; every request goes through a socket.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod environments;
+mod events;
+mod harness;
+mod hosts;
+mod security;
+mod snapshots;
+mod system;
