@@ -394,7 +394,10 @@ mod tests {
             ..host("a", "", BIG, NONE)
         }];
         let err = place(&hosts, &req(1, 1, 1), Policy::Spread).unwrap_err();
-        assert_eq!(err.to_string(), "no host has room (1 considered; 1 not active)");
+        assert_eq!(
+            err.to_string(),
+            "no host has room (1 considered; 1 not active)"
+        );
         assert_eq!(
             place(&[], &req(1, 1, 1), Policy::Spread)
                 .unwrap_err()

@@ -12,7 +12,11 @@ use std::time::Duration;
 
 /// Command-line flags; each has an environment variable of the same meaning.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "fuse", version, about = "Fuse control plane: Firecracker microVMs for AI agents")]
+#[command(
+    name = "fuse",
+    version,
+    about = "Fuse control plane: Firecracker microVMs for AI agents"
+)]
 pub struct Flags {
     /// Listen address (`:8080` means every interface).
     #[arg(long, env = "ORCH_LISTEN", default_value = ":8080")]
@@ -21,13 +25,27 @@ pub struct Flags {
     #[arg(long, env = "DATABASE_URL", default_value = "")]
     pub database_url: String,
     /// Base URL of a single default host agent.
-    #[arg(long = "firecracker-url", env = "FIRECRACKER_BASE_URL", default_value = "")]
+    #[arg(
+        long = "firecracker-url",
+        env = "FIRECRACKER_BASE_URL",
+        default_value = ""
+    )]
     pub firecracker_url: String,
     /// Bearer token of the default host agent.
-    #[arg(long, env = "FIRECRACKER_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FIRECRACKER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub firecracker_token: String,
     /// 64 hex characters (AES-256-GCM key) for secrets at rest.
-    #[arg(long, env = "TOKEN_ENCRYPTION_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TOKEN_ENCRYPTION_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub token_encryption_key: String,
     /// `firecracker` or `stub`; empty chooses from the other settings.
     #[arg(long, env = "FUSE_PROVIDER", default_value = "")]
@@ -42,7 +60,12 @@ pub struct Flags {
     #[arg(long, env = "ORCH_TLS_KEY", default_value = "")]
     pub tls_key: String,
     /// Bearer token required on `/v1`.
-    #[arg(long, env = "ORCH_AUTH_TOKEN", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ORCH_AUTH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub auth_token: String,
     /// Comma-separated CIDRs allowed to call `/v1` (empty: any).
     #[arg(long, env = "ORCH_ALLOWED_CIDRS", default_value = "")]
@@ -154,23 +177,26 @@ pub struct ConfigError(pub Vec<String>);
 
 impl Default for Config {
     fn default() -> Self {
-        Config::from_flags(Flags {
-            listen: "127.0.0.1:0".into(),
-            require_auth: "false".into(),
-            vm_prefix: "fuse-".into(),
-            agent_profile: "fused".into(),
-            scheduler_policy: "spread".into(),
-            max_body_bytes: "16777216".into(),
-            sse_keepalive_secs: "15".into(),
-            host_poll_secs: "10".into(),
-            gc_period_secs: "60".into(),
-            terminal_retention_secs: "86400".into(),
-            snapshot_retention_secs: "604800".into(),
-            drain_timeout_secs: "30".into(),
-            provision_timeout_secs: "600".into(),
-            log_format: "text".into(),
-            ..Flags::default()
-        }, |_| None)
+        Config::from_flags(
+            Flags {
+                listen: "127.0.0.1:0".into(),
+                require_auth: "false".into(),
+                vm_prefix: "fuse-".into(),
+                agent_profile: "fused".into(),
+                scheduler_policy: "spread".into(),
+                max_body_bytes: "16777216".into(),
+                sse_keepalive_secs: "15".into(),
+                host_poll_secs: "10".into(),
+                gc_period_secs: "60".into(),
+                terminal_retention_secs: "86400".into(),
+                snapshot_retention_secs: "604800".into(),
+                drain_timeout_secs: "30".into(),
+                provision_timeout_secs: "600".into(),
+                log_format: "text".into(),
+                ..Flags::default()
+            },
+            |_| None,
+        )
         .unwrap_or_else(|e| panic!("default config is invalid: {e}"))
     }
 }
@@ -253,7 +279,12 @@ impl Config {
             }
         };
         let mut allowed_cidrs = Vec::new();
-        for part in f.allowed_cidrs.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for part in f
+            .allowed_cidrs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             match part.parse::<IpNet>() {
                 Ok(n) => allowed_cidrs.push(n),
                 Err(_) => match part.parse::<std::net::IpAddr>() {
@@ -319,7 +350,12 @@ impl Config {
             }
         };
         let max_body_bytes = num("ORCH_MAX_BODY_BYTES", &f.max_body_bytes, 1024, 1 << 30) as usize;
-        let sse_keepalive = secs(num("FUSE_SSE_KEEPALIVE_SECS", &f.sse_keepalive_secs, 1, 3600));
+        let sse_keepalive = secs(num(
+            "FUSE_SSE_KEEPALIVE_SECS",
+            &f.sse_keepalive_secs,
+            1,
+            3600,
+        ));
         let host_poll = secs(num("FUSE_HOST_POLL_SECS", &f.host_poll_secs, 1, 3600));
         let gc_period = secs(num("FUSE_GC_PERIOD_SECS", &f.gc_period_secs, 1, 86400));
         let terminal_retention = secs(num(
@@ -334,7 +370,12 @@ impl Config {
             0,
             u64::from(u32::MAX),
         ));
-        let drain_timeout = secs(num("FUSE_DRAIN_TIMEOUT_SECS", &f.drain_timeout_secs, 1, 3600));
+        let drain_timeout = secs(num(
+            "FUSE_DRAIN_TIMEOUT_SECS",
+            &f.drain_timeout_secs,
+            1,
+            3600,
+        ));
         let provision_timeout = secs(num(
             "FUSE_PROVISION_TIMEOUT_SECS",
             &f.provision_timeout_secs,
@@ -349,10 +390,10 @@ impl Config {
                 false
             }
         };
-        if !f.database_url.is_empty()
-            && !(f.database_url.starts_with("postgres://")
-                || f.database_url.starts_with("postgresql://"))
-        {
+        let db_ok = f.database_url.is_empty()
+            || f.database_url.starts_with("postgres://")
+            || f.database_url.starts_with("postgresql://");
+        if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
         }
         if !errs.is_empty() {
@@ -480,7 +521,12 @@ mod tests {
 
     #[test]
     fn legacy_aliases_and_default_host() {
-        let f = flags(&["--firecracker-url", "http://h:8090/", "--firecracker-token", "t"]);
+        let f = flags(&[
+            "--firecracker-url",
+            "http://h:8090/",
+            "--firecracker-token",
+            "t",
+        ]);
         let c = Config::from_flags(f, |k| {
             (k == "SURFD_DOWNLOAD_URL").then(|| "http://dl/x".to_string())
         })

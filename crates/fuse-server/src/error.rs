@@ -56,10 +56,8 @@ impl ApiError {
     /// 400 listing every problem, in the message and as `details.problems`.
     pub fn invalid_all(problems: Vec<String>) -> Self {
         let mut e = Self::invalid(problems.join("; "));
-        e.details.insert(
-            "problems".into(),
-            serde_json::Value::from(problems.clone()),
-        );
+        e.details
+            .insert("problems".into(), serde_json::Value::from(problems.clone()));
         e
     }
 
@@ -92,9 +90,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
-            StoreError::Stale { id, .. } => ApiError::conflict(format!(
-                "environment {id} was changed concurrently; retry"
-            )),
+            StoreError::Stale { id, .. } => {
+                ApiError::conflict(format!("environment {id} was changed concurrently; retry"))
+            }
             StoreError::Transition { .. }
             | StoreError::HostBusy { .. }
             | StoreError::HasChildren { .. } => ApiError::conflict(e.to_string()),

@@ -81,7 +81,9 @@ impl Metrics {
         };
         let hist_vec = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(
-                HistogramOpts::new(name, help).namespace(NS).buckets(buckets),
+                HistogramOpts::new(name, help)
+                    .namespace(NS)
+                    .buckets(buckets),
                 labels,
             )
             .unwrap_or_else(|e| panic!("metric {name}: {e}"));

@@ -136,7 +136,10 @@ mod tests {
             ..AgentOverride::default()
         };
         let r = p.resolve("http://dl/fused", Some(&o), "http://gw");
-        assert_eq!(r.drain_command, "", "an empty drain command is kept (skips drain)");
+        assert_eq!(
+            r.drain_command, "",
+            "an empty drain command is kept (skips drain)"
+        );
         assert_eq!(r.listen, "0.0.0.0:9000");
         assert_eq!(r.command, p.command);
         assert_eq!(r.gateway, "http://gw");

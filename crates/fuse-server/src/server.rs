@@ -96,7 +96,11 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
                 .with_context(|| {
-                    format!("loading TLS certificate {} and key {}", cert.display(), key.display())
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
                 })?;
             let handle = axum_server::Handle::new();
             let h2 = handle.clone();
@@ -145,6 +149,8 @@ pub fn log_startup(app: &App, addr: SocketAddr) {
         tracing::warn!("ORCH_AUTH_TOKEN is not set: /v1 accepts requests without a token");
     }
     if c.encryption_key.is_none() {
-        tracing::warn!("TOKEN_ENCRYPTION_KEY is not set: secrets are kept in memory only and not persisted");
+        tracing::warn!(
+            "TOKEN_ENCRYPTION_KEY is not set: secrets are kept in memory only and not persisted"
+        );
     }
 }

@@ -77,7 +77,10 @@ where
 
 async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
     let r = vm("a", 1, 512);
-    assert!(matches!(s.vm_create(r.clone()).await.unwrap(), VmCreated::Created(_)));
+    assert!(matches!(
+        s.vm_create(r.clone()).await.unwrap(),
+        VmCreated::Created(_)
+    ));
     let got = s.vm_get(&r.id).await.unwrap().unwrap();
     assert_eq!(got.task_id, r.task_id);
     assert_eq!(got.spec, r.spec);
@@ -89,16 +92,24 @@ async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
         VmCreated::Exists(e) => assert_eq!(e.request_hash, r.request_hash),
         c => panic!("expected Exists, got {c:?}"),
     }
-    assert!(s.vm_get(&VmId::parse("fuse-zzz").unwrap()).await.unwrap().is_none());
+    assert!(s
+        .vm_get(&VmId::parse("fuse-zzz").unwrap())
+        .await
+        .unwrap()
+        .is_none());
     // A destroyed record is replaced by a new incarnation.
     let g = got.generation;
     let d = s
         .vm_update(&r.id, g, VmPatch::state(VmState::Destroying, "test"))
         .await
         .unwrap();
-    s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "test"))
-        .await
-        .unwrap();
+    s.vm_update(
+        &r.id,
+        d.generation,
+        VmPatch::state(VmState::Destroyed, "test"),
+    )
+    .await
+    .unwrap();
     match s.vm_create(other).await.unwrap() {
         VmCreated::Created(c) => assert_eq!(c.request_hash, "different"),
         c => panic!("expected Created, got {c:?}"),
@@ -106,10 +117,17 @@ async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
     // A failed record that was never placed is replaced too; a placed one is not.
     let u = vm("unplaced", 1, 512);
     s.vm_create(u.clone()).await.unwrap();
-    s.vm_update(&u.id, u.generation, VmPatch::state(VmState::Failed, "no capacity"))
-        .await
-        .unwrap();
-    assert!(matches!(s.vm_create(u.clone()).await.unwrap(), VmCreated::Created(_)));
+    s.vm_update(
+        &u.id,
+        u.generation,
+        VmPatch::state(VmState::Failed, "no capacity"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.vm_create(u.clone()).await.unwrap(),
+        VmCreated::Created(_)
+    ));
     let audit = s.audit_list(r.id.as_str()).await.unwrap();
     let kinds: Vec<&str> = audit.iter().map(|a| a.event_type.as_str()).collect();
     assert_eq!(kinds, ["created", "state", "state", "created"]);
@@ -177,7 +195,11 @@ async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
     for i in 0..7 {
         s.vm_create(vm(&format!("t{i}"), 1, 512)).await.unwrap();
     }
-    let r = s.vm_get(&VmId::parse("fuse-t3").unwrap()).await.unwrap().unwrap();
+    let r = s
+        .vm_get(&VmId::parse("fuse-t3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     s.vm_update(&r.id, r.generation, VmPatch::state(VmState::Running, "x"))
         .await
         .unwrap();
@@ -216,7 +238,13 @@ async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
     };
     assert!(s.vm_list(&by_host, None, 100).await.unwrap().is_empty());
     let counts = s.vm_count_by_state().await.unwrap();
-    let get = |st| counts.iter().find(|(s, _)| *s == st).map(|c| c.1).unwrap_or(0);
+    let get = |st| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == st)
+            .map(|c| c.1)
+            .unwrap_or(0)
+    };
     assert_eq!(get(VmState::Provisioning), 6);
     assert_eq!(get(VmState::Running), 1);
 }
@@ -242,10 +270,17 @@ async fn place_and_release<S: StateStore>(s: S) {
     assert!(!s.vm_release(&f.id).await.unwrap());
     s.host_upsert(host("h1", 4, 10)).await.unwrap();
     s.host_upsert(host("h2", 8, 10)).await.unwrap();
-    let placed = s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
+    let placed = s
+        .vm_place(&r.id, r.generation, Policy::Spread, None)
+        .await
+        .unwrap();
     assert_eq!(placed.host_id.as_ref().unwrap().as_str(), "h2");
     assert_eq!(placed.reserved.unwrap().cpus, 2);
-    let h2 = s.host_get(&HostId::parse("h2").unwrap()).await.unwrap().unwrap();
+    let h2 = s
+        .host_get(&HostId::parse("h2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         h2.allocated,
         Resources {
@@ -264,7 +299,11 @@ async fn place_and_release<S: StateStore>(s: S) {
     // Release exactly once.
     assert!(s.vm_release(&r.id).await.unwrap());
     assert!(!s.vm_release(&r.id).await.unwrap());
-    let h2 = s.host_get(&HostId::parse("h2").unwrap()).await.unwrap().unwrap();
+    let h2 = s
+        .host_get(&HostId::parse("h2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h2.allocated, Resources::default());
     // Cordoned and too-small hosts are skipped; the reason is reported.
     s.host_set_state(&HostId::parse("h2").unwrap(), HostState::Cordoned, None)
@@ -272,7 +311,10 @@ async fn place_and_release<S: StateStore>(s: S) {
         .unwrap();
     let big = vm("q", 6, 1024);
     s.vm_create(big.clone()).await.unwrap();
-    match s.vm_place(&big.id, big.generation, Policy::Spread, None).await {
+    match s
+        .vm_place(&big.id, big.generation, Policy::Spread, None)
+        .await
+    {
         Err(StoreError::NoCapacity(np)) => {
             assert_eq!((np.hosts, np.not_active, np.short_cpus), (2, 1, 1))
         }
@@ -288,7 +330,9 @@ async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
         tasks.push(tokio::spawn(async move {
             let r = vm(&format!("c{i}"), 1, 256);
             s.vm_create(r.clone()).await.unwrap();
-            s.vm_place(&r.id, r.generation, Policy::Binpack, None).await.is_ok()
+            s.vm_place(&r.id, r.generation, Policy::Binpack, None)
+                .await
+                .is_ok()
         }));
     }
     let mut ok = 0;
@@ -298,7 +342,11 @@ async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
         }
     }
     assert_eq!(ok, 10);
-    let h = s.host_get(&HostId::parse("only").unwrap()).await.unwrap().unwrap();
+    let h = s
+        .host_get(&HostId::parse("only").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h.allocated.vm_count, 10);
     assert_eq!(h.allocated.cpus, 10);
 }
@@ -309,14 +357,18 @@ async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
     for i in 0..5 {
         let r = vm(&format!("r{i}"), 2, 256);
         s.vm_create(r.clone()).await.unwrap();
-        s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
+        s.vm_place(&r.id, r.generation, Policy::Spread, None)
+            .await
+            .unwrap();
         ids.push(r.id);
     }
     let mut tasks = Vec::new();
     for id in &ids {
         for _ in 0..4 {
             let (s, id) = (s.clone(), id.clone());
-            tasks.push(tokio::spawn(async move { s.vm_release(&id).await.unwrap() }));
+            tasks.push(tokio::spawn(
+                async move { s.vm_release(&id).await.unwrap() },
+            ));
         }
     }
     let mut released = 0;
@@ -326,7 +378,11 @@ async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
         }
     }
     assert_eq!(released, 5);
-    let h = s.host_get(&HostId::parse("h").unwrap()).await.unwrap().unwrap();
+    let h = s
+        .host_get(&HostId::parse("h").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h.allocated, Resources::default());
 }
 
@@ -336,7 +392,10 @@ async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s:
     assert_eq!(h.state, HostState::Active);
     let r = vm("x", 2, 512);
     s.vm_create(r.clone()).await.unwrap();
-    let placed = s.vm_place(&r.id, r.generation, Policy::Spread, None).await.unwrap();
+    let placed = s
+        .vm_place(&r.id, r.generation, Policy::Spread, None)
+        .await
+        .unwrap();
     s.host_set_state(&h.id, HostState::Cordoned, Some("maintenance".into()))
         .await
         .unwrap();
@@ -359,7 +418,11 @@ async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s:
     }
     // After the VM is destroyed it can.
     let d = s
-        .vm_update(&r.id, placed.generation, VmPatch::state(VmState::Destroying, "t"))
+        .vm_update(
+            &r.id,
+            placed.generation,
+            VmPatch::state(VmState::Destroying, "t"),
+        )
         .await
         .unwrap();
     s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "t"))
@@ -415,7 +478,9 @@ async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
     let r = vm("s", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     s.snapshot_insert(snap("snap_a", &r, None)).await.unwrap();
-    s.snapshot_insert(snap("snap_b", &r, Some("snap_a"))).await.unwrap();
+    s.snapshot_insert(snap("snap_b", &r, Some("snap_a")))
+        .await
+        .unwrap();
     let a = SnapshotId::parse("snap_a").unwrap();
     let b = SnapshotId::parse("snap_b").unwrap();
     let up = s
@@ -466,7 +531,11 @@ async fn purge_terminal<S: StateStore>(s: S) {
     let keep = vm("live", 1, 512);
     s.vm_create(keep.clone()).await.unwrap();
     let d = s
-        .vm_update(&r.id, r.generation, VmPatch::state(VmState::Destroying, "t"))
+        .vm_update(
+            &r.id,
+            r.generation,
+            VmPatch::state(VmState::Destroying, "t"),
+        )
         .await
         .unwrap();
     s.vm_update(&r.id, d.generation, VmPatch::state(VmState::Destroyed, "t"))

@@ -32,7 +32,9 @@ pub enum StoreError {
         id: String,
     },
     /// Someone else changed the row since it was read.
-    #[error("environment {id} changed concurrently (expected generation {expected}, found {actual})")]
+    #[error(
+        "environment {id} changed concurrently (expected generation {expected}, found {actual})"
+    )]
     Stale {
         /// The row.
         id: String,

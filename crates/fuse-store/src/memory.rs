@@ -3,8 +3,8 @@
 //! log keeps the newest [`MemoryStore::AUDIT_CAP`] events.
 
 use crate::{
-    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
-    SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
+    StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
 use fuse_scheduler::{HostView, Policy, Request};
@@ -56,10 +56,13 @@ impl Inner {
     }
 
     fn vm_mut(&mut self, id: &VmId, expected: u64) -> Result<&mut VmRecord, StoreError> {
-        let rec = self.vms.get_mut(id.as_str()).ok_or_else(|| StoreError::NotFound {
-            kind: "environment",
-            id: id.to_string(),
-        })?;
+        let rec = self
+            .vms
+            .get_mut(id.as_str())
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "environment",
+                id: id.to_string(),
+            })?;
         if rec.generation != expected {
             return Err(StoreError::Stale {
                 id: id.to_string(),
@@ -377,7 +380,10 @@ impl StateStore for MemoryStore {
         reason: Option<String>,
     ) -> Result<HostRecord, StoreError> {
         let mut g = self.inner.lock();
-        let h = g.hosts.get_mut(id.as_str()).ok_or_else(|| host_not_found(id))?;
+        let h = g
+            .hosts
+            .get_mut(id.as_str())
+            .ok_or_else(|| host_not_found(id))?;
         let from = h.state;
         h.state = state;
         h.state_reason.clone_from(&reason);
@@ -400,7 +406,10 @@ impl StateStore for MemoryStore {
         capacity: Option<Resources>,
     ) -> Result<HostRecord, StoreError> {
         let mut g = self.inner.lock();
-        let h = g.hosts.get_mut(id.as_str()).ok_or_else(|| host_not_found(id))?;
+        let h = g
+            .hosts
+            .get_mut(id.as_str())
+            .ok_or_else(|| host_not_found(id))?;
         let at = now();
         h.last_seen = Some(at);
         if let Some(c) = capacity {

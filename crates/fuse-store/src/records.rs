@@ -110,7 +110,9 @@ pub struct VmFilter {
 impl VmFilter {
     /// Whether `r` matches.
     pub fn matches(&self, r: &VmRecord) -> bool {
-        self.task_id.as_deref().is_none_or(|t| r.task_id.as_str() == t)
+        self.task_id
+            .as_deref()
+            .is_none_or(|t| r.task_id.as_str() == t)
             && self.state.is_none_or(|s| r.state == s)
             && self
                 .host_id
@@ -266,7 +268,10 @@ impl SnapshotFilter {
     /// Whether `s` matches.
     pub fn matches(&self, s: &SnapshotRecord) -> bool {
         self.vm_id.as_deref().is_none_or(|v| s.vm_id.as_str() == v)
-            && self.task_id.as_deref().is_none_or(|t| s.task_id.as_str() == t)
+            && self
+                .task_id
+                .as_deref()
+                .is_none_or(|t| s.task_id.as_str() == t)
             && self.state.is_none_or(|st| s.state == st)
     }
 }

@@ -175,7 +175,8 @@ impl App {
                     .vm_update(
                         &id,
                         rec.generation,
-                        VmPatch::state(VmState::Failed, "placement").with_error(api.message.clone()),
+                        VmPatch::state(VmState::Failed, "placement")
+                            .with_error(api.message.clone()),
                     )
                     .await?;
                 self.events.publish(&failed);
@@ -187,7 +188,10 @@ impl App {
             }
         };
         let app = self.clone();
-        let handle = tokio::spawn(async move { app.provision(placed, valid, started).await });
+        let handle = tokio::spawn(tracing::Instrument::instrument(
+            async move { app.provision(placed, valid, started).await },
+            tracing::Span::current(),
+        ));
         if !wait {
             let cur = self.store.vm_get(&id).await?;
             let cur = cur.ok_or_else(|| ApiError::internal("environment vanished after create"))?;
@@ -226,7 +230,12 @@ impl App {
         }
     }
 
-    async fn provision(self: Arc<Self>, rec: VmRecord, valid: ValidCreate, started: Instant) -> VmRecord {
+    async fn provision(
+        self: Arc<Self>,
+        rec: VmRecord,
+        valid: ValidCreate,
+        started: Instant,
+    ) -> VmRecord {
         let id = rec.id.clone();
         let host_id = rec.host_id.clone();
         let mut redact_list: Vec<String> = valid.secrets.values().cloned().collect();
@@ -298,10 +307,8 @@ impl App {
                 last = Some(cur);
                 break;
             }
-            let patch = VmPatch::state(VmState::Failed, failure.step).with_error(format!(
-                "{}: {message}",
-                failure.step.replace('_', " ")
-            ));
+            let patch = VmPatch::state(VmState::Failed, failure.step)
+                .with_error(format!("{}: {message}", failure.step.replace('_', " ")));
             match self.store.vm_update(&id, cur.generation, patch).await {
                 Ok(r) => {
                     self.metrics
@@ -521,7 +528,11 @@ impl App {
             }
             match self
                 .store
-                .vm_update(&id, cur.generation, VmPatch::state(VmState::Destroyed, "destroyed on host"))
+                .vm_update(
+                    &id,
+                    cur.generation,
+                    VmPatch::state(VmState::Destroyed, "destroyed on host"),
+                )
                 .await
             {
                 Ok(r) => {
@@ -560,7 +571,10 @@ impl App {
         }
         let argv = vec!["sh".to_owned(), "-c".to_owned(), cmd.to_owned()];
         let result = match self.provider_of(&rec).await {
-            Ok(p) => p.exec(rec.id.as_str(), &argv, self.config.drain_timeout).await,
+            Ok(p) => {
+                p.exec(rec.id.as_str(), &argv, self.config.drain_timeout)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let error = match result {
@@ -604,7 +618,12 @@ impl App {
         let mut secrets = self.secrets_get(rec.id.as_str()).unwrap_or_default();
         let token = random_token();
         provider
-            .upload(rec.id.as_str(), &self.profile.token_path(), token.as_bytes(), 0o600)
+            .upload(
+                rec.id.as_str(),
+                &self.profile.token_path(),
+                token.as_bytes(),
+                0o600,
+            )
             .await?;
         provider.stop_agent(rec.id.as_str()).await?;
         provider

@@ -6,7 +6,7 @@ use super::App;
 use crate::config::check_http_url;
 use crate::error::ApiError;
 use fuse_store::{HostRecord, HostUpsert};
-use fuse_types::{HostId, HostState, RegisterHost, Resources};
+use fuse_types::{HostId, HostState, RegisterHost};
 
 fn parse_host_id(id: &str) -> Result<HostId, ApiError> {
     HostId::parse(id).map_err(|e| ApiError::invalid(e.0))
@@ -23,7 +23,10 @@ impl App {
             }
             Some(s) => HostId::parse(s).map_err(|e| errs.push(e.0)).ok(),
         };
-        if id.as_ref().is_some_and(|i| i.as_str() == crate::provider::DEFAULT_HOST) {
+        if id
+            .as_ref()
+            .is_some_and(|i| i.as_str() == crate::provider::DEFAULT_HOST)
+        {
             errs.push("id \"default\" is reserved for the default provider".into());
         }
         let url = req.url.clone().unwrap_or_default();
@@ -31,7 +34,10 @@ impl App {
             errs.push("url is required".into());
         } else if url.starts_with("stub://") {
             if !self.providers.allow_stub_hosts() {
-                errs.push("url: stub:// hosts are only accepted when fuse runs with the stub provider".into());
+                errs.push(
+                    "url: stub:// hosts are only accepted when fuse runs with the stub provider"
+                        .into(),
+                );
             } else if url.len() <= "stub://".len() {
                 errs.push("url: stub:// needs a name, e.g. stub://a".into());
             }
@@ -55,12 +61,17 @@ impl App {
         let provider = self.providers.build(&url, &token);
         let health = provider.health().await;
         let (capacity, state, reason, seen) = match &health {
-            Ok(h) => (req.capacity.unwrap_or(h.capacity), HostState::Active, None, true),
+            Ok(h) => (
+                req.capacity.unwrap_or(h.capacity),
+                HostState::Active,
+                None,
+                true,
+            ),
             Err(e) => {
                 tracing::warn!(host_id = %id, url = %url, error = %e,
                     "host did not answer at registration; accepted as unreachable");
                 (
-                    req.capacity.unwrap_or(Resources::default()),
+                    req.capacity.unwrap_or_default(),
                     HostState::Unreachable,
                     Some(format!(
                         "did not answer at registration: {}",
@@ -115,7 +126,11 @@ impl App {
     pub async fn host_cordon(&self, id: &str) -> Result<(), ApiError> {
         let h = self.host_get(id).await?;
         self.store
-            .host_set_state(&h.id, HostState::Cordoned, Some("cordoned by operator".into()))
+            .host_set_state(
+                &h.id,
+                HostState::Cordoned,
+                Some("cordoned by operator".into()),
+            )
             .await?;
         Ok(())
     }

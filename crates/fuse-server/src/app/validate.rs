@@ -86,7 +86,10 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         max_runtime_seconds: s.max_runtime_seconds.unwrap_or(7200),
     };
     if !(1..=64).contains(&spec.cpus) {
-        errs.push(format!("spec.cpus must be from 1 to 64 (got {})", spec.cpus));
+        errs.push(format!(
+            "spec.cpus must be from 1 to 64 (got {})",
+            spec.cpus
+        ));
     }
     if !(128..=262_144).contains(&spec.ram_mb) {
         errs.push(format!(
@@ -162,7 +165,9 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         }
         match b64().decode(content) {
             Ok(bytes) => files.push((path.clone(), bytes)),
-            Err(_) => errs.push(format!("files[{path:?}]: content is not valid standard base64")),
+            Err(_) => errs.push(format!(
+                "files[{path:?}]: content is not valid standard base64"
+            )),
         }
     }
     if let Some(sc) = &req.startup_script {

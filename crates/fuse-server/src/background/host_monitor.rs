@@ -26,7 +26,10 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
                     }
                     if h.state == HostState::Unreachable {
                         tracing::info!(host_id = %h.id, "host answers again; active");
-                        let _ = app.store.host_set_state(&h.id, HostState::Active, None).await;
+                        let _ = app
+                            .store
+                            .host_set_state(&h.id, HostState::Active, None)
+                            .await;
                     }
                 }
                 Err(e) => {

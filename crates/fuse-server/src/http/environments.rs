@@ -49,7 +49,10 @@ pub async fn create(
     Ok((status, Json(env)).into_response())
 }
 
-pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.env_get(&id).await?.to_wire()).into_response())
 }
 

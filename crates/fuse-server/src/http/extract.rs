@@ -37,18 +37,21 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state).await.map(ApiBytes).map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                let mut e = ApiError::new(
-                    ErrorCode::InvalidArgument,
-                    "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
-                );
-                e.status = StatusCode::PAYLOAD_TOO_LARGE;
-                e
-            } else {
-                ApiError::invalid(format!("could not read the request body: {r}"))
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    let mut e = ApiError::new(
+                        ErrorCode::InvalidArgument,
+                        "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
+                    );
+                    e.status = StatusCode::PAYLOAD_TOO_LARGE;
+                    e
+                } else {
+                    ApiError::invalid(format!("could not read the request body: {r}"))
+                }
+            })
     }
 }
 

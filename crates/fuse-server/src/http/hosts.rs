@@ -26,7 +26,10 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(h.to_wire())).into_response())
 }
 
-pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.host_get(&id).await?.to_wire()).into_response())
 }
 

@@ -39,13 +39,33 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<App>>)> {
         (Method::GET, "/v1/environments", get(environments::list)),
         (Method::POST, "/v1/environments", post(environments::create)),
         (Method::GET, "/v1/environments/{id}", get(environments::get)),
-        (Method::DELETE, "/v1/environments/{id}", delete(environments::delete)),
-        (Method::POST, "/v1/environments/{id}", post(environments::action)),
-        (Method::GET, "/v1/environments/{id}/events", get(events::stream)),
-        (Method::POST, "/v1/environments/{id}/snapshots", post(snapshots::create)),
+        (
+            Method::DELETE,
+            "/v1/environments/{id}",
+            delete(environments::delete),
+        ),
+        (
+            Method::POST,
+            "/v1/environments/{id}",
+            post(environments::action),
+        ),
+        (
+            Method::GET,
+            "/v1/environments/{id}/events",
+            get(events::stream),
+        ),
+        (
+            Method::POST,
+            "/v1/environments/{id}/snapshots",
+            post(snapshots::create),
+        ),
         (Method::GET, "/v1/snapshots", get(snapshots::list)),
         (Method::GET, "/v1/snapshots/{id}", get(snapshots::get)),
-        (Method::DELETE, "/v1/snapshots/{id}", delete(snapshots::delete)),
+        (
+            Method::DELETE,
+            "/v1/snapshots/{id}",
+            delete(snapshots::delete),
+        ),
         (Method::POST, "/v1/snapshots/{id}", post(snapshots::action)),
         (Method::GET, "/v1/hosts", get(hosts::list)),
         (Method::POST, "/v1/hosts", post(hosts::register)),
@@ -68,7 +88,9 @@ pub fn router(app: Arc<App>) -> Router {
     }
     let v1 = v1
         .route_layer(middleware::from_fn_with_state(app.clone(), auth))
-        .layer(axum::extract::DefaultBodyLimit::max(app.config.max_body_bytes));
+        .layer(axum::extract::DefaultBodyLimit::max(
+            app.config.max_body_bytes,
+        ));
     public
         .merge(v1)
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))
@@ -134,7 +156,11 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         span.in_scope(|| tracing::warn!(status = resp.status().as_u16(), "request failed"));
     } else {
         span.in_scope(|| {
-            tracing::debug!(status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request")
+            tracing::debug!(
+                status = resp.status().as_u16(),
+                ms = start.elapsed().as_millis() as u64,
+                "request"
+            )
         });
     }
     resp
@@ -150,10 +176,9 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<R
             .map(|c| c.0.ip());
         let allowed = peer.is_some_and(|ip| {
             let ip = match ip {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map(std::net::IpAddr::V4)
-                    .unwrap_or(ip),
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
+                }
                 v4 => v4,
             };
             cfg.allowed_cidrs.iter().any(|n| n.contains(&ip))
@@ -170,7 +195,10 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<R
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .unwrap_or("");
         // Hash both sides so the comparison does not leak the token's length.
         let a = Sha256::digest(got.as_bytes());

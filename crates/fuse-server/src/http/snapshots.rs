@@ -33,7 +33,10 @@ pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, Ap
     .into_response())
 }
 
-pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(app.snapshot_get(&id).await?.to_wire()).into_response())
 }
 
@@ -59,6 +62,8 @@ pub async fn action(
         Some(other) => Err(ApiError::invalid(format!(
             "unknown action {other:?}; expected restore"
         ))),
-        None => Err(ApiError::invalid("query parameter action is required: restore")),
+        None => Err(ApiError::invalid(
+            "query parameter action is required: restore",
+        )),
     }
 }

@@ -29,7 +29,10 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
         }
         Err(_) => {
             ok = false;
-            checks.insert("store".into(), format!("unavailable ({})", app.store.kind()));
+            checks.insert(
+                "store".into(),
+                format!("unavailable ({})", app.store.kind()),
+            );
         }
     }
     if app.shutdown.is_cancelled() {
@@ -55,7 +58,9 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if let Ok(counts) = app.store.vm_count_by_state().await {
         let mut tracked = 0;
         for (s, n) in counts {
-            m.vms_by_state.with_label_values(&[s.as_str()]).set(n as i64);
+            m.vms_by_state
+                .with_label_values(&[s.as_str()])
+                .set(n as i64);
             if s != VmState::Destroyed {
                 tracked += n as i64;
             }
@@ -71,12 +76,23 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             .collect();
         for h in &hosts {
             *by_state.entry(h.state.as_str()).or_default() += 1;
-            for (gauge, r) in [(&m.host_capacity, h.capacity), (&m.host_allocated, h.allocated)] {
+            for (gauge, r) in [
+                (&m.host_capacity, h.capacity),
+                (&m.host_allocated, h.allocated),
+            ] {
                 let id = h.id.as_str();
-                gauge.with_label_values(&[id, "cpus"]).set(i64::from(r.cpus));
-                gauge.with_label_values(&[id, "ram_mb"]).set(r.ram_mb as i64);
-                gauge.with_label_values(&[id, "storage_gb"]).set(r.storage_gb as i64);
-                gauge.with_label_values(&[id, "vm_count"]).set(i64::from(r.vm_count));
+                gauge
+                    .with_label_values(&[id, "cpus"])
+                    .set(i64::from(r.cpus));
+                gauge
+                    .with_label_values(&[id, "ram_mb"])
+                    .set(r.ram_mb as i64);
+                gauge
+                    .with_label_values(&[id, "storage_gb"])
+                    .set(r.storage_gb as i64);
+                gauge
+                    .with_label_values(&[id, "vm_count"])
+                    .set(i64::from(r.vm_count));
             }
         }
         for (s, n) in by_state {
@@ -84,7 +100,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         }
     }
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         m.render(),
     )
         .into_response()

@@ -268,7 +268,12 @@ impl Provider for HostAgentClient {
             mode: mode.to_owned(),
         };
         let s = self
-            .call(Method::POST, &Self::vm_path(vm_id, "/snapshot"), Some(&body), SLOW)
+            .call(
+                Method::POST,
+                &Self::vm_path(vm_id, "/snapshot"),
+                Some(&body),
+                SLOW,
+            )
             .await?;
         need(s, "snapshot")
     }

@@ -47,7 +47,9 @@ impl ProviderError {
         match self {
             ProviderError::NotFound(m) => format!("not found on host: {m}"),
             ProviderError::Unavailable(_) => "host unavailable; retry later".into(),
-            ProviderError::Rejected { message, .. } => format!("host rejected the request: {message}"),
+            ProviderError::Rejected { message, .. } => {
+                format!("host rejected the request: {message}")
+            }
             ProviderError::Internal(_) => "host error".into(),
         }
     }

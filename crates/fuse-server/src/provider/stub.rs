@@ -79,11 +79,7 @@ impl StubProvider {
         self.len() == 0
     }
 
-    fn with_vm<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut StubVm) -> T,
-    ) -> Result<T, ProviderError> {
+    fn with_vm<T>(&self, id: &str, f: impl FnOnce(&mut StubVm) -> T) -> Result<T, ProviderError> {
         let mut g = self.vms.lock();
         let vm = g
             .get_mut(id)
@@ -128,7 +124,12 @@ fn run_shell(vm: &mut StubVm, script: &str, timeout: Duration) -> ExecResponse {
     }
     let words: Vec<&str> = script.split_whitespace().collect();
     match words.as_slice() {
-        ["exit", _] | ["echo", ..] | ["cat", _] | ["sleep", _] | ["true"] | ["false"]
+        ["exit", _]
+        | ["echo", ..]
+        | ["cat", _]
+        | ["sleep", _]
+        | ["true"]
+        | ["false"]
         | ["uname", "-r"] => run_argv(vm, &words, timeout),
         _ => out(0, "", ""),
     }
@@ -250,7 +251,8 @@ impl Provider for StubProvider {
     ) -> Result<AgentSnapshot, ProviderError> {
         self.with_vm(vm_id, |vm| {
             let size: usize = vm.files.values().map(|(b, _)| b.len()).sum();
-            vm.snapshots.insert(snapshot_id.to_owned(), vm.files.clone());
+            vm.snapshots
+                .insert(snapshot_id.to_owned(), vm.files.clone());
             AgentSnapshot {
                 snapshot_id: snapshot_id.to_owned(),
                 size_bytes: size as u64,

@@ -22,7 +22,10 @@ async fn create_get_list_delete() {
     assert!(env.get("error").is_none());
     for field in ["created_at", "updated_at"] {
         let t = env[field].as_str().unwrap();
-        assert!(time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(), "{t}");
+        assert!(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(),
+            "{t}"
+        );
     }
     let got = f.get("/v1/environments/fuse-task-1").await;
     assert_eq!(got.status, StatusCode::OK);
@@ -35,10 +38,16 @@ async fn create_get_list_delete() {
 
     let del = f.delete("/v1/environments/fuse-task-1").await;
     assert_eq!(del.status, StatusCode::NO_CONTENT);
-    assert_eq!(f.get("/v1/environments/fuse-task-1").await.body["state"], "destroyed");
+    assert_eq!(
+        f.get("/v1/environments/fuse-task-1").await.body["state"],
+        "destroyed"
+    );
     assert!(f.default_stub().is_empty(), "the VM is gone from its host");
     // Deleting again is fine; an unknown id is 404.
-    assert_eq!(f.delete("/v1/environments/fuse-task-1").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        f.delete("/v1/environments/fuse-task-1").await.status,
+        StatusCode::NO_CONTENT
+    );
     let r = f.delete("/v1/environments/fuse-nope").await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
     let r = f.get("/v1/environments/fuse-nope").await;
@@ -48,13 +57,22 @@ async fn create_get_list_delete() {
     let steps: Vec<String> = audit
         .iter()
         .map(|a| match a.event_type.as_str() {
-            "state" => format!("{}->{}", a.payload["from"].as_str().unwrap(), a.payload["to"].as_str().unwrap()),
+            "state" => format!(
+                "{}->{}",
+                a.payload["from"].as_str().unwrap(),
+                a.payload["to"].as_str().unwrap()
+            ),
             t => t.to_owned(),
         })
         .collect();
     assert_eq!(
         steps,
-        ["created", "provisioning->running", "running->destroying", "destroying->destroyed"]
+        [
+            "created",
+            "provisioning->running",
+            "running->destroying",
+            "destroying->destroyed"
+        ]
     );
 }
 
@@ -70,14 +88,20 @@ async fn create_is_idempotent_and_conflicts_on_a_different_request() {
     assert_eq!(a.body["created_at"], b.body["created_at"]);
     assert_eq!(f.default_stub().len(), 1, "no second VM");
     let c = f
-        .post("/v1/environments", json!({"task_id": "same", "spec": {"cpus": 4}}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "same", "spec": {"cpus": 4}}),
+        )
         .await;
     assert_eq!((c.status, c.code()), (StatusCode::CONFLICT, "conflict"));
     assert!(c.message().contains("different request"), "{}", c.message());
     // After delete, the task id can be reused with any request.
     f.delete("/v1/environments/fuse-same").await;
     let d = f
-        .post("/v1/environments", json!({"task_id": "same", "spec": {"cpus": 4}}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "same", "spec": {"cpus": 4}}),
+        )
         .await;
     assert_eq!(d.status, StatusCode::CREATED, "{}", d.text);
     assert_eq!(d.body["spec"]["cpus"], 4);
@@ -87,29 +111,68 @@ async fn create_is_idempotent_and_conflicts_on_a_different_request() {
 async fn invalid_input_is_400_naming_the_field() {
     let f = start().await;
     let cases = [
-        (json!({"task_id": "Bad_Id"}), "lowercase letters, digits and '-'"),
+        (
+            json!({"task_id": "Bad_Id"}),
+            "lowercase letters, digits and '-'",
+        ),
         (json!({"task_id": "-x"}), "not starting or ending with '-'"),
         (json!({}), "task_id is required"),
-        (json!({"task_id": "x", "spec": {"cpus": "two"}}), "spec.cpus: invalid type"),
+        (
+            json!({"task_id": "x", "spec": {"cpus": "two"}}),
+            "spec.cpus: invalid type",
+        ),
         (json!({"task_id": 5}), "task_id: invalid type"),
-        (json!({"task_id": "x", "files": {"/etc/x": "!!!"}}), "files[\"/etc/x\"]: content is not valid standard base64"),
-        (json!({"task_id": "x", "files": {"rel/x": "aGk="}}), "must be an absolute path"),
-        (json!({"task_id": "x", "manifest_inline": "%%"}), "manifest_inline is not valid standard base64"),
-        (json!({"task_id": "x", "manifest_inline": b64("not json")}), "base64 of a JSON document"),
-        (json!({"task_id": "x", "spec": {"ram_mb": 1}}), "spec.ram_mb must be from 128"),
-        (json!({"task_id": "x", "agent": {"download_url": "ftp://x"}}), "agent.download_url"),
+        (
+            json!({"task_id": "x", "files": {"/etc/x": "!!!"}}),
+            "files[\"/etc/x\"]: content is not valid standard base64",
+        ),
+        (
+            json!({"task_id": "x", "files": {"rel/x": "aGk="}}),
+            "must be an absolute path",
+        ),
+        (
+            json!({"task_id": "x", "manifest_inline": "%%"}),
+            "manifest_inline is not valid standard base64",
+        ),
+        (
+            json!({"task_id": "x", "manifest_inline": b64("not json")}),
+            "base64 of a JSON document",
+        ),
+        (
+            json!({"task_id": "x", "spec": {"ram_mb": 1}}),
+            "spec.ram_mb must be from 128",
+        ),
+        (
+            json!({"task_id": "x", "agent": {"download_url": "ftp://x"}}),
+            "agent.download_url",
+        ),
     ];
     for (body, needle) in cases {
         let r = f.post("/v1/environments", body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
         assert_eq!(r.code(), "invalid_argument");
-        assert!(r.message().contains(needle), "{body}: {:?} lacks {needle:?}", r.message());
+        assert!(
+            r.message().contains(needle),
+            "{body}: {:?} lacks {needle:?}",
+            r.message()
+        );
     }
     // Several problems at once are all listed.
     let r = f
-        .post("/v1/environments", json!({"task_id": "UPPER", "spec": {"cpus": 0, "storage_gb": 0}}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "UPPER", "spec": {"cpus": 0, "storage_gb": 0}}),
+        )
         .await;
-    assert_eq!(r.body["error"]["details"]["problems"].as_array().unwrap().len(), 3, "{}", r.text);
+    assert_eq!(
+        r.body["error"]["details"]["problems"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "{}",
+        r.text
+    );
     // Malformed JSON.
     let raw = f
         .http
@@ -121,17 +184,29 @@ async fn invalid_input_is_400_naming_the_field() {
         .unwrap();
     assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
     let body: serde_json::Value = raw.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
     // Too large: 413 with the envelope.
     let big = "a".repeat(2 << 20);
     let r = f
-        .post("/v1/environments", json!({"task_id": "x", "startup_script": big}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "x", "startup_script": big}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.code(), "invalid_argument");
     // Nothing was created by any of these.
     assert!(f.default_stub().is_empty());
-    assert_eq!(f.get("/v1/environments").await.body["environments"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        f.get("/v1/environments").await.body["environments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -156,18 +231,25 @@ async fn provision_uploads_files_runs_script_and_starts_agent() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let vm = f.default_stub().vm("fuse-full").unwrap();
     assert_eq!(vm.files["/fuse/manifest.json"].0, manifest.as_bytes());
-    let secrets: serde_json::Value = serde_json::from_slice(&vm.files["/fuse/secrets.json"].0).unwrap();
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&vm.files["/fuse/secrets.json"].0).unwrap();
     assert_eq!(secrets["API_KEY"], "sekrit-value");
     assert_eq!(vm.files["/fuse/secrets.json"].1, 0o600);
     assert_eq!(vm.files["/etc/app.conf"].0, b"x=1");
     assert_eq!(vm.files["/fuse/token"].0.len(), 64);
-    assert_eq!(vm.execs, vec![vec!["sh".to_string(), "-lc".into(), "echo setup".into()]]);
+    assert_eq!(
+        vm.execs,
+        vec![vec!["sh".to_string(), "-lc".into(), "echo setup".into()]]
+    );
     let agent = vm.agent.unwrap();
     assert!(vm.agent_running);
     assert_eq!(agent.command, "/usr/local/bin/fused --dir /fuse");
     assert_eq!(agent.gateway, "http://gw.example:9000");
     assert_eq!(agent.gateway_token, "gw-token");
-    assert_eq!(agent.auth_token.as_bytes(), vm.files["/fuse/token"].0.as_slice());
+    assert_eq!(
+        agent.auth_token.as_bytes(),
+        vm.files["/fuse/token"].0.as_slice()
+    );
 }
 
 #[tokio::test]
@@ -186,7 +268,9 @@ async fn agent_override_replaces_the_profile_per_environment() {
     assert_eq!(agent.download_url, "http://dl.example/a");
     assert_eq!(agent.listen, "0.0.0.0:9000");
     // Empty drain command: drain skips the guest step.
-    let d = f.post("/v1/environments/fuse-custom?action=drain", json!({})).await;
+    let d = f
+        .post("/v1/environments/fuse-custom?action=drain", json!({}))
+        .await;
     assert_eq!(d.status, StatusCode::OK);
     assert_eq!(d.body["state"], "draining");
     assert!(f.default_stub().vm("fuse-custom").unwrap().execs.is_empty());
@@ -206,7 +290,10 @@ async fn failed_provision_is_failed_with_a_redacted_error_and_cleaned_up() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["state"], "failed");
     let err = r.body["error"].as_str().unwrap();
-    assert!(err.contains("startup script") && err.contains("exited with 3"), "{err}");
+    assert!(
+        err.contains("startup script") && err.contains("exited with 3"),
+        "{err}"
+    );
     assert!(f.stub("h1").is_empty(), "the VM was destroyed on its host");
     let host = f.get("/v1/hosts/h1").await;
     assert_eq!(host.body["allocated"]["vm_count"], 0, "capacity released");
@@ -215,11 +302,23 @@ async fn failed_provision_is_failed_with_a_redacted_error_and_cleaned_up() {
     let again = f
         .post("/v1/environments", json!({"task_id": "broken", "secrets": {"PW": "hunter2-secret"}, "startup_script": "exit 3"}))
         .await;
-    assert_eq!((again.status, again.body["state"].as_str()), (StatusCode::OK, Some("failed")));
-    assert_eq!(f.delete("/v1/environments/fuse-broken").await.status, StatusCode::NO_CONTENT);
-    assert_eq!(f.get("/v1/environments/fuse-broken").await.body["state"], "destroyed");
+    assert_eq!(
+        (again.status, again.body["state"].as_str()),
+        (StatusCode::OK, Some("failed"))
+    );
+    assert_eq!(
+        f.delete("/v1/environments/fuse-broken").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        f.get("/v1/environments/fuse-broken").await.body["state"],
+        "destroyed"
+    );
     let host = f.get("/v1/hosts/h1").await;
-    assert_eq!(host.body["allocated"]["vm_count"], 0, "released exactly once");
+    assert_eq!(
+        host.body["allocated"]["vm_count"], 0,
+        "released exactly once"
+    );
 }
 
 #[tokio::test]
@@ -228,10 +327,16 @@ async fn no_capacity_is_503_and_a_retry_works_once_there_is_room() {
     f.stub_host("small", 2, 1).await;
     f.create_running("one").await;
     let r = f.post("/v1/environments", json!({"task_id": "two"})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
     assert!(r.message().contains("no host has room"), "{}", r.message());
     assert!(r.message().contains("at their vm limit"), "{}", r.message());
-    assert_eq!(f.get("/v1/environments/fuse-two").await.body["state"], "failed");
+    assert_eq!(
+        f.get("/v1/environments/fuse-two").await.body["state"],
+        "failed"
+    );
     f.delete("/v1/environments/fuse-one").await;
     // Same request again: the unplaced failure is replaced by a new attempt.
     let r = f.post("/v1/environments", json!({"task_id": "two"})).await;
@@ -242,14 +347,21 @@ async fn no_capacity_is_503_and_a_retry_works_once_there_is_room() {
 #[tokio::test]
 async fn wait_false_returns_202_then_runs() {
     let f = start().await;
-    let r = f.post("/v1/environments?wait=false", json!({"task_id": "async"})).await;
+    let r = f
+        .post("/v1/environments?wait=false", json!({"task_id": "async"}))
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    assert!(matches!(r.body["state"].as_str(), Some("provisioning" | "running")));
+    assert!(matches!(
+        r.body["state"].as_str(),
+        Some("provisioning" | "running")
+    ));
     f.eventually("running", || async {
         f.get("/v1/environments/fuse-async").await.body["state"] == "running"
     })
     .await;
-    let bad = f.post("/v1/environments?wait=maybe", json!({"task_id": "x"})).await;
+    let bad = f
+        .post("/v1/environments?wait=maybe", json!({"task_id": "x"}))
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 }
 
@@ -260,7 +372,8 @@ async fn list_filters_and_pagination() {
     for i in 0..7 {
         f.create_running(&format!("p{i}")).await;
     }
-    f.post("/v1/environments/fuse-p3?action=drain", json!({})).await;
+    f.post("/v1/environments/fuse-p3?action=drain", json!({}))
+        .await;
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -284,9 +397,27 @@ async fn list_filters_and_pagination() {
     assert_eq!(draining.body["environments"].as_array().unwrap().len(), 1);
     let by_task = f.get("/v1/environments?task_id=p5").await;
     assert_eq!(by_task.body["environments"][0]["id"], "fuse-p5");
-    assert_eq!(f.get("/v1/environments?host_id=ha").await.body["environments"].as_array().unwrap().len(), 7);
-    assert_eq!(f.get("/v1/environments?host_id=other").await.body["environments"].as_array().unwrap().len(), 0);
-    for bad in ["limit=0", "limit=201", "limit=x", "state=sleeping", "cursor=%%%"] {
+    assert_eq!(
+        f.get("/v1/environments?host_id=ha").await.body["environments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(
+        f.get("/v1/environments?host_id=other").await.body["environments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    for bad in [
+        "limit=0",
+        "limit=201",
+        "limit=x",
+        "state=sleeping",
+        "cursor=%%%",
+    ] {
         let r = f.get(&format!("/v1/environments?{bad}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
     }
@@ -299,22 +430,43 @@ async fn exec_runs_commands_and_reports_exit_codes() {
     let path = "/v1/environments/fuse-ex?action=exec";
     let r = f.post(path, json!({"shell": "echo hello"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body, json!({"exit_code": 0, "stdout": "hello\n", "stderr": ""}));
+    assert_eq!(
+        r.body,
+        json!({"exit_code": 0, "stdout": "hello\n", "stderr": ""})
+    );
     let r = f.post(path, json!({"cmd": ["false"]})).await;
-    assert_eq!((r.status, r.body["exit_code"].as_i64()), (StatusCode::OK, Some(1)));
+    assert_eq!(
+        (r.status, r.body["exit_code"].as_i64()),
+        (StatusCode::OK, Some(1))
+    );
     let r = f.post(path, json!({"cmd": ["no-such-binary"]})).await;
     assert_eq!(r.body["exit_code"], 127);
-    let r = f.post(path, json!({"cmd": ["sleep", "5"], "timeout_ms": 100})).await;
+    let r = f
+        .post(path, json!({"cmd": ["sleep", "5"], "timeout_ms": 100}))
+        .await;
     assert_eq!(r.body["exit_code"], 124);
-    for bad in [json!({}), json!({"cmd": []}), json!({"cmd": ["a"], "shell": "b"}), json!({"shell": "x", "timeout_ms": 0}), json!({"cmd": "ls"})] {
+    for bad in [
+        json!({}),
+        json!({"cmd": []}),
+        json!({"cmd": ["a"], "shell": "b"}),
+        json!({"shell": "x", "timeout_ms": 0}),
+        json!({"cmd": "ls"}),
+    ] {
         let r = f.post(path, bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
     }
-    let r = f.post("/v1/environments/fuse-ex?action=jump", json!({})).await;
+    let r = f
+        .post("/v1/environments/fuse-ex?action=jump", json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = f.post("/v1/environments/fuse-ex", json!({})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = f.post("/v1/environments/fuse-none?action=exec", json!({"shell": "true"})).await;
+    let r = f
+        .post(
+            "/v1/environments/fuse-none?action=exec",
+            json!({"shell": "true"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     f.delete("/v1/environments/fuse-ex").await;
     let r = f.post(path, json!({"shell": "true"})).await;
@@ -325,28 +477,49 @@ async fn exec_runs_commands_and_reports_exit_codes() {
 async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
     let f = start().await;
     f.create_running("dr").await;
-    let r = f.post("/v1/environments/fuse-dr?action=drain", json!({})).await;
+    let r = f
+        .post("/v1/environments/fuse-dr?action=drain", json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["state"], "draining");
     let vm = f.default_stub().vm("fuse-dr").unwrap();
     assert_eq!(
         vm.execs.last().unwrap(),
-        &vec!["sh".to_string(), "-c".into(), "systemctl stop fused 2>/dev/null || pkill -TERM fused".into()]
+        &vec![
+            "sh".to_string(),
+            "-c".into(),
+            "systemctl stop fused 2>/dev/null || pkill -TERM fused".into()
+        ]
     );
     assert!(!vm.agent_running, "the drain command stopped the agent");
     // Drain is only from running.
-    let again = f.post("/v1/environments/fuse-dr?action=drain", json!({})).await;
+    let again = f
+        .post("/v1/environments/fuse-dr?action=drain", json!({}))
+        .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     // A failing drain command keeps draining and records the error.
     let r = f
-        .post("/v1/environments", json!({"task_id": "drfail", "agent": {"drain_command": "exit 7"}}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "drfail", "agent": {"drain_command": "exit 7"}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let d = f.post("/v1/environments/fuse-drfail?action=drain", json!({})).await;
+    let d = f
+        .post("/v1/environments/fuse-drfail?action=drain", json!({}))
+        .await;
     assert_eq!(d.status, StatusCode::OK);
     assert_eq!(d.body["state"], "draining");
-    assert!(d.body["error"].as_str().unwrap().contains("exited with 7"), "{}", d.text);
-    assert_eq!(f.get("/v1/environments/fuse-drfail").await.body["state"], "draining", "drain never destroys");
+    assert!(
+        d.body["error"].as_str().unwrap().contains("exited with 7"),
+        "{}",
+        d.text
+    );
+    assert_eq!(
+        f.get("/v1/environments/fuse-drfail").await.body["state"],
+        "draining",
+        "drain never destroys"
+    );
 }
 
 #[tokio::test]
@@ -354,14 +527,22 @@ async fn rotate_token_replaces_credentials_and_restarts_the_agent() {
     let f = start().await;
     f.create_running("rot").await;
     let before = f.default_stub().vm("fuse-rot").unwrap();
-    let r = f.post("/v1/environments/fuse-rot?action=rotate-token", json!({})).await;
+    let r = f
+        .post("/v1/environments/fuse-rot?action=rotate-token", json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     let after = f.default_stub().vm("fuse-rot").unwrap();
     assert_ne!(before.files["/fuse/token"].0, after.files["/fuse/token"].0);
     assert_eq!(after.agent_starts, 2);
-    assert_eq!(after.agent.unwrap().auth_token.as_bytes(), after.files["/fuse/token"].0.as_slice());
-    f.post("/v1/environments/fuse-rot?action=drain", json!({})).await;
-    let r = f.post("/v1/environments/fuse-rot?action=rotate-token", json!({})).await;
+    assert_eq!(
+        after.agent.unwrap().auth_token.as_bytes(),
+        after.files["/fuse/token"].0.as_slice()
+    );
+    f.post("/v1/environments/fuse-rot?action=drain", json!({}))
+        .await;
+    let r = f
+        .post("/v1/environments/fuse-rot?action=rotate-token", json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
 
@@ -374,7 +555,12 @@ async fn concurrent_creates_never_overcommit() {
         let http = f.http.clone();
         let url = format!("{}/v1/environments", f.base);
         tasks.push(tokio::spawn(async move {
-            http.post(url).json(&json!({"task_id": format!("c{i}")})).send().await.unwrap().status()
+            http.post(url)
+                .json(&json!({"task_id": format!("c{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     let mut created = 0;

@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 /// Reads SSE frames until the stream ends or `max` frames arrived; returns (comments, events).
-async fn read_frames(resp: reqwest::Response, max: usize, limit: Duration) -> (Vec<String>, Vec<(String, Value)>) {
+async fn read_frames(
+    resp: reqwest::Response,
+    max: usize,
+    limit: Duration,
+) -> (Vec<String>, Vec<(String, Value)>) {
     let mut comments = Vec::new();
     let mut events = Vec::new();
     let mut buf = String::new();
@@ -54,15 +58,26 @@ async fn stream_shows_every_change_and_ends_after_destroyed() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let reader = tokio::spawn(read_frames(resp, 100, Duration::from_secs(10)));
     // Let the stream deliver its first event before changing state.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    f.post("/v1/environments/fuse-ev?action=drain", json!({})).await;
+    f.post("/v1/environments/fuse-ev?action=drain", json!({}))
+        .await;
     f.delete("/v1/environments/fuse-ev").await;
     let (_, events) = reader.await.unwrap();
-    let states: Vec<&str> = events.iter().map(|(_, d)| d["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["running", "draining", "destroying", "destroyed"], "{events:?}");
+    let states: Vec<&str> = events
+        .iter()
+        .map(|(_, d)| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["running", "draining", "destroying", "destroyed"],
+        "{events:?}"
+    );
     for (id, d) in &events {
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -78,7 +93,10 @@ async fn stream_shows_every_change_and_ends_after_destroyed() {
 async fn stream_of_a_provisioning_environment_reaches_running_and_terminal_streams_end_at_once() {
     let f = start().await;
     let r = f
-        .post("/v1/environments?wait=false", json!({"task_id": "late", "startup_script": "exit 1"}))
+        .post(
+            "/v1/environments?wait=false",
+            json!({"task_id": "late", "startup_script": "exit 1"}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let resp = f

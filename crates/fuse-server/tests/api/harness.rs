@@ -108,7 +108,9 @@ impl Fuse {
 
     /// Creates an environment and asserts 201 running.
     pub async fn create_running(&self, task: &str) -> Value {
-        let r = self.post("/v1/environments", json!({"task_id": task})).await;
+        let r = self
+            .post("/v1/environments", json!({"task_id": task}))
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
         assert_eq!(r.body["state"], "running", "{}", r.text);
         r.body

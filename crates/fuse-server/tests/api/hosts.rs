@@ -17,8 +17,11 @@ async fn register_get_list_reregister_keeps_allocation() {
     f.post("/v1/hosts/h1?action=cordon", json!({})).await;
     // Re-register with a new capacity and region.
     let r = f
-        .post("/v1/hosts", json!({"id": "h1", "url": "stub://h1", "region": "r2", "token": "new",
-               "capacity": {"cpus": 8, "ram_mb": 8192, "storage_gb": 50, "vm_count": 5}}))
+        .post(
+            "/v1/hosts",
+            json!({"id": "h1", "url": "stub://h1", "region": "r2", "token": "new",
+               "capacity": {"cpus": 8, "ram_mb": 8192, "storage_gb": 50, "vm_count": 5}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["region"], "r2");
@@ -39,11 +42,20 @@ async fn registration_errors() {
     for (body, needle) in [
         (json!({"url": "stub://a"}), "id is required"),
         (json!({"id": "a"}), "url is required"),
-        (json!({"id": "a", "url": "ftp://x"}), "must start with http:// or https://"),
+        (
+            json!({"id": "a", "url": "ftp://x"}),
+            "must start with http:// or https://",
+        ),
         (json!({"id": "a/b", "url": "http://x"}), "host id must be"),
         (json!({"id": "default", "url": "http://x"}), "reserved"),
-        (json!({"id": "a", "url": "http://x", "capacity": {"cpus": 0}}), "capacity"),
-        (json!({"id": "a", "url": "http://x", "capacity": {"cpus": "many"}}), "capacity.cpus: invalid type"),
+        (
+            json!({"id": "a", "url": "http://x", "capacity": {"cpus": 0}}),
+            "capacity",
+        ),
+        (
+            json!({"id": "a", "url": "http://x", "capacity": {"cpus": "many"}}),
+            "capacity.cpus: invalid type",
+        ),
     ] {
         let r = f.post("/v1/hosts", body.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
@@ -56,12 +68,18 @@ async fn a_silent_host_is_accepted_as_unreachable_and_not_scheduled() {
     let f = start().await;
     // Port 9 on loopback: nothing listens, the connection is refused at once.
     let r = f
-        .post("/v1/hosts", json!({"id": "dead", "url": "http://127.0.0.1:9", "token": "t",
-               "capacity": {"cpus": 8, "ram_mb": 8192, "storage_gb": 50, "vm_count": 5}}))
+        .post(
+            "/v1/hosts",
+            json!({"id": "dead", "url": "http://127.0.0.1:9", "token": "t",
+               "capacity": {"cpus": 8, "ram_mb": 8192, "storage_gb": 50, "vm_count": 5}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["state"], "unreachable");
-    assert!(r.body["state_reason"].as_str().unwrap().contains("did not answer"));
+    assert!(r.body["state_reason"]
+        .as_str()
+        .unwrap()
+        .contains("did not answer"));
     assert!(r.body["last_seen"].is_null());
     let c = f.post("/v1/environments", json!({"task_id": "x"})).await;
     assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE, "{}", c.text);
@@ -80,7 +98,12 @@ async fn cordon_uncordon_and_delete() {
     assert_eq!(f.get("/v1/hosts/a").await.body["state"], "cordoned");
     let c = f.post("/v1/environments", json!({"task_id": "x"})).await;
     assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(f.post("/v1/hosts/a?action=uncordon", json!({})).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        f.post("/v1/hosts/a?action=uncordon", json!({}))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(f.get("/v1/hosts/a").await.body["state"], "active");
     f.delete("/v1/environments/fuse-x").await;
     f.create_running("y").await;
@@ -91,9 +114,16 @@ async fn cordon_uncordon_and_delete() {
     assert_eq!(f.delete("/v1/hosts/a").await.status, StatusCode::NO_CONTENT);
     assert_eq!(f.delete("/v1/hosts/a").await.status, StatusCode::NOT_FOUND);
     for bad in ["/v1/hosts/a?action=reboot", "/v1/hosts/a"] {
-        assert_eq!(f.post(bad, json!({})).await.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            f.post(bad, json!({})).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
     }
-    assert_eq!(f.post("/v1/hosts/zz?action=cordon", json!({})).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.post("/v1/hosts/zz?action=cordon", json!({})).await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -107,19 +137,37 @@ async fn spread_places_evenly_and_each_vm_uses_its_own_host() {
     }
     for h in ["a", "b", "c"] {
         assert_eq!(f.stub(h).len(), 3, "host {h}");
-        assert_eq!(f.get(&format!("/v1/hosts/{h}")).await.body["allocated"]["vm_count"], 3);
+        assert_eq!(
+            f.get(&format!("/v1/hosts/{h}")).await.body["allocated"]["vm_count"],
+            3
+        );
     }
-    assert!(f.default_stub().is_empty(), "the default provider is not used once hosts exist");
+    assert!(
+        f.default_stub().is_empty(),
+        "the default provider is not used once hosts exist"
+    );
     // Exec on a VM goes to the VM's own host.
     let env = f.get("/v1/environments/fuse-s4").await.body;
     let host = env["host_id"].as_str().unwrap().to_owned();
-    f.post("/v1/environments/fuse-s4?action=exec", json!({"cmd": ["true"]})).await;
-    assert_eq!(f.stub(&host).vm("fuse-s4").unwrap().execs.last().unwrap(), &vec!["true".to_string()]);
+    f.post(
+        "/v1/environments/fuse-s4?action=exec",
+        json!({"cmd": ["true"]}),
+    )
+    .await;
+    assert_eq!(
+        f.stub(&host).vm("fuse-s4").unwrap().execs.last().unwrap(),
+        &vec!["true".to_string()]
+    );
     for other in ["a", "b", "c"].into_iter().filter(|h| *h != host) {
         assert!(f.stub(other).vm("fuse-s4").is_none());
     }
     // Region constraint.
-    let r = f.post("/v1/environments", json!({"task_id": "eu", "spec": {"region": "eu"}})).await;
+    let r = f
+        .post(
+            "/v1/environments",
+            json!({"task_id": "eu", "spec": {"region": "eu"}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.message().contains("another region"), "{}", r.message());
 }
@@ -134,7 +182,11 @@ async fn binpack_fills_one_host_first() {
     for i in 0..4 {
         f.create_running(&format!("b{i}")).await;
     }
-    assert_eq!(f.stub("a").len(), 4, "ties go to the smaller id, then the fuller host");
+    assert_eq!(
+        f.stub("a").len(),
+        4,
+        "ties go to the smaller id, then the fuller host"
+    );
     f.create_running("b4").await;
     assert_eq!(f.stub("b").len(), 1);
 }

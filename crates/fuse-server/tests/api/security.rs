@@ -13,16 +13,39 @@ async fn bearer_token_guards_v1_only() {
     assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = none.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let wrong = f.http.get(&url).bearer_auth("s3cret-tokeN").send().await.unwrap();
+    let wrong = f
+        .http
+        .get(&url)
+        .bearer_auth("s3cret-tokeN")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     let short = f.http.get(&url).bearer_auth("s").send().await.unwrap();
     assert_eq!(short.status(), StatusCode::UNAUTHORIZED);
-    let basic = f.http.get(&url).basic_auth("s3cret-token", None::<&str>).send().await.unwrap();
+    let basic = f
+        .http
+        .get(&url)
+        .basic_auth("s3cret-token", None::<&str>)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
-    let ok = f.http.get(&url).bearer_auth("s3cret-token").send().await.unwrap();
+    let ok = f
+        .http
+        .get(&url)
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     for open in ["/health", "/ready", "/metrics", "/openapi.json"] {
-        let r = f.http.get(format!("{}{open}", f.base)).send().await.unwrap();
+        let r = f
+            .http
+            .get(format!("{}{open}", f.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{open}");
     }
 }
@@ -33,18 +56,37 @@ async fn cidr_allowlist_is_checked_before_the_token() {
     flags.allowed_cidrs = "10.0.0.0/8, 192.168.1.1".into();
     flags.auth_token = "tok".into();
     let f = start_with(flags).await;
-    let r = f.http.get(format!("{}/v1/hosts", f.base)).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "403 even without a token");
+    let r = f
+        .http
+        .get(format!("{}/v1/hosts", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "403 even without a token"
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "forbidden");
     assert_eq!(
-        f.http.get(format!("{}/health", f.base)).send().await.unwrap().status(),
+        f.http
+            .get(format!("{}/health", f.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         StatusCode::OK
     );
     let mut flags = test_flags();
     flags.allowed_cidrs = "127.0.0.0/8".into();
     let f = start_with(flags).await;
-    let r = f.http.get(format!("{}/v1/hosts", f.base)).send().await.unwrap();
+    let r = f
+        .http
+        .get(format!("{}/v1/hosts", f.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 

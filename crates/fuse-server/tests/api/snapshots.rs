@@ -11,11 +11,17 @@ async fn snapshot_lifecycle() {
     let f = start().await;
     let content = base64::engine::general_purpose::STANDARD.encode("v1");
     let r = f
-        .post("/v1/environments", json!({"task_id": "snap", "files": {"/data/f": content}}))
+        .post(
+            "/v1/environments",
+            json!({"task_id": "snap", "files": {"/data/f": content}}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let s = f
-        .post("/v1/environments/fuse-snap/snapshots", json!({"comment": "before", "retention_seconds": 3600}))
+        .post(
+            "/v1/environments/fuse-snap/snapshots",
+            json!({"comment": "before", "retention_seconds": 3600}),
+        )
         .await;
     assert_eq!(s.status, StatusCode::CREATED, "{}", s.text);
     assert_eq!(s.body["state"], "ready");
@@ -30,13 +36,22 @@ async fn snapshot_lifecycle() {
     assert!(sid.starts_with("snap_"));
     // The file changes after the snapshot; restore brings it back.
     let stub = f.default_stub();
-    stub.upload("fuse-snap", "/data/f", b"v2", 0o644).await.unwrap();
+    stub.upload("fuse-snap", "/data/f", b"v2", 0o644)
+        .await
+        .unwrap();
     assert_eq!(stub.vm("fuse-snap").unwrap().files["/data/f"].0, b"v2");
-    let r = f.post(&format!("/v1/snapshots/{sid}?action=restore"), json!({})).await;
+    let r = f
+        .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert_eq!(stub.vm("fuse-snap").unwrap().files["/data/f"].0, b"v1");
     // A snapshot taken after the restore is a child; the parent cannot be deleted first.
-    let child = f.post("/v1/environments/fuse-snap/snapshots", json!({"mode": "full"})).await;
+    let child = f
+        .post(
+            "/v1/environments/fuse-snap/snapshots",
+            json!({"mode": "full"}),
+        )
+        .await;
     assert_eq!(child.status, StatusCode::CREATED);
     assert_eq!(child.body["parent_snapshot_id"], sid.as_str());
     let cid = child.body["id"].as_str().unwrap().to_owned();
@@ -45,32 +60,82 @@ async fn snapshot_lifecycle() {
     // List with filters.
     let all = f.get("/v1/snapshots?vm_id=fuse-snap").await;
     assert_eq!(all.body["snapshots"].as_array().unwrap().len(), 2);
-    assert_eq!(f.get("/v1/snapshots?task_id=other").await.body["snapshots"].as_array().unwrap().len(), 0);
-    assert_eq!(f.get("/v1/snapshots?state=ready").await.body["snapshots"].as_array().unwrap().len(), 2);
-    assert_eq!(f.get("/v1/snapshots?state=bogus").await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(f.get(&format!("/v1/snapshots/{cid}")).await.body["mode"], "full");
-    assert_eq!(f.delete(&format!("/v1/snapshots/{cid}")).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(f.delete(&format!("/v1/snapshots/{sid}")).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(f.get(&format!("/v1/snapshots/{sid}")).await.status, StatusCode::NOT_FOUND);
-    assert!(stub.vm("fuse-snap").unwrap().snapshots.is_empty(), "deleted on the host too");
+    assert_eq!(
+        f.get("/v1/snapshots?task_id=other").await.body["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        f.get("/v1/snapshots?state=ready").await.body["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        f.get("/v1/snapshots?state=bogus").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.get(&format!("/v1/snapshots/{cid}")).await.body["mode"],
+        "full"
+    );
+    assert_eq!(
+        f.delete(&format!("/v1/snapshots/{cid}")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        f.delete(&format!("/v1/snapshots/{sid}")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        f.get(&format!("/v1/snapshots/{sid}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        stub.vm("fuse-snap").unwrap().snapshots.is_empty(),
+        "deleted on the host too"
+    );
 }
 
 #[tokio::test]
 async fn snapshot_errors() {
     let f = start().await;
-    let r = f.post("/v1/environments/fuse-none/snapshots", json!({})).await;
+    let r = f
+        .post("/v1/environments/fuse-none/snapshots", json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     f.create_running("s").await;
-    let r = f.post("/v1/environments/fuse-s/snapshots", json!({"mode": "weird"})).await;
+    let r = f
+        .post(
+            "/v1/environments/fuse-s/snapshots",
+            json!({"mode": "weird"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let s = f.post("/v1/environments/fuse-s/snapshots", json!({})).await;
     let sid = s.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(f.post(&format!("/v1/snapshots/{sid}?action=explode"), json!({})).await.status, StatusCode::BAD_REQUEST);
-    assert_eq!(f.post("/v1/snapshots/snap_missing?action=restore", json!({})).await.status, StatusCode::NOT_FOUND);
-    f.post("/v1/environments/fuse-s?action=drain", json!({})).await;
+    assert_eq!(
+        f.post(&format!("/v1/snapshots/{sid}?action=explode"), json!({}))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        f.post("/v1/snapshots/snap_missing?action=restore", json!({}))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    f.post("/v1/environments/fuse-s?action=drain", json!({}))
+        .await;
     let r = f.post("/v1/environments/fuse-s/snapshots", json!({})).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "only running environments");
-    let r = f.post(&format!("/v1/snapshots/{sid}?action=restore"), json!({})).await;
+    let r = f
+        .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 }
 
@@ -78,12 +143,28 @@ async fn snapshot_errors() {
 async fn expired_snapshots_are_collected() {
     let f = start().await;
     f.create_running("gc").await;
-    let s = f.post("/v1/environments/fuse-gc/snapshots", json!({"retention_seconds": 0})).await;
-    let keep = f.post("/v1/environments/fuse-gc/snapshots", json!({"retention_seconds": 3600})).await;
+    let s = f
+        .post(
+            "/v1/environments/fuse-gc/snapshots",
+            json!({"retention_seconds": 0}),
+        )
+        .await;
+    let keep = f
+        .post(
+            "/v1/environments/fuse-gc/snapshots",
+            json!({"retention_seconds": 3600}),
+        )
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(f.app().snapshot_gc().await.unwrap(), 1);
     let sid = s.body["id"].as_str().unwrap();
-    assert_eq!(f.get(&format!("/v1/snapshots/{sid}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        f.get(&format!("/v1/snapshots/{sid}")).await.status,
+        StatusCode::NOT_FOUND
+    );
     let kid = keep.body["id"].as_str().unwrap();
-    assert_eq!(f.get(&format!("/v1/snapshots/{kid}")).await.status, StatusCode::OK);
+    assert_eq!(
+        f.get(&format!("/v1/snapshots/{kid}")).await.status,
+        StatusCode::OK
+    );
 }

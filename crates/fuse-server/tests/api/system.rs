@@ -11,7 +11,10 @@ use std::process::{Command, Stdio};
 async fn health_and_ready() {
     let f = start().await;
     let h = f.get("/health").await;
-    assert_eq!((h.status, h.body.clone()), (StatusCode::OK, json!({"status": "ok"})));
+    assert_eq!(
+        (h.status, h.body.clone()),
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
     let r = f.get("/ready").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
@@ -23,7 +26,11 @@ async fn health_and_ready() {
 async fn metrics_have_the_documented_names() {
     let f = start().await;
     f.create_running("m1").await;
-    f.post("/v1/environments", json!({"task_id": "m2", "startup_script": "exit 1"})).await;
+    f.post(
+        "/v1/environments",
+        json!({"task_id": "m2", "startup_script": "exit 1"}),
+    )
+    .await;
     f.stub_host("hm", 8, 10).await;
     let m = f.get("/metrics").await.text;
     for name in [
@@ -69,9 +76,15 @@ async fn request_id_is_echoed_or_generated() {
         assert!(id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
     }
     let none = f.get("/health").await;
-    assert!(none.headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(none.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
     let err = f.get("/v1/environments/fuse-x").await;
-    assert!(err.headers.contains_key("x-request-id"), "errors carry it too");
+    assert!(
+        err.headers.contains_key("x-request-id"),
+        "errors carry it too"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +92,9 @@ async fn unknown_routes_and_methods_use_the_envelope() {
     let f = start().await;
     let r = f.get("/v2/things").await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
-    let r = f.call(Method::PUT, "/v1/environments", Some(json!({}))).await;
+    let r = f
+        .call(Method::PUT, "/v1/environments", Some(json!({})))
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.code(), "invalid_argument");
 }
@@ -89,7 +104,10 @@ async fn openapi_describes_every_route() {
     let f = start().await;
     let doc = f.get("/openapi.json").await;
     assert_eq!(doc.status, StatusCode::OK);
-    assert_eq!(doc.body["openapi"].as_str().map(|v| v.starts_with("3.")), Some(true));
+    assert_eq!(
+        doc.body["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
     let paths = doc.body["paths"].as_object().expect("paths");
     let mut missing = Vec::new();
     for (method, path, _) in fuse_server::http::routes() {
@@ -98,7 +116,10 @@ async fn openapi_describes_every_route() {
             missing.push(format!("{method} {path}"));
         }
     }
-    assert!(missing.is_empty(), "routes missing from api/openapi.yaml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from api/openapi.yaml: {missing:?}"
+    );
     // And the description names no route that does not exist.
     let routes: Vec<(String, String)> = fuse_server::http::routes()
         .into_iter()
@@ -107,7 +128,10 @@ async fn openapi_describes_every_route() {
     for (path, ops) in paths {
         for m in ops.as_object().unwrap().keys() {
             if ["get", "post", "put", "delete", "patch"].contains(&m.as_str()) {
-                assert!(routes.contains(&(m.clone(), path.clone())), "{m} {path} is described but not served");
+                assert!(
+                    routes.contains(&(m.clone(), path.clone())),
+                    "{m} {path} is described but not served"
+                );
             }
         }
     }
