@@ -35,6 +35,8 @@ pub fn vm(task: &str, cpus: u32, ram_mb: u64) -> VmRecord {
         created_at: at,
         updated_at: at,
         running_since: None,
+        owner: "replica-1".into(),
+        secrets: None,
     }
 }
 

@@ -128,6 +128,9 @@ pub(crate) fn apply_patch(rec: &mut VmRecord, patch: &VmPatch, at: Timestamp) {
     if let Some(r) = &patch.restored_from {
         rec.restored_from.clone_from(r);
     }
+    if let Some(sec) = &patch.secrets {
+        rec.secrets.clone_from(sec);
+    }
     rec.generation += 1;
     rec.updated_at = at;
 }

@@ -1,10 +1,46 @@
 //! Storage rows. They are separate from the wire types: they carry what the control plane
 //! needs internally (generation, reservation, idempotency fingerprint).
 
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
 use fuse_types::{
     AgentSpec, Environment, Host, HostId, HostState, Resources, Snapshot, SnapshotId,
     SnapshotState, Spec, TaskId, Timestamp, VmId, VmState,
 };
+
+/// Per-VM secrets the control plane keeps to (re)configure the agent: encrypted at rest by
+/// the Postgres backend, never persisted without an encryption key, never logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSecrets {
+    /// The agent's bearer token (64 hex).
+    pub auth_token: String,
+    /// The gateway token.
+    pub gateway_token: String,
+    /// The create request's secrets map.
+    pub secrets: BTreeMap<String, String>,
+    /// The agent's TLS certificate (PEM, self-signed, CN = VM id).
+    pub tls_cert_pem: String,
+    /// The agent's TLS key (PEM).
+    pub tls_key_pem: String,
+}
+
+impl VmSecrets {
+    /// Every secret value, for redaction of error text.
+    pub fn values(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.secrets.values().cloned().collect();
+        v.push(self.gateway_token.clone());
+        v.push(self.auth_token.clone());
+        v
+    }
+}
+
+impl fmt::Debug for VmSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VmSecrets {{ {} secret(s), redacted }}", self.secrets.len())
+    }
+}
 
 /// One environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +75,10 @@ pub struct VmRecord {
     pub updated_at: Timestamp,
     /// When the VM entered `running`.
     pub running_since: Option<Timestamp>,
+    /// The control-plane replica that created it (its provision is that replica's job).
+    pub owner: String,
+    /// Secrets needed to re-configure the agent.
+    pub secrets: Option<VmSecrets>,
 }
 
 impl VmRecord {
@@ -75,6 +115,8 @@ pub struct VmPatch {
     pub agent: Option<AgentSpec>,
     /// New restored-from snapshot.
     pub restored_from: Option<Option<SnapshotId>>,
+    /// New secrets (`Some(None)` forgets them).
+    pub secrets: Option<Option<VmSecrets>>,
     /// Why (recorded in the audit event of a state change).
     pub reason: Option<String>,
 }

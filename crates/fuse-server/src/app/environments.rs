@@ -4,11 +4,11 @@
 //! provision then removes what it created itself.
 
 use super::validate::{self, ValidCreate};
-use super::{random_token, App, VmSecrets};
+use super::App;
 use crate::error::ApiError;
 use crate::provider::{Provider, ProviderError, DEFAULT_HOST};
 use base64::Engine as _;
-use fuse_store::{AuditEvent, StoreError, VmCreated, VmFilter, VmPatch, VmRecord};
+use fuse_store::{AuditEvent, StoreError, VmCreated, VmFilter, VmPatch, VmRecord, VmSecrets};
 use fuse_types::hostagent::{AgentStart, AgentVmCreate};
 use fuse_types::{
     now, AgentSpec, CreateEnvironment, Environment, EnvironmentList, ExecRequest, ExecResponse,
@@ -139,6 +139,8 @@ impl App {
             created_at: at,
             updated_at: at,
             running_since: None,
+            owner: self.replica_id.clone(),
+            secrets: None,
         };
         let rec = match self.store.vm_create(rec).await? {
             VmCreated::Exists(e) if e.request_hash == valid.request_hash => {
@@ -296,7 +298,6 @@ impl App {
                 tracing::error!(vm_id = %id, error = %e, "releasing capacity after a failed provision");
             }
         }
-        self.secrets_drop(id.as_str());
         let mut last = None;
         for _ in 0..5 {
             let cur = match self.store.vm_get(&id).await {
@@ -385,8 +386,9 @@ impl App {
                 },
             )
             .await?;
-        let auth_token = random_token();
-        self.upload_agent_files(&*provider, &rec, valid, &auth_token)
+        let secrets = super::credentials::generate(rec.id.as_str(), valid)
+            .map_err(|e| Failure::at("credentials", e))?;
+        self.upload_agent_files(&*provider, &rec, valid, &secrets)
             .await
             .map_err(|e| Failure::at("upload", e))?;
         if let Some(script) = &valid.startup_script {
@@ -405,23 +407,15 @@ impl App {
         provider
             .start_agent(
                 rec.id.as_str(),
-                &agent_start(&rec.agent, &auth_token, &valid.gateway_token),
+                &agent_start(&rec.agent, &secrets.auth_token, &secrets.gateway_token),
             )
             .await
             .map_err(|e| Failure::at("start_agent", e))?;
-        let mut secret_values: Vec<String> = valid.secrets.values().cloned().collect();
-        secret_values.push(valid.gateway_token.clone());
-        self.secrets_put(
-            rec.id.as_str(),
-            VmSecrets {
-                auth_token,
-                gateway_token: valid.gateway_token.clone(),
-                secret_values,
-            },
-        );
-        let rec = self
-            .advance(&rec, VmPatch::state(VmState::Running, "provisioned"))
-            .await?;
+        let patch = VmPatch {
+            secrets: Some(Some(secrets)),
+            ..VmPatch::state(VmState::Running, "provisioned")
+        };
+        let rec = self.advance(&rec, patch).await?;
         self.events.publish(&rec);
         Ok(rec)
     }
@@ -431,21 +425,14 @@ impl App {
         provider: &dyn Provider,
         rec: &VmRecord,
         valid: &ValidCreate,
-        auth_token: &str,
+        secrets: &VmSecrets,
     ) -> Result<(), ProviderError> {
         let id = rec.id.as_str();
         let p = self.profile;
         if let Some(m) = &valid.manifest {
             provider.upload(id, &p.manifest_path(), m, 0o644).await?;
         }
-        if !valid.secrets.is_empty() {
-            let body = serde_json::to_vec(&valid.secrets)
-                .map_err(|e| ProviderError::Internal(e.to_string()))?;
-            provider.upload(id, &p.secrets_path(), &body, 0o600).await?;
-        }
-        provider
-            .upload(id, &p.token_path(), auth_token.as_bytes(), 0o600)
-            .await?;
+        super::credentials::upload(provider, p, id, secrets).await?;
         let config = serde_json::json!({
             "vm_id": id,
             "task_id": rec.task_id.as_str(),
@@ -518,7 +505,6 @@ impl App {
             }
         }
         self.store.vm_release(&id).await?;
-        self.secrets_drop(id.as_str());
         loop {
             let Some(cur) = self.store.vm_get(&id).await? else {
                 return Ok(());
@@ -593,8 +579,8 @@ impl App {
         let Some(error) = error else {
             return Ok(rec);
         };
-        let secrets = self.secrets_get(rec.id.as_str()).unwrap_or_default();
-        let error = validate::redact(&error, &secrets.secret_values);
+        let secrets = rec.secrets.clone().unwrap_or_default();
+        let error = validate::redact(&error, &secrets.values());
         tracing::warn!(vm_id = %rec.id, error = %error, "drain failed");
         let patch = VmPatch {
             error: Some(Some(error)),
@@ -615,25 +601,34 @@ impl App {
             )));
         }
         let provider = self.provider_of(&rec).await?;
-        let mut secrets = self.secrets_get(rec.id.as_str()).unwrap_or_default();
-        let token = random_token();
-        provider
-            .upload(
-                rec.id.as_str(),
-                &self.profile.token_path(),
-                token.as_bytes(),
-                0o600,
+        let Some(old) = rec.secrets.clone() else {
+            return Err(ApiError::unavailable(
+                "this environment's credentials were not persisted (no TOKEN_ENCRYPTION_KEY when it \
+                 was created, or the control plane restarted); recreate it to rotate its token",
+            ));
+        };
+        let fresh = super::credentials::rotate(rec.id.as_str(), &old)
+            .map_err(|e| ApiError::internal(format!("generating credentials: {e}")))?;
+        // Persist first: if the upload fails half-way, a retry rotates again from here.
+        let rec = self
+            .store
+            .vm_update(
+                &rec.id,
+                rec.generation,
+                VmPatch {
+                    secrets: Some(Some(fresh.clone())),
+                    ..VmPatch::default()
+                },
             )
             .await?;
+        super::credentials::upload(&*provider, self.profile, rec.id.as_str(), &fresh).await?;
         provider.stop_agent(rec.id.as_str()).await?;
         provider
             .start_agent(
                 rec.id.as_str(),
-                &agent_start(&rec.agent, &token, &secrets.gateway_token),
+                &agent_start(&rec.agent, &fresh.auth_token, &fresh.gateway_token),
             )
             .await?;
-        secrets.auth_token = token;
-        self.secrets_put(rec.id.as_str(), secrets);
         self.store
             .audit_append(AuditEvent {
                 entity_kind: "environment",
@@ -706,5 +701,7 @@ fn unreachable_record(id: &VmId) -> VmRecord {
         created_at: at,
         updated_at: at,
         running_since: None,
+        owner: String::new(),
+        secrets: None,
     }
 }

@@ -2,6 +2,7 @@
 //! Invariant: every state change is persisted through the store (generation-checked) before
 //! the provider is asked to act on it, and published to the event hub after.
 
+pub mod credentials;
 pub mod environments;
 pub mod hosts;
 pub mod snapshots;
@@ -13,24 +14,10 @@ use crate::metrics::Metrics;
 use crate::profile::Profile;
 use crate::provider::Providers;
 use fuse_store::StateStore;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use validate::redact;
-
-/// Per-VM secrets the control plane must keep to restart an agent (rotate-token). Held in
-/// memory only: they are never written to the store unencrypted.
-#[derive(Debug, Clone, Default)]
-pub struct VmSecrets {
-    /// The agent's bearer token.
-    pub auth_token: String,
-    /// The gateway token.
-    pub gateway_token: String,
-    /// Secret values of the create request (for redaction of error text).
-    pub secret_values: Vec<String>,
-}
 
 /// The control plane's shared state.
 pub struct App {
@@ -48,7 +35,8 @@ pub struct App {
     pub profile: &'static Profile,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
-    secrets: Mutex<HashMap<String, VmSecrets>>,
+    /// This process's replica id (owner of the provisions it starts).
+    pub replica_id: String,
 }
 
 impl App {
@@ -65,22 +53,10 @@ impl App {
             metrics: Metrics::new(),
             profile,
             shutdown: CancellationToken::new(),
-            secrets: Mutex::new(HashMap::new()),
+            replica_id: format!("replica-{}", &random_token()[..16]),
         })
     }
 
-    /// The secrets kept for a VM.
-    pub fn secrets_get(&self, vm_id: &str) -> Option<VmSecrets> {
-        self.secrets.lock().get(vm_id).cloned()
-    }
-
-    fn secrets_put(&self, vm_id: &str, s: VmSecrets) {
-        self.secrets.lock().insert(vm_id.to_owned(), s);
-    }
-
-    fn secrets_drop(&self, vm_id: &str) {
-        self.secrets.lock().remove(vm_id);
-    }
 }
 
 /// 32 random bytes as 64 hex characters.

@@ -1,0 +1,99 @@
+//! Per-VM credentials: a 64-hex bearer token and a self-signed TLS certificate (CN = VM id)
+//! with its key, uploaded as the agent's files. Rotation replaces all three.
+
+use super::random_token;
+use super::validate::ValidCreate;
+use crate::profile::Profile;
+use crate::provider::{Provider, ProviderError};
+use fuse_store::VmSecrets;
+
+/// Failure to generate a certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("generating the agent's TLS certificate: {0}")]
+pub struct CredentialError(#[from] rcgen::Error);
+
+fn tls_pair(vm_id: &str) -> Result<(String, String), CredentialError> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![vm_id.to_owned(), "localhost".into()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, vm_id);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Fresh credentials for a new environment.
+pub fn generate(vm_id: &str, valid: &ValidCreate) -> Result<VmSecrets, CredentialError> {
+    let (cert, key) = tls_pair(vm_id)?;
+    Ok(VmSecrets {
+        auth_token: random_token(),
+        gateway_token: valid.gateway_token.clone(),
+        secrets: valid.secrets.clone(),
+        tls_cert_pem: cert,
+        tls_key_pem: key,
+    })
+}
+
+/// New token, certificate and key; the rest is kept.
+pub fn rotate(vm_id: &str, old: &VmSecrets) -> Result<VmSecrets, CredentialError> {
+    let (cert, key) = tls_pair(vm_id)?;
+    Ok(VmSecrets {
+        auth_token: random_token(),
+        tls_cert_pem: cert,
+        tls_key_pem: key,
+        ..old.clone()
+    })
+}
+
+/// Uploads the secrets map, token, certificate and key.
+pub async fn upload(
+    provider: &dyn Provider,
+    profile: &Profile,
+    vm_id: &str,
+    s: &VmSecrets,
+) -> Result<(), ProviderError> {
+    if !s.secrets.is_empty() {
+        let body =
+            serde_json::to_vec(&s.secrets).map_err(|e| ProviderError::Internal(e.to_string()))?;
+        provider
+            .upload(vm_id, &profile.secrets_path(), &body, 0o600)
+            .await?;
+    }
+    provider
+        .upload(vm_id, &profile.token_path(), s.auth_token.as_bytes(), 0o600)
+        .await?;
+    provider
+        .upload(vm_id, &profile.cert_path(), s.tls_cert_pem.as_bytes(), 0o644)
+        .await?;
+    provider
+        .upload(vm_id, &profile.key_path(), s.tls_key_pem.as_bytes(), 0o600)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_names_the_vm_and_rotation_changes_everything_secret() {
+        let (cert, key) = tls_pair("fuse-abc").unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(key.contains("PRIVATE KEY"));
+        let old = VmSecrets {
+            auth_token: random_token(),
+            gateway_token: "gw".into(),
+            secrets: [("A".to_string(), "b".to_string())].into(),
+            tls_cert_pem: cert,
+            tls_key_pem: key,
+        };
+        let new = rotate("fuse-abc", &old).unwrap();
+        assert_ne!(new.auth_token, old.auth_token);
+        assert_eq!(new.auth_token.len(), 64);
+        assert_ne!(new.tls_cert_pem, old.tls_cert_pem);
+        assert_ne!(new.tls_key_pem, old.tls_key_pem);
+        assert_eq!(new.secrets, old.secrets);
+        assert_eq!(new.gateway_token, "gw");
+        assert!(!format!("{new:?}").contains(&new.auth_token), "Debug redacts");
+    }
+}
