@@ -12,6 +12,9 @@ for tool in rustfmt clippy-driver; do
   command -v "$tool" >/dev/null || { echo "missing $tool: install the rustfmt and clippy components" >&2; exit 1; }
 done
 
+step "postgres"
+eval "$(./scripts/postgres.sh)"
+
 step "format"
 cargo fmt --all -- --check
 

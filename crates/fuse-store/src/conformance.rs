@@ -75,6 +75,16 @@ where
     hosts_upsert_keeps_allocation_and_delete_refuses_busy(factory().await).await;
     snapshots_children_and_lifecycle(factory().await).await;
     purge_terminal(factory().await).await;
+    replicas_and_leadership(factory().await).await;
+}
+
+async fn replicas_and_leadership<S: StateStore>(s: S) {
+    s.replica_register("replica-a").await.unwrap();
+    assert!(s.replica_alive("replica-a").await.unwrap());
+    assert!(!s.replica_alive("replica-never").await.unwrap());
+    assert!(s.leader_acquire().await.unwrap());
+    assert!(s.leader_acquire().await.unwrap(), "a leader stays leader");
+    s.notify("{}").await.unwrap();
 }
 
 async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
@@ -112,10 +122,27 @@ async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
     )
     .await
     .unwrap();
+    let destroyed_gen = s.vm_get(&r.id).await.unwrap().unwrap().generation;
     match s.vm_create(other).await.unwrap() {
-        VmCreated::Created(c) => assert_eq!(c.request_hash, "different"),
+        VmCreated::Created(c) => {
+            assert_eq!(c.request_hash, "different");
+            assert!(
+                c.generation > destroyed_gen,
+                "a new incarnation never reuses a generation"
+            );
+        }
         c => panic!("expected Created, got {c:?}"),
     }
+    // A writer holding the old incarnation's generation cannot touch the new one.
+    let err = s
+        .vm_update(
+            &r.id,
+            destroyed_gen,
+            VmPatch::state(VmState::Running, "stale"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Stale { .. }), "{err:?}");
     // A failed record that was never placed is replaced too; a placed one is not.
     let u = vm("unplaced", 1, 512);
     s.vm_create(u.clone()).await.unwrap();

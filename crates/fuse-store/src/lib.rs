@@ -9,10 +9,14 @@
 //! [`conformance`] runs against every backend.
 
 pub mod conformance;
+pub mod crypto;
 mod memory;
+mod pg;
 mod records;
+pub mod testdb;
 
 pub use memory::MemoryStore;
+pub use pg::{redact_url, PgOptions, PgStore};
 pub use records::*;
 
 use async_trait::async_trait;
@@ -207,4 +211,22 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The audit events of one entity, oldest first.
     async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Registers this process as a live replica. Other replicas see it alive (through
+    /// [`StateStore::replica_alive`]) until the process dies or loses the database.
+    async fn replica_register(&self, replica_id: &str) -> Result<(), StoreError>;
+
+    /// Whether a replica is alive; `false` means its in-flight work is abandoned.
+    async fn replica_alive(&self, replica_id: &str) -> Result<bool, StoreError>;
+
+    /// Tries to become (or stay) the one leader among replicas; leader-only background
+    /// loops run only while this returns `true`. Leadership ends when the process dies.
+    async fn leader_acquire(&self) -> Result<bool, StoreError>;
+
+    /// Sends an event payload to every replica's [`StateStore::listen`] stream.
+    async fn notify(&self, payload: &str) -> Result<(), StoreError>;
+
+    /// Payloads sent by [`StateStore::notify`] from any replica, or `None` when the store
+    /// is private to this process (nothing to listen to).
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError>;
 }

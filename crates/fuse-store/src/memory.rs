@@ -27,6 +27,7 @@ struct Inner {
     snapshots: BTreeMap<String, SnapshotRecord>,
     audit: VecDeque<AuditRecord>,
     audit_seq: u64,
+    replicas: std::collections::HashSet<String>,
 }
 
 impl MemoryStore {
@@ -147,10 +148,14 @@ impl StateStore for MemoryStore {
 
     async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError> {
         let mut g = self.inner.lock();
+        let mut rec = rec;
         if let Some(existing) = g.vms.get(rec.id.as_str()) {
             if !replaceable(existing) {
                 return Ok(VmCreated::Exists(existing.clone()));
             }
+            // A new incarnation continues the generation sequence, so writers holding the
+            // old one's generation can never match the new row.
+            rec.generation = existing.generation + 1;
         }
         g.audit(AuditEvent {
             entity_kind: "environment",
@@ -561,6 +566,27 @@ impl StateStore for MemoryStore {
     async fn audit_append(&self, ev: AuditEvent) -> Result<(), StoreError> {
         self.inner.lock().audit(ev);
         Ok(())
+    }
+
+    async fn replica_register(&self, replica_id: &str) -> Result<(), StoreError> {
+        self.inner.lock().replicas.insert(replica_id.to_owned());
+        Ok(())
+    }
+
+    async fn replica_alive(&self, replica_id: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.lock().replicas.contains(replica_id))
+    }
+
+    async fn leader_acquire(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn notify(&self, _payload: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+        Ok(None)
     }
 
     async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError> {

@@ -38,7 +38,11 @@ impl VmSecrets {
 
 impl fmt::Debug for VmSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VmSecrets {{ {} secret(s), redacted }}", self.secrets.len())
+        write!(
+            f,
+            "VmSecrets {{ {} secret(s), redacted }}",
+            self.secrets.len()
+        )
     }
 }
 

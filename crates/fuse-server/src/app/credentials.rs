@@ -63,7 +63,12 @@ pub async fn upload(
         .upload(vm_id, &profile.token_path(), s.auth_token.as_bytes(), 0o600)
         .await?;
     provider
-        .upload(vm_id, &profile.cert_path(), s.tls_cert_pem.as_bytes(), 0o644)
+        .upload(
+            vm_id,
+            &profile.cert_path(),
+            s.tls_cert_pem.as_bytes(),
+            0o644,
+        )
         .await?;
     provider
         .upload(vm_id, &profile.key_path(), s.tls_key_pem.as_bytes(), 0o600)
@@ -94,6 +99,9 @@ mod tests {
         assert_ne!(new.tls_key_pem, old.tls_key_pem);
         assert_eq!(new.secrets, old.secrets);
         assert_eq!(new.gateway_token, "gw");
-        assert!(!format!("{new:?}").contains(&new.auth_token), "Debug redacts");
+        assert!(
+            !format!("{new:?}").contains(&new.auth_token),
+            "Debug redacts"
+        );
     }
 }

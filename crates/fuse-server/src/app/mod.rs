@@ -56,7 +56,6 @@ impl App {
             replica_id: format!("replica-{}", &random_token()[..16]),
         })
     }
-
 }
 
 /// 32 random bytes as 64 hex characters.

@@ -1,0 +1,953 @@
+//! `StateStore` for [`PgStore`]: one transaction per method.
+
+use super::rows::{self, seal_secrets, seal_token};
+use super::{db_err, PgStore, CHANNEL, LOCK_LEADER, LOCK_REPLICA};
+use crate::memory::{apply_patch, replaceable, transition_event};
+use crate::{
+    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
+    StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+};
+use async_trait::async_trait;
+use fuse_scheduler::{HostView, Policy, Request};
+use fuse_types::{
+    now, HostId, HostState, Resources, SnapshotId, SnapshotState, Timestamp, VmId, VmState,
+};
+use sqlx::postgres::PgListener;
+use sqlx::{Postgres, Row, Transaction};
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+const VM_COLS: &str =
+    "id, task_id, state, generation, host_id, reserved, url, spec, request_hash, \
+    agent, error, restored_from, owner, secrets_enc, created_at, updated_at, running_since";
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+async fn audit(tx: &mut Tx<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (entity_kind, entity_id, event_type, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(ev.entity_kind)
+    .bind(&ev.entity_id)
+    .bind(&ev.event_type)
+    .bind(&ev.payload)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+impl PgStore {
+    async fn vm_lock(&self, tx: &mut Tx<'_>, id: &str) -> Result<Option<VmRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VM_COLS} FROM vms WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| rows::vm(&r, self.cipher.as_ref())).transpose()
+    }
+
+    /// Writes every column of `r` (insert or full update).
+    async fn vm_write(
+        &self,
+        tx: &mut Tx<'_>,
+        r: &VmRecord,
+        insert: bool,
+    ) -> Result<(), StoreError> {
+        let sql = if insert {
+            format!(
+                "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
+            )
+        } else {
+            "UPDATE vms SET task_id=$2, state=$3, generation=$4, host_id=$5, reserved=$6, url=$7, \
+             spec=$8, request_hash=$9, agent=$10, error=$11, restored_from=$12, owner=$13, \
+             secrets_enc=$14, created_at=$15, updated_at=$16, running_since=$17 WHERE id=$1"
+                .to_owned()
+        };
+        sqlx::query(&sql)
+            .bind(r.id.as_str())
+            .bind(r.task_id.as_str())
+            .bind(r.state.as_str())
+            .bind(r.generation as i64)
+            .bind(r.host_id.as_ref().map(HostId::as_str))
+            .bind(r.reserved.as_ref().map(to_json).transpose()?)
+            .bind(&r.url)
+            .bind(to_json(&r.spec)?)
+            .bind(&r.request_hash)
+            .bind(to_json(&r.agent)?)
+            .bind(&r.error)
+            .bind(r.restored_from.as_ref().map(SnapshotId::as_str))
+            .bind(&r.owner)
+            .bind(seal_secrets(self.cipher.as_ref(), r.secrets.as_ref()))
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .bind(r.running_since)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn hosts_read(&self, tx: &mut Tx<'_>) -> Result<Vec<HostRecord>, StoreError> {
+        let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        rs.iter()
+            .map(|r| rows::host(r, self.cipher.as_ref()))
+            .collect()
+    }
+}
+
+fn stale(id: &VmId, expected: u64, actual: u64) -> StoreError {
+    StoreError::Stale {
+        id: id.to_string(),
+        expected,
+        actual,
+    }
+}
+
+fn vm_missing(id: &VmId) -> StoreError {
+    StoreError::NotFound {
+        kind: "environment",
+        id: id.to_string(),
+    }
+}
+
+#[async_trait]
+impl StateStore for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let existing = self.vm_lock(&mut tx, rec.id.as_str()).await?;
+        let mut rec = rec;
+        match existing {
+            Some(e) if !replaceable(&e) => {
+                tx.commit().await.map_err(db_err)?;
+                return Ok(VmCreated::Exists(e));
+            }
+            Some(e) => {
+                // A new incarnation continues the generation sequence, so writers holding
+                // the old one's generation can never match the new row.
+                rec.generation = e.generation + 1;
+                self.vm_write(&mut tx, &rec, false).await?;
+            }
+            None => {
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+                     ON CONFLICT (id) DO NOTHING"
+                ))
+                .bind(rec.id.as_str())
+                .bind(rec.task_id.as_str())
+                .bind(rec.state.as_str())
+                .bind(rec.generation as i64)
+                .bind(rec.host_id.as_ref().map(HostId::as_str))
+                .bind(rec.reserved.as_ref().map(to_json).transpose()?)
+                .bind(&rec.url)
+                .bind(to_json(&rec.spec)?)
+                .bind(&rec.request_hash)
+                .bind(to_json(&rec.agent)?)
+                .bind(&rec.error)
+                .bind(rec.restored_from.as_ref().map(SnapshotId::as_str))
+                .bind(&rec.owner)
+                .bind(seal_secrets(self.cipher.as_ref(), rec.secrets.as_ref()))
+                .bind(rec.created_at)
+                .bind(rec.updated_at)
+                .bind(rec.running_since)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
+                if inserted == 0 {
+                    // Lost a race with a concurrent create of the same id.
+                    let e = self
+                        .vm_lock(&mut tx, rec.id.as_str())
+                        .await?
+                        .ok_or_else(|| vm_missing(&rec.id))?;
+                    tx.commit().await.map_err(db_err)?;
+                    return Ok(VmCreated::Exists(e));
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tasks (task_id, vm_id, request_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$4) \
+             ON CONFLICT (task_id) DO UPDATE SET vm_id = $2, request_hash = $3, updated_at = $4",
+        )
+        .bind(rec.task_id.as_str())
+        .bind(rec.id.as_str())
+        .bind(&rec.request_hash)
+        .bind(rec.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "environment",
+                entity_id: rec.id.to_string(),
+                event_type: "created".into(),
+                payload: serde_json::json!({"state": rec.state.as_str(), "task_id": rec.task_id.as_str()}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(VmCreated::Created(rec))
+    }
+
+    async fn vm_get(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {VM_COLS} FROM vms WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| rows::vm(&r, self.cipher.as_ref())).transpose()
+    }
+
+    async fn vm_list(
+        &self,
+        filter: &VmFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<VmRecord>, StoreError> {
+        let rs = sqlx::query(&format!(
+            "SELECT {VM_COLS} FROM vms WHERE ($1::text IS NULL OR id > $1) \
+             AND ($2::text IS NULL OR task_id = $2) AND ($3::text IS NULL OR state = $3) \
+             AND ($4::text IS NULL OR host_id = $4) ORDER BY id LIMIT $5"
+        ))
+        .bind(after)
+        .bind(filter.task_id.as_deref())
+        .bind(filter.state.map(VmState::as_str))
+        .bind(filter.host_id.as_deref())
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        rs.iter()
+            .map(|r| rows::vm(r, self.cipher.as_ref()))
+            .collect()
+    }
+
+    async fn vm_count_by_state(&self) -> Result<Vec<(VmState, u64)>, StoreError> {
+        let rs = sqlx::query("SELECT state, count(*) AS n FROM vms GROUP BY state")
+            .fetch_all(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        let mut out: Vec<(VmState, u64)> = VmState::ALL.iter().map(|s| (*s, 0)).collect();
+        for r in rs {
+            let s: String = r.try_get("state").map_err(db_err)?;
+            let n: i64 = r.try_get("n").map_err(db_err)?;
+            if let Some(slot) = out.iter_mut().find(|(st, _)| st.as_str() == s) {
+                slot.1 = n as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn vm_update(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        patch: VmPatch,
+    ) -> Result<VmRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let mut rec = self
+            .vm_lock(&mut tx, id.as_str())
+            .await?
+            .ok_or_else(|| vm_missing(id))?;
+        if rec.generation != expected_generation {
+            return Err(stale(id, expected_generation, rec.generation));
+        }
+        let from = rec.state;
+        if let Some(to) = patch.state {
+            from.check_transition(to)
+                .map_err(|source| StoreError::Transition {
+                    id: id.to_string(),
+                    source,
+                })?;
+        }
+        apply_patch(&mut rec, &patch, now());
+        self.vm_write(&mut tx, &rec, false).await?;
+        if let Some(to) = patch.state {
+            audit(
+                &mut tx,
+                &transition_event(id, from, to, patch.reason.as_deref()),
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(rec)
+    }
+
+    async fn vm_place(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        policy: Policy,
+        fallback: Option<&HostId>,
+    ) -> Result<VmRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let mut rec = self
+            .vm_lock(&mut tx, id.as_str())
+            .await?
+            .ok_or_else(|| vm_missing(id))?;
+        if rec.generation != expected_generation {
+            return Err(stale(id, expected_generation, rec.generation));
+        }
+        if rec.state != VmState::Provisioning || rec.host_id.is_some() {
+            return Err(StoreError::Internal(format!(
+                "vm_place on {id} in state {} with host {:?}",
+                rec.state, rec.host_id
+            )));
+        }
+        let need = Resources::for_spec(&rec.spec);
+        let mut excluded: Vec<String> = Vec::new();
+        let chosen = loop {
+            let hosts = self.hosts_read(&mut tx).await?;
+            if hosts.is_empty() {
+                if let Some(fb) = fallback {
+                    break fb.clone();
+                }
+            }
+            let views: Vec<HostView> = hosts
+                .iter()
+                .filter(|h| !excluded.iter().any(|x| x == h.id.as_str()))
+                .map(|h| HostView {
+                    id: h.id.as_str(),
+                    region: &h.region,
+                    state: h.state,
+                    capacity: h.capacity,
+                    allocated: h.allocated,
+                })
+                .collect();
+            let candidate = match fuse_scheduler::place(
+                &views,
+                &Request {
+                    need,
+                    region: &rec.spec.region,
+                },
+                policy,
+            ) {
+                Ok(c) => c.to_owned(),
+                Err(mut why) => {
+                    // Report against every host, not only those left after races.
+                    why.hosts = hosts.len();
+                    return Err(StoreError::NoCapacity(why));
+                }
+            };
+            // Reserve only if it still fits now: the row lock makes this atomic against
+            // every other replica's reservation on the same host.
+            let done = sqlx::query(
+                "UPDATE hosts SET alloc_cpus = alloc_cpus + $2, alloc_ram_mb = alloc_ram_mb + $3, \
+                 alloc_storage_gb = alloc_storage_gb + $4, alloc_vm_count = alloc_vm_count + 1, \
+                 updated_at = now() \
+                 WHERE id = $1 AND state = 'active' AND alloc_cpus + $2 <= cap_cpus \
+                 AND alloc_ram_mb + $3 <= cap_ram_mb AND alloc_storage_gb + $4 <= cap_storage_gb \
+                 AND alloc_vm_count + 1 <= cap_vm_count",
+            )
+            .bind(&candidate)
+            .bind(i64::from(need.cpus))
+            .bind(need.ram_mb as i64)
+            .bind(need.storage_gb as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if done == 1 {
+                rec.reserved = Some(need);
+                break HostId::parse(&candidate).map_err(|e| StoreError::Internal(e.0))?;
+            }
+            excluded.push(candidate);
+        };
+        rec.host_id = Some(chosen.clone());
+        rec.generation += 1;
+        rec.updated_at = now();
+        self.vm_write(&mut tx, &rec, false).await?;
+        if rec.reserved.is_some() {
+            audit(
+                &mut tx,
+                &AuditEvent {
+                    entity_kind: "environment",
+                    entity_id: id.to_string(),
+                    event_type: "placed".into(),
+                    payload: serde_json::json!({"host_id": chosen.as_str(), "policy": policy.to_string()}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(rec)
+    }
+
+    async fn vm_release(&self, id: &VmId) -> Result<bool, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let Some(mut rec) = self.vm_lock(&mut tx, id.as_str()).await? else {
+            return Ok(false);
+        };
+        let Some(res) = rec.reserved.take() else {
+            return Ok(false);
+        };
+        rec.generation += 1;
+        self.vm_write(&mut tx, &rec, false).await?;
+        if let Some(h) = &rec.host_id {
+            sqlx::query(
+                "UPDATE hosts SET alloc_cpus = GREATEST(0, alloc_cpus - $2), \
+                 alloc_ram_mb = GREATEST(0, alloc_ram_mb - $3), \
+                 alloc_storage_gb = GREATEST(0, alloc_storage_gb - $4), \
+                 alloc_vm_count = GREATEST(0, alloc_vm_count - $5), updated_at = now() WHERE id = $1",
+            )
+            .bind(h.as_str())
+            .bind(i64::from(res.cpus))
+            .bind(res.ram_mb as i64)
+            .bind(res.storage_gb as i64)
+            .bind(i64::from(res.vm_count))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "environment",
+                entity_id: id.to_string(),
+                event_type: "released".into(),
+                payload: serde_json::json!({"cpus": res.cpus, "ram_mb": res.ram_mb, "storage_gb": res.storage_gb}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(true)
+    }
+
+    async fn vm_purge_terminal(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let n = sqlx::query(
+            "DELETE FROM vms WHERE state = 'destroyed' AND reserved IS NULL AND updated_at < $1",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM vms v WHERE v.id = t.vm_id)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(n)
+    }
+
+    async fn host_upsert(&self, up: HostUpsert) -> Result<(HostRecord, bool), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let at = now();
+        let row = sqlx::query(
+            "INSERT INTO hosts (id, url, token_enc, region, state, state_reason, cap_cpus, cap_ram_mb, \
+             cap_storage_gb, cap_vm_count, last_seen, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12) \
+             ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, token_enc = EXCLUDED.token_enc, \
+             region = EXCLUDED.region, cap_cpus = EXCLUDED.cap_cpus, cap_ram_mb = EXCLUDED.cap_ram_mb, \
+             cap_storage_gb = EXCLUDED.cap_storage_gb, cap_vm_count = EXCLUDED.cap_vm_count, \
+             last_seen = COALESCE(EXCLUDED.last_seen, hosts.last_seen), updated_at = EXCLUDED.updated_at \
+             RETURNING *, (xmax = 0) AS inserted",
+        )
+        .bind(up.id.as_str())
+        .bind(&up.url)
+        .bind(seal_token(self.cipher.as_ref(), &up.token))
+        .bind(&up.region)
+        .bind(up.initial_state.as_str())
+        .bind(&up.initial_reason)
+        .bind(i64::from(up.capacity.cpus))
+        .bind(up.capacity.ram_mb as i64)
+        .bind(up.capacity.storage_gb as i64)
+        .bind(i64::from(up.capacity.vm_count))
+        .bind(up.seen.then_some(at))
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let created: bool = row.try_get("inserted").map_err(db_err)?;
+        let mut rec = rows::host(&row, self.cipher.as_ref())?;
+        // Without a key the token is not persisted; keep it for this process's answer.
+        rec.token = up.token.clone();
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "host",
+                entity_id: rec.id.to_string(),
+                event_type: if created { "registered" } else { "updated" }.into(),
+                payload: serde_json::json!({"url": rec.url, "region": rec.region, "state": rec.state.as_str()}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((rec, created))
+    }
+
+    async fn host_get(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| rows::host(&r, self.cipher.as_ref()))
+            .transpose()
+    }
+
+    async fn host_list(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
+            .fetch_all(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        rs.iter()
+            .map(|r| rows::host(r, self.cipher.as_ref()))
+            .collect()
+    }
+
+    async fn host_set_state(
+        &self,
+        id: &HostId,
+        state: HostState,
+        reason: Option<String>,
+    ) -> Result<HostRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let before: Option<String> =
+            sqlx::query_scalar("SELECT state FROM hosts WHERE id = $1 FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let Some(from) = before else {
+            return Err(StoreError::NotFound {
+                kind: "host",
+                id: id.to_string(),
+            });
+        };
+        let row = sqlx::query(
+            "UPDATE hosts SET state = $2, state_reason = $3, updated_at = now() WHERE id = $1 RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(state.as_str())
+        .bind(&reason)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if from != state.as_str() {
+            audit(
+                &mut tx,
+                &AuditEvent {
+                    entity_kind: "host",
+                    entity_id: id.to_string(),
+                    event_type: "state".into(),
+                    payload: serde_json::json!({"from": from, "to": state.as_str(), "reason": reason}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        rows::host(&row, self.cipher.as_ref())
+    }
+
+    async fn host_seen(
+        &self,
+        id: &HostId,
+        capacity: Option<Resources>,
+    ) -> Result<HostRecord, StoreError> {
+        let c = capacity.unwrap_or_default();
+        let row = sqlx::query(
+            "UPDATE hosts SET last_seen = now(), updated_at = now(), \
+             cap_cpus = CASE WHEN $2 THEN $3 ELSE cap_cpus END, \
+             cap_ram_mb = CASE WHEN $2 THEN $4 ELSE cap_ram_mb END, \
+             cap_storage_gb = CASE WHEN $2 THEN $5 ELSE cap_storage_gb END, \
+             cap_vm_count = CASE WHEN $2 THEN $6 ELSE cap_vm_count END \
+             WHERE id = $1 RETURNING *",
+        )
+        .bind(id.as_str())
+        .bind(capacity.is_some())
+        .bind(i64::from(c.cpus))
+        .bind(c.ram_mb as i64)
+        .bind(c.storage_gb as i64)
+        .bind(i64::from(c.vm_count))
+        .fetch_optional(self.ready()?)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "host",
+            id: id.to_string(),
+        })?;
+        rows::host(&row, self.cipher.as_ref())
+    }
+
+    async fn host_delete(&self, id: &HostId) -> Result<(), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        // Lock the host row first: a concurrent reservation on it waits, then finds it gone.
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM hosts WHERE id = $1 FOR UPDATE")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if found.is_none() {
+            return Err(StoreError::NotFound {
+                kind: "host",
+                id: id.to_string(),
+            });
+        }
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM vms WHERE host_id = $1 AND (reserved IS NOT NULL OR state IN \
+             ('provisioning', 'running', 'draining', 'destroying'))",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if live > 0 {
+            return Err(StoreError::HostBusy {
+                id: id.to_string(),
+                vms: live as u64,
+            });
+        }
+        sqlx::query("DELETE FROM hosts WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "host",
+                entity_id: id.to_string(),
+                event_type: "deleted".into(),
+                payload: serde_json::json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn snapshot_insert(&self, s: SnapshotRecord) -> Result<(), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO snapshots (id, vm_id, task_id, host_id, parent_id, mode, state, comment, size_bytes, \
+             host_snapshot_id, created_at, updated_at, retention_until, last_error) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+        )
+        .bind(s.id.as_str())
+        .bind(s.vm_id.as_str())
+        .bind(s.task_id.as_str())
+        .bind(s.host_id.as_ref().map(HostId::as_str))
+        .bind(s.parent_id.as_ref().map(SnapshotId::as_str))
+        .bind(&s.mode)
+        .bind(s.state.as_str())
+        .bind(&s.comment)
+        .bind(s.size_bytes as i64)
+        .bind(&s.host_snapshot_id)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.retention_until)
+        .bind(&s.last_error)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "snapshot",
+                entity_id: s.id.to_string(),
+                event_type: "created".into(),
+                payload: serde_json::json!({"vm_id": s.vm_id.as_str(), "mode": s.mode}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn snapshot_get(&self, id: &SnapshotId) -> Result<Option<SnapshotRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| rows::snapshot(&r)).transpose()
+    }
+
+    async fn snapshot_list(
+        &self,
+        filter: &SnapshotFilter,
+    ) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT * FROM snapshots WHERE ($1::text IS NULL OR vm_id = $1) \
+             AND ($2::text IS NULL OR task_id = $2) AND ($3::text IS NULL OR state = $3) \
+             ORDER BY created_at DESC, id",
+        )
+        .bind(filter.vm_id.as_deref())
+        .bind(filter.task_id.as_deref())
+        .bind(filter.state.map(SnapshotState::as_str))
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        rs.iter().map(rows::snapshot).collect()
+    }
+
+    async fn snapshot_update(
+        &self,
+        id: &SnapshotId,
+        patch: SnapshotPatch,
+    ) -> Result<SnapshotRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "snapshot",
+                id: id.to_string(),
+            })?;
+        let mut s = rows::snapshot(&row)?;
+        let from = s.state;
+        if let Some(st) = patch.state {
+            s.state = st;
+        }
+        if let Some(b) = patch.size_bytes {
+            s.size_bytes = b;
+        }
+        if let Some(h) = patch.host_snapshot_id {
+            s.host_snapshot_id = h;
+        }
+        if let Some(e) = patch.last_error {
+            s.last_error = e;
+        }
+        s.updated_at = now();
+        sqlx::query(
+            "UPDATE snapshots SET state = $2, size_bytes = $3, host_snapshot_id = $4, last_error = $5, \
+             updated_at = $6 WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(s.state.as_str())
+        .bind(s.size_bytes as i64)
+        .bind(&s.host_snapshot_id)
+        .bind(&s.last_error)
+        .bind(s.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if from != s.state {
+            audit(
+                &mut tx,
+                &AuditEvent {
+                    entity_kind: "snapshot",
+                    entity_id: id.to_string(),
+                    event_type: "state".into(),
+                    payload: serde_json::json!({"from": from.as_str(), "to": s.state.as_str()}),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(s)
+    }
+
+    async fn snapshot_begin_delete(&self, id: &SnapshotId) -> Result<SnapshotRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        // FOR UPDATE conflicts with the key-share lock a child's foreign key takes, so a
+        // child cannot be added between the count and the state change.
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "snapshot",
+                id: id.to_string(),
+            })?;
+        let before = rows::snapshot(&row)?;
+        let children: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM snapshots WHERE parent_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if children > 0 {
+            return Err(StoreError::HasChildren {
+                id: id.to_string(),
+                children: children as u64,
+            });
+        }
+        sqlx::query("UPDATE snapshots SET state = 'deleting', updated_at = now() WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "snapshot",
+                entity_id: id.to_string(),
+                event_type: "state".into(),
+                payload: serde_json::json!({"from": before.state.as_str(), "to": "deleting"}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(before)
+    }
+
+    async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let n = sqlx::query("DELETE FROM snapshots WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        if n == 0 {
+            return Err(StoreError::NotFound {
+                kind: "snapshot",
+                id: id.to_string(),
+            });
+        }
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "snapshot",
+                entity_id: id.to_string(),
+                event_type: "deleted".into(),
+                payload: serde_json::json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn audit_append(&self, ev: AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        audit(&mut tx, &ev).await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT seq, entity_kind, entity_id, event_type, payload, at FROM events \
+             WHERE entity_id = $1 ORDER BY seq",
+        )
+        .bind(entity_id)
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        rs.iter()
+            .map(|r| {
+                Ok(AuditRecord {
+                    seq: r.try_get::<i64, _>("seq").map_err(db_err)? as u64,
+                    entity_kind: r.try_get("entity_kind").map_err(db_err)?,
+                    entity_id: r.try_get("entity_id").map_err(db_err)?,
+                    event_type: r.try_get("event_type").map_err(db_err)?,
+                    payload: r.try_get("payload").map_err(db_err)?,
+                    at: r.try_get("at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn replica_register(&self, replica_id: &str) -> Result<(), StoreError> {
+        let mut s = self.session.lock().await;
+        s.replica = Some(replica_id.to_owned());
+        s.conn = None;
+        s.leader = false;
+        self.session_ensure(&mut s).await
+    }
+
+    async fn replica_alive(&self, replica_id: &str) -> Result<bool, StoreError> {
+        // Someone holds the replica's lock exactly while that replica's session lives.
+        let mut conn = self.ready()?.acquire().await.map_err(db_err)?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_REPLICA)
+            .bind(replica_id)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if got {
+            sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .bind(LOCK_REPLICA)
+                .bind(replica_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(!got)
+    }
+
+    async fn leader_acquire(&self) -> Result<bool, StoreError> {
+        self.ready()?;
+        let mut s = self.session.lock().await;
+        self.session_ensure(&mut s).await?;
+        if s.leader {
+            return Ok(true);
+        }
+        let conn = s
+            .conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("no session".into()))?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, 1)")
+            .bind(LOCK_LEADER)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        s.leader = got;
+        Ok(got)
+    }
+
+    async fn notify(&self, payload: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+        let mut listener = PgListener::connect_with(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        listener.listen(CHANNEL).await.map_err(db_err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                // `recv` reconnects and re-subscribes by itself after a lost connection.
+                match listener.recv().await {
+                    Ok(n) => {
+                        if tx.send(n.payload().to_owned()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event listener lost Postgres; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+}

@@ -1,0 +1,189 @@
+//! The conformance suite against a real Postgres, plus what only Postgres has: migrations,
+//! encryption at rest, replica liveness, leadership and NOTIFY.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use fuse_store::crypto::Cipher;
+use fuse_store::{conformance, testdb, PgOptions, PgStore, StateStore, VmPatch, VmSecrets};
+use fuse_types::VmState;
+use sqlx::Row;
+use std::time::Duration;
+
+const KEY: &str = "8f1e6b0c2d3a4f5e6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b";
+
+async fn store(url: &str, key: Option<&str>) -> PgStore {
+    let cipher = key.map(|k| Cipher::from_hex(k).unwrap());
+    let s = PgStore::new(PgOptions::new(url, cipher)).unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn conformance_suite() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    conformance::run_all(|| {
+        let admin = admin.clone();
+        async move { store(&testdb::fresh(&admin).await, Some(KEY)).await }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn migrations_are_recorded_and_idempotent() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let a = PgStore::new(PgOptions::new(&url, None)).unwrap();
+    assert!(a.ping().await.is_err(), "unavailable before migrations");
+    assert_eq!(a.migrate().await.unwrap(), vec![1]);
+    let b = PgStore::new(PgOptions::new(&url, None)).unwrap();
+    assert_eq!(
+        b.migrate().await.unwrap(),
+        Vec::<i32>::new(),
+        "nothing left to apply"
+    );
+    assert_eq!(b.migrations_applied().await.unwrap(), vec![1]);
+    b.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let s = store(&url, Some(KEY)).await;
+    let r = conformance::vm("enc", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let secrets = VmSecrets {
+        auth_token: "tok-".repeat(16),
+        gateway_token: "gw-secret".into(),
+        secrets: [("API".to_string(), "value-in-the-clear".to_string())].into(),
+        tls_cert_pem: "cert".into(),
+        tls_key_pem: "key".into(),
+    };
+    s.vm_update(
+        &r.id,
+        r.generation,
+        VmPatch {
+            secrets: Some(Some(secrets.clone())),
+            ..VmPatch::state(VmState::Running, "t")
+        },
+    )
+    .await
+    .unwrap();
+    let mut up = conformance::host("hh", 4, 4);
+    up.token = "host-token-secret".into();
+    s.host_upsert(up).await.unwrap();
+    // Round trip through the store.
+    assert_eq!(
+        s.vm_get(&r.id).await.unwrap().unwrap().secrets,
+        Some(secrets.clone())
+    );
+    let h = s
+        .host_get(&fuse_types::HostId::parse("hh").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.token, "host-token-secret");
+    // Nothing readable in the rows.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let row = sqlx::query("SELECT secrets_enc FROM vms WHERE id = $1")
+        .bind(r.id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let raw: Vec<u8> = row.get(0);
+    let raw_text = String::from_utf8_lossy(&raw);
+    assert!(!raw_text.contains("value-in-the-clear") && !raw_text.contains("gw-secret"));
+    let dump: String =
+        sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM (SELECT * FROM vms) t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!dump.contains("value-in-the-clear"));
+    let hosts: String =
+        sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM (SELECT * FROM hosts) t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!hosts.contains("host-token-secret"));
+    let events: String =
+        sqlx::query_scalar("SELECT coalesce(string_agg(payload::text, ' '), '') FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(!events.contains("value-in-the-clear") && !events.contains("host-token-secret"));
+    // Another key cannot open them (the record reads without secrets, it does not fail).
+    let other = store(&url, Some(&"11".repeat(32))).await;
+    assert_eq!(other.vm_get(&r.id).await.unwrap().unwrap().secrets, None);
+    // Without a key nothing secret is written.
+    let plain = store(&url, None).await;
+    let r2 = conformance::vm("noenc", 1, 512);
+    plain.vm_create(r2.clone()).await.unwrap();
+    plain
+        .vm_update(
+            &r2.id,
+            r2.generation,
+            VmPatch {
+                secrets: Some(Some(secrets)),
+                ..VmPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let n: Option<Vec<u8>> = sqlx::query_scalar("SELECT secrets_enc FROM vms WHERE id = $1")
+        .bind(r2.id.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(n.is_none());
+}
+
+#[tokio::test]
+async fn liveness_leadership_and_takeover() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let a = store(&url, None).await;
+    let b = store(&url, None).await;
+    a.replica_register("replica-a").await.unwrap();
+    b.replica_register("replica-b").await.unwrap();
+    assert!(b.replica_alive("replica-a").await.unwrap());
+    assert!(a.replica_alive("replica-b").await.unwrap());
+    assert!(!a.replica_alive("replica-gone").await.unwrap());
+    assert!(a.leader_acquire().await.unwrap());
+    assert!(!b.leader_acquire().await.unwrap(), "only one leader");
+    assert!(a.leader_acquire().await.unwrap());
+    drop(a);
+    // When a's session dies, b sees it dead and takes over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if b.leader_acquire().await.unwrap() && !b.replica_alive("replica-a").await.unwrap() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b never took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn notify_reaches_every_listener() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let a = store(&url, None).await;
+    let b = store(&url, None).await;
+    let mut rx = b.listen().await.unwrap().unwrap();
+    a.notify("{\"hello\":1}").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "{\"hello\":1}");
+}
