@@ -100,6 +100,9 @@ pub struct Flags {
     /// Default snapshot retention.
     #[arg(long, env = "FUSE_SNAPSHOT_RETENTION_SECS", default_value = "604800")]
     pub snapshot_retention_secs: String,
+    /// Seconds between passes that recover interrupted work (abandoned provisions and destroys).
+    #[arg(long, env = "FUSE_RECOVERY_PERIOD_SECS", default_value = "30")]
+    pub recovery_period_secs: String,
     /// Limit of the drain command.
     #[arg(long, env = "FUSE_DRAIN_TIMEOUT_SECS", default_value = "30")]
     pub drain_timeout_secs: String,
@@ -158,6 +161,8 @@ pub struct Config {
     pub host_poll: Duration,
     /// GC period.
     pub gc_period: Duration,
+    /// Recovery period.
+    pub recovery_period: Duration,
     /// Destroyed records kept this long.
     pub terminal_retention: Duration,
     /// Default snapshot retention.
@@ -358,6 +363,12 @@ impl Config {
         ));
         let host_poll = secs(num("FUSE_HOST_POLL_SECS", &f.host_poll_secs, 1, 3600));
         let gc_period = secs(num("FUSE_GC_PERIOD_SECS", &f.gc_period_secs, 1, 86400));
+        let recovery_period = secs(num(
+            "FUSE_RECOVERY_PERIOD_SECS",
+            &f.recovery_period_secs,
+            1,
+            86400,
+        ));
         let terminal_retention = secs(num(
             "FUSE_TERMINAL_RETENTION_SECS",
             &f.terminal_retention_secs,
@@ -415,6 +426,7 @@ impl Config {
             sse_keepalive,
             host_poll,
             gc_period,
+            recovery_period,
             terminal_retention,
             snapshot_retention,
             drain_timeout,
@@ -455,6 +467,10 @@ pub fn check_http_url(s: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("{s:?} has no host"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err("must not carry credentials (user:password@); pass tokens separately".into());
     }
     Ok(())
 }

@@ -112,6 +112,11 @@ impl From<ProviderError> for ApiError {
             ProviderError::Unavailable(_) => {
                 ApiError::unavailable(e.client_message()).with_internal(e.to_string())
             }
+            // The host refused our own credentials: a host problem, not the client's.
+            ProviderError::Rejected {
+                status: 401 | 403, ..
+            } => ApiError::unavailable("host refused the control plane's credentials")
+                .with_internal(e.to_string()),
             ProviderError::Rejected { .. } => {
                 ApiError::invalid(e.client_message()).with_internal(e.to_string())
             }

@@ -7,7 +7,8 @@ use crate::background::{self, Poke};
 use crate::config::{Config, DefaultProvider};
 use crate::provider::{hostagent::HostAgentClient, Provider, Providers};
 use anyhow::Context as _;
-use fuse_store::{MemoryStore, StateStore};
+use fuse_store::crypto::Cipher;
+use fuse_store::{redact_url, MemoryStore, PgOptions, PgStore, StateStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct Running {
     pub host_monitor: Poke,
     /// Pokes the garbage collector.
     pub gc: Poke,
+    /// Pokes the recovery of interrupted work.
+    pub recovery: Poke,
     join: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -38,14 +41,57 @@ impl Running {
     }
 }
 
-/// Builds the state store named by the configuration.
+/// Builds the state store named by the configuration (not yet connected).
 pub async fn build_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>> {
     match &config.database_url {
         None => Ok(Arc::new(MemoryStore::new())),
-        Some(_) => anyhow::bail!(
-            "DATABASE_URL is set, but this build of fuse has no Postgres store yet; unset it to use the in-memory store"
-        ),
+        Some(url) => {
+            let cipher = config.encryption_key.as_ref().map(Cipher::new);
+            let store =
+                PgStore::new(PgOptions::new(url, cipher)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Arc::new(store))
+        }
     }
+}
+
+/// Prepares the store (migrations) with back-off until it answers, then registers this
+/// replica. The server serves meanwhile; `/ready` says 503 until this is done.
+async fn store_bootstrap(app: Arc<App>, recovery: Poke) {
+    let url = app
+        .config
+        .database_url
+        .as_deref()
+        .map(redact_url)
+        .unwrap_or_else(|| "memory".into());
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match app.store.prepare().await {
+            Ok(msg) => {
+                tracing::info!(store = %url, "{msg}");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(store = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "state store not reachable; retrying");
+            }
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    loop {
+        match app.store.replica_register(&app.replica_id).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "registering this replica; retrying"),
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    recovery.poke();
 }
 
 /// Builds the providers: the default one and the per-host registry.
@@ -63,7 +109,7 @@ pub fn build_providers(config: &Config) -> Providers {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let store = build_store(&config).await?;
     let providers = build_providers(&config);
-    let app = App::new(config, store, providers);
+    let app = App::new_with_relay(config, store, providers);
     start_with(app).await
 }
 
@@ -78,9 +124,18 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         app.clone(),
         "host_monitor",
         cfg.host_poll,
+        true,
         background::host_monitor::pass,
     );
-    let gc = background::spawn_loop(app.clone(), "gc", cfg.gc_period, background::gc::pass);
+    let gc = background::spawn_loop(app.clone(), "gc", cfg.gc_period, true, background::gc::pass);
+    let recovery = background::spawn_loop(
+        app.clone(),
+        "recovery",
+        cfg.recovery_period,
+        true,
+        background::recovery::pass,
+    );
+    tokio::spawn(store_bootstrap(app.clone(), recovery.clone()));
     let router = crate::http::router(app.clone());
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = app.shutdown.clone();
@@ -123,6 +178,7 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         app,
         host_monitor,
         gc,
+        recovery,
         join,
     })
 }

@@ -97,6 +97,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// A short name for logs and `/ready` (`memory`, `postgres`).
     fn kind(&self) -> &'static str;
 
+    /// Makes the backend usable (applies migrations); idempotent. Until it succeeds every
+    /// other call may answer `Unavailable`. Returns what it did, for the log.
+    async fn prepare(&self) -> Result<String, StoreError>;
+
     /// Checks that the backend answers (for `/ready`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -142,6 +142,10 @@ impl StateStore for MemoryStore {
         "memory"
     }
 
+    async fn prepare(&self) -> Result<String, StoreError> {
+        Ok("in-memory store ready".into())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -435,7 +439,11 @@ impl StateStore for MemoryStore {
         let live = g
             .vms
             .values()
-            .filter(|v| v.host_id.as_ref() == Some(id) && v.state != VmState::Destroyed)
+            .filter(|v| {
+                v.host_id.as_ref() == Some(id)
+                    && (v.reserved.is_some()
+                        || !matches!(v.state, VmState::Destroyed | VmState::Failed))
+            })
             .count() as u64;
         if live > 0 {
             return Err(StoreError::HostBusy {

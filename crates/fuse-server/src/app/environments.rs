@@ -43,6 +43,12 @@ impl Failure {
             aborted: false,
         }
     }
+
+    /// A host error: the full text goes to the log, the client-safe text to the record.
+    fn host(step: &'static str, e: ProviderError) -> Self {
+        tracing::warn!(step, error = %e, "host call failed during provision");
+        Failure::at(step, e.client_message())
+    }
 }
 
 fn parse_id(id: &str) -> Result<VmId, ApiError> {
@@ -240,12 +246,12 @@ impl App {
     ) -> VmRecord {
         let id = rec.id.clone();
         let host_id = rec.host_id.clone();
+        let incarnation = rec.created_at;
         let mut redact_list: Vec<String> = valid.secrets.values().cloned().collect();
         redact_list.push(valid.gateway_token.clone());
-        let mut created = false;
         let result = tokio::time::timeout(
             self.config.provision_timeout,
-            self.provision_steps(rec, &valid, &mut created),
+            self.provision_steps(rec, &valid),
         )
         .await;
         let failure = match result {
@@ -277,23 +283,28 @@ impl App {
                 .with_label_values(&[failure.step])
                 .inc();
         }
-        // Remove what was created; release capacity only once the host confirmed.
+        // A delete and a re-create with the same task id may have replaced our record: then
+        // the VM name on the host and the reservation belong to the new incarnation.
+        let replaced = match self.store.vm_get(&id).await {
+            Ok(Some(cur)) => cur.created_at != incarnation,
+            _ => false,
+        };
+        // Remove what may have been created (destroy is idempotent: even a create that
+        // timed out may have happened); release capacity only once the host confirmed.
         let mut host_clean = true;
-        if let Some(h) = &host_id {
-            if created || failure.step == "timeout" || failure.aborted {
-                host_clean = match self.providers.for_host(&*self.store, h).await {
-                    Ok(p) => match p.vm_destroy(id.as_str()).await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(vm_id = %id, error = %e, "could not remove a failed VM; the reconciler will");
-                            false
-                        }
-                    },
-                    Err(_) => false,
-                };
-            }
+        if let (Some(h), false) = (&host_id, replaced) {
+            host_clean = match self.providers.for_host(&*self.store, h).await {
+                Ok(p) => match p.vm_destroy(id.as_str()).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(vm_id = %id, error = %e, "could not remove a failed VM; recovery will");
+                        false
+                    }
+                },
+                Err(_) => false,
+            };
         }
-        if host_clean {
+        if host_clean && !replaced {
             if let Err(e) = self.store.vm_release(&id).await {
                 tracing::error!(vm_id = %id, error = %e, "releasing capacity after a failed provision");
             }
@@ -304,7 +315,7 @@ impl App {
                 Ok(Some(c)) => c,
                 _ => break,
             };
-            if failure.aborted || cur.state != VmState::Provisioning {
+            if failure.aborted || replaced || cur.state != VmState::Provisioning {
                 last = Some(cur);
                 break;
             }
@@ -356,7 +367,6 @@ impl App {
         &self,
         rec: VmRecord,
         valid: &ValidCreate,
-        created: &mut bool,
     ) -> Result<VmRecord, Failure> {
         let host_id = rec
             .host_id
@@ -366,7 +376,7 @@ impl App {
             .providers
             .for_host(&*self.store, &host_id)
             .await
-            .map_err(|e| Failure::at("host", e))?;
+            .map_err(|e| Failure::host("host", e))?;
         let vm = provider
             .vm_create(&AgentVmCreate {
                 name: rec.id.to_string(),
@@ -375,8 +385,7 @@ impl App {
                 storage_gb: rec.spec.storage_gb,
             })
             .await
-            .map_err(|e| Failure::at("create_vm", e))?;
-        *created = true;
+            .map_err(|e| Failure::host("create_vm", e))?;
         let rec = self
             .advance(
                 &rec,
@@ -390,13 +399,13 @@ impl App {
             .map_err(|e| Failure::at("credentials", e))?;
         self.upload_agent_files(&*provider, &rec, valid, &secrets)
             .await
-            .map_err(|e| Failure::at("upload", e))?;
+            .map_err(|e| Failure::host("upload", e))?;
         if let Some(script) = &valid.startup_script {
             let argv = vec!["sh".to_owned(), "-lc".to_owned(), script.clone()];
             let r = provider
                 .exec(rec.id.as_str(), &argv, self.config.provision_timeout)
                 .await
-                .map_err(|e| Failure::at("startup_script", e))?;
+                .map_err(|e| Failure::host("startup_script", e))?;
             if r.exit_code != 0 {
                 return Err(Failure::at(
                     "startup_script",
@@ -410,7 +419,7 @@ impl App {
                 &agent_start(&rec.agent, &secrets.auth_token, &secrets.gateway_token),
             )
             .await
-            .map_err(|e| Failure::at("start_agent", e))?;
+            .map_err(|e| Failure::host("start_agent", e))?;
         let patch = VmPatch {
             secrets: Some(Some(secrets)),
             ..VmPatch::state(VmState::Running, "provisioned")

@@ -60,6 +60,7 @@ impl App {
         let token = req.token.clone().unwrap_or_default();
         let provider = self.providers.build(&url, &token);
         let health = provider.health().await;
+        let existing = self.store.host_get(&id).await?;
         let (capacity, state, reason, seen) = match &health {
             Ok(h) => (
                 req.capacity.unwrap_or(h.capacity),
@@ -71,7 +72,9 @@ impl App {
                 tracing::warn!(host_id = %id, url = %url, error = %e,
                     "host did not answer at registration; accepted as unreachable");
                 (
-                    req.capacity.unwrap_or_default(),
+                    req.capacity
+                        .or(existing.as_ref().map(|h| h.capacity))
+                        .unwrap_or_default(),
                     HostState::Unreachable,
                     Some(format!(
                         "did not answer at registration: {}",

@@ -40,21 +40,81 @@ pub struct App {
 }
 
 impl App {
-    /// Wires the parts together.
+    /// Wires the parts together. With a shared store, events are forwarded to the other
+    /// replicas through it (the forwarding task starts with [`App::start_event_relay`]).
     pub fn new(config: Config, store: Arc<dyn StateStore>, providers: Providers) -> Arc<App> {
+        Self::build(config, store, providers).0
+    }
+
+    fn build(
+        config: Config,
+        store: Arc<dyn StateStore>,
+        providers: Providers,
+    ) -> (Arc<App>, tokio::sync::mpsc::Receiver<String>) {
         let profile = Profile::by_name(&config.agent_profile)
             .or_else(|| Profile::by_name("fused"))
             .unwrap_or_else(|| unreachable!("the fused profile exists"));
-        Arc::new(App {
+        let replica_id = format!("replica-{}", &random_token()[..16]);
+        let (ftx, frx) = tokio::sync::mpsc::channel(4096);
+        let events = if store.kind() == "memory" {
+            EventHub::new()
+        } else {
+            EventHub::with_forward(&replica_id, ftx)
+        };
+        let app = Arc::new(App {
             config,
             store,
             providers,
-            events: EventHub::new(),
+            events,
             metrics: Metrics::new(),
             profile,
             shutdown: CancellationToken::new(),
-            replica_id: format!("replica-{}", &random_token()[..16]),
-        })
+            replica_id,
+        });
+        (app, frx)
+    }
+
+    /// Builds the app and starts relaying events to and from the other replicas.
+    pub fn new_with_relay(
+        config: Config,
+        store: Arc<dyn StateStore>,
+        providers: Providers,
+    ) -> Arc<App> {
+        let (app, forward) = Self::build(config, store, providers);
+        app.clone().start_event_relay(forward);
+        app
+    }
+
+    fn start_event_relay(self: Arc<Self>, mut forward: tokio::sync::mpsc::Receiver<String>) {
+        let out = self.clone();
+        tokio::spawn(async move {
+            while let Some(payload) = forward.recv().await {
+                if let Err(e) = out.store.notify(&payload).await {
+                    tracing::debug!(error = %e, "could not send an event to other replicas");
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(200);
+            loop {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                match self.store.listen().await {
+                    Ok(None) => return,
+                    Ok(Some(mut rx)) => {
+                        delay = std::time::Duration::from_millis(200);
+                        while let Some(p) = rx.recv().await {
+                            self.events.deliver_remote(&p);
+                        }
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        });
     }
 }
 

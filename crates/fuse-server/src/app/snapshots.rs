@@ -65,9 +65,9 @@ impl App {
             retention_until: Some(at + time::Duration::seconds(retention as i64)),
             last_error: None,
         };
+        let provider = self.provider_of(&vm).await?;
         self.store.snapshot_insert(rec).await?;
         let started = Instant::now();
-        let provider = self.provider_of(&vm).await?;
         match provider
             .snapshot_create(vm.id.as_str(), id.as_str(), &mode)
             .await

@@ -260,7 +260,10 @@ pub fn exec(req: &ExecRequest) -> Result<(Vec<String>, Duration), Vec<String>> {
 /// Replaces every secret value (at least 4 bytes long) found in `text` with `[redacted]`.
 pub fn redact(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
-    for s in secrets.iter().filter(|s| s.len() >= 4) {
+    // Longest first, so a secret that contains another is replaced whole.
+    let mut sorted: Vec<&String> = secrets.iter().filter(|s| s.len() >= 4).collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in sorted {
         if out.contains(s.as_str()) {
             out = out.replace(s.as_str(), "[redacted]");
         }
@@ -385,5 +388,10 @@ mod tests {
     fn redaction() {
         let s = vec!["hunter22".to_string(), "ab".to_string()];
         assert_eq!(redact("pw=hunter22 ab", &s), "pw=[redacted] ab");
+        let nested = vec!["abcd".to_string(), "abcd1234".to_string()];
+        assert_eq!(
+            redact("x abcd1234 y abcd", &nested),
+            "x [redacted] y [redacted]"
+        );
     }
 }

@@ -19,8 +19,11 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
                 Err(_) => return,
             };
             match provider.health().await {
-                Ok(_) => {
-                    if let Err(e) = app.store.host_seen(&h.id, None).await {
+                Ok(health) => {
+                    // A host registered while silent has no capacity yet: take its own.
+                    let unknown = h.capacity == fuse_types::Resources::default();
+                    let cap = unknown.then_some(health.capacity);
+                    if let Err(e) = app.store.host_seen(&h.id, cap).await {
                         tracing::warn!(host_id = %h.id, error = %e, "recording host heartbeat");
                         return;
                     }
@@ -37,7 +40,12 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
                         .last_seen
                         .map(|t| (now() - t).unsigned_abs())
                         .unwrap_or(std::time::Duration::MAX);
-                    if h.state != HostState::Unreachable && silent_for >= limit {
+                    // Only an active host becomes unreachable; a cordon is never lifted by
+                    // an outage.
+                    if h.state == HostState::Active
+                        && silent_for >= limit
+                        && still(&app, &h.id, HostState::Active).await
+                    {
                         tracing::warn!(host_id = %h.id, error = %e, "host unreachable");
                         let _ = app
                             .store
@@ -54,4 +62,10 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
     });
     futures::future::join_all(checks).await;
     Ok(())
+}
+
+/// Whether the host is still in `state` (re-read right before changing it, so an operator's
+/// cordon made during the health call is not overwritten).
+async fn still(app: &App, id: &fuse_types::HostId, state: HostState) -> bool {
+    matches!(app.store.host_get(id).await, Ok(Some(h)) if h.state == state)
 }

@@ -3,6 +3,7 @@
 
 pub mod gc;
 pub mod host_monitor;
+pub mod recovery;
 
 use crate::app::App;
 use futures::FutureExt;
@@ -23,8 +24,15 @@ impl Poke {
     }
 }
 
-/// Starts a loop named `name` that runs `pass` every `period` and when poked.
-pub fn spawn_loop<F, Fut>(app: Arc<App>, name: &'static str, period: Duration, pass: F) -> Poke
+/// Starts a loop named `name` that runs `pass` every `period` and when poked. A
+/// `leader_only` loop skips its pass unless this replica holds the leadership.
+pub fn spawn_loop<F, Fut>(
+    app: Arc<App>,
+    name: &'static str,
+    period: Duration,
+    leader_only: bool,
+    pass: F,
+) -> Poke
 where
     F: Fn(Arc<App>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -34,8 +42,18 @@ where
     tokio::spawn(async move {
         loop {
             let start = Instant::now();
-            let outcome = AssertUnwindSafe(pass(app.clone())).catch_unwind().await;
+            let lead = if leader_only {
+                app.store.leader_acquire().await.unwrap_or(false)
+            } else {
+                true
+            };
+            let outcome = if lead {
+                AssertUnwindSafe(pass(app.clone())).catch_unwind().await
+            } else {
+                Ok(Ok(()))
+            };
             let label = match outcome {
+                _ if !lead => "skipped",
                 Ok(Ok(())) => "ok",
                 Ok(Err(e)) => {
                     tracing::warn!(task = name, error = %e, "background pass failed");

@@ -60,7 +60,11 @@ pub async fn delete(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.env_delete(&id).await?;
+    // Run the delete in its own task: a client that disconnects must not leave the
+    // environment half-destroyed.
+    tokio::spawn(async move { app.env_delete(&id).await })
+        .await
+        .map_err(|e| ApiError::internal(format!("delete task: {e}")))??;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -44,6 +44,7 @@ pub async fn stream(
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
                 r = rx.recv() => r,
             };
             let ev = match ev {

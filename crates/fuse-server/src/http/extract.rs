@@ -66,8 +66,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let secret_field = path.starts_with("secrets") || path.contains("token");
         let msg = if inner.is_syntax() || inner.is_eof() {
             format!("request body is not valid JSON: {inner}")
+        } else if secret_field {
+            // serde quotes the offending value; never echo a secret.
+            format!("{path}: invalid value (expected a string)")
         } else if path == "." {
             format!("request body: {inner}")
         } else {

@@ -142,10 +142,18 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
         .unwrap_or_default();
     let span = tracing::info_span!("http", request_id = %rid, method = %method, route = %route);
     let m = &app.metrics;
+    // A guard, so a request whose client went away (future dropped) is still counted out.
+    struct InFlight(prometheus::IntGauge);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
     m.http_in_flight.inc();
+    let guard = InFlight(m.http_in_flight.clone());
     let start = Instant::now();
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    m.http_in_flight.dec();
+    drop(guard);
     m.http_duration
         .with_label_values(&[&route, method.as_str()])
         .observe(start.elapsed().as_secs_f64());

@@ -6,6 +6,7 @@
 
 pub mod hostagent;
 pub mod stub;
+pub mod stub_http;
 
 use async_trait::async_trait;
 use fuse_store::{HostRecord, StateStore};

@@ -221,6 +221,25 @@ impl Provider for StubProvider {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecResponse, ProviderError> {
+        // `sleep N` really waits (up to the limit), so slow provisions can be staged.
+        let words: Vec<&str> = match cmd {
+            [sh, flag, script] if sh == "sh" && (flag == "-c" || flag == "-lc") => {
+                script.split_whitespace().collect()
+            }
+            _ => cmd.iter().map(String::as_str).collect(),
+        };
+        if let ["sleep", n] = words.as_slice() {
+            if let Ok(secs) = n.parse::<f64>() {
+                let want = Duration::from_secs_f64(secs.clamp(0.0, 3600.0));
+                self.with_vm(vm_id, |vm| vm.execs.push(cmd.to_vec()))?;
+                tokio::time::sleep(want.min(timeout)).await;
+                return Ok(if want > timeout {
+                    out(124, "", "timed out\n")
+                } else {
+                    out(0, "", "")
+                });
+            }
+        }
         self.with_vm(vm_id, |vm| {
             vm.execs.push(cmd.to_vec());
             let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();

@@ -577,3 +577,112 @@ async fn concurrent_creates_never_overcommit() {
     assert_eq!(h.body["allocated"]["vm_count"], 10);
     assert_eq!(f.stub("only").len(), 10);
 }
+
+#[tokio::test]
+async fn delete_during_provisioning_wins_and_leaks_nothing() {
+    let f = start().await;
+    f.stub_host("h", 8, 10).await;
+    let r = f
+        .post(
+            "/v1/environments?wait=false",
+            json!({"task_id": "race", "startup_script": "sleep 1"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    f.eventually("the VM exists on its host", || async {
+        f.stub("h").vm("fuse-race").is_some()
+    })
+    .await;
+    assert_eq!(
+        f.delete("/v1/environments/fuse-race").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        f.get("/v1/environments/fuse-race").await.body["state"],
+        "destroyed"
+    );
+    // The provision notices, removes its VM, and does not resurrect the record.
+    f.eventually("host empty", || async { f.stub("h").is_empty() })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        f.get("/v1/environments/fuse-race").await.body["state"],
+        "destroyed"
+    );
+    assert!(f.stub("h").is_empty());
+    assert_eq!(f.get("/v1/hosts/h").await.body["allocated"]["vm_count"], 0);
+    // Recreating the same task while nothing is left over works and is not disturbed.
+    let again = f.post("/v1/environments", json!({"task_id": "race"})).await;
+    assert_eq!(
+        (again.status, again.body["state"].as_str()),
+        (StatusCode::CREATED, Some("running"))
+    );
+    assert_eq!(f.get("/v1/hosts/h").await.body["allocated"]["vm_count"], 1);
+}
+
+#[tokio::test]
+async fn a_recreate_is_not_disturbed_by_the_old_provision() {
+    let f = start().await;
+    f.stub_host("h", 8, 10).await;
+    let r = f
+        .post(
+            "/v1/environments?wait=false",
+            json!({"task_id": "reuse", "startup_script": "sleep 1"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    f.eventually("VM on host", || async {
+        f.stub("h").vm("fuse-reuse").is_some()
+    })
+    .await;
+    f.delete("/v1/environments/fuse-reuse").await;
+    // A new incarnation while the old provision is still sleeping in its startup script.
+    let new = f
+        .post(
+            "/v1/environments",
+            json!({"task_id": "reuse", "spec": {"cpus": 2}}),
+        )
+        .await;
+    assert_eq!(new.status, StatusCode::CREATED, "{}", new.text);
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let cur = f.get("/v1/environments/fuse-reuse").await;
+    assert_eq!(cur.body["state"], "running");
+    assert_eq!(cur.body["spec"]["cpus"], 2);
+    assert!(
+        f.stub("h").vm("fuse-reuse").is_some(),
+        "the new VM was not destroyed by the old provision"
+    );
+    let h = f.get("/v1/hosts/h").await;
+    assert_eq!(h.body["allocated"]["vm_count"], 1);
+    assert_eq!(h.body["allocated"]["cpus"], 2);
+}
+
+#[tokio::test]
+async fn guest_error_text_has_secret_values_redacted() {
+    let f = start().await;
+    // The stub's `cat` of a missing file echoes the path on stderr.
+    let r = f
+        .post(
+            "/v1/environments",
+            json!({"task_id": "leak", "secrets": {"PW": "hunter2-secret"},
+                   "startup_script": "cat /run/hunter2-secret"}),
+        )
+        .await;
+    assert_eq!(r.body["state"], "failed", "{}", r.text);
+    let err = r.body["error"].as_str().unwrap();
+    assert!(err.contains("[redacted]"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    // Wrong-typed secrets are reported without echoing the value.
+    let r = f
+        .post(
+            "/v1/environments",
+            json!({"task_id": "x", "secrets": {"PW": 987654321}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.message().contains("secrets.PW") && !r.message().contains("987654321"),
+        "{}",
+        r.message()
+    );
+}

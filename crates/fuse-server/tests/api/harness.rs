@@ -27,6 +27,7 @@ pub fn test_flags() -> Flags {
         sse_keepalive_secs: "15".into(),
         host_poll_secs: "3600".into(),
         gc_period_secs: "3600".into(),
+        recovery_period_secs: "3600".into(),
         terminal_retention_secs: "86400".into(),
         snapshot_retention_secs: "604800".into(),
         drain_timeout_secs: "30".into(),

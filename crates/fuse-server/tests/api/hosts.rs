@@ -190,3 +190,55 @@ async fn binpack_fills_one_host_first() {
     f.create_running("b4").await;
     assert_eq!(f.stub("b").len(), 1);
 }
+
+#[tokio::test]
+async fn a_host_that_comes_back_becomes_active_with_its_own_capacity_and_a_cordon_survives_outages()
+{
+    use fuse_server::provider::{stub::StubProvider, stub_http};
+    use std::sync::Arc;
+    let f = start().await;
+    // Learn a free port, register the host there while nothing listens.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let r = f
+        .post(
+            "/v1/hosts",
+            json!({"id": "late", "url": format!("http://{addr}"), "token": "tk"}),
+        )
+        .await;
+    assert_eq!(r.body["state"], "unreachable");
+    assert_eq!(r.body["capacity"]["cpus"], 0);
+    // It comes up: the monitor sees it, makes it active and takes its capacity.
+    let (_, join) = stub_http::serve(addr, Arc::new(StubProvider::new()), "tk")
+        .await
+        .unwrap();
+    f.running.host_monitor.poke();
+    f.eventually("host active", || async {
+        f.get("/v1/hosts/late").await.body["state"] == "active"
+    })
+    .await;
+    let h = f.get("/v1/hosts/late").await.body;
+    assert_eq!(h["capacity"]["cpus"], 4096);
+    assert!(h["last_seen"].is_string());
+    // Placement and the whole lifecycle over HTTP to the host.
+    let env = f.create_running("over-http").await;
+    assert_eq!(env["host_id"], "late");
+    let ex = f
+        .post(
+            "/v1/environments/fuse-over-http?action=exec",
+            json!({"shell": "echo via-http"}),
+        )
+        .await;
+    assert_eq!(ex.body["stdout"], "via-http\n");
+    assert_eq!(
+        f.delete("/v1/environments/fuse-over-http").await.status,
+        StatusCode::NO_CONTENT
+    );
+    // A cordoned host that goes silent stays cordoned when it returns.
+    f.post("/v1/hosts/late?action=cordon", json!({})).await;
+    join.abort();
+    f.running.host_monitor.poke();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(f.get("/v1/hosts/late").await.body["state"], "cordoned");
+}

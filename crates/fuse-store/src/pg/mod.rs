@@ -168,7 +168,10 @@ impl PgStore {
             if done.contains(version) {
                 continue;
             }
-            sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db_err)?;
+            let sql: &'static str = sql;
+            sqlx::Executor::execute(&mut *tx, sql)
+                .await
+                .map_err(db_err)?;
             sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
                 .bind(version)
                 .bind(name)

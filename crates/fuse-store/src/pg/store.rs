@@ -124,6 +124,15 @@ impl StateStore for PgStore {
         "postgres"
     }
 
+    async fn prepare(&self) -> Result<String, StoreError> {
+        let applied = self.migrate().await?;
+        Ok(if applied.is_empty() {
+            "postgres ready; schema up to date".into()
+        } else {
+            format!("postgres ready; applied migrations {applied:?}")
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(self.ready()?)

@@ -1,0 +1,110 @@
+//! Recovery of interrupted work, so nothing is lost or leaked when a control-plane replica
+//! dies (`kill -9`) in the middle of an operation:
+//!
+//! - a `provisioning` VM whose owning replica is dead (or that has been provisioning for far
+//!   longer than the provision limit) is destroyed on its host, its capacity released, and
+//!   it is reported `failed`;
+//! - a `destroying` VM untouched for a grace period is destroyed again (idempotent) and
+//!   finished;
+//! - a `failed` VM that still holds a reservation (its host did not confirm the destroy) is
+//!   destroyed again and its capacity released once the host confirms.
+//!
+//! Every step is idempotent, so running it on any replica, or twice, is safe; it runs on the
+//! leader only to avoid duplicate work.
+
+use crate::app::App;
+use fuse_store::{VmFilter, VmPatch, VmRecord};
+use fuse_types::{now, VmState};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a `destroying` VM must be untouched before recovery redoes the destroy.
+const DESTROY_GRACE: Duration = Duration::from_secs(10);
+
+async fn all_in(app: &App, state: VmState) -> Result<Vec<VmRecord>, String> {
+    let filter = VmFilter {
+        state: Some(state),
+        ..VmFilter::default()
+    };
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = app
+            .store
+            .vm_list(&filter, after.as_deref(), 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = page.len() < 500;
+        after = page.last().map(|r| r.id.to_string());
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+fn age(rec: &VmRecord) -> Duration {
+    (now() - rec.updated_at).unsigned_abs()
+}
+
+/// One pass.
+pub async fn pass(app: Arc<App>) -> Result<(), String> {
+    let stuck_after = app.config.provision_timeout + Duration::from_secs(60);
+    for rec in all_in(&app, VmState::Provisioning).await? {
+        let ours = rec.owner == app.replica_id;
+        let abandoned = if ours {
+            false
+        } else {
+            !app.store
+                .replica_alive(&rec.owner)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let stuck = (now() - rec.created_at).unsigned_abs() > stuck_after;
+        if abandoned || stuck {
+            let why = if abandoned {
+                "interrupted: the control-plane replica provisioning it stopped"
+            } else {
+                "provisioning did not finish in time"
+            };
+            tracing::warn!(vm_id = %rec.id, owner = %rec.owner, reason = why, "recovering an abandoned provision");
+            abandon_provision(&app, rec, why).await;
+        }
+    }
+    for rec in all_in(&app, VmState::Destroying).await? {
+        if age(&rec) >= DESTROY_GRACE {
+            if let Err(e) = app.env_finish_destroy(rec.clone()).await {
+                tracing::warn!(vm_id = %rec.id, error = %e.message, "recovery: finishing destroy");
+            }
+        }
+    }
+    for rec in all_in(&app, VmState::Failed).await? {
+        if rec.reserved.is_some() && age(&rec) >= DESTROY_GRACE {
+            if let Ok(p) = app.provider_of(&rec).await {
+                if p.vm_destroy(rec.id.as_str()).await.is_ok() {
+                    let _ = app.store.vm_release(&rec.id).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn abandon_provision(app: &App, rec: VmRecord, why: &str) {
+    let mut host_clean = rec.host_id.is_none();
+    if rec.host_id.is_some() {
+        if let Ok(p) = app.provider_of(&rec).await {
+            host_clean = p.vm_destroy(rec.id.as_str()).await.is_ok();
+        }
+    }
+    let patch = VmPatch::state(VmState::Failed, "recovery").with_error(why);
+    match app.store.vm_update(&rec.id, rec.generation, patch).await {
+        Ok(r) => {
+            app.events.publish(&r);
+            if host_clean {
+                let _ = app.store.vm_release(&rec.id).await;
+            }
+        }
+        Err(e) => tracing::info!(vm_id = %rec.id, error = %e, "recovery: record changed meanwhile"),
+    }
+}
