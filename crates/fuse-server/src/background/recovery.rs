@@ -18,8 +18,12 @@ use fuse_types::{now, VmState};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a `destroying` VM must be untouched before recovery redoes the destroy.
-const DESTROY_GRACE: Duration = Duration::from_secs(10);
+/// How long a `destroying` VM must be untouched before recovery redoes the destroy (at
+/// most; shorter when the recovery period is shorter). Destroy is idempotent, so a
+/// duplicate destroy racing a live one is harmless; the grace only avoids needless calls.
+fn destroy_grace(app: &App) -> Duration {
+    app.config.recovery_period.min(Duration::from_secs(10))
+}
 
 async fn all_in(app: &App, state: VmState) -> Result<Vec<VmRecord>, String> {
     let filter = VmFilter {
@@ -72,14 +76,14 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
         }
     }
     for rec in all_in(&app, VmState::Destroying).await? {
-        if age(&rec) >= DESTROY_GRACE {
+        if age(&rec) >= destroy_grace(&app) {
             if let Err(e) = app.env_finish_destroy(rec.clone()).await {
                 tracing::warn!(vm_id = %rec.id, error = %e.message, "recovery: finishing destroy");
             }
         }
     }
     for rec in all_in(&app, VmState::Failed).await? {
-        if rec.reserved.is_some() && age(&rec) >= DESTROY_GRACE {
+        if rec.reserved.is_some() && age(&rec) >= destroy_grace(&app) {
             if let Ok(p) = app.provider_of(&rec).await {
                 if p.vm_destroy(rec.id.as_str()).await.is_ok() {
                     let _ = app.store.vm_release(&rec.id).await;

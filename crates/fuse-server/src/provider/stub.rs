@@ -42,6 +42,7 @@ pub struct StubVm {
 pub struct StubProvider {
     vms: Mutex<HashMap<String, StubVm>>,
     capacity: Resources,
+    destroy_delay: Mutex<Duration>,
 }
 
 impl Default for StubProvider {
@@ -61,7 +62,13 @@ impl StubProvider {
                 storage_gb: 1 << 20,
                 vm_count: 1_000_000,
             },
+            destroy_delay: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// Makes every destroy take this long (to stage a crash in the middle of one).
+    pub fn set_destroy_delay(&self, d: Duration) {
+        *self.destroy_delay.lock() = d;
     }
 
     /// A copy of one VM's record.
@@ -177,6 +184,10 @@ impl Provider for StubProvider {
     }
 
     async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError> {
+        let delay = *self.destroy_delay.lock();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.vms.lock().remove(vm_id);
         Ok(())
     }

@@ -1,0 +1,11 @@
+//! Tests with real `fuse` processes on a real Postgres: replicas, crash recovery (`kill -9`),
+//! database faults (through a TCP proxy the test controls), and secrets kept out of logs.
+//! Hosts are stub hosts served over HTTP by the test process, so they outlive a killed
+//! `fuse`. Skipped with a printed reason when `FUSE_TEST_DATABASE_URL` is unset.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod crash;
+mod db_faults;
+mod harness;
+mod replicas;

