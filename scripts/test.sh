@@ -23,3 +23,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace
+
+step "API tests again, on Postgres"
+FUSE_API_STORE=postgres cargo test -p fuse-server --test api

@@ -116,8 +116,17 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         None | Some("") => None,
         Some(m) => match b64().decode(m) {
             Ok(bytes) => {
-                if serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
-                    errs.push("manifest_inline must be base64 of a JSON document".into());
+                match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(doc) => {
+                        for name in manifest_secret_refs(&doc) {
+                            if !req.secrets.contains_key(&name) {
+                                errs.push(format!(
+                                    "manifest references secret {name:?}, which is missing from secrets"
+                                ));
+                            }
+                        }
+                    }
+                    Err(_) => errs.push("manifest_inline must be base64 of a JSON document".into()),
                 }
                 Some(bytes)
             }
@@ -219,6 +228,25 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         gateway_token: req.gateway_token.clone().unwrap_or_default(),
         request_hash,
     })
+}
+
+/// The secret names a manifest references: its top-level `secrets` field, as a list of
+/// names, a list of objects with a `name`, or an object whose keys are names.
+pub fn manifest_secret_refs(doc: &serde_json::Value) -> Vec<String> {
+    match doc.get("secrets") {
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| match i {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Object(o) => {
+                    o.get("name").and_then(|n| n.as_str()).map(str::to_owned)
+                }
+                _ => None,
+            })
+            .collect(),
+        Some(serde_json::Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Validates an exec request into an argv and a limit.
@@ -346,6 +374,49 @@ mod tests {
         other.startup_script = Some("echo hi".into());
         assert_ne!(v.request_hash, create(&other).unwrap().request_hash);
         assert_eq!(v.request_hash, create(&req).unwrap().request_hash);
+    }
+
+    #[test]
+    fn manifest_secret_references_must_be_present() {
+        let manifest = |v: serde_json::Value| b64().encode(v.to_string());
+        let mut req = CreateEnvironment {
+            task_id: Some("t".into()),
+            manifest_inline: Some(manifest(
+                serde_json::json!({"secrets": ["A", {"name": "B"}]}),
+            )),
+            ..CreateEnvironment::default()
+        };
+        req.secrets.insert("A".into(), "a".into());
+        let errs = create(&req).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].contains("\"B\""), "{errs:?}");
+        req.secrets.insert("B".into(), "b".into());
+        assert!(create(&req).is_ok());
+        req.manifest_inline = Some(manifest(serde_json::json!({"secrets": {"C": {}}})));
+        assert!(create(&req).unwrap_err()[0].contains("\"C\""));
+        req.manifest_inline = Some(manifest(serde_json::json!({"name": "no refs"})));
+        assert!(create(&req).is_ok());
+    }
+
+    #[test]
+    fn secret_limits() {
+        let mut req = CreateEnvironment {
+            task_id: Some("t".into()),
+            ..CreateEnvironment::default()
+        };
+        for i in 0..=MAX_SECRETS {
+            req.secrets.insert(format!("k{i}"), "v".into());
+        }
+        req.secrets
+            .insert("K".repeat(MAX_SECRET_KEY + 1), "v".into());
+        for i in 0..20 {
+            req.secrets
+                .insert(format!("big{i}"), "x".repeat(MAX_SECRET_VALUE));
+        }
+        let all = create(&req).unwrap_err().join("\n");
+        assert!(all.contains("at most 256 keys"), "{all}");
+        assert!(all.contains("must be 1-256 bytes"), "{all}");
+        assert!(all.contains("bytes in total"), "{all}");
     }
 
     #[test]

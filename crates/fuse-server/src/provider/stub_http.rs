@@ -51,22 +51,19 @@ fn from_provider(e: ProviderError) -> Response {
     }
 }
 
-fn authorized(s: &S, h: &HeaderMap) -> Result<(), Response> {
+fn authorized(s: &S, h: &HeaderMap) -> bool {
     let want = format!("Bearer {}", s.token);
-    match h.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(v) if v == want => Ok(()),
-        _ => Err(err(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "bad token",
-        )),
-    }
+    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(want.as_str())
 }
 
 macro_rules! guard {
     ($s:expr, $h:expr) => {
-        if let Err(r) = authorized(&$s, &$h) {
-            return r;
+        if !authorized(&$s, &$h) {
+            return err(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "bad token",
+            );
         }
     };
 }

@@ -41,10 +41,26 @@ pub async fn start() -> Fuse {
     start_with(test_flags()).await
 }
 
-pub async fn start_with(flags: Flags) -> Fuse {
+/// Starts a server. With `FUSE_API_STORE=postgres` (and `FUSE_TEST_DATABASE_URL`), the same
+/// tests run against a fresh Postgres database with secrets sealed.
+pub async fn start_with(mut flags: Flags) -> Fuse {
     let token = (!flags.auth_token.is_empty()).then(|| flags.auth_token.clone());
+    let pg = std::env::var("FUSE_API_STORE").is_ok_and(|v| v == "postgres");
+    if pg {
+        let admin = fuse_store::testdb::admin_url()
+            .expect("FUSE_API_STORE=postgres needs FUSE_TEST_DATABASE_URL");
+        flags.database_url = fuse_store::testdb::fresh(&admin).await;
+        flags.token_encryption_key = "7e".repeat(32);
+    }
     let cfg = Config::from_flags(flags, |_| None).expect("test config");
     let running = server::start(cfg).await.expect("server starts");
+    if pg {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while running.app.store.ping().await.is_err() {
+            assert!(Instant::now() < deadline, "store never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let base = format!("http://{}", running.addr);
     Fuse {
         running,

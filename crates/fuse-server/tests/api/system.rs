@@ -18,7 +18,8 @@ async fn health_and_ready() {
     let r = f.get("/ready").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "ok");
-    assert_eq!(r.body["checks"]["store"], "ok (memory)");
+    let kind = f.app().store.kind();
+    assert_eq!(r.body["checks"]["store"], format!("ok ({kind})"));
     f.running.shutdown();
 }
 

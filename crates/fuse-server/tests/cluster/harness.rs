@@ -43,17 +43,27 @@ pub fn spawn_fuse(db: &str, extra: &[(&str, &str)]) -> FuseProc {
         .env("FUSE_HOST_POLL_SECS", "1")
         .env("FUSE_RECOVERY_PERIOD_SECS", "1")
         .env("FUSE_PROVISION_TIMEOUT_SECS", "60")
-        .env("RUST_LOG", "debug,sqlx=warn,hyper=info,reqwest=info,h2=info")
+        .env(
+            "RUST_LOG",
+            "debug,sqlx=warn,hyper=info,reqwest=info,h2=info",
+        )
         .env("NO_COLOR", "1");
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).spawn().unwrap();
+    let child = cmd
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap();
     FuseProc {
         child,
         base: format!("http://127.0.0.1:{port}"),
         log,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
     }
 }
 
@@ -67,7 +77,12 @@ impl FuseProc {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "fuse at {} never became ready; log:\n{}", self.base, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "fuse at {} never became ready; log:\n{}",
+                self.base,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -82,7 +97,12 @@ impl FuseProc {
         self.child.wait().unwrap();
     }
 
-    pub async fn req(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(b) = body {
             r = r.json(&b);
@@ -170,7 +190,9 @@ impl Proxy {
         let f2 = flag.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if !f2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -178,7 +200,9 @@ impl Proxy {
                 let mut cut = gen_rx.clone();
                 cut.borrow_and_update();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut.changed() => {}
@@ -208,11 +232,19 @@ impl Proxy {
 pub fn pg_target(admin: &str) -> SocketAddr {
     let after = admin.split("://").nth(1).unwrap();
     let hostport = after.rsplit('@').next().unwrap().split('/').next().unwrap();
-    let hostport = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:5432") };
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
     hostport.replace("localhost", "127.0.0.1").parse().unwrap()
 }
 
 pub fn via_port(url: &str, port: u16) -> String {
     let target = pg_target(url);
-    url.replacen(&format!("{}:{}", target.ip(), target.port()), &format!("127.0.0.1:{port}"), 1)
+    url.replacen(
+        &format!("{}:{}", target.ip(), target.port()),
+        &format!("127.0.0.1:{port}"),
+        1,
+    )
 }

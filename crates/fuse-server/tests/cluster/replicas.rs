@@ -9,7 +9,9 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn two_replicas_never_overcommit_one_host() {
-    let Some(admin) = fuse_store::testdb::admin_url() else { return };
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
     let db = fuse_store::testdb::fresh(&admin).await;
     let a = spawn_fuse(&db, &[]);
     let b = spawn_fuse(&db, &[]);
@@ -20,7 +22,11 @@ async fn two_replicas_never_overcommit_one_host() {
     a.register("only", addr, N as u32).await;
     let mut tasks = Vec::new();
     for i in 0..4 * N {
-        let (http, base) = if i % 2 == 0 { (a.http.clone(), a.base.clone()) } else { (b.http.clone(), b.base.clone()) };
+        let (http, base) = if i % 2 == 0 {
+            (a.http.clone(), a.base.clone())
+        } else {
+            (b.http.clone(), b.base.clone())
+        };
         tasks.push(tokio::spawn(async move {
             http.post(format!("{base}/v1/environments"))
                 .json(&json!({"task_id": format!("r{i}")}))
@@ -45,20 +51,33 @@ async fn two_replicas_never_overcommit_one_host() {
     assert_eq!(stub.len(), N, "exactly N VMs on the host");
     // Destroy them all, half through each replica.
     let (_, list) = a.get("/v1/environments?state=running&limit=200").await;
-    let ids: Vec<String> = list["environments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = list["environments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(ids.len(), N);
     for (i, id) in ids.iter().enumerate() {
         let r = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(r.delete(&format!("/v1/environments/{id}")).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            r.delete(&format!("/v1/environments/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
     }
     let (_, h) = a.get("/v1/hosts/only").await;
-    assert_eq!(h["allocated"], json!({"cpus": 0, "ram_mb": 0, "storage_gb": 0, "vm_count": 0}));
+    assert_eq!(
+        h["allocated"],
+        json!({"cpus": 0, "ram_mb": 0, "storage_gb": 0, "vm_count": 0})
+    );
     assert!(stub.is_empty());
 }
 
 #[tokio::test]
 async fn events_from_one_replica_reach_sse_on_the_other() {
-    let Some(admin) = fuse_store::testdb::admin_url() else { return };
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
     let db = fuse_store::testdb::fresh(&admin).await;
     let a = spawn_fuse(&db, &[]);
     let b = spawn_fuse(&db, &[]);
@@ -68,11 +87,18 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
     a.register("h", addr, 10).await;
     let (s, _) = a.post("/v1/environments", json!({"task_id": "x"})).await;
     assert_eq!(s, StatusCode::CREATED);
-    let resp = b.http.get(format!("{}/v1/environments/fuse-x/events", b.base)).send().await.unwrap();
+    let resp = b
+        .http
+        .get(format!("{}/v1/environments/fuse-x/events", b.base))
+        .send()
+        .await
+        .unwrap();
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
     let reader = tokio::spawn(async move {
-        while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+        while let Ok(Some(Ok(chunk))) =
+            tokio::time::timeout(Duration::from_secs(15), stream.next()).await
+        {
             text.push_str(std::str::from_utf8(&chunk).unwrap());
             if text.contains("\"state\":\"destroyed\"") {
                 break;
@@ -81,7 +107,8 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
         text
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    a.post("/v1/environments/fuse-x?action=drain", json!({})).await;
+    a.post("/v1/environments/fuse-x?action=drain", json!({}))
+        .await;
     a.delete("/v1/environments/fuse-x").await;
     let text = reader.await.unwrap();
     let states: Vec<&str> = text
@@ -96,5 +123,9 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
             _ => "other",
         })
         .collect();
-    assert_eq!(states, ["running", "draining", "destroying", "destroyed"], "{text}");
+    assert_eq!(
+        states,
+        ["running", "draining", "destroying", "destroyed"],
+        "{text}"
+    );
 }
