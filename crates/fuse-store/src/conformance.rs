@@ -76,6 +76,70 @@ where
     snapshots_children_and_lifecycle(factory().await).await;
     purge_terminal(factory().await).await;
     replicas_and_leadership(factory().await).await;
+    create_placed_and_release_with_a_transition(factory().await).await;
+}
+
+async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
+    s.host_upsert(host("h", 4, 1)).await.unwrap();
+    let (c, np) = s
+        .vm_create_placed(vm("one", 2, 512), Policy::Spread, None)
+        .await
+        .unwrap();
+    assert!(np.is_none());
+    let one = match c {
+        VmCreated::Created(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(one.host_id.as_ref().unwrap().as_str(), "h");
+    assert_eq!(one.reserved.unwrap().cpus, 2);
+    // The host is full: the record is stored failed with the reasons.
+    let (c, np) = s
+        .vm_create_placed(vm("two", 1, 512), Policy::Spread, None)
+        .await
+        .unwrap();
+    assert_eq!(np.unwrap().short_vm_slots, 1);
+    match c {
+        VmCreated::Created(r) => {
+            assert_eq!(r.state, VmState::Failed);
+            assert!(r.error.unwrap().contains("vm limit"));
+            assert!(r.host_id.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same id again: exists (not replaced while live).
+    let (c, _) = s
+        .vm_create_placed(vm("one", 2, 512), Policy::Spread, None)
+        .await
+        .unwrap();
+    assert!(matches!(c, VmCreated::Exists(_)));
+    // A transition that also releases: once.
+    let d = s
+        .vm_update(&one.id, one.generation, VmPatch::state(VmState::Destroying, "t"))
+        .await
+        .unwrap();
+    let done = s
+        .vm_update(
+            &one.id,
+            d.generation,
+            VmPatch {
+                release: true,
+                ..VmPatch::state(VmState::Destroyed, "t")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(done.reserved.is_none());
+    assert!(!s.vm_release(&one.id).await.unwrap(), "already released");
+    let h = s.host_get(&HostId::parse("h").unwrap()).await.unwrap().unwrap();
+    assert_eq!(h.allocated, Resources::default());
+    let kinds: Vec<String> = s
+        .audit_list(one.id.as_str())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.event_type)
+        .collect();
+    assert_eq!(kinds, ["created", "placed", "state", "state", "released"]);
 }
 
 async fn replicas_and_leadership<S: StateStore>(s: S) {
@@ -84,7 +148,7 @@ async fn replicas_and_leadership<S: StateStore>(s: S) {
     assert!(!s.replica_alive("replica-never").await.unwrap());
     assert!(s.leader_acquire().await.unwrap());
     assert!(s.leader_acquire().await.unwrap(), "a leader stays leader");
-    s.notify("{}").await.unwrap();
+    s.notify(&["{}".to_string()]).await.unwrap();
 }
 
 async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {

@@ -110,6 +110,38 @@ pub trait StateStore: Send + Sync + 'static {
     /// The insert appends a `created` audit event.
     async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError>;
 
+    /// [`StateStore::vm_create`] and, if it created, [`StateStore::vm_place`], as one step
+    /// where the backend can. When no host has room the new record is stored as `failed`
+    /// (with the reasons as its error) and the reasons are returned beside it.
+    async fn vm_create_placed(
+        &self,
+        rec: VmRecord,
+        policy: Policy,
+        fallback: Option<&HostId>,
+    ) -> Result<(VmCreated, Option<NoPlacement>), StoreError> {
+        let created = match self.vm_create(rec).await? {
+            VmCreated::Created(r) => r,
+            exists => return Ok((exists, None)),
+        };
+        match self
+            .vm_place(&created.id, created.generation, policy, fallback)
+            .await
+        {
+            Ok(placed) => Ok((VmCreated::Created(placed), None)),
+            Err(StoreError::NoCapacity(np)) => {
+                let failed = self
+                    .vm_update(
+                        &created.id,
+                        created.generation,
+                        VmPatch::state(VmState::Failed, "placement").with_error(np.to_string()),
+                    )
+                    .await?;
+                Ok((VmCreated::Created(failed), Some(np)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads one VM.
     async fn vm_get(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError>;
 
@@ -227,8 +259,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// loops run only while this returns `true`. Leadership ends when the process dies.
     async fn leader_acquire(&self) -> Result<bool, StoreError>;
 
-    /// Sends an event payload to every replica's [`StateStore::listen`] stream.
-    async fn notify(&self, payload: &str) -> Result<(), StoreError>;
+    /// Sends event payloads, in order, to every replica's [`StateStore::listen`] stream.
+    async fn notify(&self, payloads: &[String]) -> Result<(), StoreError>;
 
     /// Payloads sent by [`StateStore::notify`] from any replica, or `None` when the store
     /// is private to this process (nothing to listen to).

@@ -94,6 +94,16 @@ pub(crate) fn replaceable(r: &VmRecord) -> bool {
     r.state == VmState::Destroyed || (r.state == VmState::Failed && r.host_id.is_none())
 }
 
+/// The audit event of a released reservation (shared with the Postgres backend).
+pub(crate) fn release_event(id: &VmId, res: Resources) -> AuditEvent {
+    AuditEvent {
+        entity_kind: "environment",
+        entity_id: id.to_string(),
+        event_type: "released".into(),
+        payload: serde_json::json!({"cpus": res.cpus, "ram_mb": res.ram_mb, "storage_gb": res.storage_gb}),
+    }
+}
+
 /// The audit event a state transition appends (shared with the Postgres backend).
 pub(crate) fn transition_event(
     id: &VmId,
@@ -224,9 +234,18 @@ impl StateStore for MemoryStore {
                 })?;
         }
         apply_patch(rec, &patch, now());
+        let released = if patch.release { rec.reserved.take() } else { None };
+        let host = rec.host_id.clone();
         let out = rec.clone();
         if let Some(to) = patch.state {
             g.audit(transition_event(id, from, to, patch.reason.as_deref()));
+        }
+        if let Some(res) = released {
+            if let Some(h) = host.and_then(|h| g.hosts.get_mut(h.as_str())) {
+                h.allocated = h.allocated.minus(res);
+                h.updated_at = now();
+            }
+            g.audit(release_event(id, res));
         }
         Ok(out)
     }
@@ -314,12 +333,7 @@ impl StateStore for MemoryStore {
             h.allocated = h.allocated.minus(res);
             h.updated_at = now();
         }
-        g.audit(AuditEvent {
-            entity_kind: "environment",
-            entity_id: id.to_string(),
-            event_type: "released".into(),
-            payload: serde_json::json!({"cpus": res.cpus, "ram_mb": res.ram_mb, "storage_gb": res.storage_gb}),
-        });
+        g.audit(release_event(id, res));
         Ok(true)
     }
 
@@ -589,7 +603,7 @@ impl StateStore for MemoryStore {
         Ok(true)
     }
 
-    async fn notify(&self, _payload: &str) -> Result<(), StoreError> {
+    async fn notify(&self, _payloads: &[String]) -> Result<(), StoreError> {
         Ok(())
     }
 

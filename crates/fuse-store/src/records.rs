@@ -121,6 +121,9 @@ pub struct VmPatch {
     pub restored_from: Option<Option<SnapshotId>>,
     /// New secrets (`Some(None)` forgets them).
     pub secrets: Option<Option<VmSecrets>>,
+    /// Also return the VM's reservation to its host, in the same atomic step (exactly once,
+    /// as [`crate::StateStore::vm_release`]).
+    pub release: bool,
     /// Why (recorded in the audit event of a state change).
     pub reason: Option<String>,
 }

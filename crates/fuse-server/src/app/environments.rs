@@ -148,7 +148,14 @@ impl App {
             owner: self.replica_id.clone(),
             secrets: None,
         };
-        let rec = match self.store.vm_create(rec).await? {
+        let started = Instant::now();
+        let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| ApiError::internal(e.0))?;
+        // Persist `provisioning` and reserve capacity in one atomic step.
+        let (created, no_room) = self
+            .store
+            .vm_create_placed(rec, self.config.policy, Some(&fallback))
+            .await?;
+        let placed = match created {
             VmCreated::Exists(e) if e.request_hash == valid.request_hash => {
                 let e = if wait && e.state == VmState::Provisioning {
                     self.wait_settled(&e.id).await?
@@ -167,34 +174,15 @@ impl App {
             }
             VmCreated::Created(r) => r,
         };
-        self.events.publish(&rec);
-        let started = Instant::now();
-        let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| ApiError::internal(e.0))?;
-        let placed = match self
-            .store
-            .vm_place(&id, rec.generation, self.config.policy, Some(&fallback))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let api = ApiError::from(e);
-                let failed = self
-                    .store
-                    .vm_update(
-                        &id,
-                        rec.generation,
-                        VmPatch::state(VmState::Failed, "placement")
-                            .with_error(api.message.clone()),
-                    )
-                    .await?;
-                self.events.publish(&failed);
-                self.metrics
-                    .provision_failures
-                    .with_label_values(&["placement"])
-                    .inc();
-                return Err(api);
-            }
-        };
+        if let Some(np) = no_room {
+            self.events.publish(&placed);
+            self.metrics
+                .provision_failures
+                .with_label_values(&["placement"])
+                .inc();
+            return Err(ApiError::unavailable(np.to_string()));
+        }
+        self.events.publish(&placed);
         let app = self.clone();
         let handle = tokio::spawn(tracing::Instrument::instrument(
             async move { app.provision(placed, valid, started).await },
@@ -304,11 +292,7 @@ impl App {
                 Err(_) => false,
             };
         }
-        if host_clean && !replaced {
-            if let Err(e) = self.store.vm_release(&id).await {
-                tracing::error!(vm_id = %id, error = %e, "releasing capacity after a failed provision");
-            }
-        }
+        let release_now = host_clean && !replaced;
         let mut last = None;
         for _ in 0..5 {
             let cur = match self.store.vm_get(&id).await {
@@ -316,11 +300,19 @@ impl App {
                 _ => break,
             };
             if failure.aborted || replaced || cur.state != VmState::Provisioning {
+                // Someone else owns the record's state now; still return our reservation
+                // if the host confirmed the VM is gone (a no-op if already released).
+                if release_now && !replaced {
+                    if let Err(e) = self.store.vm_release(&id).await {
+                        tracing::error!(vm_id = %id, error = %e, "releasing capacity after a stopped provision");
+                    }
+                }
                 last = Some(cur);
                 break;
             }
-            let patch = VmPatch::state(VmState::Failed, failure.step)
+            let mut patch = VmPatch::state(VmState::Failed, failure.step)
                 .with_error(format!("{}: {message}", failure.step.replace('_', " ")));
+            patch.release = release_now;
             match self.store.vm_update(&id, cur.generation, patch).await {
                 Ok(r) => {
                     self.metrics
@@ -386,15 +378,7 @@ impl App {
             })
             .await
             .map_err(|e| Failure::host("create_vm", e))?;
-        let rec = self
-            .advance(
-                &rec,
-                VmPatch {
-                    url: Some(vm.url),
-                    ..VmPatch::default()
-                },
-            )
-            .await?;
+        let url = vm.url;
         let secrets = super::credentials::generate(rec.id.as_str(), valid)
             .map_err(|e| Failure::at("credentials", e))?;
         self.upload_agent_files(&*provider, &rec, valid, &secrets)
@@ -421,6 +405,7 @@ impl App {
             .await
             .map_err(|e| Failure::host("start_agent", e))?;
         let patch = VmPatch {
+            url: Some(url),
             secrets: Some(Some(secrets)),
             ..VmPatch::state(VmState::Running, "provisioned")
         };
@@ -513,10 +498,15 @@ impl App {
                 return Ok(());
             }
         }
-        self.store.vm_release(&id).await?;
+        // First try with the record we hold; re-read only if someone changed it meanwhile.
+        let mut held = Some(rec);
         loop {
-            let Some(cur) = self.store.vm_get(&id).await? else {
-                return Ok(());
+            let cur = match held.take() {
+                Some(r) => r,
+                None => match self.store.vm_get(&id).await? {
+                    Some(c) => c,
+                    None => return Ok(()),
+                },
             };
             if cur.state != VmState::Destroying {
                 return Ok(());
@@ -526,7 +516,11 @@ impl App {
                 .vm_update(
                     &id,
                     cur.generation,
-                    VmPatch::state(VmState::Destroyed, "destroyed on host"),
+                    VmPatch {
+                        secrets: Some(None),
+                        release: true,
+                        ..VmPatch::state(VmState::Destroyed, "destroyed on host")
+                    },
                 )
                 .await
             {

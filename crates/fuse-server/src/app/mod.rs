@@ -88,10 +88,12 @@ impl App {
     fn start_event_relay(self: Arc<Self>, mut forward: tokio::sync::mpsc::Receiver<String>) {
         let out = self.clone();
         tokio::spawn(async move {
-            while let Some(payload) = forward.recv().await {
-                if let Err(e) = out.store.notify(&payload).await {
-                    tracing::debug!(error = %e, "could not send an event to other replicas");
+            let mut batch = Vec::with_capacity(256);
+            while forward.recv_many(&mut batch, 256).await > 0 {
+                if let Err(e) = out.store.notify(&batch).await {
+                    tracing::debug!(error = %e, n = batch.len(), "could not send events to other replicas");
                 }
+                batch.clear();
             }
         });
         tokio::spawn(async move {

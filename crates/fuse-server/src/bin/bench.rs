@@ -33,6 +33,71 @@ struct Args {
     /// Measured seconds (after a 1 s warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// In-process server on this Postgres (secrets sealed with a generated key).
+    #[arg(long, default_value = "")]
+    database_url: String,
+    /// Instead of create+destroy pairs: create this many environments, keep them, and print
+    /// the process's resident memory before and after.
+    #[arg(long, default_value_t = 0)]
+    fill: u64,
+}
+
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn fill(
+    http: &Http,
+    base: &str,
+    token: &str,
+    n: u64,
+    clients: usize,
+    stub_bytes: impl Fn() -> u64,
+) -> anyhow::Result<()> {
+    let before = rss_mb();
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let (http, base, token) = (http.clone(), base.to_owned(), token.to_owned());
+        let (next, errors) = (next.clone(), errors.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let body = format!("{{\"task_id\":\"fill-{i}\",\"secrets\":{{\"K\":\"v{i}\"}}}}");
+                let r = call(&http, Method::POST, &format!("{base}/v1/environments"), &token, Some(body)).await;
+                if !matches!(r, Ok(StatusCode::CREATED)) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // Let allocator and background loops settle, then read memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!("environments     {n} created in {secs:.1} s ({:.0}/s), errors {}", n as f64 / secs, errors.load(Ordering::Relaxed));
+    println!("rss (whole bench process: server + client)  before {before:.0} MB  after {:.0} MB", rss_mb());
+    println!(
+        "  of which the in-process stub host holds {:.0} MB of guest files (on real hosts this is not in fuse)",
+        stub_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(())
 }
 
 type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -72,9 +137,18 @@ async fn main() -> anyhow::Result<()> {
     let base = if args.url.is_empty() {
         let mut flags = fuse_server::config::Flags::parse_from(["fuse"]);
         flags.listen = "127.0.0.1:0".into();
+        if !args.database_url.is_empty() {
+            flags.database_url = args.database_url.clone();
+            flags.token_encryption_key = fuse_server::app::random_token();
+        }
         let cfg = fuse_server::config::Config::from_flags(flags, |_| None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let running = fuse_server::server::start(cfg).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while running.app.store.ping().await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the store never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let base = format!("http://{}", running.addr);
         _server = Some(running);
         base
@@ -87,6 +161,13 @@ async fn main() -> anyhow::Result<()> {
     call(&http, Method::GET, &format!("{base}/health"), "", None)
         .await
         .context("server does not answer /health")?;
+    if args.fill > 0 {
+        let stub = _server
+            .as_ref()
+            .and_then(|r| r.app.providers.stub("default"));
+        let bytes = move || stub.as_ref().map(|s| s.bytes_held()).unwrap_or(0);
+        return fill(&http, &base, &args.token, args.fill, args.clients, bytes).await;
+    }
 
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

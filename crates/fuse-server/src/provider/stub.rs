@@ -76,6 +76,15 @@ impl StubProvider {
         self.vms.lock().get(id).cloned()
     }
 
+    /// Bytes of guest files held for every VM (for memory accounting in benchmarks).
+    pub fn bytes_held(&self) -> u64 {
+        self.vms
+            .lock()
+            .values()
+            .map(|v| v.files.iter().map(|(k, (b, _))| k.len() + b.len()).sum::<usize>() as u64)
+            .sum()
+    }
+
     /// How many VMs it holds.
     pub fn len(&self) -> usize {
         self.vms.lock().len()

@@ -114,9 +114,12 @@ impl PgStore {
     pub fn new(opts: PgOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL does not parse: {e}")))?;
+        // No ping before every acquire (a round trip per statement); a broken connection
+        // fails its call as `Unavailable` and the pool drops it.
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
+            .test_before_acquire(false)
             .connect_lazy_with(connect.clone());
         Ok(PgStore {
             pool,

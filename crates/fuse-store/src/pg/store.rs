@@ -2,7 +2,7 @@
 
 use super::rows::{self, seal_secrets, seal_token};
 use super::{db_err, PgStore, CHANNEL, LOCK_LEADER, LOCK_REPLICA};
-use crate::memory::{apply_patch, replaceable, transition_event};
+use crate::memory::{apply_patch, release_event, replaceable, transition_event};
 use crate::{
     AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
     StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
@@ -92,6 +92,180 @@ impl PgStore {
         Ok(())
     }
 
+    async fn create_in(&self, tx: &mut Tx<'_>, rec: VmRecord) -> Result<VmCreated, StoreError> {
+        let mut rec = rec;
+        // The common case first: a new id, one INSERT.
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+             ON CONFLICT (id) DO NOTHING"
+        ))
+        .bind(rec.id.as_str())
+        .bind(rec.task_id.as_str())
+        .bind(rec.state.as_str())
+        .bind(rec.generation as i64)
+        .bind(rec.host_id.as_ref().map(HostId::as_str))
+        .bind(rec.reserved.as_ref().map(to_json).transpose()?)
+        .bind(&rec.url)
+        .bind(to_json(&rec.spec)?)
+        .bind(&rec.request_hash)
+        .bind(to_json(&rec.agent)?)
+        .bind(&rec.error)
+        .bind(rec.restored_from.as_ref().map(SnapshotId::as_str))
+        .bind(&rec.owner)
+        .bind(seal_secrets(self.cipher.as_ref(), rec.secrets.as_ref()))
+        .bind(rec.created_at)
+        .bind(rec.updated_at)
+        .bind(rec.running_since)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        if inserted == 0 {
+            let e = self
+                .vm_lock(tx, rec.id.as_str())
+                .await?
+                .ok_or_else(|| vm_missing(&rec.id))?;
+            if !replaceable(&e) {
+                return Ok(VmCreated::Exists(e));
+            }
+            // A new incarnation continues the generation sequence, so writers holding the
+            // old one's generation can never match the new row.
+            rec.generation = e.generation + 1;
+            self.vm_write(tx, &rec, false).await?;
+        }
+        // The task index and the audit event in one statement.
+        sqlx::query(
+            "WITH t AS (INSERT INTO tasks (task_id, vm_id, request_hash, created_at, updated_at) \
+               VALUES ($1,$2,$3,$4,$4) \
+               ON CONFLICT (task_id) DO UPDATE SET vm_id = $2, request_hash = $3, updated_at = $4) \
+             INSERT INTO events (entity_kind, entity_id, event_type, payload) \
+             VALUES ('environment', $2, 'created', $5)",
+        )
+        .bind(rec.task_id.as_str())
+        .bind(rec.id.as_str())
+        .bind(&rec.request_hash)
+        .bind(rec.created_at)
+        .bind(serde_json::json!({"state": rec.state.as_str(), "task_id": rec.task_id.as_str()}))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(VmCreated::Created(rec))
+    }
+
+    /// Chooses a host for a locked `provisioning` record and reserves on it; writes the row.
+    async fn place_in(
+        &self,
+        tx: &mut Tx<'_>,
+        rec: &mut VmRecord,
+        policy: Policy,
+        fallback: Option<&HostId>,
+    ) -> Result<(), StoreError> {
+        let id = rec.id.clone();
+        if rec.state != VmState::Provisioning || rec.host_id.is_some() {
+            return Err(StoreError::Internal(format!(
+                "vm_place on {id} in state {} with host {:?}",
+                rec.state, rec.host_id
+            )));
+        }
+        let need = Resources::for_spec(&rec.spec);
+        let mut excluded: Vec<String> = Vec::new();
+        let chosen = loop {
+            let hosts = self.hosts_read(tx).await?;
+            if hosts.is_empty() {
+                if let Some(fb) = fallback {
+                    break fb.clone();
+                }
+            }
+            let views: Vec<HostView> = hosts
+                .iter()
+                .filter(|h| !excluded.iter().any(|x| x == h.id.as_str()))
+                .map(|h| HostView {
+                    id: h.id.as_str(),
+                    region: &h.region,
+                    state: h.state,
+                    capacity: h.capacity,
+                    allocated: h.allocated,
+                })
+                .collect();
+            let candidate = match fuse_scheduler::place(
+                &views,
+                &Request {
+                    need,
+                    region: &rec.spec.region,
+                },
+                policy,
+            ) {
+                Ok(c) => c.to_owned(),
+                Err(mut why) => {
+                    // Report against every host, not only those left after races.
+                    why.hosts = hosts.len();
+                    return Err(StoreError::NoCapacity(why));
+                }
+            };
+            // Reserve only if it still fits now: the row lock makes this atomic against
+            // every other replica's reservation on the same host.
+            let done = sqlx::query(
+                "UPDATE hosts SET alloc_cpus = alloc_cpus + $2, alloc_ram_mb = alloc_ram_mb + $3, \
+                 alloc_storage_gb = alloc_storage_gb + $4, alloc_vm_count = alloc_vm_count + 1, \
+                 updated_at = now() \
+                 WHERE id = $1 AND state = 'active' AND alloc_cpus + $2 <= cap_cpus \
+                 AND alloc_ram_mb + $3 <= cap_ram_mb AND alloc_storage_gb + $4 <= cap_storage_gb \
+                 AND alloc_vm_count + 1 <= cap_vm_count",
+            )
+            .bind(&candidate)
+            .bind(i64::from(need.cpus))
+            .bind(need.ram_mb as i64)
+            .bind(need.storage_gb as i64)
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+            if done == 1 {
+                rec.reserved = Some(need);
+                break HostId::parse(&candidate).map_err(|e| StoreError::Internal(e.0))?;
+            }
+            excluded.push(candidate);
+        };
+        rec.host_id = Some(chosen.clone());
+        rec.generation += 1;
+        rec.updated_at = now();
+        sqlx::query(
+            "WITH u AS (UPDATE vms SET host_id = $2, reserved = $3, generation = $4, updated_at = $5 \
+               WHERE id = $1) \
+             INSERT INTO events (entity_kind, entity_id, event_type, payload) \
+             SELECT 'environment', $1, 'placed', $6 WHERE $3::jsonb IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .bind(chosen.as_str())
+        .bind(rec.reserved.as_ref().map(to_json).transpose()?)
+        .bind(rec.generation as i64)
+        .bind(rec.updated_at)
+        .bind(serde_json::json!({"host_id": chosen.as_str(), "policy": policy.to_string()}))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Returns a reservation to its host (never below zero).
+    async fn unreserve(&self, tx: &mut Tx<'_>, host: &HostId, res: Resources) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE hosts SET alloc_cpus = GREATEST(0, alloc_cpus - $2), \
+             alloc_ram_mb = GREATEST(0, alloc_ram_mb - $3), \
+             alloc_storage_gb = GREATEST(0, alloc_storage_gb - $4), \
+             alloc_vm_count = GREATEST(0, alloc_vm_count - $5), updated_at = now() WHERE id = $1",
+        )
+        .bind(host.as_str())
+        .bind(i64::from(res.cpus))
+        .bind(res.ram_mb as i64)
+        .bind(res.storage_gb as i64)
+        .bind(i64::from(res.vm_count))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn hosts_read(&self, tx: &mut Tx<'_>) -> Result<Vec<HostRecord>, StoreError> {
         let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
             .fetch_all(&mut **tx)
@@ -143,79 +317,42 @@ impl StateStore for PgStore {
 
     async fn vm_create(&self, rec: VmRecord) -> Result<VmCreated, StoreError> {
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
-        let existing = self.vm_lock(&mut tx, rec.id.as_str()).await?;
-        let mut rec = rec;
-        match existing {
-            Some(e) if !replaceable(&e) => {
-                tx.commit().await.map_err(db_err)?;
-                return Ok(VmCreated::Exists(e));
-            }
-            Some(e) => {
-                // A new incarnation continues the generation sequence, so writers holding
-                // the old one's generation can never match the new row.
-                rec.generation = e.generation + 1;
-                self.vm_write(&mut tx, &rec, false).await?;
-            }
-            None => {
-                let inserted = sqlx::query(&format!(
-                    "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
-                     ON CONFLICT (id) DO NOTHING"
-                ))
-                .bind(rec.id.as_str())
-                .bind(rec.task_id.as_str())
-                .bind(rec.state.as_str())
-                .bind(rec.generation as i64)
-                .bind(rec.host_id.as_ref().map(HostId::as_str))
-                .bind(rec.reserved.as_ref().map(to_json).transpose()?)
-                .bind(&rec.url)
-                .bind(to_json(&rec.spec)?)
-                .bind(&rec.request_hash)
-                .bind(to_json(&rec.agent)?)
-                .bind(&rec.error)
-                .bind(rec.restored_from.as_ref().map(SnapshotId::as_str))
-                .bind(&rec.owner)
-                .bind(seal_secrets(self.cipher.as_ref(), rec.secrets.as_ref()))
-                .bind(rec.created_at)
-                .bind(rec.updated_at)
-                .bind(rec.running_since)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-                if inserted == 0 {
-                    // Lost a race with a concurrent create of the same id.
-                    let e = self
-                        .vm_lock(&mut tx, rec.id.as_str())
-                        .await?
-                        .ok_or_else(|| vm_missing(&rec.id))?;
-                    tx.commit().await.map_err(db_err)?;
-                    return Ok(VmCreated::Exists(e));
-                }
-            }
-        }
-        sqlx::query(
-            "INSERT INTO tasks (task_id, vm_id, request_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$4) \
-             ON CONFLICT (task_id) DO UPDATE SET vm_id = $2, request_hash = $3, updated_at = $4",
-        )
-        .bind(rec.task_id.as_str())
-        .bind(rec.id.as_str())
-        .bind(&rec.request_hash)
-        .bind(rec.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        audit(
-            &mut tx,
-            &AuditEvent {
-                entity_kind: "environment",
-                entity_id: rec.id.to_string(),
-                event_type: "created".into(),
-                payload: serde_json::json!({"state": rec.state.as_str(), "task_id": rec.task_id.as_str()}),
-            },
-        )
-        .await?;
+        let out = self.create_in(&mut tx, rec).await?;
         tx.commit().await.map_err(db_err)?;
-        Ok(VmCreated::Created(rec))
+        Ok(out)
+    }
+
+    async fn vm_create_placed(
+        &self,
+        rec: VmRecord,
+        policy: Policy,
+        fallback: Option<&HostId>,
+    ) -> Result<(VmCreated, Option<fuse_scheduler::NoPlacement>), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let mut rec = match self.create_in(&mut tx, rec).await? {
+            VmCreated::Created(r) => r,
+            exists => {
+                tx.commit().await.map_err(db_err)?;
+                return Ok((exists, None));
+            }
+        };
+        let out = match self.place_in(&mut tx, &mut rec, policy, fallback).await {
+            Ok(()) => (VmCreated::Created(rec), None),
+            Err(StoreError::NoCapacity(np)) => {
+                let patch = VmPatch::state(VmState::Failed, "placement").with_error(np.to_string());
+                apply_patch(&mut rec, &patch, now());
+                self.vm_write(&mut tx, &rec, false).await?;
+                audit(
+                    &mut tx,
+                    &transition_event(&rec.id, VmState::Provisioning, VmState::Failed, Some("placement")),
+                )
+                .await?;
+                (VmCreated::Created(rec), Some(np))
+            }
+            Err(e) => return Err(e),
+        };
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
     }
 
     async fn vm_get(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError> {
@@ -273,33 +410,86 @@ impl StateStore for PgStore {
         expected_generation: u64,
         patch: VmPatch,
     ) -> Result<VmRecord, StoreError> {
-        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
-        let mut rec = self
-            .vm_lock(&mut tx, id.as_str())
-            .await?
-            .ok_or_else(|| vm_missing(id))?;
-        if rec.generation != expected_generation {
-            return Err(stale(id, expected_generation, rec.generation));
+        // One statement (one round trip, autocommit): lock, generation and transition check,
+        // update, audit, and the optional release, all atomically.
+        let allowed: Vec<&str> = match patch.state {
+            Some(to) => VmState::ALL
+                .iter()
+                .filter(|f| f.can_transition_to(to))
+                .map(|f| f.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        let at = now();
+        let row = sqlx::query(&format!(
+            "WITH old AS (SELECT id, state, generation, reserved, host_id FROM vms WHERE id = $1 FOR UPDATE), \
+             upd AS (UPDATE vms v SET state = COALESCE($3, v.state), url = COALESCE($4, v.url), \
+                error = CASE WHEN $5 THEN $6 ELSE v.error END, agent = COALESCE($7, v.agent), \
+                restored_from = CASE WHEN $8 THEN $9 ELSE v.restored_from END, \
+                secrets_enc = CASE WHEN $10 THEN $11 ELSE v.secrets_enc END, \
+                reserved = CASE WHEN $12 THEN NULL ELSE v.reserved END, \
+                generation = v.generation + 1, updated_at = $13, \
+                running_since = CASE WHEN $3 = 'running' AND old.state <> 'running' THEN $13 ELSE v.running_since END \
+              FROM old WHERE v.id = old.id AND old.generation = $2 AND ($3::text IS NULL OR old.state = ANY($14)) \
+              RETURNING v.*, old.state AS from_state, old.reserved AS old_reserved), \
+             ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
+              SELECT 'environment', id, t, p FROM ( \
+                SELECT 1 AS k, upd.id, 'state' AS t, jsonb_build_object('from', upd.from_state, 'to', upd.state, 'reason', $15::text) AS p \
+                FROM upd WHERE $3::text IS NOT NULL \
+                UNION ALL \
+                SELECT 2, upd.id, 'released', jsonb_build_object('cpus', upd.old_reserved->'cpus', \
+                  'ram_mb', upd.old_reserved->'ram_mb', 'storage_gb', upd.old_reserved->'storage_gb') \
+                FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL) x ORDER BY k), \
+             rel AS (UPDATE hosts h SET \
+                alloc_cpus = GREATEST(0, h.alloc_cpus - (upd.old_reserved->>'cpus')::bigint), \
+                alloc_ram_mb = GREATEST(0, h.alloc_ram_mb - (upd.old_reserved->>'ram_mb')::bigint), \
+                alloc_storage_gb = GREATEST(0, h.alloc_storage_gb - (upd.old_reserved->>'storage_gb')::bigint), \
+                alloc_vm_count = GREATEST(0, h.alloc_vm_count - (upd.old_reserved->>'vm_count')::bigint), \
+                updated_at = $13 \
+              FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL AND h.id = upd.host_id RETURNING h.id) \
+             SELECT {VM_COLS} FROM upd"
+        ))
+        .bind(id.as_str())
+        .bind(expected_generation as i64)
+        .bind(patch.state.map(VmState::as_str))
+        .bind(patch.url.as_deref())
+        .bind(patch.error.is_some())
+        .bind(patch.error.clone().flatten())
+        .bind(patch.agent.as_ref().map(to_json).transpose()?)
+        .bind(patch.restored_from.is_some())
+        .bind(patch.restored_from.clone().flatten().map(|s| s.to_string()))
+        .bind(patch.secrets.is_some())
+        .bind(
+            patch
+                .secrets
+                .as_ref()
+                .and_then(|s| seal_secrets(self.cipher.as_ref(), s.as_ref())),
+        )
+        .bind(patch.release)
+        .bind(at)
+        .bind(&allowed)
+        .bind(patch.reason.as_deref())
+        .fetch_optional(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        if let Some(row) = row {
+            return rows::vm(&row, self.cipher.as_ref());
         }
-        let from = rec.state;
-        if let Some(to) = patch.state {
-            from.check_transition(to)
-                .map_err(|source| StoreError::Transition {
-                    id: id.to_string(),
-                    source,
-                })?;
+        // Nothing updated: say why.
+        let cur = self.vm_get(id).await?.ok_or_else(|| vm_missing(id))?;
+        if cur.generation != expected_generation {
+            return Err(stale(id, expected_generation, cur.generation));
         }
-        apply_patch(&mut rec, &patch, now());
-        self.vm_write(&mut tx, &rec, false).await?;
-        if let Some(to) = patch.state {
-            audit(
-                &mut tx,
-                &transition_event(id, from, to, patch.reason.as_deref()),
-            )
-            .await?;
+        match patch.state {
+            Some(to) => Err(StoreError::Transition {
+                id: id.to_string(),
+                source: fuse_types::TransitionError {
+                    from: cur.state,
+                    to,
+                },
+            }),
+            None => Err(StoreError::Internal(format!("update of {id} matched nothing"))),
         }
-        tx.commit().await.map_err(db_err)?;
-        Ok(rec)
     }
 
     async fn vm_place(
@@ -317,87 +507,7 @@ impl StateStore for PgStore {
         if rec.generation != expected_generation {
             return Err(stale(id, expected_generation, rec.generation));
         }
-        if rec.state != VmState::Provisioning || rec.host_id.is_some() {
-            return Err(StoreError::Internal(format!(
-                "vm_place on {id} in state {} with host {:?}",
-                rec.state, rec.host_id
-            )));
-        }
-        let need = Resources::for_spec(&rec.spec);
-        let mut excluded: Vec<String> = Vec::new();
-        let chosen = loop {
-            let hosts = self.hosts_read(&mut tx).await?;
-            if hosts.is_empty() {
-                if let Some(fb) = fallback {
-                    break fb.clone();
-                }
-            }
-            let views: Vec<HostView> = hosts
-                .iter()
-                .filter(|h| !excluded.iter().any(|x| x == h.id.as_str()))
-                .map(|h| HostView {
-                    id: h.id.as_str(),
-                    region: &h.region,
-                    state: h.state,
-                    capacity: h.capacity,
-                    allocated: h.allocated,
-                })
-                .collect();
-            let candidate = match fuse_scheduler::place(
-                &views,
-                &Request {
-                    need,
-                    region: &rec.spec.region,
-                },
-                policy,
-            ) {
-                Ok(c) => c.to_owned(),
-                Err(mut why) => {
-                    // Report against every host, not only those left after races.
-                    why.hosts = hosts.len();
-                    return Err(StoreError::NoCapacity(why));
-                }
-            };
-            // Reserve only if it still fits now: the row lock makes this atomic against
-            // every other replica's reservation on the same host.
-            let done = sqlx::query(
-                "UPDATE hosts SET alloc_cpus = alloc_cpus + $2, alloc_ram_mb = alloc_ram_mb + $3, \
-                 alloc_storage_gb = alloc_storage_gb + $4, alloc_vm_count = alloc_vm_count + 1, \
-                 updated_at = now() \
-                 WHERE id = $1 AND state = 'active' AND alloc_cpus + $2 <= cap_cpus \
-                 AND alloc_ram_mb + $3 <= cap_ram_mb AND alloc_storage_gb + $4 <= cap_storage_gb \
-                 AND alloc_vm_count + 1 <= cap_vm_count",
-            )
-            .bind(&candidate)
-            .bind(i64::from(need.cpus))
-            .bind(need.ram_mb as i64)
-            .bind(need.storage_gb as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?
-            .rows_affected();
-            if done == 1 {
-                rec.reserved = Some(need);
-                break HostId::parse(&candidate).map_err(|e| StoreError::Internal(e.0))?;
-            }
-            excluded.push(candidate);
-        };
-        rec.host_id = Some(chosen.clone());
-        rec.generation += 1;
-        rec.updated_at = now();
-        self.vm_write(&mut tx, &rec, false).await?;
-        if rec.reserved.is_some() {
-            audit(
-                &mut tx,
-                &AuditEvent {
-                    entity_kind: "environment",
-                    entity_id: id.to_string(),
-                    event_type: "placed".into(),
-                    payload: serde_json::json!({"host_id": chosen.as_str(), "policy": policy.to_string()}),
-                },
-            )
-            .await?;
-        }
+        self.place_in(&mut tx, &mut rec, policy, fallback).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(rec)
     }
@@ -412,32 +522,10 @@ impl StateStore for PgStore {
         };
         rec.generation += 1;
         self.vm_write(&mut tx, &rec, false).await?;
-        if let Some(h) = &rec.host_id {
-            sqlx::query(
-                "UPDATE hosts SET alloc_cpus = GREATEST(0, alloc_cpus - $2), \
-                 alloc_ram_mb = GREATEST(0, alloc_ram_mb - $3), \
-                 alloc_storage_gb = GREATEST(0, alloc_storage_gb - $4), \
-                 alloc_vm_count = GREATEST(0, alloc_vm_count - $5), updated_at = now() WHERE id = $1",
-            )
-            .bind(h.as_str())
-            .bind(i64::from(res.cpus))
-            .bind(res.ram_mb as i64)
-            .bind(res.storage_gb as i64)
-            .bind(i64::from(res.vm_count))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        if let Some(h) = rec.host_id.clone() {
+            self.unreserve(&mut tx, &h, res).await?;
         }
-        audit(
-            &mut tx,
-            &AuditEvent {
-                entity_kind: "environment",
-                entity_id: id.to_string(),
-                event_type: "released".into(),
-                payload: serde_json::json!({"cpus": res.cpus, "ram_mb": res.ram_mb, "storage_gb": res.storage_gb}),
-            },
-        )
-        .await?;
+        audit(&mut tx, &release_event(id, res)).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(true)
     }
@@ -925,10 +1013,11 @@ impl StateStore for PgStore {
         Ok(got)
     }
 
-    async fn notify(&self, payload: &str) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)")
+    async fn notify(&self, payloads: &[String]) -> Result<(), StoreError> {
+        // One round trip for a batch; NOTIFY delivers in order within a transaction.
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n")
             .bind(CHANNEL)
-            .bind(payload)
+            .bind(payloads)
             .execute(self.ready()?)
             .await
             .map_err(db_err)?;
