@@ -114,7 +114,11 @@ async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
     assert!(matches!(c, VmCreated::Exists(_)));
     // A transition that also releases: once.
     let d = s
-        .vm_update(&one.id, one.generation, VmPatch::state(VmState::Destroying, "t"))
+        .vm_update(
+            &one.id,
+            one.generation,
+            VmPatch::state(VmState::Destroying, "t"),
+        )
         .await
         .unwrap();
     let done = s
@@ -130,7 +134,11 @@ async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
         .unwrap();
     assert!(done.reserved.is_none());
     assert!(!s.vm_release(&one.id).await.unwrap(), "already released");
-    let h = s.host_get(&HostId::parse("h").unwrap()).await.unwrap().unwrap();
+    let h = s
+        .host_get(&HostId::parse("h").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h.allocated, Resources::default());
     let kinds: Vec<String> = s
         .audit_list(one.id.as_str())

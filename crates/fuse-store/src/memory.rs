@@ -234,7 +234,11 @@ impl StateStore for MemoryStore {
                 })?;
         }
         apply_patch(rec, &patch, now());
-        let released = if patch.release { rec.reserved.take() } else { None };
+        let released = if patch.release {
+            rec.reserved.take()
+        } else {
+            None
+        };
         let host = rec.host_id.clone();
         let out = rec.clone();
         if let Some(to) = patch.state {

@@ -78,7 +78,14 @@ async fn fill(
                     return;
                 }
                 let body = format!("{{\"task_id\":\"fill-{i}\",\"secrets\":{{\"K\":\"v{i}\"}}}}");
-                let r = call(&http, Method::POST, &format!("{base}/v1/environments"), &token, Some(body)).await;
+                let r = call(
+                    &http,
+                    Method::POST,
+                    &format!("{base}/v1/environments"),
+                    &token,
+                    Some(body),
+                )
+                .await;
                 if !matches!(r, Ok(StatusCode::CREATED)) {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -91,8 +98,15 @@ async fn fill(
     let secs = start.elapsed().as_secs_f64();
     // Let allocator and background loops settle, then read memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!("environments     {n} created in {secs:.1} s ({:.0}/s), errors {}", n as f64 / secs, errors.load(Ordering::Relaxed));
-    println!("rss (whole bench process: server + client)  before {before:.0} MB  after {:.0} MB", rss_mb());
+    println!(
+        "environments     {n} created in {secs:.1} s ({:.0}/s), errors {}",
+        n as f64 / secs,
+        errors.load(Ordering::Relaxed)
+    );
+    println!(
+        "rss (whole bench process: server + client)  before {before:.0} MB  after {:.0} MB",
+        rss_mb()
+    );
     println!(
         "  of which the in-process stub host holds {:.0} MB of guest files (on real hosts this is not in fuse)",
         stub_bytes() as f64 / (1 << 20) as f64

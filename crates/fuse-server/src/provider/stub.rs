@@ -81,7 +81,12 @@ impl StubProvider {
         self.vms
             .lock()
             .values()
-            .map(|v| v.files.iter().map(|(k, (b, _))| k.len() + b.len()).sum::<usize>() as u64)
+            .map(|v| {
+                v.files
+                    .iter()
+                    .map(|(k, (b, _))| k.len() + b.len())
+                    .sum::<usize>() as u64
+            })
             .sum()
     }
 

@@ -142,8 +142,8 @@ async fn kill_during_provision_and_destroy_then_restart() {
             "placed",
             "provisioning->running",
             "running->destroying",
-            "released",
-            "destroying->destroyed"
+            "destroying->destroyed",
+            "released"
         ]
     );
     // No secret value in either process's log.

@@ -248,7 +248,12 @@ impl PgStore {
     }
 
     /// Returns a reservation to its host (never below zero).
-    async fn unreserve(&self, tx: &mut Tx<'_>, host: &HostId, res: Resources) -> Result<(), StoreError> {
+    async fn unreserve(
+        &self,
+        tx: &mut Tx<'_>,
+        host: &HostId,
+        res: Resources,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE hosts SET alloc_cpus = GREATEST(0, alloc_cpus - $2), \
              alloc_ram_mb = GREATEST(0, alloc_ram_mb - $3), \
@@ -264,6 +269,46 @@ impl PgStore {
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    /// The general path: one transaction with row locks (replacing a destroyed row,
+    /// racing creates of one id, a lost reservation race).
+    pub(super) async fn create_placed_tx(
+        &self,
+        rec: VmRecord,
+        policy: Policy,
+        fallback: Option<&HostId>,
+    ) -> Result<(VmCreated, Option<fuse_scheduler::NoPlacement>), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let mut rec = match self.create_in(&mut tx, rec).await? {
+            VmCreated::Created(r) => r,
+            exists => {
+                tx.commit().await.map_err(db_err)?;
+                return Ok((exists, None));
+            }
+        };
+        let out = match self.place_in(&mut tx, &mut rec, policy, fallback).await {
+            Ok(()) => (VmCreated::Created(rec), None),
+            Err(StoreError::NoCapacity(np)) => {
+                let patch = VmPatch::state(VmState::Failed, "placement").with_error(np.to_string());
+                apply_patch(&mut rec, &patch, now());
+                self.vm_write(&mut tx, &rec, false).await?;
+                audit(
+                    &mut tx,
+                    &transition_event(
+                        &rec.id,
+                        VmState::Provisioning,
+                        VmState::Failed,
+                        Some("placement"),
+                    ),
+                )
+                .await?;
+                (VmCreated::Created(rec), Some(np))
+            }
+            Err(e) => return Err(e),
+        };
+        tx.commit().await.map_err(db_err)?;
+        Ok(out)
     }
 
     async fn hosts_read(&self, tx: &mut Tx<'_>) -> Result<Vec<HostRecord>, StoreError> {
@@ -328,31 +373,137 @@ impl StateStore for PgStore {
         policy: Policy,
         fallback: Option<&HostId>,
     ) -> Result<(VmCreated, Option<fuse_scheduler::NoPlacement>), StoreError> {
-        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
-        let mut rec = match self.create_in(&mut tx, rec).await? {
-            VmCreated::Created(r) => r,
-            exists => {
-                tx.commit().await.map_err(db_err)?;
-                return Ok((exists, None));
+        // Fast path, two round trips: choose a host from a snapshot (the pure scheduler),
+        // then one statement that reserves on it only if the VM id is new and the host
+        // still has room, inserts the row, the task index and the audit events. Anything
+        // unusual (existing id, lost race) falls back to the transactional path.
+        let hosts = self.host_list().await?;
+        let need = Resources::for_spec(&rec.spec);
+        let (target, reserve, no_room) = if hosts.is_empty() && fallback.is_some() {
+            (fallback.map(|h| h.to_string()), false, None)
+        } else {
+            let views: Vec<HostView> = hosts
+                .iter()
+                .map(|h| HostView {
+                    id: h.id.as_str(),
+                    region: &h.region,
+                    state: h.state,
+                    capacity: h.capacity,
+                    allocated: h.allocated,
+                })
+                .collect();
+            let req = Request {
+                need,
+                region: &rec.spec.region,
+            };
+            match fuse_scheduler::place(&views, &req, policy) {
+                Ok(id) => (Some(id.to_owned()), true, None),
+                Err(np) => (None, false, Some(np)),
             }
         };
-        let out = match self.place_in(&mut tx, &mut rec, policy, fallback).await {
-            Ok(()) => (VmCreated::Created(rec), None),
-            Err(StoreError::NoCapacity(np)) => {
-                let patch = VmPatch::state(VmState::Failed, "placement").with_error(np.to_string());
-                apply_patch(&mut rec, &patch, now());
-                self.vm_write(&mut tx, &rec, false).await?;
-                audit(
-                    &mut tx,
-                    &transition_event(&rec.id, VmState::Provisioning, VmState::Failed, Some("placement")),
-                )
-                .await?;
-                (VmCreated::Created(rec), Some(np))
+        let mut out = rec.clone();
+        if let Some(np) = &no_room {
+            out.state = VmState::Failed;
+            out.error = Some(np.to_string());
+        }
+        let at = out.updated_at;
+        let row = sqlx::query(&format!(
+            "WITH res AS (UPDATE hosts SET alloc_cpus = alloc_cpus + $18, alloc_ram_mb = alloc_ram_mb + $19, \
+                alloc_storage_gb = alloc_storage_gb + $20, alloc_vm_count = alloc_vm_count + 1, updated_at = $16 \
+              WHERE $21 AND id = $5 AND state = 'active' AND alloc_cpus + $18 <= cap_cpus \
+                AND alloc_ram_mb + $19 <= cap_ram_mb AND alloc_storage_gb + $20 <= cap_storage_gb \
+                AND alloc_vm_count + 1 <= cap_vm_count AND NOT EXISTS (SELECT 1 FROM vms WHERE id = $1) \
+              RETURNING id), \
+             ins AS (INSERT INTO vms ({VM_COLS}) \
+              SELECT $1,$2,$3,$4, CASE WHEN $21 THEN (SELECT id FROM res) ELSE $5 END, \
+                CASE WHEN EXISTS (SELECT 1 FROM res) THEN $6::jsonb END, \
+                $7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17 \
+              ON CONFLICT (id) DO NOTHING RETURNING id, host_id), \
+             t AS (INSERT INTO tasks (task_id, vm_id, request_hash, created_at, updated_at) \
+              SELECT $2, id, $9, $15, $15 FROM ins \
+              ON CONFLICT (task_id) DO UPDATE SET vm_id = EXCLUDED.vm_id, request_hash = EXCLUDED.request_hash, \
+                updated_at = EXCLUDED.updated_at), \
+             ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
+              SELECT 'environment', id, t, p FROM ( \
+                SELECT 1 AS k, ins.id, 'created' AS t, jsonb_build_object('state', 'provisioning', 'task_id', $2::text) AS p FROM ins \
+                UNION ALL SELECT 2, ins.id, 'placed', jsonb_build_object('host_id', ins.host_id, 'policy', $22::text) \
+                  FROM ins WHERE EXISTS (SELECT 1 FROM res) \
+                UNION ALL SELECT 3, ins.id, 'state', jsonb_build_object('from', 'provisioning', 'to', 'failed', 'reason', 'placement') \
+                  FROM ins WHERE $3 = 'failed') x ORDER BY k) \
+             SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM res) AS reserved"
+        ))
+        .bind(out.id.as_str())
+        .bind(out.task_id.as_str())
+        .bind(out.state.as_str())
+        .bind(out.generation as i64)
+        .bind(target.as_deref())
+        .bind(to_json(&need)?)
+        .bind(&out.url)
+        .bind(to_json(&out.spec)?)
+        .bind(&out.request_hash)
+        .bind(to_json(&out.agent)?)
+        .bind(&out.error)
+        .bind(out.restored_from.as_ref().map(SnapshotId::as_str))
+        .bind(&out.owner)
+        .bind(seal_secrets(self.cipher.as_ref(), out.secrets.as_ref()))
+        .bind(out.created_at)
+        .bind(at)
+        .bind(out.running_since)
+        .bind(i64::from(need.cpus))
+        .bind(need.ram_mb as i64)
+        .bind(need.storage_gb as i64)
+        .bind(reserve)
+        .bind(policy.to_string())
+        .fetch_one(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        let inserted: i64 = row.try_get("inserted").map_err(db_err)?;
+        let reserved: i64 = row.try_get("reserved").map_err(db_err)?;
+        match (inserted, reserved, reserve) {
+            (1, 1, true) | (1, 0, false) => {
+                if no_room.is_none() {
+                    out.host_id = target
+                        .map(|t| HostId::parse(&t))
+                        .transpose()
+                        .map_err(|e| StoreError::Internal(e.0))?;
+                    out.reserved = reserve.then_some(need);
+                }
+                Ok((VmCreated::Created(out), no_room))
             }
-            Err(e) => return Err(e),
-        };
-        tx.commit().await.map_err(db_err)?;
-        Ok(out)
+            (1, 0, true) => {
+                // Inserted unplaced: the host filled up meanwhile. Place it properly.
+                match self
+                    .vm_place(&out.id, out.generation, policy, fallback)
+                    .await
+                {
+                    Ok(placed) => Ok((VmCreated::Created(placed), None)),
+                    Err(StoreError::NoCapacity(np)) => {
+                        let failed = self
+                            .vm_update(
+                                &out.id,
+                                out.generation,
+                                VmPatch::state(VmState::Failed, "placement")
+                                    .with_error(np.to_string()),
+                            )
+                            .await?;
+                        Ok((VmCreated::Created(failed), Some(np)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (_, r, _) => {
+                // The id exists (or a concurrent create won): undo a reservation made in
+                // the race, then take the general path.
+                if r == 1 {
+                    if let Some(h) = target.as_deref().and_then(|t| HostId::parse(t).ok()) {
+                        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+                        self.unreserve(&mut tx, &h, need).await?;
+                        tx.commit().await.map_err(db_err)?;
+                    }
+                }
+                self.create_placed_tx(rec, policy, fallback).await
+            }
+        }
     }
 
     async fn vm_get(&self, id: &VmId) -> Result<Option<VmRecord>, StoreError> {
@@ -488,7 +639,9 @@ impl StateStore for PgStore {
                     to,
                 },
             }),
-            None => Err(StoreError::Internal(format!("update of {id} matched nothing"))),
+            None => Err(StoreError::Internal(format!(
+                "update of {id} matched nothing"
+            ))),
         }
     }
 
@@ -1015,12 +1168,14 @@ impl StateStore for PgStore {
 
     async fn notify(&self, payloads: &[String]) -> Result<(), StoreError> {
         // One round trip for a batch; NOTIFY delivers in order within a transaction.
-        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n")
-            .bind(CHANNEL)
-            .bind(payloads)
-            .execute(self.ready()?)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n",
+        )
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(self.ready()?)
+        .await
+        .map_err(db_err)?;
         Ok(())
     }
 

@@ -180,12 +180,17 @@ async fn notify_reaches_every_listener() {
     let a = store(&url, None).await;
     let b = store(&url, None).await;
     let mut rx = b.listen().await.unwrap().unwrap();
-    a.notify(&["{\"hello\":1}".to_string(), "second".to_string()]).await.unwrap();
+    a.notify(&["{\"hello\":1}".to_string(), "second".to_string()])
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(got, "{\"hello\":1}");
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, "second", "in order");
 }
