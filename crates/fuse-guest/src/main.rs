@@ -1,0 +1,117 @@
+//! `fuse-guest`: serves the private link. In a VM it listens on vsock (`--listen vsock:1024`);
+//! for the `process` backend on a Unix socket (`--listen unix:PATH`), where it also answers
+//! the `CONNECT <port>` handshake of Firecracker's vsock muxer so the host side is the same.
+//!
+//! ```text
+//! fuse-guest --listen unix:/var/lib/fc-agent/vms/x/guest.sock --token-file T [--root DIR]
+//! ```
+
+use fuse_guest::{agent::Supervisor, Guest};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn usage() -> ! {
+    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT (--token-file FILE | --token-env VAR) [--root DIR]");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut listen = None;
+    let mut token = None;
+    let mut root = PathBuf::from("/");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next(),
+            "--token-file" => {
+                let f = args.next().unwrap_or_else(|| usage());
+                match std::fs::read_to_string(&f) {
+                    Ok(t) => token = Some(t.trim().to_owned()),
+                    Err(e) => {
+                        eprintln!("fuse-guest: reading {f}: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            "--token-env" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                token = std::env::var(&v).ok();
+            }
+            "--root" => root = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--version" => {
+                println!("fuse-guest {}", env!("CARGO_PKG_VERSION"));
+                return;
+            }
+            _ => usage(),
+        }
+    }
+    let (Some(listen), Some(token)) = (listen, token) else { usage() };
+    if token.len() < 16 {
+        eprintln!("fuse-guest: the token must be at least 16 characters");
+        std::process::exit(2);
+    }
+    let guest = Arc::new(Guest {
+        token,
+        root,
+        agent: Arc::new(Supervisor::default()),
+    });
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let _ = std::fs::remove_file(path);
+        let l = match std::os::unix::net::UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("fuse-guest: binding {path}: {e}");
+                std::process::exit(1);
+            }
+        };
+        eprintln!("fuse-guest {} ready on unix:{path}", env!("CARGO_PKG_VERSION"));
+        for conn in l.incoming().flatten() {
+            let g = guest.clone();
+            std::thread::spawn(move || g.serve(conn));
+        }
+    } else if let Some(port) = listen.strip_prefix("vsock:") {
+        let port: u32 = port.parse().unwrap_or_else(|_| usage());
+        serve_vsock(guest, port);
+    } else {
+        usage();
+    }
+}
+
+fn serve_vsock(guest: Arc<Guest>, port: u32) {
+    use nix::sys::socket::{
+        accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    };
+    use std::os::fd::AsRawFd;
+    /// `VMADDR_CID_ANY`.
+    const CID_ANY: u32 = u32::MAX;
+    let fd = match socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("fuse-guest: vsock socket: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = VsockAddr::new(CID_ANY, port);
+    let backlog = Backlog::new(64).unwrap_or(Backlog::MAXCONN);
+    if let Err(e) = bind(fd.as_raw_fd(), &addr).and_then(|_| listen(&fd, backlog)) {
+        eprintln!("fuse-guest: vsock bind/listen on port {port}: {e}");
+        std::process::exit(1);
+    }
+    eprintln!("fuse-guest {} ready on vsock:{port}", env!("CARGO_PKG_VERSION"));
+    loop {
+        let Ok(raw) = accept(fd.as_raw_fd()) else {
+            continue;
+        };
+        let stream = owned_stream(raw);
+        let g = guest.clone();
+        std::thread::spawn(move || g.serve(stream));
+    }
+}
+
+/// Wraps a freshly accepted socket in a `File` (read/write work on socket descriptors).
+#[allow(unsafe_code)]
+fn owned_stream(raw: std::os::fd::RawFd) -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `raw` was just returned by accept(2), is open, and nothing else owns it.
+    unsafe { std::fs::File::from_raw_fd(raw) }
+}
