@@ -34,7 +34,9 @@ pub struct Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("running", &self.running()).finish()
+        f.debug_struct("Supervisor")
+            .field("running", &self.running())
+            .finish()
     }
 }
 
@@ -87,7 +89,9 @@ impl Supervisor {
         let s = self.lock();
         let _unused = self
             .changed
-            .wait_timeout_while(s, Duration::from_secs(5), |s| s.epoch == epoch && s.pid.is_none() && s.wanted)
+            .wait_timeout_while(s, Duration::from_secs(5), |s| {
+                s.epoch == epoch && s.pid.is_none() && s.wanted
+            })
             .map_err(|_| "supervisor lock poisoned".to_string())?;
         Ok(())
     }
@@ -102,7 +106,10 @@ impl Supervisor {
     ) {
         let mut backoff = Duration::from_millis(500);
         loop {
-            let out = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log);
             let (o, e) = match out.and_then(|f| Ok((f.try_clone()?, f))) {
                 Ok((a, b)) => (Stdio::from(a), Stdio::from(b)),
                 Err(_) => (Stdio::null(), Stdio::null()),
@@ -195,7 +202,10 @@ impl Supervisor {
 /// `wget` or `curl`; the helper itself has no HTTP client.
 fn fetch_once(g: &Guest, url: &str, binary_path: &str) -> Result<(), String> {
     let target = g.resolve(binary_path)?;
-    if std::fs::metadata(&target).map(|m| m.len() > 0).unwrap_or(false) {
+    if std::fs::metadata(&target)
+        .map(|m| m.len() > 0)
+        .unwrap_or(false)
+    {
         return Ok(());
     }
     if let Some(d) = target.parent() {

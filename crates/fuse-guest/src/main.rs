@@ -45,7 +45,9 @@ fn main() {
             _ => usage(),
         }
     }
-    let (Some(listen), Some(token)) = (listen, token) else { usage() };
+    let (Some(listen), Some(token)) = (listen, token) else {
+        usage()
+    };
     if token.len() < 16 {
         eprintln!("fuse-guest: the token must be at least 16 characters");
         std::process::exit(2);
@@ -64,7 +66,10 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        eprintln!("fuse-guest {} ready on unix:{path}", env!("CARGO_PKG_VERSION"));
+        eprintln!(
+            "fuse-guest {} ready on unix:{path}",
+            env!("CARGO_PKG_VERSION")
+        );
         for conn in l.incoming().flatten() {
             let g = guest.clone();
             std::thread::spawn(move || g.serve(conn));
@@ -84,7 +89,12 @@ fn serve_vsock(guest: Arc<Guest>, port: u32) {
     use std::os::fd::AsRawFd;
     /// `VMADDR_CID_ANY`.
     const CID_ANY: u32 = u32::MAX;
-    let fd = match socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None) {
+    let fd = match socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("fuse-guest: vsock socket: {e}");
@@ -97,7 +107,10 @@ fn serve_vsock(guest: Arc<Guest>, port: u32) {
         eprintln!("fuse-guest: vsock bind/listen on port {port}: {e}");
         std::process::exit(1);
     }
-    eprintln!("fuse-guest {} ready on vsock:{port}", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "fuse-guest {} ready on vsock:{port}",
+        env!("CARGO_PKG_VERSION")
+    );
     loop {
         let Ok(raw) = accept(fd.as_raw_fd()) else {
             continue;

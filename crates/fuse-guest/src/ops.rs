@@ -192,14 +192,26 @@ fn exec<W: Write>(
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Chunk::Out(c)) => {
                 if stream {
-                    let _ = write_line(out, &Response { stdout_b64: Some(b64().encode(&c)), ..Response::default() });
+                    let _ = write_line(
+                        out,
+                        &Response {
+                            stdout_b64: Some(b64().encode(&c)),
+                            ..Response::default()
+                        },
+                    );
                 } else if stdout.len() < MAX_OUTPUT {
                     stdout.extend_from_slice(&c);
                 }
             }
             Ok(Chunk::Err(c)) => {
                 if stream {
-                    let _ = write_line(out, &Response { stderr_b64: Some(b64().encode(&c)), ..Response::default() });
+                    let _ = write_line(
+                        out,
+                        &Response {
+                            stderr_b64: Some(b64().encode(&c)),
+                            ..Response::default()
+                        },
+                    );
                 } else if stderr.len() < MAX_OUTPUT {
                     stderr.extend_from_slice(&c);
                 }
@@ -241,13 +253,20 @@ fn exec<W: Write>(
     let last = Response {
         exit_code: Some(code),
         stdout_b64: (!stream).then(|| b64().encode(&stdout)),
-        stderr_b64: Some(b64().encode(if stream && !timed_out { &[][..] } else { &stderr[..] })),
+        stderr_b64: Some(b64().encode(if stream && !timed_out {
+            &[][..]
+        } else {
+            &stderr[..]
+        })),
         ..Response::default()
     };
     let _ = write_line(out, &last);
 }
 
-fn wait_until(child: &mut std::process::Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> Option<std::process::ExitStatus> {
     loop {
         match child.try_wait() {
             Ok(Some(s)) => return Some(s),

@@ -66,7 +66,9 @@ fn call_with(sock: &Path, token: &str, req: Value) -> Vec<Value> {
     let mut out = Vec::new();
     for line in r.lines() {
         let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let last = v.get("exit_code").is_some() || v.get("error").is_some() || v.get("stdout_b64").is_none() && v.get("stderr_b64").is_none();
+        let last = v.get("exit_code").is_some()
+            || v.get("error").is_some()
+            || v.get("stdout_b64").is_none() && v.get("stderr_b64").is_none();
         out.push(v);
         if last {
             break;
@@ -89,7 +91,11 @@ fn text(v: &Value, k: &str) -> String {
 #[test]
 fn wrong_token_is_refused() {
     let h = start("auth");
-    let r = call_with(&h.sock, "wrong-token-wrong-token-wrong-tok", json!({"op": "health"}));
+    let r = call_with(
+        &h.sock,
+        "wrong-token-wrong-token-wrong-tok",
+        json!({"op": "health"}),
+    );
     assert_eq!(r[0]["error"], "unauthorized");
     let ok = call(&h, json!({"op": "health"}));
     assert!(ok.get("error").is_none());
@@ -102,18 +108,30 @@ fn wrong_token_is_refused() {
 fn upload_is_atomic_with_mode_and_parents() {
     let h = start("upload");
     let b64 = base64::engine::general_purpose::STANDARD.encode("hello");
-    let r = call(&h, json!({"op": "upload", "path": "/a/b/c.txt", "content_b64": b64, "mode": 0o600}));
+    let r = call(
+        &h,
+        json!({"op": "upload", "path": "/a/b/c.txt", "content_b64": b64, "mode": 0o600}),
+    );
     assert!(r.get("error").is_none(), "{r}");
     let f = h.root.join("a/b/c.txt");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(std::fs::read_dir(h.root.join("a/b")).unwrap().count() == 1, "no temp file left");
+    assert_eq!(
+        std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_dir(h.root.join("a/b")).unwrap().count() == 1,
+        "no temp file left"
+    );
     for (path, want) in [("relative", "absolute"), ("/x/../y", "'..'")] {
         let r = call(&h, json!({"op": "upload", "path": path, "content_b64": ""}));
         assert!(r["error"].as_str().unwrap().contains(want), "{r}");
     }
-    let r = call(&h, json!({"op": "upload", "path": "/z", "content_b64": "!!"}));
+    let r = call(
+        &h,
+        json!({"op": "upload", "path": "/z", "content_b64": "!!"}),
+    );
     assert!(r["error"].as_str().unwrap().contains("base64"));
 }
 
@@ -121,28 +139,55 @@ fn upload_is_atomic_with_mode_and_parents() {
 fn exec_argv_shell_env_cwd_timeout_and_missing_commands() {
     let h = start("exec");
     let r = call(&h, json!({"op": "exec", "cmd": ["echo", "hi"]}));
-    assert_eq!((r["exit_code"].as_i64(), text(&r, "stdout_b64")), (Some(0), "hi\n".into()));
-    let r = call(&h, json!({"op": "exec", "shell": "echo $FOO; pwd; echo err >&2; exit 3", "env": {"FOO": "bar"}}));
+    assert_eq!(
+        (r["exit_code"].as_i64(), text(&r, "stdout_b64")),
+        (Some(0), "hi\n".into())
+    );
+    let r = call(
+        &h,
+        json!({"op": "exec", "shell": "echo $FOO; pwd; echo err >&2; exit 3", "env": {"FOO": "bar"}}),
+    );
     assert_eq!(r["exit_code"], 3);
     let out = text(&r, "stdout_b64");
     assert!(out.starts_with("bar\n"), "{out}");
-    assert!(out.trim_end().ends_with(h.root.file_name().unwrap().to_str().unwrap()), "cwd is the root: {out}");
+    assert!(
+        out.trim_end()
+            .ends_with(h.root.file_name().unwrap().to_str().unwrap()),
+        "cwd is the root: {out}"
+    );
     assert_eq!(text(&r, "stderr_b64"), "err\n");
     std::fs::create_dir_all(h.root.join("work")).unwrap();
     let r = call(&h, json!({"op": "exec", "cmd": ["pwd"], "cwd": "/work"}));
     assert!(text(&r, "stdout_b64").trim_end().ends_with("/root/work"));
-    let r = call(&h, json!({"op": "exec", "cmd": ["definitely-not-a-command"]}));
+    let r = call(
+        &h,
+        json!({"op": "exec", "cmd": ["definitely-not-a-command"]}),
+    );
     assert_eq!(r["exit_code"], 127);
     assert!(text(&r, "stderr_b64").contains("command not found"));
     let t = Instant::now();
-    let r = call(&h, json!({"op": "exec", "shell": "sleep 30 & sleep 30", "timeout_ms": 300}));
+    let r = call(
+        &h,
+        json!({"op": "exec", "shell": "sleep 30 & sleep 30", "timeout_ms": 300}),
+    );
     assert_eq!(r["exit_code"], 124);
-    assert!(t.elapsed() < Duration::from_secs(5), "timeout kills the whole group");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "timeout kills the whole group"
+    );
     let r = call(&h, json!({"op": "exec", "cmd": ["a"], "shell": "b"}));
     assert!(r["error"].is_string());
     // Streaming: output arrives in several lines, then the exit code.
-    let lines = call_with(&h.sock, TOKEN, json!({"op": "exec", "shell": "echo one; sleep 0.2; echo two", "stream": true}));
-    let streamed: String = lines.iter().filter(|l| l.get("stdout_b64").is_some() && l.get("exit_code").is_none()).map(|l| text(l, "stdout_b64")).collect();
+    let lines = call_with(
+        &h.sock,
+        TOKEN,
+        json!({"op": "exec", "shell": "echo one; sleep 0.2; echo two", "stream": true}),
+    );
+    let streamed: String = lines
+        .iter()
+        .filter(|l| l.get("stdout_b64").is_some() && l.get("exit_code").is_none())
+        .map(|l| text(l, "stdout_b64"))
+        .collect();
     assert_eq!(streamed, "one\ntwo\n");
     assert!(lines.len() >= 3, "{lines:?}");
     assert_eq!(lines.last().unwrap()["exit_code"], 0);
@@ -153,31 +198,52 @@ fn agent_starts_restarts_after_a_crash_and_stops_with_sigterm() {
     let h = start("agent");
     // An agent that records each start and exits on SIGTERM with 0.
     let cmd = "echo start >> starts; trap 'exit 0' TERM; while true; do sleep 0.05; done";
-    let r = call(&h, json!({"op": "start_agent", "command": cmd, "env": {"X": "1"}}));
+    let r = call(
+        &h,
+        json!({"op": "start_agent", "command": cmd, "env": {"X": "1"}}),
+    );
     assert!(r.get("error").is_none(), "{r}");
     assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], true);
     // Crash it (SIGKILL from outside): the supervisor restarts it with back-off.
-    let starts = || std::fs::read_to_string(h.root.join("starts")).unwrap_or_default().lines().count();
+    let starts = || {
+        std::fs::read_to_string(h.root.join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     while starts() < 1 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = Command::new("pkill").args(["-KILL", "-f", "echo start >> starts"]).status();
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-f", "echo start >> starts"])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     while starts() < 2 {
         assert!(Instant::now() < deadline, "not restarted");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(call(&h, json!({"op": "health"}))["agent_restarts"].as_u64().unwrap() >= 1);
+    assert!(
+        call(&h, json!({"op": "health"}))["agent_restarts"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
     let r = call(&h, json!({"op": "stop_agent", "grace_ms": 5000}));
     assert_eq!(r["exit_code"], 0, "exited on SIGTERM: {r}");
     assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], false);
     // An agent that ignores SIGTERM is killed after the grace period.
-    call(&h, json!({"op": "start_agent", "command": "trap '' TERM; while true; do sleep 0.05; done"}));
+    call(
+        &h,
+        json!({"op": "start_agent", "command": "trap '' TERM; while true; do sleep 0.05; done"}),
+    );
     let t = Instant::now();
     call(&h, json!({"op": "stop_agent", "grace_ms": 300}));
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], false);
-    assert!(h.root.join("var/log/fuse-agent.log").exists(), "agent output is logged");
+    assert!(
+        h.root.join("var/log/fuse-agent.log").exists(),
+        "agent output is logged"
+    );
 }

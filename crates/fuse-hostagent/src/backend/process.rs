@@ -1,0 +1,146 @@
+//! The `process` backend: the VM is `fuse-guest` running as a local process whose guest
+//! root is the VM's `root/` directory, reached over the same private link (a Unix socket
+//! with the vsock handshake) a real VM has. No hypervisor and no isolation; documented as
+//! such. It exists for tests of everything above the hypervisor and for scale runs.
+
+use super::{guest_socket, BackendError, BootSpec, Booted, VmmBackend};
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Runs `fuse-guest` processes.
+#[derive(Debug, Clone)]
+pub struct ProcessBackend {
+    guest_bin: PathBuf,
+}
+
+impl ProcessBackend {
+    /// Uses this `fuse-guest` binary.
+    pub fn new(guest_bin: PathBuf) -> Self {
+        ProcessBackend { guest_bin }
+    }
+}
+
+fn io(e: std::io::Error, what: &str) -> BackendError {
+    BackendError::Io(format!("{what}: {e}"))
+}
+
+async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, BackendError> {
+    let (s, d) = (src.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<u64, BackendError> {
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg(&s)
+            .arg(&d)
+            .output()
+            .map_err(|e| io(e, "running cp"))?;
+        if !out.status.success() {
+            return Err(BackendError::Io(format!(
+                "copying {}: {}",
+                s.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(dir_size(&d))
+    })
+    .await
+    .map_err(|e| BackendError::Io(e.to_string()))?
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+#[async_trait]
+impl VmmBackend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        let root = spec.dir.join("root");
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| io(e, "creating the guest root"))?;
+        let token_file = spec.dir.join("guest.token");
+        tokio::fs::write(&token_file, &spec.token)
+            .await
+            .map_err(|e| io(e, "writing the guest token"))?;
+        let log =
+            std::fs::File::create(spec.dir.join("guest.log")).map_err(|e| io(e, "guest log"))?;
+        let log2 = log.try_clone().map_err(|e| io(e, "guest log"))?;
+        let sock = guest_socket(&spec.dir);
+        let _ = tokio::fs::remove_file(&sock).await;
+        // Its own process group and no kill-on-drop: the VM outlives an fc-agent restart.
+        let child = std::process::Command::new(&self.guest_bin)
+            .arg("--listen")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--root")
+            .arg(&root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                BackendError::Boot(format!("starting {}: {e}", self.guest_bin.display()))
+            })?;
+        let pid = child.id() as i32;
+        // Reap it when it exits so it does not linger as a zombie while we run.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(Booted { pid })
+    }
+
+    async fn stop(&self, _dir: &Path, pid: i32) {
+        if pid <= 0 {
+            return;
+        }
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGTERM);
+        for _ in 0..100 {
+            if kill(Pid::from_raw(pid), None).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+
+    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError> {
+        copy_tree(&dir.join("root"), dest).await
+    }
+
+    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError> {
+        let root = dir.join("root");
+        let old = dir.join("root.old");
+        let _ = tokio::fs::remove_dir_all(&old).await;
+        tokio::fs::rename(&root, &old)
+            .await
+            .map_err(|e| io(e, "moving the current root aside"))?;
+        if let Err(e) = copy_tree(src, &root).await {
+            let _ = tokio::fs::rename(&old, &root).await;
+            return Err(e);
+        }
+        let _ = tokio::fs::remove_dir_all(&old).await;
+        Ok(())
+    }
+}
+
+use std::os::unix::process::CommandExt as _;

@@ -1,0 +1,104 @@
+//! `fc-agent` configuration (DESIGN §6): every setting an environment variable with a
+//! matching flag, validated at once.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags and environment.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "fc-agent", version, about = "Fuse host agent")]
+pub struct Config {
+    /// Listen address.
+    #[arg(long, env = "FC_AGENT_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// Bearer token required on every route (required).
+    #[arg(
+        long,
+        env = "FC_AGENT_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub token: String,
+    /// VMM backend: `firecracker`, `qemu` or `process`.
+    #[arg(long, env = "FC_AGENT_BACKEND", default_value = "firecracker")]
+    pub backend: String,
+    /// State and per-VM files.
+    #[arg(long, env = "FC_AGENT_DIR", default_value = "/var/lib/fc-agent")]
+    pub dir: PathBuf,
+    /// The Firecracker binary.
+    #[arg(long, env = "FC_AGENT_FIRECRACKER_BIN", default_value = "firecracker")]
+    pub firecracker_bin: PathBuf,
+    /// Guest kernel.
+    #[arg(long, env = "FC_AGENT_KERNEL", default_value = "")]
+    pub kernel: String,
+    /// Guest initrd.
+    #[arg(long, env = "FC_AGENT_INITRD", default_value = "")]
+    pub initrd: String,
+    /// Base root filesystem image.
+    #[arg(long, env = "FC_AGENT_ROOTFS", default_value = "")]
+    pub rootfs: String,
+    /// Pool for the per-VM /30 networks.
+    #[arg(long, env = "FC_AGENT_SUBNET", default_value = "10.200.0.0/16")]
+    pub subnet: String,
+    /// Address put in VM URLs.
+    #[arg(long, env = "FC_AGENT_PUBLIC_HOST", default_value = "127.0.0.1")]
+    pub public_host: String,
+    /// CPUs offered (default: detected).
+    #[arg(long, env = "FC_AGENT_CPUS")]
+    pub cpus: Option<u32>,
+    /// RAM offered in MiB (default: detected).
+    #[arg(long, env = "FC_AGENT_RAM_MB")]
+    pub ram_mb: Option<u64>,
+    /// Storage offered in GiB (default: detected from FC_AGENT_DIR).
+    #[arg(long, env = "FC_AGENT_STORAGE_GB")]
+    pub storage_gb: Option<u64>,
+    /// Most VMs at once.
+    #[arg(long, env = "FC_AGENT_MAX_VMS", default_value_t = 64)]
+    pub max_vms: u32,
+    /// The `fuse-guest` binary run by the `process` backend (default: next to fc-agent).
+    #[arg(long, env = "FC_AGENT_GUEST_BIN")]
+    pub guest_bin: Option<PathBuf>,
+}
+
+impl Config {
+    /// Checks everything, listing every problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if self.token.len() < 16 {
+            errs.push("FC_AGENT_TOKEN is required (at least 16 characters); fc-agent refuses to start without it".to_owned());
+        }
+        if !["firecracker", "qemu", "process"].contains(&self.backend.as_str()) {
+            errs.push(format!(
+                "FC_AGENT_BACKEND: {:?}; expected firecracker, qemu or process",
+                self.backend
+            ));
+        } else if self.backend != "process" {
+            errs.push(format!(
+                "FC_AGENT_BACKEND={} is not available in this build yet; use process",
+                self.backend
+            ));
+        }
+        if self.max_vms == 0 {
+            errs.push("FC_AGENT_MAX_VMS must be positive".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid configuration:\n  - {}",
+                errs.join("\n  - ")
+            ))
+        }
+    }
+
+    /// The `fuse-guest` binary to run.
+    pub fn guest_binary(&self) -> PathBuf {
+        self.guest_bin.clone().unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("fuse-guest")))
+                .unwrap_or_else(|| PathBuf::from("fuse-guest"))
+        })
+    }
+}

@@ -1,0 +1,299 @@
+//! The host-agent wire (DESIGN §6): bearer token on every route, the JSON error envelope,
+//! a body limit, and `/start-surfd` as an alias of `/start-agent` for the original wire.
+
+use crate::vms::{VmError, Vms};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fuse_guest::proto::Op;
+use fuse_types::hostagent::{
+    AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshotCreate, AgentStart,
+    AgentUpload, AgentVmCreate, AgentVmList,
+};
+use fuse_types::{ErrorBody, ErrorCode, ErrorDetail};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Shared state of the HTTP layer.
+pub struct AgentState {
+    /// The VMs.
+    pub vms: Vms,
+    /// Bearer token.
+    pub token: String,
+}
+
+type S = Arc<AgentState>;
+
+fn envelope(status: StatusCode, code: ErrorCode, message: String) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            details: serde_json::Map::new(),
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for VmError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            VmError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            VmError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
+            VmError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            VmError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        envelope(status, code, self.to_string())
+    }
+}
+
+async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
+    let got = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = !got.is_empty()
+        && bool::from(Sha256::digest(got.as_bytes()).ct_eq(&Sha256::digest(s.token.as_bytes())));
+    if !ok {
+        return envelope(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or invalid bearer token".into(),
+        );
+    }
+    next.run(req).await
+}
+
+async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
+    Json(AgentHealth {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: s.vms.backend_name().into(),
+        capacity: s.vms.capacity,
+        allocated: s.vms.allocated(),
+    })
+}
+
+async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<Response, VmError> {
+    let (vm, created) = s
+        .vms
+        .create(&b.name, b.cpus, b.memory_mb, b.storage_gb)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(vm)).into_response())
+}
+
+async fn vm_list(
+    State(s): State<S>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<AgentVmList> {
+    Json(AgentVmList {
+        vms: s
+            .vms
+            .list(q.get("prefix").map(String::as_str).unwrap_or("")),
+    })
+}
+
+async fn vm_get(State(s): State<S>, Path(id): Path<String>) -> Result<Response, VmError> {
+    Ok(Json(s.vms.describe(&id)?).into_response())
+}
+
+async fn vm_delete(State(s): State<S>, Path(id): Path<String>) -> Result<StatusCode, VmError> {
+    s.vms.destroy(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn upload(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<AgentUpload>,
+) -> Result<StatusCode, VmError> {
+    let vm = s.vms.get(&id)?;
+    let _p = vm.admit()?;
+    let op = Op::Upload {
+        path: b.path,
+        content_b64: b.content_b64,
+        mode: b.mode,
+    };
+    vm.guest(op, Duration::from_secs(60)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn exec(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    Json(b): Json<AgentExec>,
+) -> Result<Response, VmError> {
+    if b.cmd.is_empty() {
+        return Err(VmError::Invalid("cmd must be a non-empty argv list".into()));
+    }
+    let vm = s.vms.get(&id)?;
+    let permit = vm.admit()?;
+    let ms = b.timeout_ms.unwrap_or(30_000);
+    let limit = Duration::from_millis(ms) + Duration::from_secs(10);
+    let stream = q.get("stream").is_some_and(|v| v == "true" || v == "1");
+    let op = Op::Exec {
+        cmd: b.cmd,
+        shell: None,
+        env: BTreeMap::new(),
+        cwd: None,
+        timeout_ms: Some(ms),
+        stream,
+    };
+    if stream {
+        // NDJSON: one line per output chunk as it arrives, then the exit code.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let lines = match vm.guest(op, limit).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = tx
+                        .send(Ok(format!(
+                            "{{\"error\":{}}}\n",
+                            serde_json::json!(e.to_string())
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            for l in lines {
+                let _ = tx
+                    .send(Ok(format!(
+                        "{}\n",
+                        serde_json::to_string(&l).unwrap_or_default()
+                    )))
+                    .await;
+            }
+        });
+        let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+        return Ok(([("content-type", "application/x-ndjson")], body).into_response());
+    }
+    let lines = vm.guest(op, limit).await?;
+    let last = lines.into_iter().last().unwrap_or_default();
+    Ok(Json(AgentExecResult {
+        exit_code: last.exit_code.unwrap_or(-1),
+        stdout: last.stdout_b64.unwrap_or_default(),
+        stderr: last.stderr_b64.unwrap_or_default(),
+    })
+    .into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<String, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn start_agent(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<AgentStart>,
+) -> Result<StatusCode, VmError> {
+    let vm = s.vms.get(&id)?;
+    let _p = vm.admit()?;
+    let mut env = BTreeMap::new();
+    env.insert("FUSE_AUTH_TOKEN".to_owned(), b.auth_token);
+    env.insert("FUSE_LISTEN".to_owned(), b.listen);
+    env.insert("FUSE_GATEWAY".to_owned(), b.gateway);
+    env.insert("FUSE_GATEWAY_TOKEN".to_owned(), b.gateway_token);
+    let op = Op::StartAgent {
+        download_url: b.download_url,
+        command: b.command,
+        binary_path: b.binary_path,
+        env,
+    };
+    vm.guest(op, Duration::from_secs(300)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stop_agent(State(s): State<S>, Path(id): Path<String>) -> Result<StatusCode, VmError> {
+    let vm = s.vms.get(&id)?;
+    let _p = vm.admit()?;
+    vm.guest(Op::StopAgent { grace_ms: None }, Duration::from_secs(30))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<AgentSnapshotCreate>,
+) -> Result<Response, VmError> {
+    let mode = if b.mode.is_empty() {
+        "disk".to_owned()
+    } else {
+        b.mode
+    };
+    let snap = s.vms.snapshot(&id, &b.snapshot_id, &mode).await?;
+    Ok((StatusCode::CREATED, Json(snap)).into_response())
+}
+
+async fn snapshots(State(s): State<S>, Path(id): Path<String>) -> Result<Response, VmError> {
+    Ok(Json(serde_json::json!({"snapshots": s.vms.snapshots(&id)?})).into_response())
+}
+
+async fn restore(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<AgentRestore>,
+) -> Result<StatusCode, VmError> {
+    s.vms.restore(&id, &b.snapshot_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot_delete(
+    State(s): State<S>,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<StatusCode, VmError> {
+    s.vms.snapshot_delete(&id, &sid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn not_found() -> Response {
+    envelope(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such route".into(),
+    )
+}
+
+/// The whole router.
+pub fn router(state: S) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/vm", post(vm_create).get(vm_list))
+        .route("/v1/vm/{id}", get(vm_get).delete(vm_delete))
+        .route("/v1/vm/{id}/upload", post(upload))
+        .route("/v1/vm/{id}/exec", post(exec))
+        .route("/v1/vm/{id}/start-agent", post(start_agent))
+        .route("/v1/vm/{id}/start-surfd", post(start_agent))
+        .route("/v1/vm/{id}/stop-agent", post(stop_agent))
+        .route("/v1/vm/{id}/snapshot", post(snapshot))
+        .route("/v1/vm/{id}/snapshots", get(snapshots))
+        .route("/v1/vm/{id}/restore", post(restore))
+        .route(
+            "/v1/vm/{id}/snapshots/{sid}",
+            axum::routing::delete(snapshot_delete),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}

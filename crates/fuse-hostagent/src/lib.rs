@@ -1,0 +1,59 @@
+//! `fc-agent`, the Fuse host agent: serves the host-agent wire (DESIGN §6) for the control
+//! plane, boots VMs through a [`backend::VmmBackend`], keeps each VM's state on disk so VMs
+//! survive an agent restart and are adopted again, and reclaims leftovers at start.
+
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod link;
+pub mod vms;
+
+use fuse_types::Resources;
+use std::sync::Arc;
+
+/// Capacity: configured values, else detected from the host.
+pub fn capacity(cfg: &config::Config) -> Resources {
+    let cpus = cfg.cpus.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    });
+    let ram_mb = cfg.ram_mb.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            })
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb / 1024)
+            .unwrap_or(1024)
+    });
+    let storage_gb = cfg.storage_gb.unwrap_or_else(|| {
+        nix::sys::statvfs::statvfs(&cfg.dir)
+            .map(|s| (s.blocks_available() * s.fragment_size()) >> 30)
+            .unwrap_or(10)
+    });
+    Resources {
+        cpus,
+        ram_mb,
+        storage_gb,
+        vm_count: cfg.max_vms,
+    }
+}
+
+/// Loads state and builds the router.
+pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::StartReport)> {
+    std::fs::create_dir_all(&cfg.dir)?;
+    let backend: Arc<dyn backend::VmmBackend> = match cfg.backend.as_str() {
+        "process" => Arc::new(backend::process::ProcessBackend::new(cfg.guest_binary())),
+        other => anyhow::bail!("backend {other} is not available in this build"),
+    };
+    let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, capacity(cfg)).await?;
+    let state = Arc::new(http::AgentState {
+        vms,
+        token: cfg.token.clone(),
+    });
+    Ok((http::router(state), report))
+}

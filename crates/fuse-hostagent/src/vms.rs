@@ -1,0 +1,473 @@
+//! The VMs of this host: their on-disk state (`<dir>/vms/<id>/vm.json`, written atomically),
+//! adoption of running VMs at start, reclaim of leftovers, and the lifecycle operations.
+//!
+//! Each VM admits a bounded number of pending operations (`MAX_PENDING`); beyond it a
+//! request is answered 503 at once instead of queueing without bound. Lifecycle operations
+//! (destroy, snapshot, restore) of one VM are serialized by its lock; guest-link operations
+//! (upload, exec, agent) run concurrently.
+
+use crate::backend::{guest_socket, process_alive, BackendError, BootSpec, VmmBackend};
+use crate::link::{self, LinkError};
+use fuse_guest::proto::{Op, Response};
+use fuse_types::hostagent::{AgentSnapshot, AgentVm};
+use fuse_types::Resources;
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+/// Pending operations admitted per VM.
+pub const MAX_PENDING: usize = 32;
+
+/// Host-agent errors, mapped to the JSON envelope by `http`.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// No such VM (or snapshot).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Out of capacity or too busy (retryable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The VM or its guest failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<BackendError> for VmError {
+    fn from(e: BackendError) -> Self {
+        VmError::Failed(e.to_string())
+    }
+}
+
+impl From<LinkError> for VmError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Guest(m) => VmError::Invalid(m),
+            other => VmError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What is persisted per VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmMeta {
+    /// VM id.
+    pub vm_id: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Disk in GiB.
+    pub storage_gb: u64,
+    /// The watched process.
+    pub pid: i32,
+    /// Backend that booted it.
+    pub backend: String,
+    /// Creation time (Unix seconds).
+    pub created_unix: u64,
+    /// Token of the private link.
+    pub token: String,
+    /// Snapshots: id → mode.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, String>,
+}
+
+/// One VM.
+pub struct Vm {
+    /// Persisted state.
+    pub meta: RwLock<VmMeta>,
+    /// Its directory.
+    pub dir: PathBuf,
+    lifecycle: Mutex<()>,
+    admission: Arc<Semaphore>,
+}
+
+impl Vm {
+    /// Admits one operation, or says the VM is too busy.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, VmError> {
+        self.admission.clone().try_acquire_owned().map_err(|_| {
+            VmError::Unavailable(format!(
+                "vm {} has {MAX_PENDING} operations pending; retry later",
+                self.meta.read().vm_id
+            ))
+        })
+    }
+
+    fn socket(&self) -> PathBuf {
+        guest_socket(&self.dir)
+    }
+
+    fn token(&self) -> String {
+        self.meta.read().token.clone()
+    }
+
+    /// Calls the guest.
+    pub async fn guest(&self, op: Op, limit: Duration) -> Result<Vec<Response>, VmError> {
+        Ok(link::call(&self.socket(), &self.token(), op, limit).await?)
+    }
+
+    fn wire(&self) -> AgentVm {
+        let m = self.meta.read();
+        AgentVm {
+            vm_id: m.vm_id.clone(),
+            url: String::new(),
+            state: if process_alive(m.pid, &self.dir.display().to_string()) {
+                "running".into()
+            } else {
+                "stopped".into()
+            },
+            age_seconds: now_unix().saturating_sub(m.created_unix),
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_meta(dir: &Path, m: &VmMeta) -> Result<(), VmError> {
+    let tmp = dir.join("vm.json.tmp");
+    let body = serde_json::to_vec_pretty(m).map_err(|e| VmError::Failed(e.to_string()))?;
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, dir.join("vm.json")))
+        .map_err(|e| VmError::Failed(format!("saving VM state: {e}")))
+}
+
+/// Counts of what happened at start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StartReport {
+    /// Running VMs taken over.
+    pub adopted: usize,
+    /// Dead VMs and stray directories removed.
+    pub reclaimed: usize,
+}
+
+/// Every VM on this host.
+pub struct Vms {
+    root: PathBuf,
+    backend: Arc<dyn VmmBackend>,
+    map: RwLock<HashMap<String, Arc<Vm>>>,
+    /// Offered capacity.
+    pub capacity: Resources,
+    creating: Mutex<()>,
+}
+
+/// VM ids are used as directory names: the same rule as control-plane ids.
+pub fn check_id(id: &str) -> Result<(), VmError> {
+    fuse_types::VmId::parse(id)
+        .map(|_| ())
+        .map_err(|e| VmError::Invalid(e.0))
+}
+
+impl Vms {
+    /// Loads the VMs under `root/vms`: adopts those whose process still runs, reclaims the
+    /// rest (stop, then remove the directory), in that order.
+    pub async fn load(
+        root: PathBuf,
+        backend: Arc<dyn VmmBackend>,
+        capacity: Resources,
+    ) -> Result<(Vms, StartReport), std::io::Error> {
+        let dir = root.join("vms");
+        std::fs::create_dir_all(&dir)?;
+        let vms = Vms {
+            root: dir.clone(),
+            backend,
+            map: RwLock::new(HashMap::new()),
+            capacity,
+            creating: Mutex::new(()),
+        };
+        let mut report = StartReport::default();
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let meta: Option<VmMeta> = std::fs::read(path.join("vm.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            match meta {
+                Some(m) if process_alive(m.pid, &path.display().to_string()) => {
+                    tracing::info!(vm_id = %m.vm_id, pid = m.pid, "adopted a running VM");
+                    vms.map.write().insert(
+                        m.vm_id.clone(),
+                        Arc::new(Vm {
+                            meta: RwLock::new(m),
+                            dir: path,
+                            lifecycle: Mutex::new(()),
+                            admission: Arc::new(Semaphore::new(MAX_PENDING)),
+                        }),
+                    );
+                    report.adopted += 1;
+                }
+                other => {
+                    if let Some(m) = &other {
+                        vms.backend.stop(&path, m.pid).await;
+                    }
+                    tracing::info!(dir = %path.display(), "reclaimed a leftover VM directory");
+                    let _ = tokio::fs::remove_dir_all(&path).await;
+                    report.reclaimed += 1;
+                }
+            }
+        }
+        Ok((vms, report))
+    }
+
+    /// The backend's name.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// One VM.
+    pub fn get(&self, id: &str) -> Result<Arc<Vm>, VmError> {
+        self.map
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| VmError::NotFound(format!("vm {id}")))
+    }
+
+    /// The wire view of one VM.
+    pub fn describe(&self, id: &str) -> Result<AgentVm, VmError> {
+        Ok(self.get(id)?.wire())
+    }
+
+    /// VMs whose id starts with `prefix`, by id.
+    pub fn list(&self, prefix: &str) -> Vec<AgentVm> {
+        let mut v: Vec<AgentVm> = self
+            .map
+            .read()
+            .values()
+            .filter(|vm| vm.meta.read().vm_id.starts_with(prefix))
+            .map(|vm| vm.wire())
+            .collect();
+        v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
+        v
+    }
+
+    /// What the VMs use.
+    pub fn allocated(&self) -> Resources {
+        self.map
+            .read()
+            .values()
+            .fold(Resources::default(), |acc, vm| {
+                let m = vm.meta.read();
+                acc.plus(Resources {
+                    cpus: m.cpus,
+                    ram_mb: m.memory_mb,
+                    storage_gb: m.storage_gb,
+                    vm_count: 1,
+                })
+            })
+    }
+
+    /// Creates and boots a VM, waiting until its guest helper answers. Idempotent: an
+    /// existing VM with this id is returned as it is.
+    pub async fn create(
+        &self,
+        id: &str,
+        cpus: u32,
+        memory_mb: u64,
+        storage_gb: u64,
+    ) -> Result<(AgentVm, bool), VmError> {
+        check_id(id)?;
+        if cpus == 0 || memory_mb == 0 || storage_gb == 0 {
+            return Err(VmError::Invalid(
+                "cpus, memory_mb and storage_gb must be positive".into(),
+            ));
+        }
+        // One create at a time keeps the capacity check exact.
+        let _guard = self.creating.lock().await;
+        if let Ok(vm) = self.get(id) {
+            return Ok((vm.wire(), false));
+        }
+        let need = Resources {
+            cpus,
+            ram_mb: memory_mb,
+            storage_gb,
+            vm_count: 1,
+        };
+        if !self.capacity.minus(self.allocated()).covers(need) {
+            return Err(VmError::Unavailable(format!(
+                "host is full ({} of {} VMs); retry on another host",
+                self.allocated().vm_count,
+                self.capacity.vm_count
+            )));
+        }
+        let dir = self.root.join(id);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| VmError::Failed(format!("creating the VM directory: {e}")))?;
+        let token = {
+            use rand::RngCore;
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            hex::encode(b)
+        };
+        let spec = BootSpec {
+            vm_id: id.to_owned(),
+            dir: dir.clone(),
+            cpus,
+            memory_mb,
+            storage_gb,
+            token: token.clone(),
+        };
+        let booted = match self.backend.boot(&spec).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e.into());
+            }
+        };
+        let meta = VmMeta {
+            vm_id: id.to_owned(),
+            cpus,
+            memory_mb,
+            storage_gb,
+            pid: booted.pid,
+            backend: self.backend.name().into(),
+            created_unix: now_unix(),
+            token,
+            snapshots: BTreeMap::new(),
+        };
+        if let Err(e) = write_meta(&dir, &meta) {
+            self.backend.stop(&dir, booted.pid).await;
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e);
+        }
+        if let Err(e) =
+            link::wait_ready(&guest_socket(&dir), &meta.token, Duration::from_secs(15)).await
+        {
+            self.backend.stop(&dir, booted.pid).await;
+            let log = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(400)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(VmError::Failed(format!(
+                "guest helper never answered ({e}); log: {tail}"
+            )));
+        }
+        let vm = Arc::new(Vm {
+            meta: RwLock::new(meta),
+            dir,
+            lifecycle: Mutex::new(()),
+            admission: Arc::new(Semaphore::new(MAX_PENDING)),
+        });
+        let wire = vm.wire();
+        self.map.write().insert(id.to_owned(), vm);
+        tracing::info!(vm_id = %id, "VM created");
+        Ok((wire, true))
+    }
+
+    /// Stops and removes a VM (its snapshots go with it).
+    pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
+        let vm = self.get(id)?;
+        let _permit = vm.admit()?;
+        let _l = vm.lifecycle.lock().await;
+        let pid = vm.meta.read().pid;
+        self.backend.stop(&vm.dir, pid).await;
+        tokio::fs::remove_dir_all(&vm.dir)
+            .await
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| VmError::Failed(format!("removing the VM directory: {e}")))?;
+        self.map.write().remove(id);
+        tracing::info!(vm_id = %id, "VM destroyed");
+        Ok(())
+    }
+
+    /// Takes a snapshot of the VM's disk state.
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        sid: &str,
+        mode: &str,
+    ) -> Result<AgentSnapshot, VmError> {
+        check_id(sid)?;
+        let vm = self.get(id)?;
+        let _permit = vm.admit()?;
+        let _l = vm.lifecycle.lock().await;
+        let dest = vm.dir.join("snapshots").join(sid);
+        let _ = tokio::fs::remove_dir_all(&dest).await;
+        tokio::fs::create_dir_all(vm.dir.join("snapshots"))
+            .await
+            .map_err(|e| VmError::Failed(e.to_string()))?;
+        let size = self.backend.snapshot(&vm.dir, &dest).await?;
+        let meta = {
+            let mut m = vm.meta.write();
+            m.snapshots.insert(sid.to_owned(), mode.to_owned());
+            m.clone()
+        };
+        write_meta(&vm.dir, &meta)?;
+        Ok(AgentSnapshot {
+            snapshot_id: sid.to_owned(),
+            size_bytes: size,
+            mode: mode.to_owned(),
+        })
+    }
+
+    /// The VM's snapshots.
+    pub fn snapshots(&self, id: &str) -> Result<Vec<AgentSnapshot>, VmError> {
+        let vm = self.get(id)?;
+        let m = vm.meta.read();
+        Ok(m.snapshots
+            .iter()
+            .map(|(sid, mode)| AgentSnapshot {
+                snapshot_id: sid.clone(),
+                size_bytes: 0,
+                mode: mode.clone(),
+            })
+            .collect())
+    }
+
+    /// Restores a snapshot into its VM.
+    pub async fn restore(&self, id: &str, sid: &str) -> Result<(), VmError> {
+        check_id(sid)?;
+        let vm = self.get(id)?;
+        let _permit = vm.admit()?;
+        let _l = vm.lifecycle.lock().await;
+        if !vm.meta.read().snapshots.contains_key(sid) {
+            return Err(VmError::NotFound(format!("snapshot {sid}")));
+        }
+        self.backend
+            .restore(&vm.dir, &vm.dir.join("snapshots").join(sid))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a snapshot (idempotent).
+    pub async fn snapshot_delete(&self, id: &str, sid: &str) -> Result<(), VmError> {
+        check_id(sid)?;
+        let vm = self.get(id)?;
+        let _permit = vm.admit()?;
+        let _l = vm.lifecycle.lock().await;
+        let _ = tokio::fs::remove_dir_all(vm.dir.join("snapshots").join(sid)).await;
+        let meta = {
+            let mut m = vm.meta.write();
+            m.snapshots.remove(sid);
+            m.clone()
+        };
+        write_meta(&vm.dir, &meta)
+    }
+}

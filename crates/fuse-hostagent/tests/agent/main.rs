@@ -1,0 +1,387 @@
+//! The real `fc-agent` binary with the `process` backend over real HTTP: the wire, VM
+//! lifecycle through `fuse-guest`, capacity, and adoption/reclaim across agent restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "agent-token-0123456789abcdef";
+
+/// `fuse-guest` next to `fc-agent` in the target directory (built if missing).
+fn guest_bin() -> PathBuf {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_fc-agent"));
+    let guest = agent.parent().unwrap().join("fuse-guest");
+    if !guest.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", "fuse-guest", "--bin", "fuse-guest"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    assert!(guest.exists(), "fuse-guest not at {}", guest.display());
+    guest
+}
+
+struct Agent {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn(dir: &Path, port: u16, extra: &[(&str, &str)]) -> Agent {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fc-agent"));
+    cmd.env_clear()
+        .env("FC_AGENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FC_AGENT_TOKEN", TOKEN)
+        .env("FC_AGENT_BACKEND", "process")
+        .env("FC_AGENT_DIR", dir)
+        .env("FC_AGENT_GUEST_BIN", guest_bin())
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(dir.with_extension(format!("{port}.log"))).unwrap())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let a = Agent {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        dir: dir.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = a
+            .http
+            .get(format!("{}/healthz", a.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+        {
+            if r.status() == StatusCode::OK {
+                return a;
+            }
+        }
+        assert!(Instant::now() < deadline, "fc-agent did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Agent {
+    async fn call(
+        &self,
+        m: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(m, format!("{}{}", self.base, path))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status();
+        let t = resp.text().await.unwrap();
+        (s, serde_json::from_str(&t).unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+    async fn exec(&self, id: &str, cmd: &[&str]) -> (i64, String) {
+        let (s, r) = self
+            .post(&format!("/v1/vm/{id}/exec"), json!({"cmd": cmd}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        let out = base64::engine::general_purpose::STANDARD
+            .decode(r["stdout"].as_str().unwrap())
+            .unwrap();
+        (
+            r["exit_code"].as_i64().unwrap(),
+            String::from_utf8(out).unwrap(),
+        )
+    }
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fc-agent-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn wire_and_vm_lifecycle() {
+    let a = spawn(&tempdir("life"), free_port(), &[("FC_AGENT_MAX_VMS", "2")]).await;
+    // Token on every route.
+    let r = a
+        .http
+        .get(format!("{}/healthz", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (_, h) = a.get("/healthz").await;
+    assert_eq!(
+        (h["status"].as_str(), h["backend"].as_str()),
+        (Some("ok"), Some("process"))
+    );
+    assert_eq!(h["capacity"]["vm_count"], 2);
+    // Create (idempotent).
+    let (s, vm) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-a", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{vm}");
+    assert_eq!(vm["vm_id"], "fuse-a");
+    let (s, _) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-a", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "../x", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument"))
+    );
+    // Upload, exec, cat.
+    let content = base64::engine::general_purpose::STANDARD.encode("manifest!");
+    let (s, _) = a
+        .post(
+            "/v1/vm/fuse-a/upload",
+            json!({"path": "/fuse/manifest.json", "content_b64": content, "mode": 0o600}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.exec("fuse-a", &["cat", "fuse/manifest.json"]).await,
+        (0, "manifest!".into())
+    );
+    assert_eq!(a.exec("fuse-a", &["no-such-command"]).await.0, 127);
+    let (s, r) = a
+        .post(
+            "/v1/vm/fuse-a/exec",
+            json!({"cmd": ["sleep", "5"], "timeout_ms": 200}),
+        )
+        .await;
+    assert_eq!((s, r["exit_code"].as_i64()), (StatusCode::OK, Some(124)));
+    // Streaming exec: NDJSON lines, the last with the exit code.
+    let text = a
+        .http
+        .post(format!("{}/v1/vm/fuse-a/exec?stream=true", a.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"cmd": ["sh", "-c", "echo a; sleep 0.1; echo b"]}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2, "{text}");
+    assert_eq!(lines.last().unwrap()["exit_code"], 0);
+    // Agent: start (both routes), environment passed, stop.
+    let (s, _) = a
+        .post("/v1/vm/fuse-a/start-agent", json!({"command": "echo $FUSE_AUTH_TOKEN > seen; exec sleep 60", "binary_path": "", "auth_token": "tok-123"}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(a.exec("fuse-a", &["cat", "seen"]).await.1, "tok-123\n");
+    let (s, _) = a.post("/v1/vm/fuse-a/stop-agent", json!({})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = a
+        .post(
+            "/v1/vm/fuse-a/start-surfd",
+            json!({"command": "exec sleep 60", "binary_path": ""}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "the original route is an alias");
+    // Snapshot, change, restore, delete snapshot.
+    let (s, snap) = a
+        .post(
+            "/v1/vm/fuse-a/snapshot",
+            json!({"snapshot_id": "snap_1", "mode": "disk"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{snap}");
+    assert!(snap["size_bytes"].as_u64().unwrap() > 0);
+    a.exec("fuse-a", &["rm", "fuse/manifest.json"]).await;
+    let (_, list) = a.get("/v1/vm/fuse-a/snapshots").await;
+    assert_eq!(list["snapshots"][0]["snapshot_id"], "snap_1");
+    let (s, _) = a
+        .post("/v1/vm/fuse-a/restore", json!({"snapshot_id": "snap_1"}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        a.exec("fuse-a", &["cat", "fuse/manifest.json"]).await.1,
+        "manifest!"
+    );
+    let (s, _) = a.delete("/v1/vm/fuse-a/snapshots/snap_1").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = a
+        .post("/v1/vm/fuse-a/restore", json!({"snapshot_id": "snap_1"}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Capacity.
+    a.post(
+        "/v1/vm",
+        json!({"name": "fuse-b", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+    )
+    .await;
+    let (s, e) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-c", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+    let (_, l) = a.get("/v1/vm?prefix=fuse-").await;
+    assert_eq!(l["vms"].as_array().unwrap().len(), 2);
+    let (_, h) = a.get("/healthz").await;
+    assert_eq!(h["allocated"]["vm_count"], 2);
+    // Destroy leaves nothing.
+    let pid_dir = a.dir.join("vms/fuse-a");
+    assert!(pid_dir.exists());
+    let (s, _) = a.delete("/v1/vm/fuse-a").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(!pid_dir.exists());
+    assert_eq!(a.get("/v1/vm/fuse-a").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(a.delete("/v1/vm/fuse-a").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        a.post("/v1/vm/fuse-a/exec", json!({"cmd": ["true"]}))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    a.delete("/v1/vm/fuse-b").await;
+    let (_, l) = a.get("/v1/vm").await;
+    assert!(l["vms"].as_array().unwrap().is_empty());
+}
+
+fn guest_pid(dir: &Path, id: &str) -> i32 {
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vms").join(id).join("vm.json")).unwrap())
+            .unwrap();
+    meta["pid"].as_i64().unwrap() as i32
+}
+
+#[tokio::test]
+async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
+    let dir = tempdir("restart");
+    let port = free_port();
+    let mut a = spawn(&dir, port, &[]).await;
+    for id in ["fuse-keep", "fuse-dies"] {
+        let (s, _) = a
+            .post(
+                "/v1/vm",
+                json!({"name": id, "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    a.exec("fuse-keep", &["sh", "-c", "echo state > kept"])
+        .await;
+    // The agent crashes; one VM dies while it is down; a stray directory appears.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let keep_pid = guest_pid(&dir, "fuse-keep");
+    let dead_pid = guest_pid(&dir, "fuse-dies");
+    let _ = nix_kill(dead_pid);
+    std::fs::create_dir_all(dir.join("vms/stray")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{dead_pid}")).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = spawn(&dir, port, &[]).await;
+    let (_, l) = b.get("/v1/vm").await;
+    let ids: Vec<&str> = l["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["vm_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["fuse-keep"], "adopted the live one only");
+    assert_eq!(
+        guest_pid(&dir, "fuse-keep"),
+        keep_pid,
+        "the same process, not a new VM"
+    );
+    assert_eq!(b.exec("fuse-keep", &["cat", "kept"]).await.1, "state\n");
+    assert!(!dir.join("vms/fuse-dies").exists(), "dead VM reclaimed");
+    assert!(!dir.join("vms/stray").exists(), "stray directory reclaimed");
+    b.delete("/v1/vm/fuse-keep").await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{keep_pid}/cmdline")).exists()
+            || !std::fs::read_to_string(format!("/proc/{keep_pid}/cmdline"))
+                .unwrap_or_default()
+                .contains("fuse-keep")
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn nix_kill(pid: i32) -> bool {
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn refuses_to_start_without_a_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fc-agent"))
+        .env_clear()
+        .env("FC_AGENT_BACKEND", "process")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FC_AGENT_TOKEN is required"));
+}
