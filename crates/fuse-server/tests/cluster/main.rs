@@ -8,4 +8,5 @@
 mod crash;
 mod db_faults;
 mod harness;
+mod multihost;
 mod replicas;

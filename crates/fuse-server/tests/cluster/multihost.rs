@@ -1,0 +1,359 @@
+//! One `fuse` and three real `fc-agent` processes (the `process` backend), each agent in its
+//! own network namespace made by this test and reached over a veth link: hosts registered
+//! through the API, 30 environments created concurrently and spread by the policy, the whole
+//! chain exercised (files, startup script, agent start, exec, drain, destroy), and at the end
+//! every host empty and `allocated` zero. Needs root (network namespaces); skipped with a
+//! printed reason otherwise.
+
+use crate::harness::eventually;
+use fuse_server::config::{Config, Flags};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TOKEN: &str = "multihost-agent-token-0123456789";
+
+fn target_bin(name: &str, package: &str) -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    // target/<profile>/deps/cluster-… → target/<profile>/<name>
+    let dir = me.parent().unwrap().parent().unwrap().to_owned();
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .unwrap();
+        assert!(st.success(), "building {name}");
+    }
+    bin
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A namespace with a veth link to the root namespace: root side .1, namespace side .2.
+struct Ns {
+    name: String,
+    veth: String,
+    agent: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Ns {
+    fn create(i: usize) -> Option<Ns> {
+        let name = format!("fuse-mh-{}-{i}", std::process::id() % 100_000);
+        let veth = format!("fmh{}{i}", std::process::id() % 100_000);
+        let peer = format!("{veth}p");
+        let net = format!("10.251.{}.", 10 + i);
+        let ok = ip(&["netns", "add", &name])
+            && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
+            && ip(&["link", "set", &peer, "netns", &name])
+            && ip(&["addr", "add", &format!("{net}1/30"), "dev", &veth])
+            && ip(&["link", "set", &veth, "up"])
+            && ip(&[
+                "netns",
+                "exec",
+                &name,
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}2/30"),
+                "dev",
+                &peer,
+            ])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", &peer, "up"])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        let dir = std::env::temp_dir().join(format!("{name}-dir"));
+        let ns = Ns {
+            name,
+            veth,
+            agent: None,
+            dir,
+        };
+        ok.then_some(ns)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("10.251.{}.2:8090", 10 + i)
+    }
+
+    fn start_agent(&mut self, i: usize) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(target_bin("fc-agent", "fuse-hostagent"))
+            .env("FC_AGENT_LISTEN", self.addr(i))
+            .env("FC_AGENT_TOKEN", TOKEN)
+            .env("FC_AGENT_BACKEND", "process")
+            .env("FC_AGENT_DIR", &self.dir)
+            .env("FC_AGENT_GUEST_BIN", target_bin("fuse-guest", "fuse-guest"))
+            .env("FC_AGENT_CPUS", "16")
+            .env("FC_AGENT_RAM_MB", "32768")
+            .env("FC_AGENT_STORAGE_GB", "100")
+            .env("FC_AGENT_MAX_VMS", "20")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        if let Some(c) = self.agent.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The guests of the process backend run in the namespace too.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns pids {} | xargs -r kill -9", self.name))
+            .status();
+        ip(&["link", "del", &self.veth]);
+        ip(&["netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn one_control_plane_three_hosts_thirty_environments() {
+    let mut hosts: Vec<Ns> = Vec::new();
+    for i in 0..3 {
+        match Ns::create(i) {
+            Some(ns) => hosts.push(ns),
+            None => {
+                eprintln!(
+                    "skipping: cannot create network namespaces here (needs root and iproute2)"
+                );
+                return;
+            }
+        }
+    }
+    for (i, h) in hosts.iter_mut().enumerate() {
+        h.start_agent(i);
+    }
+    let mut flags = Flags::default();
+    flags.listen = "127.0.0.1:0".into();
+    flags.require_auth = "false".into();
+    flags.vm_prefix = "fuse-".into();
+    flags.agent_profile = "fused".into();
+    flags.scheduler_policy = "spread".into();
+    flags.max_body_bytes = "1048576".into();
+    flags.sse_keepalive_secs = "15".into();
+    flags.host_poll_secs = "1".into();
+    flags.gc_period_secs = "3600".into();
+    flags.recovery_period_secs = "3600".into();
+    flags.terminal_retention_secs = "86400".into();
+    flags.snapshot_retention_secs = "3600".into();
+    flags.drain_timeout_secs = "30".into();
+    flags.provision_timeout_secs = "60".into();
+    flags.log_format = "text".into();
+    let cfg = Config::from_flags(flags, |_| None).unwrap();
+    let fuse = fuse_server::server::start(cfg).await.unwrap();
+    let base = format!("http://{}", fuse.addr);
+    let http = reqwest::Client::new();
+    // Register the three hosts (each answers across its namespace link).
+    for i in 0..3 {
+        let url = format!("http://{}", hosts[i].addr(i));
+        eventually("agent up", Duration::from_secs(15), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.get(format!("{url}/healthz"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK)
+            }
+        })
+        .await;
+        let r = http
+            .post(format!("{base}/v1/hosts"))
+            .json(&json!({"id": format!("h{i}"), "url": url, "token": TOKEN, "region": "lab"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let h: Value = r.json().await.unwrap();
+        assert_eq!(h["state"], "active", "{h}");
+        assert_eq!(
+            h["capacity"]["vm_count"], 20,
+            "capacity read from the host's /healthz"
+        );
+    }
+    // 30 environments at once.
+    let file = base64_of("hello from the control plane");
+    let mut tasks = Vec::new();
+    for n in 0..30 {
+        let (http, base, file) = (http.clone(), base.clone(), file.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/environments"))
+                .json(&json!({
+                    "task_id": format!("mh-{n}"),
+                    "files": {"/data/greeting.txt": file},
+                    "secrets": {"API_KEY": format!("k{n}")},
+                    "startup_script": "mkdir -p work && echo ready > work/startup.txt",
+                    "agent": {"command": "echo $FUSE_AUTH_TOKEN > agent-token; exec sleep 600", "drain_command": "echo drained > work/drained.txt"}
+                }))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (s, env) = t.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED, "{env}");
+        assert_eq!(env["state"], "running", "{env}");
+    }
+    // Spread evenly: 10 per host, on the hosts themselves and in the control plane's books.
+    for i in 0..3 {
+        let listed: Value = http
+            .get(format!("http://{}/v1/vm?prefix=fuse-", hosts[i].addr(i)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["vms"].as_array().unwrap().len(), 10, "host h{i}");
+        let h: Value = http
+            .get(format!("{base}/v1/hosts/h{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(h["allocated"]["vm_count"], 10);
+    }
+    // The chain works: files, startup script, agent credentials, exec.
+    for n in [0, 13, 29] {
+        let exec = |shell: &str| {
+            let (http, base, shell) = (http.clone(), base.clone(), shell.to_owned());
+            async move {
+                let r: Value = http
+                    .post(format!("{base}/v1/environments/fuse-mh-{n}?action=exec"))
+                    .json(&json!({"shell": shell}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                r
+            }
+        };
+        assert_eq!(
+            exec("cat data/greeting.txt").await["stdout"],
+            "hello from the control plane"
+        );
+        assert_eq!(exec("cat work/startup.txt").await["stdout"], "ready\n");
+        let token = exec("cat fuse/token").await["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(token.len(), 64);
+        assert_eq!(
+            exec("cat agent-token").await["stdout"]
+                .as_str()
+                .unwrap()
+                .trim(),
+            token
+        );
+        assert!(exec("cat fuse/secrets.json").await["stdout"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("k{n}")));
+        assert_eq!(exec("exit 3").await["exit_code"], 3);
+    }
+    // Drain runs the drain command in the guest.
+    let d: Value = http
+        .post(format!("{base}/v1/environments/fuse-mh-7?action=drain"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(d["state"], "draining");
+    assert!(d.get("error").is_none(), "{d}");
+    let r: Value = http
+        .post(format!("{base}/v1/environments/fuse-mh-7?action=exec"))
+        .json(&json!({"shell": "cat work/drained.txt"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "drained\n");
+    // Destroy everything; every host ends empty, every allocation zero.
+    let mut dels = Vec::new();
+    for n in 0..30 {
+        let (http, base) = (http.clone(), base.clone());
+        dels.push(tokio::spawn(async move {
+            http.delete(format!("{base}/v1/environments/fuse-mh-{n}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for d in dels {
+        assert_eq!(d.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    for i in 0..3 {
+        let listed: Value = http
+            .get(format!("http://{}/v1/vm", hosts[i].addr(i)))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            listed["vms"].as_array().unwrap().is_empty(),
+            "host h{i} not empty: {listed}"
+        );
+        let h: Value = http
+            .get(format!("{base}/v1/hosts/h{i}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            h["allocated"],
+            json!({"cpus": 0, "ram_mb": 0, "storage_gb": 0, "vm_count": 0})
+        );
+        let dir = hosts[i].dir.join("vms");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no VM directory left on h{i}"
+        );
+    }
+    fuse.shutdown();
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
