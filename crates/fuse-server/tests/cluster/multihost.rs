@@ -145,29 +145,31 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     for (i, h) in hosts.iter_mut().enumerate() {
         h.start_agent(i);
     }
-    let mut flags = Flags::default();
-    flags.listen = "127.0.0.1:0".into();
-    flags.require_auth = "false".into();
-    flags.vm_prefix = "fuse-".into();
-    flags.agent_profile = "fused".into();
-    flags.scheduler_policy = "spread".into();
-    flags.max_body_bytes = "1048576".into();
-    flags.sse_keepalive_secs = "15".into();
-    flags.host_poll_secs = "1".into();
-    flags.gc_period_secs = "3600".into();
-    flags.recovery_period_secs = "3600".into();
-    flags.terminal_retention_secs = "86400".into();
-    flags.snapshot_retention_secs = "3600".into();
-    flags.drain_timeout_secs = "30".into();
-    flags.provision_timeout_secs = "60".into();
-    flags.log_format = "text".into();
+    let flags = Flags {
+        listen: "127.0.0.1:0".into(),
+        require_auth: "false".into(),
+        vm_prefix: "fuse-".into(),
+        agent_profile: "fused".into(),
+        scheduler_policy: "spread".into(),
+        max_body_bytes: "1048576".into(),
+        sse_keepalive_secs: "15".into(),
+        host_poll_secs: "1".into(),
+        gc_period_secs: "3600".into(),
+        recovery_period_secs: "3600".into(),
+        terminal_retention_secs: "86400".into(),
+        snapshot_retention_secs: "3600".into(),
+        drain_timeout_secs: "30".into(),
+        provision_timeout_secs: "60".into(),
+        log_format: "text".into(),
+        ..Flags::default()
+    };
     let cfg = Config::from_flags(flags, |_| None).unwrap();
     let fuse = fuse_server::server::start(cfg).await.unwrap();
     let base = format!("http://{}", fuse.addr);
     let http = reqwest::Client::new();
     // Register the three hosts (each answers across its namespace link).
-    for i in 0..3 {
-        let url = format!("http://{}", hosts[i].addr(i));
+    for (i, h) in hosts.iter().enumerate() {
+        let url = format!("http://{}", h.addr(i));
         eventually("agent up", Duration::from_secs(15), || {
             let (http, url) = (http.clone(), url.clone());
             async move {
@@ -220,9 +222,9 @@ async fn one_control_plane_three_hosts_thirty_environments() {
         assert_eq!(env["state"], "running", "{env}");
     }
     // Spread evenly: 10 per host, on the hosts themselves and in the control plane's books.
-    for i in 0..3 {
+    for (i, h) in hosts.iter().enumerate() {
         let listed: Value = http
-            .get(format!("http://{}/v1/vm?prefix=fuse-", hosts[i].addr(i)))
+            .get(format!("http://{}/v1/vm?prefix=fuse-", h.addr(i)))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -231,7 +233,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
             .await
             .unwrap();
         assert_eq!(listed["vms"].as_array().unwrap().len(), 10, "host h{i}");
-        let h: Value = http
+        let host: Value = http
             .get(format!("{base}/v1/hosts/h{i}"))
             .send()
             .await
@@ -239,7 +241,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
             .json()
             .await
             .unwrap();
-        assert_eq!(h["allocated"]["vm_count"], 10);
+        assert_eq!(host["allocated"]["vm_count"], 10);
     }
     // The chain works: files, startup script, agent credentials, exec.
     for n in [0, 13, 29] {
@@ -317,9 +319,9 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     for d in dels {
         assert_eq!(d.await.unwrap(), StatusCode::NO_CONTENT);
     }
-    for i in 0..3 {
+    for (i, h) in hosts.iter().enumerate() {
         let listed: Value = http
-            .get(format!("http://{}/v1/vm", hosts[i].addr(i)))
+            .get(format!("http://{}/v1/vm", h.addr(i)))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -331,7 +333,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
             listed["vms"].as_array().unwrap().is_empty(),
             "host h{i} not empty: {listed}"
         );
-        let h: Value = http
+        let host: Value = http
             .get(format!("{base}/v1/hosts/h{i}"))
             .send()
             .await
@@ -340,10 +342,10 @@ async fn one_control_plane_three_hosts_thirty_environments() {
             .await
             .unwrap();
         assert_eq!(
-            h["allocated"],
+            host["allocated"],
             json!({"cpus": 0, "ram_mb": 0, "storage_gb": 0, "vm_count": 0})
         );
-        let dir = hosts[i].dir.join("vms");
+        let dir = h.dir.join("vms");
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             0,
