@@ -15,6 +15,13 @@ done
 step "postgres"
 eval "$(./scripts/postgres.sh)"
 
+step "firecracker (real binary for the backend tests)"
+if ./tools/install-firecracker.sh "$PWD/.fuse-test/bin"; then
+  export FUSE_FIRECRACKER_BIN="$PWD/.fuse-test/bin/firecracker"
+else
+  echo "firecracker could not be installed here; its tests will skip and say so"
+fi
+
 step "format"
 cargo fmt --all -- --check
 

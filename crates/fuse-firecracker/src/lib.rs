@@ -1,0 +1,277 @@
+//! Firecracker, driven through its own API socket (DESIGN §6): a minimal HTTP/1.1 client
+//! over the Unix socket and a [`Firecracker`] process handle with one method per API call
+//! the host agent uses (boot source, drives, machine config, network interfaces, vsock,
+//! start, pause/resume, snapshot create/load) plus stop and death detection.
+//!
+//! Invariants: a process handle owns its API socket and log files in its directory; `stop`
+//! is idempotent; a VM that died is reported with its exit status and the tail of its log.
+
+mod api;
+
+pub use api::ApiError;
+
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+/// Failures driving Firecracker.
+#[derive(Debug, thiserror::Error)]
+pub enum FcError {
+    /// The process could not be started or its socket never appeared.
+    #[error("starting firecracker: {0}")]
+    Spawn(String),
+    /// An API call was refused or failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The VM died.
+    #[error("firecracker exited ({status}); log tail: {log_tail}")]
+    Died {
+        /// Exit status as text.
+        status: String,
+        /// Last lines of its log and console.
+        log_tail: String,
+    },
+}
+
+/// How a Firecracker process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code, if it exited (not killed).
+    pub code: Option<i32>,
+    /// The last lines of its console and log.
+    pub log_tail: String,
+}
+
+/// One Firecracker process.
+#[derive(Debug)]
+pub struct Firecracker {
+    child: Child,
+    dir: PathBuf,
+    api: api::Client,
+}
+
+/// The files of a VM directory.
+pub fn api_socket(dir: &Path) -> PathBuf {
+    dir.join("firecracker.sock")
+}
+
+/// The serial console (Firecracker's stdout).
+pub fn console_log(dir: &Path) -> PathBuf {
+    dir.join("console.log")
+}
+
+/// Firecracker's own log.
+pub fn fc_log(dir: &Path) -> PathBuf {
+    dir.join("firecracker.log")
+}
+
+impl Firecracker {
+    /// Starts `bin --api-sock DIR/firecracker.sock --id ID` with its console and log in
+    /// `dir`, and waits until the API answers.
+    pub async fn spawn(bin: &Path, dir: &Path, id: &str) -> Result<Firecracker, FcError> {
+        std::fs::create_dir_all(dir).map_err(|e| FcError::Spawn(e.to_string()))?;
+        let sock = api_socket(dir);
+        let _ = std::fs::remove_file(&sock);
+        // Firecracker refuses a --log-path that does not exist yet.
+        std::fs::write(fc_log(dir), b"").map_err(|e| FcError::Spawn(e.to_string()))?;
+        let console =
+            std::fs::File::create(console_log(dir)).map_err(|e| FcError::Spawn(e.to_string()))?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--id")
+            .arg(id)
+            .arg("--log-path")
+            .arg(fc_log(dir))
+            .arg("--level")
+            .arg("Info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console))
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| FcError::Spawn(format!("{}: {e}", bin.display())))?;
+        let api = api::Client::new(sock.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(FcError::Died {
+                    status: status.to_string(),
+                    log_tail: log_tail(dir),
+                });
+            }
+            if sock.exists() && api.get("/").await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(FcError::Spawn("the API socket never answered".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Firecracker {
+            child,
+            dir: dir.to_owned(),
+            api,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// `PUT /boot-source`.
+    pub async fn boot_source(
+        &self,
+        kernel: &Path,
+        initrd: Option<&Path>,
+        boot_args: &str,
+    ) -> Result<(), FcError> {
+        let mut body = json!({"kernel_image_path": kernel, "boot_args": boot_args});
+        if let Some(i) = initrd {
+            body["initrd_path"] = json!(i);
+        }
+        Ok(self.api.put("/boot-source", &body).await?)
+    }
+
+    /// `PUT /drives/{id}`.
+    pub async fn drive(
+        &self,
+        id: &str,
+        path: &Path,
+        root: bool,
+        read_only: bool,
+    ) -> Result<(), FcError> {
+        let body = json!({"drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": read_only});
+        Ok(self.api.put(&format!("/drives/{id}"), &body).await?)
+    }
+
+    /// `PUT /machine-config`.
+    pub async fn machine_config(&self, vcpus: u32, mem_mib: u64) -> Result<(), FcError> {
+        let body = json!({"vcpu_count": vcpus, "mem_size_mib": mem_mib});
+        Ok(self.api.put("/machine-config", &body).await?)
+    }
+
+    /// `PUT /network-interfaces/{id}` on a tap device.
+    pub async fn network_interface(
+        &self,
+        id: &str,
+        tap: &str,
+        mac: Option<&str>,
+    ) -> Result<(), FcError> {
+        let mut body = json!({"iface_id": id, "host_dev_name": tap});
+        if let Some(m) = mac {
+            body["guest_mac"] = json!(m);
+        }
+        Ok(self
+            .api
+            .put(&format!("/network-interfaces/{id}"), &body)
+            .await?)
+    }
+
+    /// `PUT /vsock` with its host-side Unix socket.
+    pub async fn vsock(&self, guest_cid: u32, uds: &Path) -> Result<(), FcError> {
+        let body = json!({"guest_cid": guest_cid, "uds_path": uds});
+        Ok(self.api.put("/vsock", &body).await?)
+    }
+
+    /// `PUT /actions` InstanceStart.
+    pub async fn start(&self) -> Result<(), FcError> {
+        Ok(self
+            .api
+            .put("/actions", &json!({"action_type": "InstanceStart"}))
+            .await?)
+    }
+
+    /// `PATCH /vm` Paused.
+    pub async fn pause(&self) -> Result<(), FcError> {
+        Ok(self.api.patch("/vm", &json!({"state": "Paused"})).await?)
+    }
+
+    /// `PATCH /vm` Resumed.
+    pub async fn resume(&self) -> Result<(), FcError> {
+        Ok(self.api.patch("/vm", &json!({"state": "Resumed"})).await?)
+    }
+
+    /// `PUT /snapshot/create` (full: VM state and memory). The VM must be paused.
+    pub async fn snapshot_create(&self, state: &Path, mem: &Path) -> Result<(), FcError> {
+        let body = json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem});
+        Ok(self.api.put("/snapshot/create", &body).await?)
+    }
+
+    /// `PUT /snapshot/load` into a fresh process (before any other configuration).
+    pub async fn snapshot_load(
+        &self,
+        state: &Path,
+        mem: &Path,
+        resume: bool,
+    ) -> Result<(), FcError> {
+        let body = json!({"snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": mem}, "resume_vm": resume});
+        Ok(self.api.put("/snapshot/load", &body).await?)
+    }
+
+    /// `GET /vm/config`: the running configuration.
+    pub async fn config(&self) -> Result<serde_json::Value, FcError> {
+        Ok(self.api.get("/vm/config").await?)
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<Exit> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => Some(Exit {
+                code: status.code(),
+                log_tail: log_tail(&self.dir),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether it still runs (a VM that died is reported with its status and log tail).
+    pub fn check_alive(&mut self) -> Result<(), FcError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(FcError::Died {
+                status: status.to_string(),
+                log_tail: log_tail(&self.dir),
+            }),
+            Err(e) => Err(FcError::Spawn(e.to_string())),
+        }
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after a second; removes the API socket. Idempotent.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            if tokio::time::timeout(Duration::from_secs(1), self.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = self.child.kill().await;
+            }
+        }
+        let _ = std::fs::remove_file(api_socket(&self.dir));
+    }
+}
+
+/// The last lines of the console and the log.
+pub fn log_tail(dir: &Path) -> String {
+    let mut out = String::new();
+    for f in [console_log(dir), fc_log(dir)] {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(5);
+        for l in &lines[start..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
