@@ -56,6 +56,16 @@ pub struct Config {
     /// Most VMs at once.
     #[arg(long, env = "FC_AGENT_MAX_VMS", default_value_t = 64)]
     pub max_vms: u32,
+    /// How long a new VM's guest helper may take to answer.
+    #[arg(long, env = "FC_AGENT_BOOT_TIMEOUT_SECS", default_value_t = 60)]
+    pub boot_timeout_secs: u64,
+    /// Extra kernel command line for the `firecracker` backend.
+    #[arg(
+        long,
+        env = "FC_AGENT_BOOT_ARGS",
+        default_value = "console=ttyS0 reboot=k panic=1 pci=off"
+    )]
+    pub boot_args: String,
     /// The `fuse-guest` binary run by the `process` backend (default: next to fc-agent).
     #[arg(long, env = "FC_AGENT_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
@@ -73,11 +83,23 @@ impl Config {
                 "FC_AGENT_BACKEND: {:?}; expected firecracker, qemu or process",
                 self.backend
             ));
-        } else if self.backend != "process" {
-            errs.push(format!(
-                "FC_AGENT_BACKEND={} is not available in this build yet; use process",
-                self.backend
-            ));
+        } else if self.backend == "qemu" {
+            errs.push("FC_AGENT_BACKEND=qemu is not available in this build yet".to_owned());
+        } else if self.backend == "firecracker" {
+            if self.kernel.is_empty() || self.rootfs.is_empty() {
+                errs.push(
+                    "the firecracker backend needs FC_AGENT_KERNEL and FC_AGENT_ROOTFS".into(),
+                );
+            }
+            for (name, p) in [
+                ("FC_AGENT_KERNEL", &self.kernel),
+                ("FC_AGENT_ROOTFS", &self.rootfs),
+                ("FC_AGENT_INITRD", &self.initrd),
+            ] {
+                if !p.is_empty() && !std::path::Path::new(p).is_file() {
+                    errs.push(format!("{name}: {p} is not a file"));
+                }
+            }
         }
         if self.max_vms == 0 {
             errs.push("FC_AGENT_MAX_VMS must be positive".into());

@@ -48,9 +48,22 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
     std::fs::create_dir_all(&cfg.dir)?;
     let backend: Arc<dyn backend::VmmBackend> = match cfg.backend.as_str() {
         "process" => Arc::new(backend::process::ProcessBackend::new(cfg.guest_binary())),
+        "firecracker" => Arc::new(backend::firecracker::FirecrackerBackend {
+            bin: cfg.firecracker_bin.clone(),
+            kernel: cfg.kernel.clone().into(),
+            initrd: (!cfg.initrd.is_empty()).then(|| cfg.initrd.clone().into()),
+            rootfs: cfg.rootfs.clone().into(),
+            boot_args: cfg.boot_args.clone(),
+        }),
         other => anyhow::bail!("backend {other} is not available in this build"),
     };
-    let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, capacity(cfg)).await?;
+    let (vms, report) = vms::Vms::load(
+        cfg.dir.clone(),
+        backend,
+        capacity(cfg),
+        std::time::Duration::from_secs(cfg.boot_timeout_secs),
+    )
+    .await?;
     let state = Arc::new(http::AgentState {
         vms,
         token: cfg.token.clone(),

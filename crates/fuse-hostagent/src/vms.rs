@@ -159,6 +159,7 @@ pub struct Vms {
     /// Offered capacity.
     pub capacity: Resources,
     creating: Mutex<()>,
+    boot_timeout: Duration,
 }
 
 /// VM ids are used as directory names: the same rule as control-plane ids.
@@ -175,6 +176,7 @@ impl Vms {
         root: PathBuf,
         backend: Arc<dyn VmmBackend>,
         capacity: Resources,
+        boot_timeout: Duration,
     ) -> Result<(Vms, StartReport), std::io::Error> {
         let dir = root.join("vms");
         std::fs::create_dir_all(&dir)?;
@@ -184,6 +186,7 @@ impl Vms {
             map: RwLock::new(HashMap::new()),
             capacity,
             creating: Mutex::new(()),
+            boot_timeout,
         };
         let mut report = StartReport::default();
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -345,11 +348,14 @@ impl Vms {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        if let Err(e) =
-            link::wait_ready(&guest_socket(&dir), &meta.token, Duration::from_secs(15)).await
+        if let Err(e) = link::wait_ready(&guest_socket(&dir), &meta.token, self.boot_timeout).await
         {
             self.backend.stop(&dir, booted.pid).await;
-            let log = std::fs::read_to_string(dir.join("guest.log")).unwrap_or_default();
+            let log = ["guest.log", "console.log"]
+                .iter()
+                .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("");
             let _ = tokio::fs::remove_dir_all(&dir).await;
             let tail: String = log
                 .chars()

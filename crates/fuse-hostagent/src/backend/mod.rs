@@ -2,6 +2,7 @@
 //! process in the VM's directory (no hypervisor, no isolation: for tests and scale runs).
 //! `firecracker` and `qemu` come next (DESIGN §6).
 
+pub mod firecracker;
 pub mod process;
 
 use async_trait::async_trait;

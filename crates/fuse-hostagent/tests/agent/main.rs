@@ -385,3 +385,80 @@ fn refuses_to_start_without_a_token() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("FC_AGENT_TOKEN is required"));
 }
+
+/// The `firecracker` backend inside fc-agent with the real binary: a guest that never runs
+/// the guest helper (the tiny test guest) ends in a clear error, and nothing is left behind.
+#[tokio::test]
+async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothing() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let fc = std::env::var("FUSE_FIRECRACKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| ws.join(".fuse-test/bin/firecracker"));
+    if !fc.exists()
+        || std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        eprintln!("skipping: no firecracker binary or no /dev/kvm");
+        return;
+    }
+    let dir = tempdir("fc");
+    let g = dir.join("guests");
+    let st = Command::new(ws.join("tools/tiny-guest/build.sh"))
+        .arg(&g)
+        .output()
+        .unwrap();
+    if !st.status.success() {
+        eprintln!("skipping: cannot build the tiny guests");
+        return;
+    }
+    let rootfs = dir.join("base.ext4");
+    std::fs::File::create(&rootfs)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let state = dir.join("state");
+    let kernel = g.join("tiny-loop.elf");
+    let a = spawn(
+        &state,
+        free_port(),
+        &[
+            ("FC_AGENT_BACKEND", "firecracker"),
+            ("FC_AGENT_FIRECRACKER_BIN", fc.to_str().unwrap()),
+            ("FC_AGENT_KERNEL", kernel.to_str().unwrap()),
+            ("FC_AGENT_ROOTFS", rootfs.to_str().unwrap()),
+            ("FC_AGENT_BOOT_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let (_, h) = a.get("/healthz").await;
+    assert_eq!(h["backend"], "firecracker");
+    let (s, e) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-fc", "cpus": 1, "memory_mb": 64, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{e}");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("guest helper never answered"), "{msg}");
+    assert!(
+        msg.contains("FUSE-TINY-LOOP"),
+        "the console tail explains it: {msg}"
+    );
+    assert!(!state.join("vms/fuse-fc").exists(), "VM directory removed");
+    let ps = Command::new("pgrep")
+        .args(["-f", &format!("{}", state.display())])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "no firecracker process left"
+    );
+    let (_, l) = a.get("/v1/vm").await;
+    assert!(l["vms"].as_array().unwrap().is_empty());
+    drop(a);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,134 @@
+//! The `firecracker` backend: one Firecracker process per VM, configured through its API
+//! socket (machine config, boot source with the per-VM token on the kernel command line,
+//! a copy-on-write root disk grown to the VM's size, vsock whose host side is the VM's
+//! private-link socket), then started. The process runs in its own process group and
+//! survives an `fc-agent` restart; its command line names the VM directory, so adoption can
+//! tell it from a recycled pid.
+
+use super::{guest_socket, BackendError, BootSpec, Booted, VmmBackend};
+use async_trait::async_trait;
+use fuse_firecracker::Firecracker;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Guest CID of every VM (each VM has its own vsock device and host socket).
+const GUEST_CID: u32 = 3;
+
+/// Boots Firecracker VMs.
+#[derive(Debug, Clone)]
+pub struct FirecrackerBackend {
+    /// The firecracker binary.
+    pub bin: PathBuf,
+    /// Guest kernel (ELF vmlinux).
+    pub kernel: PathBuf,
+    /// Optional initrd.
+    pub initrd: Option<PathBuf>,
+    /// Base root filesystem image.
+    pub rootfs: PathBuf,
+    /// Kernel command line (the token and vsock port are appended).
+    pub boot_args: String,
+}
+
+/// Copies `base` to `dest` copy-on-write where the filesystem supports it (reflink), sparse
+/// otherwise, then grows it to `gb` GiB (never shrinks).
+pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), BackendError> {
+    let out = tokio::process::Command::new("cp")
+        .arg("--reflink=auto")
+        .arg("--sparse=always")
+        .arg(base)
+        .arg(dest)
+        .output()
+        .await
+        .map_err(|e| BackendError::Io(format!("running cp: {e}")))?;
+    if !out.status.success() {
+        return Err(BackendError::Io(format!(
+            "copying the base image: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dest)
+        .map_err(|e| BackendError::Io(format!("opening the root disk: {e}")))?;
+    let want = gb << 30;
+    let have = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if want > have {
+        f.set_len(want)
+            .map_err(|e| BackendError::Io(format!("growing the root disk: {e}")))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl VmmBackend for FirecrackerBackend {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        let disk = spec.dir.join("rootfs.ext4");
+        clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
+        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(e.to_string());
+        let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
+            .await
+            .map_err(fail)?;
+        let args = format!(
+            "{} fuse.token={} fuse.port={}",
+            self.boot_args,
+            spec.token,
+            crate::link::GUEST_PORT
+        );
+        let configured = async {
+            vm.machine_config(spec.cpus, spec.memory_mb).await?;
+            vm.boot_source(&self.kernel, self.initrd.as_deref(), &args)
+                .await?;
+            vm.drive("rootfs", &disk, true, false).await?;
+            vm.vsock(GUEST_CID, &guest_socket(&spec.dir)).await?;
+            vm.start().await
+        }
+        .await;
+        if let Err(e) = configured {
+            vm.stop().await;
+            return Err(fail(e));
+        }
+        let pid = vm.pid().map(|p| p as i32).unwrap_or(-1);
+        // The handle is dropped without killing: the VM outlives this call (and fc-agent).
+        std::mem::forget(vm);
+        Ok(Booted { pid })
+    }
+
+    async fn stop(&self, dir: &Path, pid: i32) {
+        if pid > 0 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            for _ in 0..50 {
+                if kill(Pid::from_raw(pid), None).is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(fuse_firecracker::api_socket(dir));
+        let _ = std::fs::remove_file(guest_socket(dir));
+    }
+
+    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError> {
+        std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
+        let target = dest.join("rootfs.ext4");
+        clone_rootfs(&dir.join("rootfs.ext4"), &target, 0).await?;
+        Ok(std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0))
+    }
+
+    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError> {
+        clone_rootfs(
+            &src.join("rootfs.ext4"),
+            &dir.join("rootfs.ext4.restore"),
+            0,
+        )
+        .await?;
+        std::fs::rename(dir.join("rootfs.ext4.restore"), dir.join("rootfs.ext4"))
+            .map_err(|e| BackendError::Io(e.to_string()))
+    }
+}
