@@ -15,6 +15,15 @@ done
 step "postgres"
 eval "$(./scripts/postgres.sh)"
 
+step "host tools (iproute2, iptables, gcc/binutils for the tiny test guests)"
+missing=""
+for t in ip iptables gcc ld python3; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq iproute2 iptables gcc binutils python3 >/dev/null
+fi
+
 step "firecracker (real binary for the backend tests)"
 if ./tools/install-firecracker.sh "$PWD/.fuse-test/bin"; then
   export FUSE_FIRECRACKER_BIN="$PWD/.fuse-test/bin/firecracker"

@@ -56,6 +56,12 @@ pub struct Config {
     /// Most VMs at once.
     #[arg(long, env = "FC_AGENT_MAX_VMS", default_value_t = 64)]
     pub max_vms: u32,
+    /// Per-VM networking: `auto` (on when running as root), `on`, `off`.
+    #[arg(long, env = "FC_AGENT_NETWORK", default_value = "auto")]
+    pub network: String,
+    /// Host ports handed out for forwards to agent ports, `FROM-TO`.
+    #[arg(long, env = "FC_AGENT_FORWARD_PORTS", default_value = "20000-29999")]
+    pub forward_ports: String,
     /// How long a new VM's guest helper may take to answer.
     #[arg(long, env = "FC_AGENT_BOOT_TIMEOUT_SECS", default_value_t = 60)]
     pub boot_timeout_secs: u64,
@@ -101,6 +107,21 @@ impl Config {
                 }
             }
         }
+        if !["auto", "on", "off"].contains(&self.network.as_str()) {
+            errs.push(format!(
+                "FC_AGENT_NETWORK: {:?}; expected auto, on or off",
+                self.network
+            ));
+        }
+        if let Err(e) = crate::net::Pool::parse(&self.subnet) {
+            errs.push(e);
+        }
+        if self.forward_range().is_none() {
+            errs.push(format!(
+                "FC_AGENT_FORWARD_PORTS: {:?} is not FROM-TO",
+                self.forward_ports
+            ));
+        }
         if self.max_vms == 0 {
             errs.push("FC_AGENT_MAX_VMS must be positive".into());
         }
@@ -112,6 +133,13 @@ impl Config {
                 errs.join("\n  - ")
             ))
         }
+    }
+
+    /// The forward port range.
+    pub fn forward_range(&self) -> Option<(u16, u16)> {
+        let (a, b) = self.forward_ports.split_once('-')?;
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a <= b && a > 0).then_some((a, b))
     }
 
     /// The `fuse-guest` binary to run.

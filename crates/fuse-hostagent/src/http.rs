@@ -88,7 +88,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
 async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<Response, VmError> {
     let (vm, created) = s
         .vms
-        .create(&b.name, b.cpus, b.memory_mb, b.storage_gb)
+        .create(&b.name, b.cpus, b.memory_mb, b.storage_gb, b.agent_port)
         .await?;
     let status = if created {
         StatusCode::CREATED

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod link;
+pub mod net;
 pub mod vms;
 
 use fuse_types::Resources;
@@ -57,13 +58,22 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
         }),
         other => anyhow::bail!("backend {other} is not available in this build"),
     };
-    let (vms, report) = vms::Vms::load(
-        cfg.dir.clone(),
-        backend,
-        capacity(cfg),
-        std::time::Duration::from_secs(cfg.boot_timeout_secs),
-    )
-    .await?;
+    let net_on = match cfg.network.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => net::available(),
+    };
+    let options = vms::Options {
+        capacity: capacity(cfg),
+        boot_timeout: std::time::Duration::from_secs(cfg.boot_timeout_secs),
+        pool: net_on
+            .then(|| net::Pool::parse(&cfg.subnet))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?,
+        forward_ports: cfg.forward_range().unwrap_or((20000, 29999)),
+        public_host: cfg.public_host.clone(),
+    };
+    let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, options).await?;
     let state = Arc::new(http::AgentState {
         vms,
         token: cfg.token.clone(),

@@ -76,6 +76,12 @@ pub struct VmMeta {
     /// Snapshots: id → mode.
     #[serde(default)]
     pub snapshots: BTreeMap<String, String>,
+    /// Its network.
+    #[serde(default)]
+    pub net: Option<crate::net::NetInfo>,
+    /// Its URL.
+    #[serde(default)]
+    pub url: String,
 }
 
 /// One VM.
@@ -116,7 +122,7 @@ impl Vm {
         let m = self.meta.read();
         AgentVm {
             vm_id: m.vm_id.clone(),
-            url: String::new(),
+            url: m.url.clone(),
             state: if process_alive(m.pid, &self.dir.display().to_string()) {
                 "running".into()
             } else {
@@ -149,6 +155,23 @@ pub struct StartReport {
     pub adopted: usize,
     /// Dead VMs and stray directories removed.
     pub reclaimed: usize,
+    /// Network leftovers removed (rules, devices, namespaces).
+    pub net: crate::net::Reclaimed,
+}
+
+/// How the host is set up.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Offered capacity.
+    pub capacity: Resources,
+    /// How long a guest helper may take to answer after boot.
+    pub boot_timeout: Duration,
+    /// The /30 pool, when the host does networking.
+    pub pool: Option<crate::net::Pool>,
+    /// Host ports for forwards.
+    pub forward_ports: (u16, u16),
+    /// Address put in VM URLs.
+    pub public_host: String,
 }
 
 /// Every VM on this host.
@@ -159,7 +182,7 @@ pub struct Vms {
     /// Offered capacity.
     pub capacity: Resources,
     creating: Mutex<()>,
-    boot_timeout: Duration,
+    opts: Options,
 }
 
 /// VM ids are used as directory names: the same rule as control-plane ids.
@@ -175,8 +198,7 @@ impl Vms {
     pub async fn load(
         root: PathBuf,
         backend: Arc<dyn VmmBackend>,
-        capacity: Resources,
-        boot_timeout: Duration,
+        opts: Options,
     ) -> Result<(Vms, StartReport), std::io::Error> {
         let dir = root.join("vms");
         std::fs::create_dir_all(&dir)?;
@@ -184,9 +206,9 @@ impl Vms {
             root: dir.clone(),
             backend,
             map: RwLock::new(HashMap::new()),
-            capacity,
+            capacity: opts.capacity,
             creating: Mutex::new(()),
-            boot_timeout,
+            opts,
         };
         let mut report = StartReport::default();
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -215,12 +237,31 @@ impl Vms {
                 other => {
                     if let Some(m) = &other {
                         vms.backend.stop(&path, m.pid).await;
+                        if let Some(n) = &m.net {
+                            crate::net::teardown(&m.vm_id, n);
+                        }
                     }
                     tracing::info!(dir = %path.display(), "reclaimed a leftover VM directory");
                     let _ = tokio::fs::remove_dir_all(&path).await;
                     report.reclaimed += 1;
                 }
             }
+        }
+        // Then network leftovers no adopted VM owns (rules, devices, namespaces).
+        if vms.opts.pool.is_some() {
+            let (ids, devs): (Vec<String>, Vec<String>) = vms
+                .map
+                .read()
+                .values()
+                .map(|v| {
+                    let m = v.meta.read();
+                    (
+                        m.vm_id.clone(),
+                        m.net.as_ref().map(|n| n.dev.clone()).unwrap_or_default(),
+                    )
+                })
+                .unzip();
+            report.net = crate::net::reclaim(&ids, &devs);
         }
         Ok((vms, report))
     }
@@ -281,6 +322,7 @@ impl Vms {
         cpus: u32,
         memory_mb: u64,
         storage_gb: u64,
+        agent_port: Option<u16>,
     ) -> Result<(AgentVm, bool), VmError> {
         check_id(id)?;
         if cpus == 0 || memory_mb == 0 || storage_gb == 0 {
@@ -317,6 +359,20 @@ impl Vms {
             rand::thread_rng().fill_bytes(&mut b);
             hex::encode(b)
         };
+        let net = match self.net_setup(id, agent_port) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        let url = match (&net, agent_port) {
+            (Some(n), Some(_)) => n
+                .forward
+                .map(|(hp, _)| format!("http://{}:{hp}", self.opts.public_host))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         let spec = BootSpec {
             vm_id: id.to_owned(),
             dir: dir.clone(),
@@ -324,10 +380,14 @@ impl Vms {
             memory_mb,
             storage_gb,
             token: token.clone(),
+            net: net.clone(),
         };
         let booted = match self.backend.boot(&spec).await {
             Ok(b) => b,
             Err(e) => {
+                if let Some(n) = &net {
+                    crate::net::teardown(id, n);
+                }
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e.into());
             }
@@ -342,15 +402,25 @@ impl Vms {
             created_unix: now_unix(),
             token,
             snapshots: BTreeMap::new(),
+            net: net.clone(),
+            url,
+        };
+        let undo_net = || {
+            if let Some(n) = &net {
+                crate::net::teardown(id, n);
+            }
         };
         if let Err(e) = write_meta(&dir, &meta) {
             self.backend.stop(&dir, booted.pid).await;
+            undo_net();
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        if let Err(e) = link::wait_ready(&guest_socket(&dir), &meta.token, self.boot_timeout).await
+        if let Err(e) =
+            link::wait_ready(&guest_socket(&dir), &meta.token, self.opts.boot_timeout).await
         {
             self.backend.stop(&dir, booted.pid).await;
+            undo_net();
             let log = ["guest.log", "console.log"]
                 .iter()
                 .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
@@ -381,13 +451,54 @@ impl Vms {
         Ok((wire, true))
     }
 
+    /// Allocates a /30 (and a forward port) and sets the network up, when enabled.
+    fn net_setup(
+        &self,
+        id: &str,
+        agent_port: Option<u16>,
+    ) -> Result<Option<crate::net::NetInfo>, VmError> {
+        let Some(pool) = self.opts.pool else {
+            return Ok(None);
+        };
+        let (used, ports): (Vec<u32>, Vec<u16>) = self
+            .map
+            .read()
+            .values()
+            .filter_map(|v| v.meta.read().net.clone())
+            .map(|n| (n.index, n.forward.map(|f| f.0).unwrap_or(0)))
+            .unzip();
+        let index = pool
+            .first_free(&used)
+            .ok_or_else(|| VmError::Unavailable("the VM address pool is exhausted".into()))?;
+        let forward = match agent_port {
+            Some(ap) => {
+                let (lo, hi) = self.opts.forward_ports;
+                let hp = (lo..=hi)
+                    .find(|p| !ports.contains(p))
+                    .ok_or_else(|| VmError::Unavailable("no forward port left".into()))?;
+                Some((hp, ap))
+            }
+            None => None,
+        };
+        let with_netns = self.backend.name() == "process";
+        crate::net::setup(id, index, &pool, with_netns, forward)
+            .map(Some)
+            .map_err(VmError::Failed)
+    }
+
     /// Stops and removes a VM (its snapshots go with it).
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
         let vm = self.get(id)?;
         let _permit = vm.admit()?;
         let _l = vm.lifecycle.lock().await;
-        let pid = vm.meta.read().pid;
+        let (pid, net) = {
+            let m = vm.meta.read();
+            (m.pid, m.net.clone())
+        };
         self.backend.stop(&vm.dir, pid).await;
+        if let Some(n) = &net {
+            crate::net::teardown(id, n);
+        }
         tokio::fs::remove_dir_all(&vm.dir)
             .await
             .or_else(|e| {

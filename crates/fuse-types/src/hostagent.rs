@@ -14,6 +14,10 @@ pub struct AgentVmCreate {
     pub memory_mb: u64,
     /// Root disk in GiB.
     pub storage_gb: u64,
+    /// The agent's port inside the VM; when given, the host forwards a port of its own to
+    /// it and the VM's URL names that port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_port: Option<u16>,
 }
 
 /// `POST /v1/vm` answer and the items of `GET /v1/vm`.

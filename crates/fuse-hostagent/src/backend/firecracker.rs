@@ -74,18 +74,28 @@ impl VmmBackend for FirecrackerBackend {
         let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
             .await
             .map_err(fail)?;
-        let args = format!(
+        let mut args = format!(
             "{} fuse.token={} fuse.port={}",
             self.boot_args,
             spec.token,
             crate::link::GUEST_PORT
         );
+        if let Some(n) = &spec.net {
+            // Kernel-level IP configuration of eth0 (no DHCP inside the guest).
+            args.push_str(&format!(
+                " ip={}::{}:255.255.255.252::eth0:off",
+                n.guest_ip, n.host_ip
+            ));
+        }
         let configured = async {
             vm.machine_config(spec.cpus, spec.memory_mb).await?;
             vm.boot_source(&self.kernel, self.initrd.as_deref(), &args)
                 .await?;
             vm.drive("rootfs", &disk, true, false).await?;
             vm.vsock(GUEST_CID, &guest_socket(&spec.dir)).await?;
+            if let Some(n) = &spec.net {
+                vm.network_interface("eth0", &n.dev, None).await?;
+            }
             vm.start().await
         }
         .await;

@@ -34,6 +34,8 @@ pub struct BootSpec {
     pub storage_gb: u64,
     /// The per-VM token `fuse-guest` is started with.
     pub token: String,
+    /// The VM's network, when the host does networking.
+    pub net: Option<crate::net::NetInfo>,
 }
 
 /// A booted VM's process.

@@ -85,7 +85,17 @@ impl VmmBackend for ProcessBackend {
         let sock = guest_socket(&spec.dir);
         let _ = tokio::fs::remove_file(&sock).await;
         // Its own process group and no kill-on-drop: the VM outlives an fc-agent restart.
-        let child = std::process::Command::new(&self.guest_bin)
+        // In its own network namespace when the host does networking (`ip netns exec`
+        // execs, so the pid is the helper's).
+        let mut cmd = match spec.net.as_ref().and_then(|n| n.netns.clone()) {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", &ns]).arg(&self.guest_bin);
+                c
+            }
+            None => std::process::Command::new(&self.guest_bin),
+        };
+        let child = cmd
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))
             .arg("--token-file")

@@ -28,6 +28,81 @@ fn guest_bin() -> PathBuf {
     guest
 }
 
+/// A network namespace for one agent, linked to the root namespace by a veth pair.
+struct Ns {
+    name: String,
+    veth: String,
+    ip: String,
+}
+
+impl Ns {
+    fn new(tag: &str) -> Option<Ns> {
+        let n = std::process::id() % 100_000;
+        let name = format!("fat-{n}-{tag}");
+        let veth = format!("fat{n}{}", &tag[..1]);
+        let octet = 20 + (tag.bytes().map(u32::from).sum::<u32>() % 200);
+        let run = |a: &[&str]| {
+            Command::new("ip")
+                .args(a)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let peer = format!("{veth}p");
+        let ok = run(&["netns", "add", &name])
+            && run(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
+            && run(&["link", "set", &peer, "netns", &name])
+            && run(&["addr", "add", &format!("10.252.{octet}.1/30"), "dev", &veth])
+            && run(&["link", "set", &veth, "up"])
+            && run(&[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("10.252.{octet}.2/30"),
+                "dev",
+                &peer,
+            ])
+            && run(&["-n", &name, "link", "set", &peer, "up"])
+            && run(&["-n", &name, "link", "set", "lo", "up"]);
+        let ns = Ns {
+            name,
+            veth,
+            ip: format!("10.252.{octet}.2"),
+        };
+        if ok {
+            Some(ns)
+        } else {
+            eprintln!("skipping: cannot create network namespaces here (needs root and iproute2)");
+            None
+        }
+    }
+
+    fn in_ns(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip netns pids {} | xargs -r kill -9", self.name))
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 struct Agent {
     child: Child,
     base: String,
@@ -42,25 +117,21 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn spawn(dir: &Path, port: u16, extra: &[(&str, &str)]) -> Agent {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fc-agent"));
-    cmd.env_clear()
-        .env("FC_AGENT_LISTEN", format!("127.0.0.1:{port}"))
+/// Starts fc-agent inside `ns`, listening on the namespace's address.
+async fn spawn(ns: &Ns, dir: &Path, extra: &[(&str, &str)]) -> Agent {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(env!("CARGO_BIN_EXE_fc-agent"))
+        .env_clear()
+        .env("FC_AGENT_LISTEN", format!("{}:8090", ns.ip))
+        .env("FC_AGENT_PUBLIC_HOST", &ns.ip)
         .env("FC_AGENT_TOKEN", TOKEN)
         .env("FC_AGENT_BACKEND", "process")
         .env("FC_AGENT_DIR", dir)
         .env("FC_AGENT_GUEST_BIN", guest_bin())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
-        .stdout(std::fs::File::create(dir.with_extension(format!("{port}.log"))).unwrap())
+        .stdout(std::fs::File::create(dir.with_extension("log")).unwrap())
         .stderr(std::process::Stdio::null());
     for (k, v) in extra {
         cmd.env(k, v);
@@ -68,7 +139,7 @@ async fn spawn(dir: &Path, port: u16, extra: &[(&str, &str)]) -> Agent {
     let child = cmd.spawn().unwrap();
     let a = Agent {
         child,
-        base: format!("http://127.0.0.1:{port}"),
+        base: format!("http://{}:8090", ns.ip),
         dir: dir.to_owned(),
         http: reqwest::Client::new(),
     };
@@ -142,7 +213,8 @@ fn tempdir(name: &str) -> PathBuf {
 
 #[tokio::test]
 async fn wire_and_vm_lifecycle() {
-    let a = spawn(&tempdir("life"), free_port(), &[("FC_AGENT_MAX_VMS", "2")]).await;
+    let Some(ns) = Ns::new("life") else { return };
+    let a = spawn(&ns, &tempdir("life"), &[("FC_AGENT_MAX_VMS", "2")]).await;
     // Token on every route.
     let r = a
         .http
@@ -286,6 +358,50 @@ async fn wire_and_vm_lifecycle() {
     assert_eq!(l["vms"].as_array().unwrap().len(), 2);
     let (_, h) = a.get("/healthz").await;
     assert_eq!(h["allocated"]["vm_count"], 2);
+    // Networking: the VM has its /30 in its own namespace, NAT, and a port forward to its
+    // agent port that answers from outside the host's namespace.
+    let (s, web) = a.post("/v1/vm", json!({"name": "fuse-web", "cpus": 1, "memory_mb": 128, "storage_gb": 1, "agent_port": 8000})).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "still full: {web}");
+    a.delete("/v1/vm/fuse-b").await;
+    let (s, web) = a.post("/v1/vm", json!({"name": "fuse-web", "cpus": 1, "memory_mb": 128, "storage_gb": 1, "agent_port": 8000})).await;
+    assert_eq!(s, StatusCode::CREATED, "{web}");
+    let url = web["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("http://{}:2", ns.ip)), "{url}");
+    let (_, addrs) = a.exec("fuse-web", &["ip", "-4", "-o", "addr"]).await;
+    assert!(
+        addrs.contains("10.200.0."),
+        "the guest has its /30: {addrs}"
+    );
+    let (s, _) = a.post("/v1/vm/fuse-web/start-agent", json!({"command": "exec python3 -m http.server 8000 --bind 0.0.0.0", "binary_path": ""})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = a.http.get(&url).send().await {
+            if r.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forward to the agent port never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ns
+        .in_ns(&["iptables", "-t", "nat", "-S"])
+        .contains("fuse:fuse-web"));
+    let (s, _) = a.delete("/v1/vm/fuse-web").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(
+        !ns.in_ns(&["iptables", "-t", "nat", "-S"])
+            .contains("fuse:fuse-web"),
+        "its NAT rules removed"
+    );
+    assert_eq!(
+        ns.in_ns(&["ip", "-o", "link"]).matches(": fv").count(),
+        1,
+        "only fuse-a's device is left"
+    );
     // Destroy leaves nothing.
     let pid_dir = a.dir.join("vms/fuse-a");
     assert!(pid_dir.exists());
@@ -300,9 +416,24 @@ async fn wire_and_vm_lifecycle() {
             .0,
         StatusCode::NOT_FOUND
     );
-    a.delete("/v1/vm/fuse-b").await;
     let (_, l) = a.get("/v1/vm").await;
     assert!(l["vms"].as_array().unwrap().is_empty());
+    assert!(
+        !ns.in_ns(&["iptables", "-t", "nat", "-S"]).contains("fuse:"),
+        "no NAT rule left"
+    );
+    assert!(
+        !ns.in_ns(&["ip", "-o", "link"]).contains(": fv"),
+        "no device left"
+    );
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ours = ["fuse-a", "fuse-b", "fuse-web"].map(fuse_hostagent::net::dev_name);
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout)
+            .lines()
+            .any(|l| ours.iter().any(|o| l.starts_with(o.as_str()))),
+        "VM namespaces removed"
+    );
 }
 
 fn guest_pid(dir: &Path, id: &str) -> i32 {
@@ -314,9 +445,9 @@ fn guest_pid(dir: &Path, id: &str) -> i32 {
 
 #[tokio::test]
 async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
+    let Some(ns) = Ns::new("restart") else { return };
     let dir = tempdir("restart");
-    let port = free_port();
-    let mut a = spawn(&dir, port, &[]).await;
+    let mut a = spawn(&ns, &dir, &[]).await;
     for id in ["fuse-keep", "fuse-dies"] {
         let (s, _) = a
             .post(
@@ -339,7 +470,13 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
     while std::path::Path::new(&format!("/proc/{dead_pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let b = spawn(&dir, port, &[]).await;
+    // A stray device and namespace of ours that no VM owns.
+    ns.in_ns(&["ip", "tuntap", "add", "fvdeadbeef00", "mode", "tap"]);
+    let b = spawn(&ns, &dir, &[]).await;
+    assert!(
+        !ns.in_ns(&["ip", "-o", "link"]).contains("fvdeadbeef00"),
+        "stray tap reclaimed"
+    );
     let (_, l) = b.get("/v1/vm").await;
     let ids: Vec<&str> = l["vms"]
         .as_array()
@@ -421,9 +558,10 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
         .unwrap();
     let state = dir.join("state");
     let kernel = g.join("tiny-loop.elf");
+    let Some(ns) = Ns::new("fc") else { return };
     let a = spawn(
+        &ns,
         &state,
-        free_port(),
         &[
             ("FC_AGENT_BACKEND", "firecracker"),
             ("FC_AGENT_FIRECRACKER_BIN", fc.to_str().unwrap()),

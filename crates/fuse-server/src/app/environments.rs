@@ -375,6 +375,12 @@ impl App {
                 cpus: rec.spec.cpus,
                 memory_mb: rec.spec.ram_mb,
                 storage_gb: rec.spec.storage_gb,
+                agent_port: rec
+                    .agent
+                    .listen
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok()),
             })
             .await
             .map_err(|e| Failure::host("create_vm", e))?;
