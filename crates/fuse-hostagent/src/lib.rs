@@ -72,6 +72,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
             .map_err(|e| anyhow::anyhow!(e))?,
         forward_ports: cfg.forward_range().unwrap_or((20000, 29999)),
         public_host: cfg.public_host.clone(),
+        net_tag: net::agent_tag(&cfg.dir),
     };
     let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, options).await?;
     let state = Arc::new(http::AgentState {

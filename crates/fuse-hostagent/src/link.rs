@@ -96,11 +96,16 @@ pub async fn call(
 /// Waits until the guest answers `health`.
 pub async fn wait_ready(sock: &Path, token: &str, limit: Duration) -> Result<(), LinkError> {
     let deadline = tokio::time::Instant::now() + limit;
+    // Short first waits: a local helper is up within milliseconds; a VM takes longer.
+    let mut wait = Duration::from_millis(1);
     loop {
         match call(sock, token, Op::Health, Duration::from_secs(2)).await {
             Ok(_) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(_) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
         }
     }
 }

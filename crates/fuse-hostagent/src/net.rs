@@ -71,11 +71,18 @@ impl Pool {
     }
 }
 
-/// A short device name for a VM (Linux allows 15 characters).
-pub fn dev_name(vm_id: &str) -> String {
+/// A 4-hex tag of this agent (from its state directory): network namespace names are
+/// global to the machine, so two agents on one machine (tests) never reclaim each other's.
+pub fn agent_tag(dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(dir.display().to_string().as_bytes()))[..4].to_owned()
+}
+
+/// A short device and namespace name for a VM (Linux allows 15 characters).
+pub fn dev_name(tag: &str, vm_id: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(vm_id.as_bytes());
-    format!("{PREFIX}{}", &hex::encode(h)[..10])
+    format!("{PREFIX}{tag}{}", &hex::encode(h)[..8])
 }
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -111,6 +118,7 @@ pub fn available() -> bool {
 /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace (veth);
 /// otherwise a tap is created for the VMM.
 pub fn setup(
+    tag: &str,
     vm_id: &str,
     index: u32,
     pool: &Pool,
@@ -118,7 +126,7 @@ pub fn setup(
     forward: Option<(u16, u16)>,
 ) -> Result<NetInfo, String> {
     let (host_ip, guest_ip) = pool.addrs(index);
-    let dev = dev_name(vm_id);
+    let dev = dev_name(tag, vm_id);
     let info = NetInfo {
         index,
         dev: dev.clone(),
@@ -297,7 +305,8 @@ pub struct Reclaimed {
 }
 
 /// Removes rules, devices and namespaces that no live VM owns, in that order.
-pub fn reclaim(live_vms: &[String], live_devs: &[String]) -> Reclaimed {
+pub fn reclaim(tag: &str, live_vms: &[String], live_devs: &[String]) -> Reclaimed {
+    let ours = format!("{PREFIX}{tag}");
     let mut r = Reclaimed::default();
     if !available() {
         return r;
@@ -318,7 +327,8 @@ pub fn reclaim(live_vms: &[String], live_devs: &[String]) -> Reclaimed {
             .next()
             .unwrap_or("")
             .to_owned();
-        if name.starts_with(PREFIX)
+        // A veth's peer (`…g`) lives in the VM's namespace; the host side carries the name.
+        if name.starts_with(&ours)
             && !live_devs.contains(&name)
             && run(&["ip", "link", "del", &name]).is_ok()
         {
@@ -332,7 +342,7 @@ pub fn reclaim(live_vms: &[String], live_devs: &[String]) -> Reclaimed {
         .unwrap_or_default();
     for line in ns.lines() {
         let name = line.split_whitespace().next().unwrap_or("").to_owned();
-        if name.starts_with(PREFIX)
+        if name.starts_with(&ours)
             && !live_devs.contains(&name)
             && run(&["ip", "netns", "del", &name]).is_ok()
         {
@@ -363,7 +373,12 @@ mod tests {
         assert_eq!(tiny.first_free(&[0]), None);
         assert!(Pool::parse("10.0.0.0/31").is_err());
         assert!(Pool::parse("nope").is_err());
-        assert_eq!(dev_name("fuse-a").len(), 12);
-        assert_ne!(dev_name("fuse-a"), dev_name("fuse-b"));
+        assert_eq!(dev_name("abcd", "fuse-a").len(), 14);
+        assert_ne!(dev_name("abcd", "fuse-a"), dev_name("abcd", "fuse-b"));
+        assert_ne!(dev_name("abcd", "fuse-a"), dev_name("abce", "fuse-a"));
+        assert_ne!(
+            agent_tag(std::path::Path::new("/a")),
+            agent_tag(std::path::Path::new("/b"))
+        );
     }
 }

@@ -172,6 +172,8 @@ pub struct Options {
     pub forward_ports: (u16, u16),
     /// Address put in VM URLs.
     pub public_host: String,
+    /// This agent's tag in device and namespace names.
+    pub net_tag: String,
 }
 
 /// Every VM on this host.
@@ -182,7 +184,31 @@ pub struct Vms {
     /// Offered capacity.
     pub capacity: Resources,
     creating: Mutex<()>,
+    pending: parking_lot::Mutex<HashMap<String, Pending>>,
     opts: Options,
+}
+
+/// A VM's address slot and optional (host port, agent port) forward.
+type NetPlan = (u32, Option<(u16, u16)>);
+
+/// A create admitted but not finished: its resources, address slot and port are taken.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    need: Resources,
+    index: Option<u32>,
+    port: Option<u16>,
+}
+
+/// Removes a pending entry when the create ends, however it ends.
+struct PendingGuard<'a> {
+    vms: &'a Vms,
+    id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.vms.pending.lock().remove(&self.id);
+    }
 }
 
 /// VM ids are used as directory names: the same rule as control-plane ids.
@@ -208,6 +234,7 @@ impl Vms {
             map: RwLock::new(HashMap::new()),
             capacity: opts.capacity,
             creating: Mutex::new(()),
+            pending: parking_lot::Mutex::new(HashMap::new()),
             opts,
         };
         let mut report = StartReport::default();
@@ -261,7 +288,7 @@ impl Vms {
                     )
                 })
                 .unzip();
-            report.net = crate::net::reclaim(&ids, &devs);
+            report.net = crate::net::reclaim(&vms.opts.net_tag, &ids, &devs);
         }
         Ok((vms, report))
     }
@@ -330,24 +357,50 @@ impl Vms {
                 "cpus, memory_mb and storage_gb must be positive".into(),
             ));
         }
-        // One create at a time keeps the capacity check exact.
-        let _guard = self.creating.lock().await;
-        if let Ok(vm) = self.get(id) {
-            return Ok((vm.wire(), false));
-        }
         let need = Resources {
             cpus,
             ram_mb: memory_mb,
             storage_gb,
             vm_count: 1,
         };
-        if !self.capacity.minus(self.allocated()).covers(need) {
-            return Err(VmError::Unavailable(format!(
-                "host is full ({} of {} VMs); retry on another host",
-                self.allocated().vm_count,
-                self.capacity.vm_count
-            )));
-        }
+        // Admission under a short lock: id, capacity (live and pending), address slot and
+        // forward port. Booting happens outside it, so creates run in parallel.
+        let plan = {
+            let _g = self.creating.lock().await;
+            if let Ok(vm) = self.get(id) {
+                return Ok((vm.wire(), false));
+            }
+            let mut pending = self.pending.lock();
+            if pending.contains_key(id) {
+                return Err(VmError::Unavailable(format!(
+                    "vm {id} is being created; retry"
+                )));
+            }
+            let in_flight = pending
+                .values()
+                .fold(Resources::default(), |a, p| a.plus(p.need));
+            let used = self.allocated().plus(in_flight);
+            if !self.capacity.minus(used).covers(need) {
+                return Err(VmError::Unavailable(format!(
+                    "host is full ({} of {} VMs); retry on another host",
+                    used.vm_count, self.capacity.vm_count
+                )));
+            }
+            let plan = self.net_plan(agent_port, &pending)?;
+            pending.insert(
+                id.to_owned(),
+                Pending {
+                    need,
+                    index: plan.map(|p| p.0),
+                    port: plan.and_then(|p| p.1.map(|f| f.0)),
+                },
+            );
+            plan
+        };
+        let _pending = PendingGuard {
+            vms: self,
+            id: id.to_owned(),
+        };
         let dir = self.root.join(id);
         let _ = tokio::fs::remove_dir_all(&dir).await;
         tokio::fs::create_dir_all(&dir)
@@ -359,7 +412,7 @@ impl Vms {
             rand::thread_rng().fill_bytes(&mut b);
             hex::encode(b)
         };
-        let net = match self.net_setup(id, agent_port) {
+        let net = match self.net_setup(id, plan).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -451,22 +504,27 @@ impl Vms {
         Ok((wire, true))
     }
 
-    /// Allocates a /30 (and a forward port) and sets the network up, when enabled.
-    fn net_setup(
+    /// Chooses a /30 slot (and a forward port) not used by live or pending VMs.
+    fn net_plan(
         &self,
-        id: &str,
         agent_port: Option<u16>,
-    ) -> Result<Option<crate::net::NetInfo>, VmError> {
+        pending: &HashMap<String, Pending>,
+    ) -> Result<Option<NetPlan>, VmError> {
         let Some(pool) = self.opts.pool else {
             return Ok(None);
         };
-        let (used, ports): (Vec<u32>, Vec<u16>) = self
-            .map
-            .read()
-            .values()
-            .filter_map(|v| v.meta.read().net.clone())
-            .map(|n| (n.index, n.forward.map(|f| f.0).unwrap_or(0)))
-            .unzip();
+        let mut used: Vec<u32> = Vec::new();
+        let mut ports: Vec<u16> = Vec::new();
+        for v in self.map.read().values() {
+            if let Some(n) = &v.meta.read().net {
+                used.push(n.index);
+                ports.extend(n.forward.map(|f| f.0));
+            }
+        }
+        for p in pending.values() {
+            used.extend(p.index);
+            ports.extend(p.port);
+        }
         let index = pool
             .first_free(&used)
             .ok_or_else(|| VmError::Unavailable("the VM address pool is exhausted".into()))?;
@@ -480,10 +538,28 @@ impl Vms {
             }
             None => None,
         };
+        Ok(Some((index, forward)))
+    }
+
+    /// Sets the planned network up (the `ip`/`iptables` calls run off the async workers).
+    async fn net_setup(
+        &self,
+        id: &str,
+        plan: Option<NetPlan>,
+    ) -> Result<Option<crate::net::NetInfo>, VmError> {
+        let (Some(pool), Some((index, forward))) = (self.opts.pool, plan) else {
+            return Ok(None);
+        };
         let with_netns = self.backend.name() == "process";
-        crate::net::setup(id, index, &pool, with_netns, forward)
-            .map(Some)
-            .map_err(VmError::Failed)
+        let id = id.to_owned();
+        let tag = self.opts.net_tag.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::net::setup(&tag, &id, index, &pool, with_netns, forward)
+        })
+        .await
+        .map_err(|e| VmError::Failed(e.to_string()))?
+        .map(Some)
+        .map_err(VmError::Failed)
     }
 
     /// Stops and removes a VM (its snapshots go with it).

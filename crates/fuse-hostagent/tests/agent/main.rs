@@ -427,7 +427,8 @@ async fn wire_and_vm_lifecycle() {
         "no device left"
     );
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let ours = ["fuse-a", "fuse-b", "fuse-web"].map(fuse_hostagent::net::dev_name);
+    let tag = fuse_hostagent::net::agent_tag(&a.dir);
+    let ours = ["fuse-a", "fuse-b", "fuse-web"].map(|v| fuse_hostagent::net::dev_name(&tag, v));
     assert!(
         !String::from_utf8_lossy(&netns.stdout)
             .lines()
@@ -471,7 +472,8 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A stray device and namespace of ours that no VM owns.
-    ns.in_ns(&["ip", "tuntap", "add", "fvdeadbeef00", "mode", "tap"]);
+    let stray = format!("fv{}deadbeef", fuse_hostagent::net::agent_tag(&dir));
+    ns.in_ns(&["ip", "tuntap", "add", &stray, "mode", "tap"]);
     let b = spawn(&ns, &dir, &[]).await;
     assert!(
         !ns.in_ns(&["ip", "-o", "link"]).contains("fvdeadbeef00"),

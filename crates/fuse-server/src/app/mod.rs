@@ -37,6 +37,9 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// This process's replica id (owner of the provisions it starts).
     pub replica_id: String,
+    /// Whether events from other replicas are being received (always true for a private
+    /// store); `/ready` waits for it.
+    pub relay_ready: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -55,6 +58,7 @@ impl App {
             .or_else(|| Profile::by_name("fused"))
             .unwrap_or_else(|| unreachable!("the fused profile exists"));
         let replica_id = format!("replica-{}", &random_token()[..16]);
+        let store_is_private = store.kind() == "memory";
         let (ftx, frx) = tokio::sync::mpsc::channel(4096);
         let events = if store.kind() == "memory" {
             EventHub::new()
@@ -70,6 +74,7 @@ impl App {
             profile,
             shutdown: CancellationToken::new(),
             replica_id,
+            relay_ready: std::sync::atomic::AtomicBool::new(store_is_private),
         });
         (app, frx)
     }
@@ -97,7 +102,7 @@ impl App {
             }
         });
         tokio::spawn(async move {
-            let mut delay = std::time::Duration::from_millis(200);
+            let mut delay = std::time::Duration::from_millis(100);
             loop {
                 if self.shutdown.is_cancelled() {
                     return;
@@ -105,14 +110,18 @@ impl App {
                 match self.store.listen().await {
                     Ok(None) => return,
                     Ok(Some(mut rx)) => {
-                        delay = std::time::Duration::from_millis(200);
+                        delay = std::time::Duration::from_millis(100);
+                        self.relay_ready
+                            .store(true, std::sync::atomic::Ordering::Release);
                         while let Some(p) = rx.recv().await {
                             self.events.deliver_remote(&p);
                         }
+                        self.relay_ready
+                            .store(false, std::sync::atomic::Ordering::Release);
                     }
                     Err(_) => {
                         tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        delay = (delay * 2).min(std::time::Duration::from_secs(1));
                     }
                 }
             }

@@ -35,6 +35,15 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
             );
         }
     }
+    if app.relay_ready.load(std::sync::atomic::Ordering::Acquire) {
+        checks.insert("events".into(), "ok".into());
+    } else {
+        ok = false;
+        checks.insert(
+            "events".into(),
+            "not yet receiving other replicas' events".into(),
+        );
+    }
     if app.shutdown.is_cancelled() {
         ok = false;
         checks.insert("server".into(), "shutting down".into());

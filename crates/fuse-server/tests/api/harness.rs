@@ -56,7 +56,12 @@ pub async fn start_with(mut flags: Flags) -> Fuse {
     let running = server::start(cfg).await.expect("server starts");
     if pg {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while running.app.store.ping().await.is_err() {
+        while running.app.store.ping().await.is_err()
+            || !running
+                .app
+                .relay_ready
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
             assert!(Instant::now() < deadline, "store never became ready");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
