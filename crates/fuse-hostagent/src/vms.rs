@@ -120,17 +120,37 @@ impl Vm {
 
     fn wire(&self) -> AgentVm {
         let m = self.meta.read();
+        let alive = process_alive(m.pid, &self.dir.display().to_string());
         AgentVm {
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
-            state: if process_alive(m.pid, &self.dir.display().to_string()) {
-                "running".into()
-            } else {
-                "stopped".into()
-            },
+            state: if alive { "running" } else { "stopped" }.into(),
             age_seconds: now_unix().saturating_sub(m.created_unix),
+            // A VM that died says why: the tail of its console / helper log.
+            error: (!alive).then(|| {
+                format!(
+                    "vm process {} is not running; log tail: {}",
+                    m.pid,
+                    log_tail(&self.dir)
+                )
+            }),
         }
     }
+}
+
+/// The last lines of a VM's console, VMM and helper logs.
+pub fn log_tail(dir: &Path) -> String {
+    let mut out = String::new();
+    // The console last: it says most about a guest that did not come up.
+    for f in ["firecracker.log", "guest.log", "console.log"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(5)..] {
+            out.push_str(l.trim());
+            out.push_str(" | ");
+        }
+    }
+    out
 }
 
 fn now_unix() -> u64 {
@@ -474,16 +494,12 @@ impl Vms {
         {
             self.backend.stop(&dir, booted.pid).await;
             undo_net();
-            let log = ["guest.log", "console.log"]
-                .iter()
-                .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join("");
+            let log = log_tail(&dir);
             let _ = tokio::fs::remove_dir_all(&dir).await;
             let tail: String = log
                 .chars()
                 .rev()
-                .take(400)
+                .take(800)
                 .collect::<Vec<_>>()
                 .into_iter()
                 .rev()

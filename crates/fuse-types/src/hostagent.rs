@@ -34,6 +34,9 @@ pub struct AgentVm {
     /// Seconds since the host created it.
     #[serde(default)]
     pub age_seconds: u64,
+    /// Why the VM is not running, when it died (its log tail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `GET /v1/vm?prefix=` answer.

@@ -142,3 +142,33 @@ impl VmmBackend for FirecrackerBackend {
             .map_err(|e| BackendError::Io(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn root_disk_is_a_sparse_copy_grown_to_size() {
+        let dir = std::env::temp_dir().join(format!("fuse-clone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let base = dir.join("base.ext4");
+        std::fs::write(&base, b"superblock").unwrap();
+        let vm = dir.join("vm.ext4");
+        clone_rootfs(&base, &vm, 2).await.unwrap();
+        let meta = std::fs::metadata(&vm).unwrap();
+        assert_eq!(meta.len(), 2 << 30, "grown to storage_gb");
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "sparse: {} bytes allocated",
+            meta.blocks() * 512
+        );
+        assert_eq!(&std::fs::read(&vm).unwrap()[..10], b"superblock");
+        assert_eq!(
+            std::fs::read(&base).unwrap(),
+            b"superblock",
+            "base untouched"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

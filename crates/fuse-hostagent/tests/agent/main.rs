@@ -402,6 +402,37 @@ async fn wire_and_vm_lifecycle() {
         1,
         "only fuse-a's device is left"
     );
+    // A VM that dies is reported as stopped, with its log tail as the error.
+    let (s, _) = a
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-dead", "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let pid = guest_pid(&a.dir, "fuse-dead");
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = a.get("/v1/vm/fuse-dead").await;
+        if v["state"] == "stopped" {
+            assert!(
+                v["error"].as_str().unwrap().contains("is not running"),
+                "{v}"
+            );
+            assert!(
+                v["error"].as_str().unwrap().contains("ready on unix:"),
+                "log tail: {v}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "death not reported: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.delete("/v1/vm/fuse-dead").await.0, StatusCode::NO_CONTENT);
     // Destroy leaves nothing.
     let pid_dir = a.dir.join("vms/fuse-a");
     assert!(pid_dir.exists());
@@ -596,6 +627,14 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
     assert!(
         String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
         "no firecracker process left"
+    );
+    assert!(
+        !ns.in_ns(&["ip", "-o", "link"]).contains(": fv"),
+        "no tap left"
+    );
+    assert!(
+        !ns.in_ns(&["iptables", "-t", "nat", "-S"]).contains("fuse:"),
+        "no NAT rule left"
     );
     let (_, l) = a.get("/v1/vm").await;
     assert!(l["vms"].as_array().unwrap().is_empty());

@@ -194,6 +194,7 @@ impl Provider for StubProvider {
             url: format!("http://stub.invalid/{}", req.name),
             state: "running".into(),
             age_seconds: 0,
+            error: None,
         })
     }
 
@@ -216,6 +217,7 @@ impl Provider for StubProvider {
                 url: format!("http://stub.invalid/{k}"),
                 state: "running".into(),
                 age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
+                error: None,
             })
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
