@@ -101,6 +101,35 @@ fn run(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Runs a command with `input` on its standard input (batches: `ip -batch -`,
+/// `iptables-restore`), so one process does what would take many.
+fn run_stdin(args: &[&str], input: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(input.as_bytes())
+            .map_err(|e| format!("{}: {e}", args[0]))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 fn comment(vm_id: &str) -> String {
     format!("fuse:{vm_id}")
 }
@@ -137,90 +166,44 @@ pub fn setup(
     };
     let r = (|| -> Result<(), String> {
         let host_cidr = format!("{host_ip}/30");
+        let mut host_side = String::new();
         if let Some(ns) = &info.netns {
             let peer = format!("{dev}g");
             run(&["ip", "netns", "add", ns])?;
-            run(&[
-                "ip", "link", "add", &dev, "type", "veth", "peer", "name", &peer,
-            ])?;
-            run(&["ip", "link", "set", &peer, "netns", ns])?;
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{guest_ip}/30"),
-                "dev",
-                &peer,
-            ])?;
-            run(&["ip", "-n", ns, "link", "set", &peer, "up"])?;
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "route",
-                "add",
-                "default",
-                "via",
-                &host_ip.to_string(),
-            ])?;
+            host_side.push_str(&format!(
+                "link add {dev} type veth peer name {peer}\nlink set {peer} netns {ns}\n"
+            ));
+            host_side.push_str(&format!(
+                "addr add {host_cidr} dev {dev}\nlink set {dev} up\n"
+            ));
+            run_stdin(&["ip", "-batch", "-"], &host_side)?;
+            let guest_side = format!(
+                "addr add {guest_ip}/30 dev {peer}\nlink set {peer} up\nlink set lo up\n\
+                 route add default via {host_ip}\n"
+            );
+            run_stdin(&["ip", "-n", ns, "-batch", "-"], &guest_side)?;
         } else {
-            run(&["ip", "tuntap", "add", &dev, "mode", "tap"])?;
+            host_side.push_str(&format!(
+                "tuntap add {dev} mode tap\naddr add {host_cidr} dev {dev}\nlink set {dev} up\n"
+            ));
+            run_stdin(&["ip", "-batch", "-"], &host_side)?;
         }
-        run(&["ip", "addr", "add", &host_cidr, "dev", &dev])?;
-        run(&["ip", "link", "set", &dev, "up"])?;
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        // Every NAT rule of the VM in one iptables-restore transaction.
         let c = comment(vm_id);
-        let src = format!("{guest_ip}/32");
-        run(&[
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            &src,
-            "!",
-            "-o",
-            &dev,
-            "-j",
-            "MASQUERADE",
-            "-m",
-            "comment",
-            "--comment",
-            &c,
-        ])?;
+        let mut rules = format!(
+            "*nat\n-A POSTROUTING -s {guest_ip}/32 ! -o {dev} -m comment --comment {c} -j MASQUERADE\n"
+        );
         if let Some((hp, gp)) = forward {
-            let to = format!("{guest_ip}:{gp}");
-            let hp = hp.to_string();
             for chain in ["PREROUTING", "OUTPUT"] {
-                run(&[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    chain,
-                    "-p",
-                    "tcp",
-                    "--dport",
-                    &hp,
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &to,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &c,
-                ])?;
+                rules.push_str(&format!(
+                    "-A {chain} -p tcp -m tcp --dport {hp} -m addrtype --dst-type LOCAL \
+                     -m comment --comment {c} -j DNAT --to-destination {guest_ip}:{gp}\n"
+                ));
             }
         }
+        rules.push_str("COMMIT\n");
+        run_stdin(&["iptables-restore", "--noflush"], &rules)?;
         Ok(())
     })();
     if let Err(e) = r {
@@ -252,41 +235,40 @@ fn nat_rules() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Deletes every NAT rule whose comment matches `pred`; returns how many.
+/// Deletes every NAT rule whose comment matches `pred`, in one iptables-restore
+/// transaction; returns how many.
 fn remove_rules_where(pred: impl Fn(&str) -> bool) -> usize {
+    let mut batch = String::from("*nat\n");
     let mut n = 0;
     for rule in nat_rules() {
-        let Some(rest) = rule.strip_prefix("-A ") else {
+        if !rule.starts_with("-A ") {
             continue;
-        };
-        let Some(c) = rule.split("--comment ").nth(1).map(|c| {
-            c.split_whitespace()
-                .next()
-                .unwrap_or("")
-                .trim_matches('"')
-                .to_owned()
-        }) else {
+        }
+        let Some(c) = rule
+            .split("--comment ")
+            .nth(1)
+            .and_then(|c| c.split_whitespace().next())
+            .map(|c| c.trim_matches('"').to_owned())
+        else {
             continue;
         };
         if !c.starts_with("fuse:") || !pred(&c) {
             continue;
         }
-        let mut args = vec![
-            "iptables".to_owned(),
-            "-t".into(),
-            "nat".into(),
-            "-D".into(),
-        ];
-        args.extend(
-            rest.split_whitespace()
-                .map(|w| w.trim_matches('"').to_owned()),
-        );
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        if run(&refs).is_ok() {
-            n += 1;
+        batch.push_str(&format!("-D {}\n", &rule[3..]));
+        n += 1;
+    }
+    if n == 0 {
+        return 0;
+    }
+    batch.push_str("COMMIT\n");
+    match run_stdin(&["iptables-restore", "--noflush"], &batch) {
+        Ok(()) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "removing NAT rules");
+            0
         }
     }
-    n
 }
 
 fn remove_rules(c: &str) {

@@ -96,6 +96,7 @@ impl EventHub {
     pub fn deliver_remote(&self, payload: &str) {
         match serde_json::from_str::<Envelope>(payload) {
             Ok(env) if env.origin != self.origin => {
+                tracing::debug!(vm_id = %env.event.vm_id, state = %env.event.state, "event from another replica");
                 let _ = self.tx.send(Arc::new(env.event));
             }
             Ok(_) => {}

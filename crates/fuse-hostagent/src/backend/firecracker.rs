@@ -163,7 +163,13 @@ mod tests {
             "sparse: {} bytes allocated",
             meta.blocks() * 512
         );
-        assert_eq!(&std::fs::read(&vm).unwrap()[..10], b"superblock");
+        let mut head = [0u8; 10];
+        use std::io::Read;
+        std::fs::File::open(&vm)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head, b"superblock");
         assert_eq!(
             std::fs::read(&base).unwrap(),
             b"superblock",

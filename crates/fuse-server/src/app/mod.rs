@@ -95,6 +95,7 @@ impl App {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while forward.recv_many(&mut batch, 256).await > 0 {
+                tracing::debug!(n = batch.len(), "sending events to other replicas");
                 if let Err(e) = out.store.notify(&batch).await {
                     tracing::debug!(error = %e, n = batch.len(), "could not send events to other replicas");
                 }

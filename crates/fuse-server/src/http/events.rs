@@ -62,6 +62,11 @@ pub async fn stream(
                 }
                 Err(RecvError::Closed) => return,
             };
+            // The same change can arrive twice (read from the store, then relayed from the
+            // replica that made it), and a relayed event can be older than what was sent.
+            if ev.updated_at < last.1 || (ev.updated_at == last.1 && ev.state == last.0) {
+                continue;
+            }
             last = (ev.state.clone(), ev.updated_at);
             if tx.send(to_sse(&ev)).await.is_err() || is_final(&ev.state) {
                 return;

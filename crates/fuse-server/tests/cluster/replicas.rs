@@ -96,12 +96,18 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
     let mut stream = resp.bytes_stream();
     let mut text = String::new();
     let reader = tokio::spawn(async move {
-        while let Ok(Some(Ok(chunk))) =
-            tokio::time::timeout(Duration::from_secs(15), stream.next()).await
-        {
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-            if text.contains("\"state\":\"destroyed\"") {
-                break;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(15), stream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    text.push_str(std::str::from_utf8(&chunk).unwrap());
+                    if text.contains("\"state\":\"destroyed\"") {
+                        break;
+                    }
+                }
+                other => {
+                    text.push_str(&format!("\n[stream ended: {other:?}]"));
+                    break;
+                }
             }
         }
         text
