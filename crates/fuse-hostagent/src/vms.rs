@@ -120,7 +120,7 @@ impl Vm {
 
     fn wire(&self) -> AgentVm {
         let m = self.meta.read();
-        let alive = process_alive(m.pid, &self.dir.display().to_string());
+        let alive = process_alive(m.pid, &marker(&self.dir));
         AgentVm {
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
@@ -136,6 +136,12 @@ impl Vm {
             }),
         }
     }
+}
+
+/// What a VM's processes have on their command line: its directory with a trailing slash
+/// (so `vms/fuse-a/` never matches `vms/fuse-ab/…`).
+fn marker(dir: &Path) -> String {
+    format!("{}/", dir.display())
 }
 
 /// The last lines of a VM's console, VMM and helper logs.
@@ -268,7 +274,7 @@ impl Vms {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match meta {
-                Some(m) if process_alive(m.pid, &path.display().to_string()) => {
+                Some(m) if process_alive(m.pid, &marker(&path)) => {
                     tracing::info!(vm_id = %m.vm_id, pid = m.pid, "adopted a running VM");
                     vms.map.write().insert(
                         m.vm_id.clone(),
@@ -287,6 +293,11 @@ impl Vms {
                         if let Some(n) = &m.net {
                             crate::net::teardown(&m.vm_id, n);
                         }
+                    }
+                    // Processes of a VM whose state was never written (or is unreadable).
+                    let killed = crate::backend::kill_by_marker(&marker(&path));
+                    if killed > 0 {
+                        tracing::info!(dir = %path.display(), killed, "killed leftover VM processes");
                     }
                     tracing::info!(dir = %path.display(), "reclaimed a leftover VM directory");
                     let _ = tokio::fs::remove_dir_all(&path).await;

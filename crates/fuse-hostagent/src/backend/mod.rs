@@ -84,3 +84,33 @@ pub fn process_alive(pid: i32, marker: &str) -> bool {
         .map(|c| String::from_utf8_lossy(&c).contains(marker))
         .unwrap_or(false)
 }
+
+/// Kills every process whose command line mentions `marker` (a VM directory): reclaims the
+/// VMM or helper of a VM whose state was never written (the agent died mid-create).
+/// Returns how many were killed.
+pub fn kill_by_marker(marker: &str) -> usize {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(marker)
+            && nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}

@@ -498,6 +498,24 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
     let dead_pid = guest_pid(&dir, "fuse-dies");
     let _ = nix_kill(dead_pid);
     std::fs::create_dir_all(dir.join("vms/stray")).unwrap();
+    // A VM whose agent died mid-create: its helper runs, but no state was written.
+    let orphan_dir = dir.join("vms/fuse-orphan");
+    std::fs::create_dir_all(orphan_dir.join("root")).unwrap();
+    std::fs::write(
+        orphan_dir.join("guest.token"),
+        "orphan-token-0123456789abcdef",
+    )
+    .unwrap();
+    let mut orphan = Command::new(guest_bin())
+        .arg("--listen")
+        .arg(format!("unix:{}", orphan_dir.join("guest.sock").display()))
+        .arg("--token-file")
+        .arg(orphan_dir.join("guest.token"))
+        .arg("--root")
+        .arg(orphan_dir.join("root"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{dead_pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -526,6 +544,9 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
     assert_eq!(b.exec("fuse-keep", &["cat", "kept"]).await.1, "state\n");
     assert!(!dir.join("vms/fuse-dies").exists(), "dead VM reclaimed");
     assert!(!dir.join("vms/stray").exists(), "stray directory reclaimed");
+    assert!(!orphan_dir.exists(), "orphan directory reclaimed");
+    let status = orphan.wait().unwrap();
+    assert!(!status.success(), "the orphan helper was killed at start");
     b.delete("/v1/vm/fuse-keep").await;
     assert!(
         !std::path::Path::new(&format!("/proc/{keep_pid}/cmdline")).exists()
