@@ -247,3 +247,69 @@ fn agent_starts_restarts_after_a_crash_and_stops_with_sigterm() {
         "agent output is logged"
     );
 }
+
+#[test]
+fn agent_binary_is_fetched_once() {
+    let h = start("fetch");
+    // A local HTTP server with the "binary" (a shell script).
+    let site = h.root.parent().unwrap().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(
+        site.join("agent.sh"),
+        "#!/bin/sh\necho fetched-agent-ran > ran\nexec sleep 60\n",
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&site)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}/agent.sh");
+    // The command uses the guest path relative to the root (the process backend's cwd).
+    let req = json!({"op": "start_agent", "download_url": url, "binary_path": "/usr/local/bin/agent",
+                     "command": "exec sh usr/local/bin/agent"});
+    let r = call(&h, req.clone());
+    assert!(r.get("error").is_none(), "{r}");
+    let bin = h.root.join("usr/local/bin/agent");
+    assert!(bin.exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o111,
+        0o111,
+        "executable"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !h.root.join("ran").exists() {
+        assert!(Instant::now() < deadline, "agent did not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once there, it is not fetched again: the server is gone and start still works.
+    let _ = server.kill();
+    let _ = server.wait();
+    let r = call(&h, req);
+    assert!(r.get("error").is_none(), "no second download: {r}");
+    // A failing download is a clear error.
+    let r = call(
+        &h,
+        json!({"op": "start_agent", "download_url": format!("http://127.0.0.1:{port}/missing"),
+                            "binary_path": "/opt/other", "command": "true"}),
+    );
+    assert!(r["error"].as_str().unwrap().contains("fetching"), "{r}");
+    call(&h, json!({"op": "stop_agent", "grace_ms": 1000}));
+}
