@@ -77,6 +77,25 @@ where
     purge_terminal(factory().await).await;
     replicas_and_leadership(factory().await).await;
     create_placed_and_release_with_a_transition(factory().await).await;
+    begin_destroy_from_any_state(factory().await).await;
+}
+
+async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
+    let r = vm("bd", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let (d, changed) = s.vm_begin_destroy(&r.id).await.unwrap();
+    assert!(changed);
+    assert_eq!(d.state, VmState::Destroying);
+    let (again, changed) = s.vm_begin_destroy(&r.id).await.unwrap();
+    assert!(!changed, "already destroying");
+    assert_eq!(again.generation, d.generation);
+    let audit = s.audit_list(r.id.as_str()).await.unwrap();
+    assert_eq!(audit.last().unwrap().payload["to"], "destroying");
+    assert_eq!(audit.last().unwrap().payload["reason"], "delete requested");
+    assert!(matches!(
+        s.vm_begin_destroy(&VmId::parse("fuse-none").unwrap()).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {

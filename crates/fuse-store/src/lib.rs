@@ -166,6 +166,33 @@ pub trait StateStore: Send + Sync + 'static {
         patch: VmPatch,
     ) -> Result<VmRecord, StoreError>;
 
+    /// Moves a VM to `destroying` from whatever state it is in (no generation needed: a
+    /// delete wins over everything). Returns the record and whether this call changed it; a
+    /// VM already `destroying` or `destroyed` is returned unchanged.
+    async fn vm_begin_destroy(&self, id: &VmId) -> Result<(VmRecord, bool), StoreError> {
+        loop {
+            let rec = self.vm_get(id).await?.ok_or_else(|| StoreError::NotFound {
+                kind: "environment",
+                id: id.to_string(),
+            })?;
+            if matches!(rec.state, VmState::Destroying | VmState::Destroyed) {
+                return Ok((rec, false));
+            }
+            match self
+                .vm_update(
+                    id,
+                    rec.generation,
+                    VmPatch::state(VmState::Destroying, "delete requested"),
+                )
+                .await
+            {
+                Ok(r) => return Ok((r, true)),
+                Err(StoreError::Stale { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Chooses a host for a `provisioning` VM that has none and reserves the VM's resources
     /// on it, atomically: concurrent calls (from any replica) never over-commit a host.
     /// `NoCapacity` carries why nothing fits (with `hosts == 0` when none is registered).

@@ -452,33 +452,19 @@ impl App {
     /// `destroyed`. A host that cannot be reached leaves it `destroying` for the reconciler.
     pub async fn env_delete(&self, id: &str) -> Result<(), ApiError> {
         let id = parse_id(id)?;
-        let rec = loop {
-            let rec = self
-                .store
-                .vm_get(&id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))?;
-            match rec.state {
-                VmState::Destroyed => return Ok(()),
-                VmState::Destroying => break rec,
-                _ => match self
-                    .store
-                    .vm_update(
-                        &id,
-                        rec.generation,
-                        VmPatch::state(VmState::Destroying, "delete requested"),
-                    )
-                    .await
-                {
-                    Ok(r) => {
-                        self.events.publish(&r);
-                        break r;
-                    }
-                    Err(StoreError::Stale { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                },
+        let (rec, changed) = match self.store.vm_begin_destroy(&id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found(format!("environment {id} not found")))
             }
+            Err(e) => return Err(e.into()),
         };
+        if changed {
+            self.events.publish(&rec);
+        }
+        if rec.state == VmState::Destroyed {
+            return Ok(());
+        }
         self.env_finish_destroy(rec).await
     }
 

@@ -67,7 +67,13 @@ pub struct PgStore {
     cipher: Option<Cipher>,
     migrated: AtomicBool,
     session: tokio::sync::Mutex<Session>,
+    /// Recent host list for choosing a placement candidate (the reservation itself is
+    /// always checked in SQL, so a stale entry costs a retry, never an over-commit).
+    hosts_cache: parking_lot::Mutex<Option<(std::time::Instant, Vec<crate::HostRecord>)>>,
 }
+
+/// How long the placement candidate list may be reused.
+pub(crate) const HOSTS_CACHE_TTL: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,7 +133,13 @@ impl PgStore {
             cipher: opts.cipher,
             migrated: AtomicBool::new(false),
             session: tokio::sync::Mutex::new(Session::default()),
+            hosts_cache: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Forgets the cached host list (after this process changed a host).
+    pub(crate) fn hosts_changed(&self) {
+        *self.hosts_cache.lock() = None;
     }
 
     /// Whether migrations have been applied (the store serves only then).

@@ -311,6 +311,79 @@ impl PgStore {
         Ok(out)
     }
 
+    /// The transition statement: `expected` `None` skips the generation check. Returns the
+    /// updated row, or `None` when nothing matched.
+    async fn update_row(
+        &self,
+        id: &VmId,
+        expected: Option<u64>,
+        patch: &VmPatch,
+    ) -> Result<Option<VmRecord>, StoreError> {
+        // One statement (one round trip, autocommit): lock, generation and transition check,
+        // update, audit, and the optional release, all atomically.
+        let allowed: Vec<&str> = match patch.state {
+            Some(to) => VmState::ALL
+                .iter()
+                .filter(|f| f.can_transition_to(to))
+                .map(|f| f.as_str())
+                .collect(),
+            None => Vec::new(),
+        };
+        let at = now();
+        let row = sqlx::query(&format!(
+            "WITH old AS (SELECT id, state, generation, reserved, host_id FROM vms WHERE id = $1 FOR UPDATE), \
+             upd AS (UPDATE vms v SET state = COALESCE($3, v.state), url = COALESCE($4, v.url), \
+                error = CASE WHEN $5 THEN $6 ELSE v.error END, agent = COALESCE($7, v.agent), \
+                restored_from = CASE WHEN $8 THEN $9 ELSE v.restored_from END, \
+                secrets_enc = CASE WHEN $10 THEN $11 ELSE v.secrets_enc END, \
+                reserved = CASE WHEN $12 THEN NULL ELSE v.reserved END, \
+                generation = v.generation + 1, updated_at = $13, \
+                running_since = CASE WHEN $3 = 'running' AND old.state <> 'running' THEN $13 ELSE v.running_since END \
+              FROM old WHERE v.id = old.id AND ($2::bigint IS NULL OR old.generation = $2) AND ($3::text IS NULL OR old.state = ANY($14)) \
+              RETURNING v.*, old.state AS from_state, old.reserved AS old_reserved), \
+             ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
+              SELECT 'environment', id, t, p FROM ( \
+                SELECT 1 AS k, upd.id, 'state' AS t, jsonb_build_object('from', upd.from_state, 'to', upd.state, 'reason', $15::text) AS p \
+                FROM upd WHERE $3::text IS NOT NULL \
+                UNION ALL \
+                SELECT 2, upd.id, 'released', jsonb_build_object('cpus', upd.old_reserved->'cpus', \
+                  'ram_mb', upd.old_reserved->'ram_mb', 'storage_gb', upd.old_reserved->'storage_gb') \
+                FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL) x ORDER BY k), \
+             rel AS (UPDATE hosts h SET \
+                alloc_cpus = GREATEST(0, h.alloc_cpus - (upd.old_reserved->>'cpus')::bigint), \
+                alloc_ram_mb = GREATEST(0, h.alloc_ram_mb - (upd.old_reserved->>'ram_mb')::bigint), \
+                alloc_storage_gb = GREATEST(0, h.alloc_storage_gb - (upd.old_reserved->>'storage_gb')::bigint), \
+                alloc_vm_count = GREATEST(0, h.alloc_vm_count - (upd.old_reserved->>'vm_count')::bigint), \
+                updated_at = $13 \
+              FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL AND h.id = upd.host_id RETURNING h.id) \
+             SELECT {VM_COLS} FROM upd"
+        ))
+        .bind(id.as_str())
+        .bind(expected.map(|g| g as i64))
+        .bind(patch.state.map(VmState::as_str))
+        .bind(patch.url.as_deref())
+        .bind(patch.error.is_some())
+        .bind(patch.error.clone().flatten())
+        .bind(patch.agent.as_ref().map(to_json).transpose()?)
+        .bind(patch.restored_from.is_some())
+        .bind(patch.restored_from.clone().flatten().map(|s| s.to_string()))
+        .bind(patch.secrets.is_some())
+        .bind(
+            patch
+                .secrets
+                .as_ref()
+                .and_then(|s| seal_secrets(self.cipher.as_ref(), s.as_ref())),
+        )
+        .bind(patch.release)
+        .bind(at)
+        .bind(&allowed)
+        .bind(patch.reason.as_deref())
+        .fetch_optional(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| rows::vm(&r, self.cipher.as_ref())).transpose()
+    }
+
     async fn hosts_read(&self, tx: &mut Tx<'_>) -> Result<Vec<HostRecord>, StoreError> {
         let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
             .fetch_all(&mut **tx)
@@ -377,30 +450,45 @@ impl StateStore for PgStore {
         // then one statement that reserves on it only if the VM id is new and the host
         // still has room, inserts the row, the task index and the audit events. Anything
         // unusual (existing id, lost race) falls back to the transactional path.
-        let hosts = self.host_list().await?;
         let need = Resources::for_spec(&rec.spec);
-        let (target, reserve, no_room) = if hosts.is_empty() && fallback.is_some() {
-            (fallback.map(|h| h.to_string()), false, None)
-        } else {
-            let views: Vec<HostView> = hosts
-                .iter()
-                .map(|h| HostView {
-                    id: h.id.as_str(),
-                    region: &h.region,
-                    state: h.state,
-                    capacity: h.capacity,
-                    allocated: h.allocated,
-                })
-                .collect();
-            let req = Request {
-                need,
-                region: &rec.spec.region,
+        let cached = self
+            .hosts_cache
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < super::HOSTS_CACHE_TTL)
+            .map(|(_, h)| h.clone());
+        let choose =
+            |hosts: &[HostRecord]| -> (Option<String>, bool, Option<fuse_scheduler::NoPlacement>) {
+                if hosts.is_empty() && fallback.is_some() {
+                    return (fallback.map(|h| h.to_string()), false, None);
+                }
+                let views: Vec<HostView> = hosts
+                    .iter()
+                    .map(|h| HostView {
+                        id: h.id.as_str(),
+                        region: &h.region,
+                        state: h.state,
+                        capacity: h.capacity,
+                        allocated: h.allocated,
+                    })
+                    .collect();
+                let req = Request {
+                    need,
+                    region: &rec.spec.region,
+                };
+                match fuse_scheduler::place(&views, &req, policy) {
+                    Ok(id) => (Some(id.to_owned()), true, None),
+                    Err(np) => (None, false, Some(np)),
+                }
             };
-            match fuse_scheduler::place(&views, &req, policy) {
-                Ok(id) => (Some(id.to_owned()), true, None),
-                Err(np) => (None, false, Some(np)),
-            }
-        };
+        let mut plan = cached.as_deref().map(choose);
+        // "No room" is only believed from a fresh read: capacity may have been freed since.
+        if !matches!(plan, Some((_, _, None))) {
+            let fresh = self.host_list().await?;
+            plan = Some(choose(&fresh));
+            *self.hosts_cache.lock() = Some((std::time::Instant::now(), fresh));
+        }
+        let (target, reserve, no_room) = plan.unwrap_or((None, false, None));
         let mut out = rec.clone();
         if let Some(np) = &no_room {
             out.state = VmState::Failed;
@@ -461,6 +549,15 @@ impl StateStore for PgStore {
         let reserved: i64 = row.try_get("reserved").map_err(db_err)?;
         match (inserted, reserved, reserve) {
             (1, 1, true) | (1, 0, false) => {
+                if reserve {
+                    // Keep the cached picture current for the next placement here.
+                    if let (Some((_, hosts)), Some(t)) = (self.hosts_cache.lock().as_mut(), &target)
+                    {
+                        if let Some(h) = hosts.iter_mut().find(|h| h.id.as_str() == t) {
+                            h.allocated = h.allocated.plus(need);
+                        }
+                    }
+                }
                 if no_room.is_none() {
                     out.host_id = target
                         .map(|t| HostId::parse(&t))
@@ -471,6 +568,7 @@ impl StateStore for PgStore {
                 Ok((VmCreated::Created(out), no_room))
             }
             (1, 0, true) => {
+                self.hosts_changed();
                 // Inserted unplaced: the host filled up meanwhile. Place it properly.
                 match self
                     .vm_place(&out.id, out.generation, policy, fallback)
@@ -563,68 +661,11 @@ impl StateStore for PgStore {
     ) -> Result<VmRecord, StoreError> {
         // One statement (one round trip, autocommit): lock, generation and transition check,
         // update, audit, and the optional release, all atomically.
-        let allowed: Vec<&str> = match patch.state {
-            Some(to) => VmState::ALL
-                .iter()
-                .filter(|f| f.can_transition_to(to))
-                .map(|f| f.as_str())
-                .collect(),
-            None => Vec::new(),
-        };
-        let at = now();
-        let row = sqlx::query(&format!(
-            "WITH old AS (SELECT id, state, generation, reserved, host_id FROM vms WHERE id = $1 FOR UPDATE), \
-             upd AS (UPDATE vms v SET state = COALESCE($3, v.state), url = COALESCE($4, v.url), \
-                error = CASE WHEN $5 THEN $6 ELSE v.error END, agent = COALESCE($7, v.agent), \
-                restored_from = CASE WHEN $8 THEN $9 ELSE v.restored_from END, \
-                secrets_enc = CASE WHEN $10 THEN $11 ELSE v.secrets_enc END, \
-                reserved = CASE WHEN $12 THEN NULL ELSE v.reserved END, \
-                generation = v.generation + 1, updated_at = $13, \
-                running_since = CASE WHEN $3 = 'running' AND old.state <> 'running' THEN $13 ELSE v.running_since END \
-              FROM old WHERE v.id = old.id AND old.generation = $2 AND ($3::text IS NULL OR old.state = ANY($14)) \
-              RETURNING v.*, old.state AS from_state, old.reserved AS old_reserved), \
-             ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
-              SELECT 'environment', id, t, p FROM ( \
-                SELECT 1 AS k, upd.id, 'state' AS t, jsonb_build_object('from', upd.from_state, 'to', upd.state, 'reason', $15::text) AS p \
-                FROM upd WHERE $3::text IS NOT NULL \
-                UNION ALL \
-                SELECT 2, upd.id, 'released', jsonb_build_object('cpus', upd.old_reserved->'cpus', \
-                  'ram_mb', upd.old_reserved->'ram_mb', 'storage_gb', upd.old_reserved->'storage_gb') \
-                FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL) x ORDER BY k), \
-             rel AS (UPDATE hosts h SET \
-                alloc_cpus = GREATEST(0, h.alloc_cpus - (upd.old_reserved->>'cpus')::bigint), \
-                alloc_ram_mb = GREATEST(0, h.alloc_ram_mb - (upd.old_reserved->>'ram_mb')::bigint), \
-                alloc_storage_gb = GREATEST(0, h.alloc_storage_gb - (upd.old_reserved->>'storage_gb')::bigint), \
-                alloc_vm_count = GREATEST(0, h.alloc_vm_count - (upd.old_reserved->>'vm_count')::bigint), \
-                updated_at = $13 \
-              FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL AND h.id = upd.host_id RETURNING h.id) \
-             SELECT {VM_COLS} FROM upd"
-        ))
-        .bind(id.as_str())
-        .bind(expected_generation as i64)
-        .bind(patch.state.map(VmState::as_str))
-        .bind(patch.url.as_deref())
-        .bind(patch.error.is_some())
-        .bind(patch.error.clone().flatten())
-        .bind(patch.agent.as_ref().map(to_json).transpose()?)
-        .bind(patch.restored_from.is_some())
-        .bind(patch.restored_from.clone().flatten().map(|s| s.to_string()))
-        .bind(patch.secrets.is_some())
-        .bind(
-            patch
-                .secrets
-                .as_ref()
-                .and_then(|s| seal_secrets(self.cipher.as_ref(), s.as_ref())),
-        )
-        .bind(patch.release)
-        .bind(at)
-        .bind(&allowed)
-        .bind(patch.reason.as_deref())
-        .fetch_optional(self.ready()?)
-        .await
-        .map_err(db_err)?;
-        if let Some(row) = row {
-            return rows::vm(&row, self.cipher.as_ref());
+        if let Some(r) = self
+            .update_row(id, Some(expected_generation), &patch)
+            .await?
+        {
+            return Ok(r);
         }
         // Nothing updated: say why.
         let cur = self.vm_get(id).await?.ok_or_else(|| vm_missing(id))?;
@@ -642,6 +683,30 @@ impl StateStore for PgStore {
             None => Err(StoreError::Internal(format!(
                 "update of {id} matched nothing"
             ))),
+        }
+    }
+
+    async fn vm_begin_destroy(&self, id: &VmId) -> Result<(VmRecord, bool), StoreError> {
+        let patch = VmPatch::state(VmState::Destroying, "delete requested");
+        if let Some(r) = self.update_row(id, None, &patch).await? {
+            return Ok((r, true));
+        }
+        // Nothing moved: it is already destroying or destroyed, or it does not exist.
+        let cur = self.vm_get(id).await?.ok_or_else(|| vm_missing(id))?;
+        if matches!(cur.state, VmState::Destroying | VmState::Destroyed) {
+            return Ok((cur, false));
+        }
+        // Changed state between the two reads: take the general path.
+        loop {
+            let rec = self.vm_get(id).await?.ok_or_else(|| vm_missing(id))?;
+            if matches!(rec.state, VmState::Destroying | VmState::Destroyed) {
+                return Ok((rec, false));
+            }
+            match self.vm_update(id, rec.generation, patch.clone()).await {
+                Ok(r) => return Ok((r, true)),
+                Err(StoreError::Stale { .. }) => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -704,6 +769,7 @@ impl StateStore for PgStore {
     }
 
     async fn host_upsert(&self, up: HostUpsert) -> Result<(HostRecord, bool), StoreError> {
+        self.hosts_changed();
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
         let at = now();
         let row = sqlx::query(
@@ -775,6 +841,7 @@ impl StateStore for PgStore {
         state: HostState,
         reason: Option<String>,
     ) -> Result<HostRecord, StoreError> {
+        self.hosts_changed();
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
         let before: Option<String> =
             sqlx::query_scalar("SELECT state FROM hosts WHERE id = $1 FOR UPDATE")
@@ -844,6 +911,7 @@ impl StateStore for PgStore {
     }
 
     async fn host_delete(&self, id: &HostId) -> Result<(), StoreError> {
+        self.hosts_changed();
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
         // Lock the host row first: a concurrent reservation on it waits, then finds it gone.
         let found: Option<String> =
