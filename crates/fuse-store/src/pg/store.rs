@@ -68,8 +68,20 @@ impl PgStore {
              secrets_enc=$14, created_at=$15, updated_at=$16, running_since=$17 WHERE id=$1"
                 .to_owned()
         };
-        sqlx::query(&sql)
-            .bind(r.id.as_str())
+        self.bind_vm(sqlx::query(&sql), r)?
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Binds every column of a VM row, in `VM_COLS` order, as `$1…$17`.
+    fn bind_vm<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        r: &'q VmRecord,
+    ) -> Result<sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>, StoreError> {
+        Ok(q.bind(r.id.as_str())
             .bind(r.task_id.as_str())
             .bind(r.state.as_str())
             .bind(r.generation as i64)
@@ -85,41 +97,22 @@ impl PgStore {
             .bind(seal_secrets(self.cipher.as_ref(), r.secrets.as_ref()))
             .bind(r.created_at)
             .bind(r.updated_at)
-            .bind(r.running_since)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
-        Ok(())
+            .bind(r.running_since))
     }
 
     async fn create_in(&self, tx: &mut Tx<'_>, rec: VmRecord) -> Result<VmCreated, StoreError> {
         let mut rec = rec;
         // The common case first: a new id, one INSERT.
-        let inserted = sqlx::query(&format!(
+        let sql = format!(
             "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
              ON CONFLICT (id) DO NOTHING"
-        ))
-        .bind(rec.id.as_str())
-        .bind(rec.task_id.as_str())
-        .bind(rec.state.as_str())
-        .bind(rec.generation as i64)
-        .bind(rec.host_id.as_ref().map(HostId::as_str))
-        .bind(rec.reserved.as_ref().map(to_json).transpose()?)
-        .bind(&rec.url)
-        .bind(to_json(&rec.spec)?)
-        .bind(&rec.request_hash)
-        .bind(to_json(&rec.agent)?)
-        .bind(&rec.error)
-        .bind(rec.restored_from.as_ref().map(SnapshotId::as_str))
-        .bind(&rec.owner)
-        .bind(seal_secrets(self.cipher.as_ref(), rec.secrets.as_ref()))
-        .bind(rec.created_at)
-        .bind(rec.updated_at)
-        .bind(rec.running_since)
-        .execute(&mut **tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+        );
+        let inserted = self
+            .bind_vm(sqlx::query(&sql), &rec)?
+            .execute(&mut **tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
         if inserted == 0 {
             let e = self
                 .vm_lock(tx, rec.id.as_str())
