@@ -159,7 +159,10 @@ fn exec_argv_shell_env_cwd_timeout_and_missing_commands() {
     std::fs::create_dir_all(h.root.join("work")).unwrap();
     let r = call(&h, json!({"op": "exec", "cmd": ["pwd"], "cwd": "/work"}));
     let want = h.root.join("work");
-    assert_eq!(text(&r, "stdout_b64").trim_end(), want.display().to_string());
+    assert_eq!(
+        text(&r, "stdout_b64").trim_end(),
+        want.display().to_string()
+    );
     let r = call(
         &h,
         json!({"op": "exec", "cmd": ["definitely-not-a-command"]}),
