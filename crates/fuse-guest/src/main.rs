@@ -36,6 +36,8 @@ fn main() {
             "--token-env" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 token = std::env::var(&v).ok();
+                // Commands and the agent must not inherit it.
+                std::env::remove_var(&v);
             }
             "--root" => root = PathBuf::from(args.next().unwrap_or_else(|| usage())),
             "--version" => {

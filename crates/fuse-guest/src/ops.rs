@@ -87,10 +87,23 @@ fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), Str
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| format!("{path} names no file"))?;
-    let tmp = dir.join(format!(".{name}.fuse-tmp-{}", std::process::id()));
+    // An unpredictable temp name, created exclusively, never through a symlink, with its
+    // final mode from the start (a key is never readable by others, not even briefly).
+    let tmp = dir.join(format!(
+        ".{name}.fuse-tmp-{}-{:016x}",
+        std::process::id(),
+        random_u64()
+    ));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(&tmp)?;
         f.write_all(&bytes)?;
+        // The umask may have narrowed the mode given at creation.
         f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)
@@ -99,6 +112,15 @@ fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), Str
         let _ = std::fs::remove_file(&tmp);
         format!("writing {path}: {e}")
     })
+}
+
+/// 64 random bits from the kernel (no RNG crate in the helper).
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b) ^ u64::from(std::process::id())
 }
 
 enum Chunk {

@@ -86,10 +86,14 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
 }
 
 async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<Response, VmError> {
-    let (vm, created) = s
-        .vms
-        .create(&b.name, b.cpus, b.memory_mb, b.storage_gb, b.agent_port)
-        .await?;
+    // In its own task: a caller that goes away must not leave a half-built VM behind.
+    let (vm, created) = tokio::spawn(async move {
+        s.vms
+            .create(&b.name, b.cpus, b.memory_mb, b.storage_gb, b.agent_port)
+            .await
+    })
+    .await
+    .map_err(|e| VmError::Failed(format!("create task: {e}")))??;
     let status = if created {
         StatusCode::CREATED
     } else {

@@ -130,8 +130,14 @@ fn run_stdin(args: &[&str], input: &str) -> Result<(), String> {
     }
 }
 
-fn comment(vm_id: &str) -> String {
-    format!("fuse:{vm_id}")
+/// The comment on a VM's NAT rules: `fuse:<agent tag>:<vm id>`.
+fn comment(tag: &str, vm_id: &str) -> String {
+    format!("fuse:{tag}:{vm_id}")
+}
+
+/// The agent tag inside a device name (`fv` + tag + hash).
+fn tag_of(dev: &str) -> &str {
+    dev.get(PREFIX.len()..PREFIX.len() + 4).unwrap_or("")
 }
 
 /// Whether this host can do networking (root and `ip` present).
@@ -190,7 +196,7 @@ pub fn setup(
         }
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         // Every NAT rule of the VM in one iptables-restore transaction.
-        let c = comment(vm_id);
+        let c = comment(tag, vm_id);
         let mut rules = format!(
             "*nat\n-A POSTROUTING -s {guest_ip}/32 ! -o {dev} -m comment --comment {c} -j MASQUERADE\n"
         );
@@ -203,7 +209,7 @@ pub fn setup(
             }
         }
         rules.push_str("COMMIT\n");
-        run_stdin(&["iptables-restore", "--noflush"], &rules)?;
+        run_stdin(&["iptables-restore", "-w", "--noflush"], &rules)?;
         Ok(())
     })();
     if let Err(e) = r {
@@ -213,9 +219,31 @@ pub fn setup(
     Ok(info)
 }
 
+/// Kills every process in a network namespace.
+fn kill_namespace_processes(ns: &str) {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Removes everything a VM's network owns (idempotent).
 pub fn teardown(vm_id: &str, info: &NetInfo) {
-    remove_rules(&comment(vm_id));
+    remove_rules(&comment(tag_of(&info.dev), vm_id));
+    // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
+    if let Some(ns) = &info.netns {
+        kill_namespace_processes(ns);
+    }
     let _ = run(&["ip", "link", "del", &info.dev]);
     if let Some(ns) = &info.netns {
         let _ = run(&["ip", "netns", "del", ns]);
@@ -224,7 +252,7 @@ pub fn teardown(vm_id: &str, info: &NetInfo) {
 
 fn nat_rules() -> Vec<String> {
     Command::new("iptables")
-        .args(["-t", "nat", "-S"])
+        .args(["-w", "-t", "nat", "-S"])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
@@ -262,7 +290,7 @@ fn remove_rules_where(pred: impl Fn(&str) -> bool) -> usize {
         return 0;
     }
     batch.push_str("COMMIT\n");
-    match run_stdin(&["iptables-restore", "--noflush"], &batch) {
+    match run_stdin(&["iptables-restore", "-w", "--noflush"], &batch) {
         Ok(()) => n,
         Err(e) => {
             tracing::warn!(error = %e, "removing NAT rules");
@@ -293,7 +321,10 @@ pub fn reclaim(tag: &str, live_vms: &[String], live_devs: &[String]) -> Reclaime
     if !available() {
         return r;
     }
-    r.rules = remove_rules_where(|c| !live_vms.iter().any(|v| c == format!("fuse:{v}")));
+    let mine = format!("fuse:{tag}:");
+    r.rules = remove_rules_where(|c| {
+        c.starts_with(&mine) && !live_vms.iter().any(|v| c == format!("{mine}{v}"))
+    });
     let links = Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
@@ -324,10 +355,10 @@ pub fn reclaim(tag: &str, live_vms: &[String], live_devs: &[String]) -> Reclaime
         .unwrap_or_default();
     for line in ns.lines() {
         let name = line.split_whitespace().next().unwrap_or("").to_owned();
-        if name.starts_with(&ours)
-            && !live_devs.contains(&name)
-            && run(&["ip", "netns", "del", &name]).is_ok()
-        {
+        if name.starts_with(&ours) && !live_devs.contains(&name) && {
+            kill_namespace_processes(&name);
+            run(&["ip", "netns", "del", &name]).is_ok()
+        } {
             r.netns += 1;
         }
     }

@@ -152,7 +152,7 @@ pub fn log_tail(dir: &Path) -> String {
         let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(5)..] {
-            out.push_str(l.trim());
+            out.push_str(fuse_firecracker::redact_token(l).trim());
             out.push_str(" | ");
         }
     }
@@ -531,6 +531,15 @@ impl Vms {
         Ok((wire, true))
     }
 
+    /// Whether `vm` is still the VM registered under `id` (not destroyed, not replaced by a
+    /// re-create while we waited for its lock).
+    fn still_current(&self, id: &str, vm: &Arc<Vm>) -> bool {
+        self.map
+            .read()
+            .get(id)
+            .is_some_and(|cur| Arc::ptr_eq(cur, vm))
+    }
+
     /// Chooses a /30 slot (and a forward port) not used by live or pending VMs.
     fn net_plan(
         &self,
@@ -591,16 +600,28 @@ impl Vms {
 
     /// Stops and removes a VM (its snapshots go with it).
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
-        let vm = self.get(id)?;
-        let _permit = vm.admit()?;
+        let vm = match self.get(id) {
+            Ok(vm) => vm,
+            Err(e) if self.pending.lock().contains_key(id) => {
+                return Err(VmError::Unavailable(format!(
+                    "vm {id} is being created; retry the delete ({e})"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        // No admission slot: a tenant's long commands must never block a destroy.
         let _l = vm.lifecycle.lock().await;
+        if !self.still_current(id, &vm) {
+            return Ok(());
+        }
         let (pid, net) = {
             let m = vm.meta.read();
             (m.pid, m.net.clone())
         };
         self.backend.stop(&vm.dir, pid).await;
-        if let Some(n) = &net {
-            crate::net::teardown(id, n);
+        if let Some(n) = net {
+            let vm_id = id.to_owned();
+            let _ = tokio::task::spawn_blocking(move || crate::net::teardown(&vm_id, &n)).await;
         }
         tokio::fs::remove_dir_all(&vm.dir)
             .await
@@ -628,6 +649,9 @@ impl Vms {
         let vm = self.get(id)?;
         let _permit = vm.admit()?;
         let _l = vm.lifecycle.lock().await;
+        if !self.still_current(id, &vm) {
+            return Err(VmError::NotFound(format!("vm {id}")));
+        }
         let dest = vm.dir.join("snapshots").join(sid);
         let _ = tokio::fs::remove_dir_all(&dest).await;
         tokio::fs::create_dir_all(vm.dir.join("snapshots"))
@@ -667,6 +691,9 @@ impl Vms {
         let vm = self.get(id)?;
         let _permit = vm.admit()?;
         let _l = vm.lifecycle.lock().await;
+        if !self.still_current(id, &vm) {
+            return Err(VmError::NotFound(format!("vm {id}")));
+        }
         if !vm.meta.read().snapshots.contains_key(sid) {
             return Err(VmError::NotFound(format!("snapshot {sid}")));
         }
@@ -682,6 +709,9 @@ impl Vms {
         let vm = self.get(id)?;
         let _permit = vm.admit()?;
         let _l = vm.lifecycle.lock().await;
+        if !self.still_current(id, &vm) {
+            return Err(VmError::NotFound(format!("vm {id}")));
+        }
         let _ = tokio::fs::remove_dir_all(vm.dir.join("snapshots").join(sid)).await;
         let meta = {
             let mut m = vm.meta.write();

@@ -104,13 +104,14 @@ impl VmmBackend for FirecrackerBackend {
             return Err(fail(e));
         }
         let pid = vm.pid().map(|p| p as i32).unwrap_or(-1);
-        // The handle is dropped without killing: the VM outlives this call (and fc-agent).
-        std::mem::forget(vm);
+        // The VM outlives this call (and fc-agent); its exit is still reaped while we run.
+        vm.detach();
         Ok(Booted { pid })
     }
 
     async fn stop(&self, dir: &Path, pid: i32) {
-        if pid > 0 {
+        // Only ever signal our own VMM: after a reboot the pid may be someone else's.
+        if pid > 0 && super::process_alive(pid, &format!("{}/", dir.display())) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             for _ in 0..50 {
                 if kill(Pid::from_raw(pid), None).is_err() {
@@ -131,15 +132,13 @@ impl VmmBackend for FirecrackerBackend {
         Ok(std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0))
     }
 
-    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError> {
-        clone_rootfs(
-            &src.join("rootfs.ext4"),
-            &dir.join("rootfs.ext4.restore"),
-            0,
-        )
-        .await?;
-        std::fs::rename(dir.join("rootfs.ext4.restore"), dir.join("rootfs.ext4"))
-            .map_err(|e| BackendError::Io(e.to_string()))
+    async fn restore(&self, _dir: &Path, _src: &Path) -> Result<(), BackendError> {
+        // Firecracker keeps the root disk open: swapping the file under a running VM would
+        // change nothing. Restoring needs a reboot on the restored disk (or a memory
+        // snapshot load), which comes with real guests.
+        Err(BackendError::Boot(
+            "restoring a snapshot into a running Firecracker VM is not supported yet".into(),
+        ))
     }
 }
 

@@ -119,8 +119,9 @@ impl VmmBackend for ProcessBackend {
         Ok(Booted { pid })
     }
 
-    async fn stop(&self, _dir: &Path, pid: i32) {
-        if pid <= 0 {
+    async fn stop(&self, dir: &Path, pid: i32) {
+        // Only ever signal our own helper: after a reboot the pid may be someone else's.
+        if pid <= 0 || !super::process_alive(pid, &format!("{}/", dir.display())) {
             return;
         }
         let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGTERM);

@@ -114,6 +114,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // VM namespaces are global: remove this agent's, even after a failed test.
+        fuse_hostagent::net::reclaim(&fuse_hostagent::net::agent_tag(&self.dir), &[], &[]);
     }
 }
 
@@ -389,12 +391,12 @@ async fn wire_and_vm_lifecycle() {
     }
     assert!(ns
         .in_ns(&["iptables", "-t", "nat", "-S"])
-        .contains("fuse:fuse-web"));
+        .contains(":fuse-web"));
     let (s, _) = a.delete("/v1/vm/fuse-web").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert!(
         !ns.in_ns(&["iptables", "-t", "nat", "-S"])
-            .contains("fuse:fuse-web"),
+            .contains(":fuse-web"),
         "its NAT rules removed"
     );
     assert_eq!(
