@@ -170,27 +170,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// delete wins over everything). Returns the record and whether this call changed it; a
     /// VM already `destroying` or `destroyed` is returned unchanged.
     async fn vm_begin_destroy(&self, id: &VmId) -> Result<(VmRecord, bool), StoreError> {
-        loop {
-            let rec = self.vm_get(id).await?.ok_or_else(|| StoreError::NotFound {
-                kind: "environment",
-                id: id.to_string(),
-            })?;
-            if matches!(rec.state, VmState::Destroying | VmState::Destroyed) {
-                return Ok((rec, false));
-            }
-            match self
-                .vm_update(
-                    id,
-                    rec.generation,
-                    VmPatch::state(VmState::Destroying, "delete requested"),
-                )
-                .await
-            {
-                Ok(r) => return Ok((r, true)),
-                Err(StoreError::Stale { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        begin_destroy_by_generation(self, id).await
     }
 
     /// Chooses a host for a `provisioning` VM that has none and reserves the VM's resources
@@ -292,4 +272,30 @@ pub trait StateStore: Send + Sync + 'static {
     /// Payloads sent by [`StateStore::notify`] from any replica, or `None` when the store
     /// is private to this process (nothing to listen to).
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError>;
+}
+
+/// `destroying` through generation-checked updates (retried on a concurrent change); the
+/// default of [`StateStore::vm_begin_destroy`] and the Postgres backend's slow path.
+pub(crate) async fn begin_destroy_by_generation<S: StateStore + ?Sized>(
+    store: &S,
+    id: &VmId,
+) -> Result<(VmRecord, bool), StoreError> {
+    loop {
+        let rec = store
+            .vm_get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "environment",
+                id: id.to_string(),
+            })?;
+        if matches!(rec.state, VmState::Destroying | VmState::Destroyed) {
+            return Ok((rec, false));
+        }
+        let patch = VmPatch::state(VmState::Destroying, "delete requested");
+        match store.vm_update(id, rec.generation, patch).await {
+            Ok(r) => return Ok((r, true)),
+            Err(StoreError::Stale { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

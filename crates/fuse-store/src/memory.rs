@@ -119,6 +119,23 @@ pub(crate) fn transition_event(
     }
 }
 
+/// Applies a snapshot patch in place (shared with the Postgres backend).
+pub(crate) fn apply_snapshot_patch(s: &mut SnapshotRecord, patch: SnapshotPatch, at: Timestamp) {
+    if let Some(st) = patch.state {
+        s.state = st;
+    }
+    if let Some(b) = patch.size_bytes {
+        s.size_bytes = b;
+    }
+    if let Some(h) = patch.host_snapshot_id {
+        s.host_snapshot_id = h;
+    }
+    if let Some(e) = patch.last_error {
+        s.last_error = e;
+    }
+    s.updated_at = at;
+}
+
 /// Applies a patch to a record in place (shared by backends that hold rows in memory).
 pub(crate) fn apply_patch(rec: &mut VmRecord, patch: &VmPatch, at: Timestamp) {
     if let Some(s) = patch.state {
@@ -521,19 +538,7 @@ impl StateStore for MemoryStore {
             .get_mut(id.as_str())
             .ok_or_else(|| snapshot_not_found(id))?;
         let from = s.state;
-        if let Some(st) = patch.state {
-            s.state = st;
-        }
-        if let Some(b) = patch.size_bytes {
-            s.size_bytes = b;
-        }
-        if let Some(h) = patch.host_snapshot_id {
-            s.host_snapshot_id = h;
-        }
-        if let Some(e) = patch.last_error {
-            s.last_error = e;
-        }
-        s.updated_at = now();
+        apply_snapshot_patch(s, patch, now());
         let out = s.clone();
         if from != out.state {
             g.audit(AuditEvent {

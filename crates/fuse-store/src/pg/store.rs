@@ -2,7 +2,9 @@
 
 use super::rows::{self, seal_secrets, seal_token};
 use super::{db_err, PgStore, CHANNEL, LOCK_LEADER, LOCK_REPLICA};
-use crate::memory::{apply_patch, release_event, replaceable, transition_event};
+use crate::memory::{
+    apply_patch, apply_snapshot_patch, release_event, replaceable, transition_event,
+};
 use crate::{
     AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
     StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
@@ -690,17 +692,7 @@ impl StateStore for PgStore {
             return Ok((cur, false));
         }
         // Changed state between the two reads: take the general path.
-        loop {
-            let rec = self.vm_get(id).await?.ok_or_else(|| vm_missing(id))?;
-            if matches!(rec.state, VmState::Destroying | VmState::Destroyed) {
-                return Ok((rec, false));
-            }
-            match self.vm_update(id, rec.generation, patch.clone()).await {
-                Ok(r) => return Ok((r, true)),
-                Err(StoreError::Stale { .. }) => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        crate::begin_destroy_by_generation(self, id).await
     }
 
     async fn vm_place(
@@ -1034,19 +1026,7 @@ impl StateStore for PgStore {
             })?;
         let mut s = rows::snapshot(&row)?;
         let from = s.state;
-        if let Some(st) = patch.state {
-            s.state = st;
-        }
-        if let Some(b) = patch.size_bytes {
-            s.size_bytes = b;
-        }
-        if let Some(h) = patch.host_snapshot_id {
-            s.host_snapshot_id = h;
-        }
-        if let Some(e) = patch.last_error {
-            s.last_error = e;
-        }
-        s.updated_at = now();
+        apply_snapshot_patch(&mut s, patch, now());
         sqlx::query(
             "UPDATE snapshots SET state = $2, size_bytes = $3, host_snapshot_id = $4, last_error = $5, \
              updated_at = $6 WHERE id = $1",
