@@ -6,8 +6,8 @@ use crate::memory::{
     apply_patch, apply_snapshot_patch, release_event, replaceable, transition_event,
 };
 use crate::{
-    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
-    StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+    AuditEvent, AuditRecord, DeadLetter, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
+    SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
 use fuse_scheduler::{HostView, Policy, Request};
@@ -1154,6 +1154,58 @@ impl StateStore for PgStore {
                     event_type: r.try_get("event_type").map_err(db_err)?,
                     payload: r.try_get("payload").map_err(db_err)?,
                     at: r.try_get("at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dead_letter_fail(
+        &self,
+        kind: &str,
+        entity_id: &str,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let n: i32 = sqlx::query_scalar(
+            "INSERT INTO dead_letters (kind, entity_id, attempts, last_error) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (kind, entity_id) DO UPDATE SET attempts = dead_letters.attempts + 1, \
+             last_error = EXCLUDED.last_error, updated_at = now() RETURNING attempts",
+        )
+        .bind(kind)
+        .bind(entity_id)
+        .bind(error)
+        .fetch_one(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        Ok(n.max(0) as u32)
+    }
+
+    async fn dead_letter_clear(&self, kind: &str, entity_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dead_letters WHERE kind = $1 AND entity_id = $2")
+            .bind(kind)
+            .bind(entity_id)
+            .execute(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn dead_letter_list(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT kind, entity_id, attempts, last_error, created_at, updated_at \
+             FROM dead_letters ORDER BY created_at, kind, entity_id",
+        )
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        rs.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    kind: r.try_get("kind").map_err(db_err)?,
+                    entity_id: r.try_get("entity_id").map_err(db_err)?,
+                    attempts: r.try_get::<i32, _>("attempts").map_err(db_err)?.max(0) as u32,
+                    last_error: r.try_get("last_error").map_err(db_err)?,
+                    created_at: r.try_get("created_at").map_err(db_err)?,
+                    updated_at: r.try_get("updated_at").map_err(db_err)?,
                 })
             })
             .collect()
