@@ -33,6 +33,8 @@ struct Failure {
     message: String,
     /// Someone else (a delete) changed the record; clean up but do not mark it failed.
     aborted: bool,
+    /// The host failed to boot the VM (counts toward its quarantine).
+    boot: bool,
 }
 
 impl Failure {
@@ -41,13 +43,17 @@ impl Failure {
             step,
             message: e.to_string(),
             aborted: false,
+            boot: false,
         }
     }
 
     /// A host error: the full text goes to the log, the client-safe text to the record.
     fn host(step: &'static str, e: ProviderError) -> Self {
         tracing::warn!(step, error = %e, "host call failed during provision");
-        Failure::at(step, e.client_message())
+        let mut f = Failure::at(step, e.client_message());
+        // The host answered that the VM failed (not: out of room, unreachable, refused).
+        f.boot = step == "create_vm" && matches!(e, ProviderError::Internal(_));
+        f
     }
 }
 
@@ -250,6 +256,9 @@ impl App {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(vm_id = %id, host_id = ?done.host_id.as_ref().map(HostId::as_str),
                     ms = started.elapsed().as_millis() as u64, "environment running");
+                if let Some(h) = &host_id {
+                    self.boot_failures.lock().remove(h.as_str());
+                }
                 return done;
             }
             Ok(Err(f)) => f,
@@ -262,6 +271,9 @@ impl App {
             ),
         };
         let message = validate::redact(&failure.message, &redact_list);
+        if let (Some(h), true) = (&host_id, failure.boot) {
+            self.count_boot_failure(h, &message).await;
+        }
         if failure.aborted {
             tracing::info!(vm_id = %id, "provision stopped: environment changed concurrently");
         } else {
@@ -350,6 +362,7 @@ impl App {
                 step: "aborted",
                 message: "environment changed concurrently".into(),
                 aborted: true,
+                boot: false,
             }),
             Err(e) => Err(Failure::at("store", e)),
         }
