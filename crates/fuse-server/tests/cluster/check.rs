@@ -76,15 +76,24 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
                 h.id
             ));
         }
-        let on_host: BTreeSet<String> = h.vms().await.into_iter().collect();
+        let listed = h.vm_states().await;
+        let on_host: BTreeSet<String> = listed.iter().map(|(id, _)| id.clone()).collect();
+        let running: BTreeSet<String> = listed
+            .iter()
+            .filter(|(_, s)| s == "running")
+            .map(|(id, _)| id.clone())
+            .collect();
         for x in on_host.difference(&tracked) {
             p.push(format!(
                 "host {}: VM {x} is not tracked as live there",
                 h.id
             ));
         }
-        for x in tracked.difference(&on_host) {
-            p.push(format!("host {}: live environment {x} has no VM", h.id));
+        for x in tracked.difference(&running) {
+            p.push(format!(
+                "host {}: live environment {x} has no running VM",
+                h.id
+            ));
         }
         let fp = h.footprint();
         let dirs: BTreeSet<String> = fp.dirs.iter().cloned().collect();
@@ -95,7 +104,7 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
             ));
         }
         let n = on_host.len();
-        if fp.netns != n || fp.links != n || fp.procs != n {
+        if fp.netns != n || fp.links != n || fp.procs != running.len() {
             p.push(format!(
                 "host {}: {n} VMs but {} namespaces, {} links, {} processes",
                 h.id, fp.netns, fp.links, fp.procs

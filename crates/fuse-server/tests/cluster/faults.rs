@@ -222,14 +222,22 @@ async fn host_cut_off_past_the_liveness_limit_then_healed() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["host_id"], "h2");
-    // Healed: the host comes back with its VMs, which are running again.
+    // Meanwhile one of its VMs dies.
+    let dead = on_h1[0].clone();
+    hs[0].kill_vm(&dead);
+    // Healed: the host comes back with its other VMs, which are running again; the dead
+    // one is failed.
     tokio::time::sleep(Duration::from_secs(2)).await;
     hs[0].link(true);
     eventually("h1 active again", Duration::from_secs(30), || async {
         f.get("/v1/hosts/h1").await.1["state"] == "active"
     })
     .await;
-    for id in &on_h1 {
+    eventually("the dead VM failed", Duration::from_secs(30), || async {
+        f.get(&format!("/v1/environments/{dead}")).await.1["state"] == "failed"
+    })
+    .await;
+    for id in &on_h1[1..] {
         assert_eq!(
             f.get(&format!("/v1/environments/{id}")).await.1["state"],
             "running"
@@ -479,9 +487,20 @@ async fn leftovers_of_a_crashed_agent_are_reclaimed_and_orphans_destroyed() {
     let Some(mut hs) = hosts(&["h1"]).await else {
         return;
     };
-    // Creates straight to the agent (no control plane knows them), killed mid-way.
+    // Creates straight to the agent (no control plane knows them): three finish, then a
+    // burst is killed mid-way.
     let http = hs[0].http.clone();
     let url = format!("{}/v1/vm", hs[0].url());
+    for i in 0..3 {
+        let r = http
+            .post(&url)
+            .bearer_auth(AGENT_TOKEN)
+            .json(&json!({"name": format!("fuse-done-{i}"), "cpus": 1, "memory_mb": 128, "storage_gb": 1, "agent_port": 8080}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
     let jobs: Vec<_> = (0..16)
         .map(|i| {
             let (http, url) = (http.clone(), url.clone());
@@ -510,6 +529,7 @@ async fn leftovers_of_a_crashed_agent_are_reclaimed_and_orphans_destroyed() {
     hs[0].wait_up().await;
     // Reclaimed at start: what remains is exactly the VMs the agent adopted.
     let adopted = hs[0].vms().await;
+    assert!(adopted.len() >= 3, "{adopted:?}");
     let fp = hs[0].footprint();
     assert_eq!(fp.dirs, adopted, "{}", hs[0].log_text());
     let n = adopted.len();

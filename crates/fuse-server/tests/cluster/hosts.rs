@@ -196,6 +196,25 @@ impl Host {
 
     /// VM ids the agent lists (under `fuse-`).
     pub async fn vms(&self) -> Vec<String> {
+        self.vm_states()
+            .await
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Kills a VM's own process (the VM dies under the agent).
+    pub fn kill_vm(&self, vm_id: &str) {
+        let marker = format!("{}/vms/{vm_id}/", self.dir.display());
+        assert!(Command::new("pkill")
+            .args(["-9", "-f", &marker])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// `(id, state)` of every VM the agent lists (under `fuse-`).
+    pub async fn vm_states(&self) -> Vec<(String, String)> {
         let r = self
             .http
             .get(format!("{}/v1/vm?prefix=fuse-", self.url()))
@@ -205,11 +224,16 @@ impl Host {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let v: Value = r.json().await.unwrap();
-        let mut ids: Vec<String> = v["vms"]
+        let mut ids: Vec<(String, String)> = v["vms"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|x| x["vm_id"].as_str().unwrap().to_owned())
+            .map(|x| {
+                (
+                    x["vm_id"].as_str().unwrap().to_owned(),
+                    x["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
             .collect();
         ids.sort();
         ids
