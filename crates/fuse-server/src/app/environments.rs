@@ -57,6 +57,31 @@ impl Failure {
     }
 }
 
+/// How long work in flight waits for an unavailable store (a database restart takes
+/// seconds) before it gives up and leaves the rest to recovery.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a store call, again while the store answers `Unavailable`, with back-off, for at
+/// most [`STORE_RETRY`].
+async fn store_retry<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + STORE_RETRY;
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(StoreError::Unavailable(m)) if Instant::now() < deadline => {
+                tracing::debug!(error = %m, "store unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn parse_id(id: &str) -> Result<VmId, ApiError> {
     VmId::parse(id).map_err(|e| ApiError::invalid(e.0))
 }
@@ -285,7 +310,7 @@ impl App {
         }
         // A delete and a re-create with the same task id may have replaced our record: then
         // the VM name on the host and the reservation belong to the new incarnation.
-        let replaced = match self.store.vm_get(&id).await {
+        let replaced = match store_retry(|| self.store.vm_get(&id)).await {
             Ok(Some(cur)) => cur.created_at != incarnation,
             _ => false,
         };
@@ -307,7 +332,7 @@ impl App {
         let release_now = host_clean && !replaced;
         let mut last = None;
         for _ in 0..5 {
-            let cur = match self.store.vm_get(&id).await {
+            let cur = match store_retry(|| self.store.vm_get(&id)).await {
                 Ok(Some(c)) => c,
                 _ => break,
             };
@@ -325,7 +350,7 @@ impl App {
             let mut patch = VmPatch::state(VmState::Failed, failure.step)
                 .with_error(format!("{}: {message}", failure.step.replace('_', " ")));
             patch.release = release_now;
-            match self.store.vm_update(&id, cur.generation, patch).await {
+            match store_retry(|| self.store.vm_update(&id, cur.generation, patch.clone())).await {
                 Ok(r) => {
                     self.metrics
                         .provision_duration
@@ -354,9 +379,39 @@ impl App {
         }
     }
 
-    /// Persists `patch` against the generation we hold; a concurrent change aborts.
+    /// Persists `patch` against the generation we hold; a concurrent change aborts. While
+    /// the store is unavailable (a database restart) the write is retried; if a retried
+    /// write finds the record already where the patch leads, the lost reply is taken as
+    /// success.
     async fn advance(&self, rec: &VmRecord, patch: VmPatch) -> Result<VmRecord, Failure> {
-        match self.store.vm_update(&rec.id, rec.generation, patch).await {
+        let mut retried = false;
+        let r = store_retry(|| {
+            let patch = patch.clone();
+            let first = !retried;
+            retried = true;
+            async move {
+                let r = self
+                    .store
+                    .vm_update(&rec.id, rec.generation, patch.clone())
+                    .await;
+                match r {
+                    Err(StoreError::Stale { .. }) if !first => {
+                        match self.store.vm_get(&rec.id).await? {
+                            Some(cur)
+                                if Some(cur.state) == patch.state
+                                    && cur.generation == rec.generation + 1 =>
+                            {
+                                Ok(cur)
+                            }
+                            _ => r,
+                        }
+                    }
+                    r => r,
+                }
+            }
+        })
+        .await;
+        match r {
             Ok(r) => Ok(r),
             Err(StoreError::Stale { .. } | StoreError::Transition { .. }) => Err(Failure {
                 step: "aborted",

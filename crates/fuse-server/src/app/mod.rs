@@ -44,6 +44,8 @@ pub struct App {
     pub loops: crate::background::Registry,
     /// What the reconciler remembers between passes.
     pub reconcile: parking_lot::Mutex<crate::background::reconcile::State>,
+    /// Replicas the recovery loop has seen without their liveness lock, and since when.
+    pub owners_absent: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Consecutive boot failures per host seen by this replica (quarantine).
     pub boot_failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -84,6 +86,7 @@ impl App {
             loops: crate::background::Registry::default(),
             reconcile: parking_lot::Mutex::default(),
             boot_failures: parking_lot::Mutex::default(),
+            owners_absent: parking_lot::Mutex::default(),
         });
         (app, frx)
     }

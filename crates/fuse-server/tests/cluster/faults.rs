@@ -289,14 +289,14 @@ async fn control_plane_killed_mid_twenty_creates_then_restarted() {
 }
 
 /// A private Postgres cluster the test can restart (the shared one serves other tests).
-struct PrivatePg {
+pub struct PrivatePg {
     dir: std::path::PathBuf,
     bin: std::path::PathBuf,
     port: u16,
 }
 
 impl PrivatePg {
-    fn start() -> Option<PrivatePg> {
+    pub fn start() -> Option<PrivatePg> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
             .flatten()
@@ -338,7 +338,7 @@ impl PrivatePg {
         Some(pg)
     }
 
-    fn ctl(&self, what: &[&str]) -> bool {
+    pub fn ctl(&self, what: &[&str]) -> bool {
         let d = self.dir.display().to_string();
         let opts = format!(
             "-p {} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
@@ -364,7 +364,7 @@ impl PrivatePg {
             .is_ok_and(|s| s.success())
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }

@@ -13,3 +13,4 @@ mod harness;
 mod hosts;
 mod multihost;
 mod replicas;
+mod soak;
