@@ -158,7 +158,7 @@ async fn soak() {
                         }
                         count(&ops, k);
                     }
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let (s, b) = call(
                             &http,
                             reqwest::Method::POST,
