@@ -138,3 +138,47 @@ async fn keepalive_comments_flow_while_idle() {
     assert_eq!(events.len(), 1);
     assert_eq!(comments, ["keepalive", "keepalive"]);
 }
+
+#[tokio::test]
+async fn a_silent_host_sends_lost_then_running_on_the_stream() {
+    let mut flags = test_flags();
+    flags.host_down_after_secs = "1".into();
+    let f = start_with(flags).await;
+    f.stub_host("h1", 8, 10).await;
+    f.create_running("ev-lost").await;
+    let resp = f
+        .http
+        .get(format!("{}/v1/environments/fuse-ev-lost/events", f.base))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(read_frames(resp, 4, Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stub = f.stub("h1");
+    stub.set_faults(fuse_server::provider::stub::StubFaults {
+        unreachable: true,
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fuse_server::background::host_monitor::pass(f.app().clone())
+        .await
+        .unwrap();
+    stub.set_faults(Default::default());
+    fuse_server::background::host_monitor::pass(f.app().clone())
+        .await
+        .unwrap();
+    f.delete("/v1/environments/fuse-ev-lost").await;
+    let (_, events) = reader.await.unwrap();
+    let states: Vec<&str> = events
+        .iter()
+        .map(|(_, d)| d["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states[..3], ["running", "lost", "running"], "{events:?}");
+    assert!(
+        events[1].1["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped answering"),
+        "{events:?}"
+    );
+}

@@ -224,7 +224,7 @@ async fn host_cut_off_past_the_liveness_limit_then_healed() {
     assert_eq!(b["host_id"], "h2");
     // Meanwhile one of its VMs dies.
     let dead = on_h1[0].clone();
-    hs[0].kill_vm(&dead);
+    assert!(hs[0].kill_vm(&dead), "{dead} had no process");
     // Healed: the host comes back with its other VMs, which are running again; the dead
     // one is failed.
     tokio::time::sleep(Duration::from_secs(2)).await;

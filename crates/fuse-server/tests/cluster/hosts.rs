@@ -203,14 +203,13 @@ impl Host {
             .collect()
     }
 
-    /// Kills a VM's own process (the VM dies under the agent).
-    pub fn kill_vm(&self, vm_id: &str) {
+    /// Kills a VM's own process (the VM dies under the agent); whether one was killed.
+    pub fn kill_vm(&self, vm_id: &str) -> bool {
         let marker = format!("{}/vms/{vm_id}/", self.dir.display());
-        assert!(Command::new("pkill")
+        Command::new("pkill")
             .args(["-9", "-f", &marker])
             .status()
-            .unwrap()
-            .success());
+            .is_ok_and(|s| s.success())
     }
 
     /// `(id, state)` of every VM the agent lists (under `fuse-`).

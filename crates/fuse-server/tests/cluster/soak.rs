@@ -239,15 +239,28 @@ async fn soak() {
                 faults.push(format!("{at:>4} s: Postgres restarted (ok: {ok})"));
             }
             _ => {
-                let h = rand::thread_rng().gen_range(0..hs.len());
-                let vms = hs[h].vms().await;
-                if vms.is_empty() {
-                    faults.push(format!("{at:>4} s: no VM to kill on {}", hs[h].id));
-                } else {
-                    let v = &vms[rand::thread_rng().gen_range(0..vms.len())];
-                    hs[h].kill_vm(v);
-                    faults.push(format!("{at:>4} s: VM {v} killed on {}", hs[h].id));
+                // A VM that runs now, on whichever host has one.
+                let mut killed = None;
+                for _ in 0..50 {
+                    let h = rand::thread_rng().gen_range(0..hs.len());
+                    let vms = hs[h].vm_states().await;
+                    let running: Vec<&String> = vms
+                        .iter()
+                        .filter(|(_, s)| s == "running")
+                        .map(|(id, _)| id)
+                        .collect();
+                    if let Some(v) = running.first() {
+                        if hs[h].kill_vm(v) {
+                            killed = Some(format!("{v} on {}", hs[h].id));
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                faults.push(match killed {
+                    Some(k) => format!("{at:>4} s: VM {k} killed"),
+                    None => format!("{at:>4} s: no running VM found to kill"),
+                });
             }
         }
         eprintln!("{}", faults.last().unwrap());
