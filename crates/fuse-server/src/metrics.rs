@@ -63,6 +63,8 @@ pub struct Metrics {
     pub vms_missing_provider: IntCounter,
     /// `reconcile_host_errors_total{host}`: hosts whose list could not be read.
     pub reconcile_host_errors: IntCounterVec,
+    /// `reconcile_allocation_repairs_total`: hosts whose allocation was corrected.
+    pub allocation_repairs: IntCounter,
     /// `reconcile_dead_letters`: work given up on, awaiting an operator.
     pub dead_letters: IntGauge,
     /// `host_quarantines_total{host}`: automatic cordons after repeated boot failures.
@@ -196,6 +198,10 @@ impl Metrics {
                 "reconcile_host_errors_total",
                 "Reconcile reads of a host that failed (nothing was changed for it).",
                 &["host"],
+            ),
+            allocation_repairs: counter(
+                "reconcile_allocation_repairs_total",
+                "Hosts whose allocation differed from their environments' reservations, corrected.",
             ),
             dead_letters: gauge(
                 "reconcile_dead_letters",

@@ -79,6 +79,7 @@ where
     create_placed_and_release_with_a_transition(factory().await).await;
     begin_destroy_from_any_state(factory().await).await;
     dead_letters_count_and_clear(factory().await).await;
+    repair_allocation_agrees_with_reservations(factory().await).await;
 }
 
 async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
@@ -699,4 +700,32 @@ async fn dead_letters_count_and_clear<S: StateStore>(s: S) {
         1,
         "cleared counts restart"
     );
+}
+
+async fn repair_allocation_agrees_with_reservations<S: StateStore>(s: S) {
+    s.host_upsert(host("rp", 8, 10)).await.unwrap();
+    let h = HostId::parse("rp").unwrap();
+    assert_eq!(s.host_repair_allocation(&h).await.unwrap(), None);
+    for t in ["rp-a", "rp-b"] {
+        let (c, _) = s
+            .vm_create_placed(vm(t, 2, 1024), Policy::Spread, None)
+            .await
+            .unwrap();
+        assert!(matches!(c, VmCreated::Created(_)));
+    }
+    assert_eq!(
+        s.host_repair_allocation(&h).await.unwrap(),
+        None,
+        "the books agree after reservations"
+    );
+    let a = VmId::parse("fuse-rp-a").unwrap();
+    assert!(s.vm_release(&a).await.unwrap());
+    assert_eq!(s.host_repair_allocation(&h).await.unwrap(), None);
+    let got = s.host_get(&h).await.unwrap().unwrap().allocated;
+    assert_eq!((got.cpus, got.ram_mb, got.vm_count), (2, 1024, 1));
+    assert!(matches!(
+        s.host_repair_allocation(&HostId::parse("nope").unwrap())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -213,6 +213,15 @@ pub trait StateStore: Send + Sync + 'static {
         reason: Option<String>,
     ) -> Result<HostRecord, StoreError>;
 
+    /// Sets the host's `allocated` to the sum of the reservations its environments hold,
+    /// atomically with respect to every reservation and release (they all change the host
+    /// row, which this locks). Returns `(was, now)` when they differed (an audit event
+    /// `allocation_repaired` is written), `None` when the books were right.
+    async fn host_repair_allocation(
+        &self,
+        id: &HostId,
+    ) -> Result<Option<(Resources, Resources)>, StoreError>;
+
     /// Records that the host answered now; optionally refreshes its capacity.
     async fn host_seen(
         &self,

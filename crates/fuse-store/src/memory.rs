@@ -106,6 +106,16 @@ pub(crate) fn release_event(id: &VmId, res: Resources) -> AuditEvent {
 }
 
 /// The audit event a state transition appends (shared with the Postgres backend).
+/// The audit event of an allocation repair (shared with the Postgres backend).
+pub(crate) fn repair_event(id: &HostId, was: Resources, now: Resources) -> AuditEvent {
+    AuditEvent {
+        entity_kind: "host",
+        entity_id: id.to_string(),
+        event_type: "allocation_repaired".into(),
+        payload: serde_json::json!({"was": was, "now": now}),
+    }
+}
+
 pub(crate) fn transition_event(
     id: &VmId,
     from: VmState,
@@ -446,6 +456,32 @@ impl StateStore for MemoryStore {
             });
         }
         Ok(out)
+    }
+
+    async fn host_repair_allocation(
+        &self,
+        id: &HostId,
+    ) -> Result<Option<(Resources, Resources)>, StoreError> {
+        let mut guard = self.inner.lock();
+        let g = &mut *guard;
+        let sum = g
+            .vms
+            .values()
+            .filter(|v| v.host_id.as_ref() == Some(id))
+            .filter_map(|v| v.reserved)
+            .fold(Resources::default(), Resources::plus);
+        let h = g
+            .hosts
+            .get_mut(id.as_str())
+            .ok_or_else(|| host_not_found(id))?;
+        if h.allocated == sum {
+            return Ok(None);
+        }
+        let was = h.allocated;
+        h.allocated = sum;
+        h.updated_at = now();
+        g.audit(repair_event(id, was, sum));
+        Ok(Some((was, sum)))
     }
 
     async fn host_seen(

@@ -92,7 +92,10 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
     let mut failures = Vec::new();
     for (h, r) in results {
         match r {
-            Ok(o) => listed += o.listed,
+            Ok(o) => {
+                listed += o.listed;
+                repair_allocation(&app, &h).await;
+            }
             Err(e) => {
                 app.metrics
                     .reconcile_host_errors
@@ -119,6 +122,24 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
             failures.len(),
             failures.join("; ")
         ))
+    }
+}
+
+/// Makes the host's `allocated` equal to the reservations its environments hold (a crash
+/// between two statements can leave them apart; the store does it atomically).
+async fn repair_allocation(app: &App, host: &HostId) {
+    if host.as_str() == DEFAULT_HOST {
+        return;
+    }
+    match app.store.host_repair_allocation(host).await {
+        Ok(Some((was, now))) => {
+            app.metrics.allocation_repairs.inc();
+            tracing::warn!(host_id = %host, ?was, ?now, "reconcile: host allocation repaired from its reservations");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(host_id = %host, error = %e, "reconcile: checking the host's allocation")
+        }
     }
 }
 

@@ -266,7 +266,11 @@ async fn control_plane_killed_mid_twenty_creates_then_restarted() {
         20,
         json!({"startup_script": "sleep 1", "agent": {"command": "exec sleep 600"}}),
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Kill once all 20 are recorded and provisioning (their startup scripts sleep).
+    eventually("20 creates in flight", Duration::from_secs(30), || async {
+        states(&a).await.len() == 20
+    })
+    .await;
     a.kill9();
     for j in jobs {
         let _ = j.await;

@@ -3,7 +3,7 @@
 use super::rows::{self, seal_secrets, seal_token};
 use super::{db_err, PgStore, CHANNEL, LOCK_LEADER, LOCK_REPLICA};
 use crate::memory::{
-    apply_patch, apply_snapshot_patch, release_event, replaceable, transition_event,
+    apply_patch, apply_snapshot_patch, release_event, repair_event, replaceable, transition_event,
 };
 use crate::{
     AuditEvent, AuditRecord, DeadLetter, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
@@ -887,6 +887,74 @@ impl StateStore for PgStore {
         }
         tx.commit().await.map_err(db_err)?;
         rows::host(&row, self.cipher.as_ref())
+    }
+
+    async fn host_repair_allocation(
+        &self,
+        id: &HostId,
+    ) -> Result<Option<(Resources, Resources)>, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        // Every reservation and release changes this row in the transaction that changes
+        // the VM row, so while it is locked none is half-done from our point of view: a
+        // committed one is in the sum below (a fresh snapshot per statement), an
+        // uncommitted one applies its delta after us.
+        let row = sqlx::query(
+            "SELECT alloc_cpus, alloc_ram_mb, alloc_storage_gb, alloc_vm_count FROM hosts \
+             WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "host",
+            id: id.to_string(),
+        })?;
+        let get = |r: &sqlx::postgres::PgRow, c: &str| -> Result<i64, StoreError> {
+            r.try_get::<i64, _>(c).map_err(db_err)
+        };
+        let was = Resources {
+            cpus: get(&row, "alloc_cpus")? as u32,
+            ram_mb: get(&row, "alloc_ram_mb")? as u64,
+            storage_gb: get(&row, "alloc_storage_gb")? as u64,
+            vm_count: get(&row, "alloc_vm_count")? as u32,
+        };
+        let sum = sqlx::query(
+            "SELECT COALESCE(SUM((reserved->>'cpus')::bigint), 0)::bigint AS c, \
+             COALESCE(SUM((reserved->>'ram_mb')::bigint), 0)::bigint AS r, \
+             COALESCE(SUM((reserved->>'storage_gb')::bigint), 0)::bigint AS s, \
+             COALESCE(SUM((reserved->>'vm_count')::bigint), 0)::bigint AS n \
+             FROM vms WHERE host_id = $1 AND reserved IS NOT NULL",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let now_ = Resources {
+            cpus: get(&sum, "c")? as u32,
+            ram_mb: get(&sum, "r")? as u64,
+            storage_gb: get(&sum, "s")? as u64,
+            vm_count: get(&sum, "n")? as u32,
+        };
+        if now_ == was {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE hosts SET alloc_cpus = $2, alloc_ram_mb = $3, alloc_storage_gb = $4, \
+             alloc_vm_count = $5, updated_at = now() WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(i64::from(now_.cpus))
+        .bind(now_.ram_mb as i64)
+        .bind(now_.storage_gb as i64)
+        .bind(i64::from(now_.vm_count))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        audit(&mut tx, &repair_event(id, was, now_)).await?;
+        tx.commit().await.map_err(db_err)?;
+        self.hosts_changed();
+        Ok(Some((was, now_)))
     }
 
     async fn host_seen(

@@ -247,3 +247,36 @@ async fn a_burst_of_creates_spreads_over_equal_hosts() {
         assert_eq!(h.allocated.vm_count, 3, "the books agree: {h:?}");
     }
 }
+
+#[tokio::test]
+async fn drifted_allocation_is_repaired_from_the_reservations() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let s = store(&url, None).await;
+    s.host_upsert(conformance::host("dr", 8, 10)).await.unwrap();
+    let h = fuse_types::HostId::parse("dr").unwrap();
+    s.vm_create_placed(
+        conformance::vm("dr-a", 2, 1024),
+        fuse_scheduler::Policy::Spread,
+        None,
+    )
+    .await
+    .unwrap();
+    // A reservation leaked by a crash between two statements (issue 3's noted gap).
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE hosts SET alloc_cpus = alloc_cpus + 1, alloc_vm_count = alloc_vm_count + 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (was, now) = s.host_repair_allocation(&h).await.unwrap().unwrap();
+    assert_eq!((was.cpus, was.vm_count), (3, 2));
+    assert_eq!((now.cpus, now.ram_mb, now.vm_count), (2, 1024, 1));
+    assert_eq!(s.host_get(&h).await.unwrap().unwrap().allocated, now);
+    assert_eq!(s.host_repair_allocation(&h).await.unwrap(), None);
+    let audit = s.audit_list("dr").await.unwrap();
+    assert_eq!(audit.last().unwrap().event_type, "allocation_repaired");
+}
