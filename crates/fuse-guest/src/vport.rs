@@ -30,8 +30,11 @@ struct Channel {
     id: u64,
     input: Cursor<Vec<u8>>,
     pending: Vec<u8>,
-    out: Arc<Mutex<std::fs::File>>,
+    out: Output,
 }
+
+/// The shared writing side of the port.
+type Output = Arc<Mutex<Box<dyn Write + Send>>>;
 
 impl Channel {
     fn send(&self, payload: &[u8]) {
@@ -85,14 +88,15 @@ pub fn parse_frame(line: &str) -> Option<(u64, &str)> {
     Some((ch.parse().ok()?, payload))
 }
 
-/// Serves the port at `dev` forever.
+/// Serves the port at `dev` forever (a port reads end-of-file while no host is connected;
+/// the next host is served on the same open port).
 pub fn serve(guest: Arc<Guest>, dev: &Path) -> std::io::Error {
     let file = match std::fs::OpenOptions::new().read(true).write(true).open(dev) {
         Ok(f) => f,
         Err(e) => return e,
     };
     let out = match file.try_clone() {
-        Ok(f) => Arc::new(Mutex::new(f)),
+        Ok(f) => f,
         Err(e) => return e,
     };
     eprintln!(
@@ -100,17 +104,25 @@ pub fn serve(guest: Arc<Guest>, dev: &Path) -> std::io::Error {
         env!("CARGO_PKG_VERSION"),
         dev.display()
     );
-    let mut reader = BufReader::new(file);
+    run(guest, file, Box::new(out), false);
+    std::io::Error::other("the port loop ended")
+}
+
+/// Serves one multiplexed byte stream until it ends (tests, and any stream transport).
+pub fn serve_stream<R: Read, W: Write + Send + 'static>(guest: Arc<Guest>, reader: R, writer: W) {
+    run(guest, reader, Box::new(writer), true);
+}
+
+fn run<R: Read>(guest: Arc<Guest>, reader: R, out: Box<dyn Write + Send>, stop_at_eof: bool) {
+    let out: Output = Arc::new(Mutex::new(out));
+    let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
+            Ok(0) if stop_at_eof => return,
             // No host connected (reads end at once): wait for one; drop any partial frame.
-            Ok(0) => {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            Err(_) => {
+            Ok(0) | Err(_) => {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -162,7 +174,7 @@ mod tests {
                 id: 5,
                 input: Cursor::new(b"req\n".to_vec()),
                 pending: Vec::new(),
-                out: Arc::new(Mutex::new(f)),
+                out: Arc::new(Mutex::new(Box::new(f))),
             };
             let mut s = String::new();
             ch.read_to_string(&mut s).unwrap();

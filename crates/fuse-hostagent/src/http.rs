@@ -80,6 +80,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         backend: s.vms.backend_name().into(),
+        acceleration: s.vms.acceleration(),
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
     })

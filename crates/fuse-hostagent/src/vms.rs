@@ -7,7 +7,7 @@
 //! (upload, exec, agent) run concurrently.
 
 use crate::backend::{guest_socket, process_alive, BackendError, BootSpec, VmmBackend};
-use crate::link::{self, LinkError};
+use crate::link::{Link, LinkError};
 use fuse_guest::proto::{Op, Response};
 use fuse_types::hostagent::{AgentSnapshot, AgentVm};
 use fuse_types::Resources;
@@ -90,6 +90,7 @@ pub struct Vm {
     pub meta: RwLock<VmMeta>,
     /// Its directory.
     pub dir: PathBuf,
+    link: Link,
     lifecycle: Mutex<()>,
     admission: Arc<Semaphore>,
 }
@@ -105,17 +106,13 @@ impl Vm {
         })
     }
 
-    fn socket(&self) -> PathBuf {
-        guest_socket(&self.dir)
-    }
-
     fn token(&self) -> String {
         self.meta.read().token.clone()
     }
 
     /// Calls the guest.
     pub async fn guest(&self, op: Op, limit: Duration) -> Result<Vec<Response>, VmError> {
-        Ok(link::call(&self.socket(), &self.token(), op, limit).await?)
+        Ok(self.link.call(&self.token(), op, limit).await?)
     }
 
     fn wire(&self) -> AgentVm {
@@ -148,7 +145,7 @@ fn marker(dir: &Path) -> String {
 pub fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     // The console last: it says most about a guest that did not come up.
-    for f in ["firecracker.log", "guest.log", "console.log"] {
+    for f in ["firecracker.log", "qemu.log", "guest.log", "console.log"] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(5)..] {
@@ -280,6 +277,7 @@ impl Vms {
                         m.vm_id.clone(),
                         Arc::new(Vm {
                             meta: RwLock::new(m),
+                            link: Link::new(guest_socket(&path), vms.backend.transport()),
                             dir: path,
                             lifecycle: Mutex::new(()),
                             admission: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -322,6 +320,11 @@ impl Vms {
             report.net = crate::net::reclaim(&vms.opts.net_tag, &ids, &devs);
         }
         Ok((vms, report))
+    }
+
+    /// The backend's acceleration, when it has one.
+    pub fn acceleration(&self) -> Option<String> {
+        self.backend.acceleration()
     }
 
     /// The backend's name.
@@ -466,22 +469,17 @@ impl Vms {
             token: token.clone(),
             net: net.clone(),
         };
-        let booted = match self.backend.boot(&spec).await {
-            Ok(b) => b,
-            Err(e) => {
-                if let Some(n) = &net {
-                    crate::net::teardown(id, n);
-                }
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return Err(e.into());
+        let undo_net = || {
+            if let Some(n) = &net {
+                crate::net::teardown(id, n);
             }
         };
-        let meta = VmMeta {
+        let mut meta = VmMeta {
             vm_id: id.to_owned(),
             cpus,
             memory_mb,
             storage_gb,
-            pid: booted.pid,
+            pid: -1,
             backend: self.backend.name().into(),
             created_unix: now_unix(),
             token,
@@ -489,21 +487,59 @@ impl Vms {
             net: net.clone(),
             url,
         };
-        let undo_net = || {
-            if let Some(n) = &net {
-                crate::net::teardown(id, n);
-            }
+        let link = Link::new(guest_socket(&dir), self.backend.transport());
+        // The boot watchdog: a guest that neither answers nor exits within it is booted
+        // again, once (a rare silent hang early in boot, see docs/hosts.md); one that exits
+        // (a broken image, a kernel panic) is not retried: it would fail the same way.
+        let (per_try, attempts) = match self.backend.boot_watchdog() {
+            Some(w) => (w.min(self.opts.boot_timeout), 2),
+            None => (self.opts.boot_timeout, 1),
         };
-        if let Err(e) = write_meta(&dir, &meta) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = std::time::Instant::now();
+            let booted = match self.backend.boot(&spec).await {
+                Ok(b) => b,
+                Err(e) => {
+                    undo_net();
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    return Err(e.into());
+                }
+            };
+            meta.pid = booted.pid;
+            if let Err(e) = write_meta(&dir, &meta) {
+                self.backend.stop(&dir, booted.pid).await;
+                undo_net();
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+            let m = marker(&dir);
+            let alive = || process_alive(booted.pid, &m);
+            let e = match link.wait_ready(&meta.token, per_try, alive).await {
+                Ok(()) => {
+                    tracing::info!(
+                        vm_id = %id,
+                        backend = self.backend.name(),
+                        ready_ms = started.elapsed().as_millis() as u64,
+                        attempt,
+                        "guest helper ready"
+                    );
+                    break;
+                }
+                Err(e) => e,
+            };
+            let exited = !alive();
             self.backend.stop(&dir, booted.pid).await;
-            undo_net();
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(e);
-        }
-        if let Err(e) =
-            link::wait_ready(&guest_socket(&dir), &meta.token, self.opts.boot_timeout).await
-        {
-            self.backend.stop(&dir, booted.pid).await;
+            link.reset().await;
+            if !exited && attempt < attempts {
+                tracing::warn!(
+                    vm_id = %id,
+                    watchdog_secs = per_try.as_secs(),
+                    "guest did not answer within the boot watchdog; booting it again"
+                );
+                continue;
+            }
             undo_net();
             let log = log_tail(&dir);
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -515,12 +551,19 @@ impl Vms {
                 .into_iter()
                 .rev()
                 .collect();
-            return Err(VmError::Failed(format!(
-                "guest helper never answered ({e}); log: {tail}"
-            )));
+            let why = if exited {
+                "the VM stopped during boot".to_owned()
+            } else {
+                format!(
+                    "guest helper never answered within {} s ({attempt} boot attempts)",
+                    per_try.as_secs()
+                )
+            };
+            return Err(VmError::Failed(format!("{why} ({e}); log: {tail}")));
         }
         let vm = Arc::new(Vm {
             meta: RwLock::new(meta),
+            link,
             dir,
             lifecycle: Mutex::new(()),
             admission: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -657,17 +700,35 @@ impl Vms {
         tokio::fs::create_dir_all(vm.dir.join("snapshots"))
             .await
             .map_err(|e| VmError::Failed(e.to_string()))?;
-        let size = self.backend.snapshot(&vm.dir, &dest).await?;
+        if self.backend.transport() == crate::link::Transport::Serial
+            || self.backend.name() == "firecracker"
+        {
+            // A real guest: flush its page cache so the disk copy is consistent on its own.
+            let sync = Op::Exec {
+                cmd: vec!["sync".into()],
+                shell: None,
+                env: BTreeMap::new(),
+                cwd: None,
+                timeout_ms: Some(30_000),
+                stream: false,
+            };
+            if let Err(e) = vm.guest(sync, Duration::from_secs(40)).await {
+                tracing::warn!(vm_id = %id, error = %e, "sync before the snapshot failed");
+            }
+        }
+        let pid = vm.meta.read().pid;
+        let size = self.backend.snapshot(&vm.dir, pid, &dest).await?;
+        let mode = self.backend.snapshot_mode(mode);
         let meta = {
             let mut m = vm.meta.write();
-            m.snapshots.insert(sid.to_owned(), mode.to_owned());
+            m.snapshots.insert(sid.to_owned(), mode.clone());
             m.clone()
         };
         write_meta(&vm.dir, &meta)?;
         Ok(AgentSnapshot {
             snapshot_id: sid.to_owned(),
             size_bytes: size,
-            mode: mode.to_owned(),
+            mode,
         })
     }
 
@@ -697,9 +758,35 @@ impl Vms {
         if !vm.meta.read().snapshots.contains_key(sid) {
             return Err(VmError::NotFound(format!("snapshot {sid}")));
         }
-        self.backend
-            .restore(&vm.dir, &vm.dir.join("snapshots").join(sid))
+        let pid = vm.meta.read().pid;
+        let replaced = self
+            .backend
+            .restore(&vm.dir, pid, &vm.dir.join("snapshots").join(sid))
             .await?;
+        if let Some(b) = replaced {
+            // A new VMM process runs the restored VM: record it, reconnect, wait for the
+            // guest helper (restored with the memory) to answer again.
+            let meta = {
+                let mut m = vm.meta.write();
+                m.pid = b.pid;
+                m.clone()
+            };
+            write_meta(&vm.dir, &meta)?;
+            vm.link.reset().await;
+            let m = marker(&vm.dir);
+            vm.link
+                .wait_ready(&meta.token, self.opts.boot_timeout, || {
+                    process_alive(b.pid, &m)
+                })
+                .await
+                .map_err(|e| {
+                    VmError::Failed(format!(
+                        "the restored VM did not answer ({e}); log: {}",
+                        log_tail(&vm.dir)
+                    ))
+                })?;
+            tracing::info!(vm_id = %id, snapshot_id = %sid, pid = b.pid, "snapshot restored");
+        }
         Ok(())
     }
 

@@ -143,6 +143,9 @@ pub struct AgentHealth {
     /// VMM backend (`firecracker`, `qemu`, `process`).
     #[serde(default)]
     pub backend: String,
+    /// How guests run (`kvm`, `tcg`), for backends that choose (`qemu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration: Option<String>,
     /// Total capacity.
     #[serde(default)]
     pub capacity: crate::Resources,

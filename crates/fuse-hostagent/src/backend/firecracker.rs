@@ -125,14 +125,19 @@ impl VmmBackend for FirecrackerBackend {
         let _ = std::fs::remove_file(guest_socket(dir));
     }
 
-    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError> {
+    async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
         let target = dest.join("rootfs.ext4");
         clone_rootfs(&dir.join("rootfs.ext4"), &target, 0).await?;
         Ok(std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0))
     }
 
-    async fn restore(&self, _dir: &Path, _src: &Path) -> Result<(), BackendError> {
+    async fn restore(
+        &self,
+        _dir: &Path,
+        _pid: i32,
+        _src: &Path,
+    ) -> Result<Option<Booted>, BackendError> {
         // Firecracker keeps the root disk open: swapping the file under a running VM would
         // change nothing. Restoring needs a reboot on the restored disk (or a memory
         // snapshot load), which comes with real guests.

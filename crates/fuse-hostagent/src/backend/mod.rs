@@ -1,9 +1,11 @@
-//! The `VmmBackend` seam: what boots and stops a VM. `process` runs `fuse-guest` as a local
-//! process in the VM's directory (no hypervisor, no isolation: for tests and scale runs).
-//! `firecracker` and `qemu` come next (DESIGN §6).
+//! The `VmmBackend` seam: what boots and stops a VM. `firecracker` (production), `qemu`
+//! (QEMU microvm: hosts without Firecracker, and real guests on machines without hardware
+//! virtualisation) and `process` (`fuse-guest` as a local process in the VM's directory; no
+//! hypervisor, no isolation: for tests and scale runs). DESIGN §6.
 
 pub mod firecracker;
 pub mod process;
+pub mod qemu;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -59,10 +61,33 @@ pub trait VmmBackend: Send + Sync + 'static {
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
     /// Stops it (idempotent).
     async fn stop(&self, dir: &Path, pid: i32);
-    /// Copies the VM's disk state into `dest` (a new directory).
-    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError>;
-    /// Replaces the VM's disk state with `src`.
-    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError>;
+    /// Copies the VM's state into `dest` (a new directory); returns the bytes used.
+    async fn snapshot(&self, dir: &Path, pid: i32, dest: &Path) -> Result<u64, BackendError>;
+    /// Replaces the VM's state with the snapshot in `src`. A backend that restores by
+    /// starting a new VMM process returns it.
+    async fn restore(
+        &self,
+        dir: &Path,
+        pid: i32,
+        src: &Path,
+    ) -> Result<Option<Booted>, BackendError>;
+    /// How its guests are reached.
+    fn transport(&self) -> crate::link::Transport {
+        crate::link::Transport::Vsock
+    }
+    /// The boot watchdog: how long one boot may take before it is retried once (`None`:
+    /// one attempt of the whole boot timeout).
+    fn boot_watchdog(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// What a snapshot requested as `mode` actually holds.
+    fn snapshot_mode(&self, requested: &str) -> String {
+        requested.to_owned()
+    }
+    /// The acceleration in use (`kvm`, `tcg`), for `/healthz`.
+    fn acceleration(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Whether `pid` runs and is the process we started (its command line mentions `marker`),
