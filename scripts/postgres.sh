@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the machine's Postgres (Debian's `postgresql`, installed if missing) and makes sure
-# a `fuse_test` role that may create databases exists, with a password generated on each
-# run. Prints `export FUSE_TEST_DATABASE_URL=…` for the caller to eval. Loopback only.
+# a `fuse_test` role that may create databases exists, with a generated password kept in a
+# root-only file beside the cluster (so several checkouts on one machine share it instead
+# of locking each other out). Prints `export FUSE_TEST_DATABASE_URL=…` for the caller to eval. Loopback only.
 set -euo pipefail
 
 as_postgres() { su postgres -s /bin/sh -c "$1"; }
@@ -26,7 +27,16 @@ for _ in $(seq 1 50); do
 done
 pg_isready -h 127.0.0.1 -p "$port" >&2
 
-password=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+secret_file="/var/lib/postgresql/.fuse_test_password"
+password=""
+if [ -r "$secret_file" ]; then
+  password=$(cat "$secret_file")
+  PGPASSWORD="$password" psql -qAt -h 127.0.0.1 -p "$port" -U fuse_test -d postgres -c 'SELECT 1' >/dev/null 2>&1 || password=""
+fi
+if [ -z "$password" ]; then
+  password=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  (umask 077; printf '%s' "$password" > "$secret_file")
+fi
 as_postgres "psql -q -p $port -v ON_ERROR_STOP=1" >&2 <<SQL
 DO \$\$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'fuse_test') THEN
@@ -35,7 +45,7 @@ DO \$\$ BEGIN
 END \$\$;
 ALTER ROLE fuse_test PASSWORD '$password';
 SQL
-# Databases left by earlier runs.
+# Databases left by earlier runs (one still in use refuses to be dropped and stays).
 as_postgres "psql -qAt -p $port -c \"SELECT datname FROM pg_database WHERE datname LIKE 'fuse_test_%'\"" |
   while read -r db; do as_postgres "dropdb -p $port --if-exists $db" >&2 || true; done
 echo "export FUSE_TEST_DATABASE_URL=postgres://fuse_test:$password@127.0.0.1:$port/postgres"

@@ -157,7 +157,10 @@ mod tests {
 
     #[test]
     fn frames() {
-        assert_eq!(parse_frame("12 {\"op\":\"health\"}"), Some((12, "{\"op\":\"health\"}")));
+        assert_eq!(
+            parse_frame("12 {\"op\":\"health\"}"),
+            Some((12, "{\"op\":\"health\"}"))
+        );
         assert_eq!(parse_frame("7 "), Some((7, "")));
         assert_eq!(parse_frame("x {}"), None);
         assert_eq!(parse_frame("nospace"), None);

@@ -85,8 +85,7 @@ fn take_response(line: &str, out: &mut Vec<Response>) -> Result<bool, LinkError>
     if let Some(e) = &resp.error {
         return Err(LinkError::Guest(e.clone()));
     }
-    let last =
-        resp.exit_code.is_some() || (resp.stdout_b64.is_none() && resp.stderr_b64.is_none());
+    let last = resp.exit_code.is_some() || (resp.stdout_b64.is_none() && resp.stderr_b64.is_none());
     out.push(resp);
     Ok(last)
 }
@@ -158,14 +157,16 @@ impl Link {
         let mut wait = Duration::from_millis(1);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = left.min(Duration::from_secs(2)).max(Duration::from_millis(100));
+            let attempt = left
+                .min(Duration::from_secs(2))
+                .max(Duration::from_millis(100));
             match self.call(token, Op::Health, attempt).await {
                 Ok(_) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) if !alive() => {
-                    return Err(LinkError::Unreachable(format!(
-                        "the VM process exited during boot ({e})"
-                    )))
+                Err(_) if !alive() => {
+                    return Err(LinkError::Unreachable(
+                        "the VM process exited before its guest helper answered".into(),
+                    ))
                 }
                 Err(_) => {
                     tokio::time::sleep(wait).await;
@@ -303,11 +304,13 @@ impl Mux {
                 return Ok(out);
             }
         }
-        Err(LinkError::Unreachable(if self.dead.load(Ordering::SeqCst) {
-            "the link closed (VM stopped or replaced)".into()
-        } else {
-            "the guest ended the request without an answer".into()
-        }))
+        Err(LinkError::Unreachable(
+            if self.dead.load(Ordering::SeqCst) {
+                "the link closed (VM stopped or replaced)".into()
+            } else {
+                "the guest ended the request without an answer".into()
+            },
+        ))
     }
 }
 
@@ -354,14 +357,11 @@ mod tests {
             stream: false,
         };
         let t0 = std::time::Instant::now();
-        let (a, b) = tokio::join!(
-            link.call(&token, slow, Duration::from_secs(10)),
-            async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let r = link.call(&token, Op::Health, Duration::from_secs(5)).await;
-                (r, t0.elapsed())
-            }
-        );
+        let (a, b) = tokio::join!(link.call(&token, slow, Duration::from_secs(10)), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let r = link.call(&token, Op::Health, Duration::from_secs(5)).await;
+            (r, t0.elapsed())
+        });
         assert_eq!(a.unwrap().last().unwrap().exit_code, Some(0));
         let (h, at) = b;
         h.unwrap();
@@ -370,7 +370,10 @@ mod tests {
             "health was not blocked by the running command ({at:?})"
         );
         let bad = link.call("wrong", Op::Health, Duration::from_secs(5)).await;
-        assert!(matches!(bad, Err(LinkError::Guest(ref m)) if m == "unauthorized"), "{bad:?}");
+        assert!(
+            matches!(bad, Err(LinkError::Guest(ref m)) if m == "unauthorized"),
+            "{bad:?}"
+        );
         // A dropped connection is replaced on the next call.
         link.reset().await;
         link.call(&token, Op::Health, Duration::from_secs(5))

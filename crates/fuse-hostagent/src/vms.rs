@@ -37,6 +37,9 @@ pub enum VmError {
     /// The VM or its guest failed.
     #[error("{0}")]
     Failed(String),
+    /// The VM's guest did not come up; the message carries its console's tail.
+    #[error("{0}")]
+    GuestDidNotBoot(String),
 }
 
 impl From<BackendError> for VmError {
@@ -552,14 +555,16 @@ impl Vms {
                 .rev()
                 .collect();
             let why = if exited {
-                "the VM stopped during boot".to_owned()
+                "the VM stopped during boot: the guest did not come up".to_owned()
             } else {
                 format!(
                     "guest helper never answered within {} s ({attempt} boot attempts)",
                     per_try.as_secs()
                 )
             };
-            return Err(VmError::Failed(format!("{why} ({e}); log: {tail}")));
+            return Err(VmError::GuestDidNotBoot(format!(
+                "{why} ({e}); log: {tail}"
+            )));
         }
         let vm = Arc::new(Vm {
             meta: RwLock::new(meta),

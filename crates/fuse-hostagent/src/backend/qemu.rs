@@ -67,7 +67,10 @@ pub struct QemuBackend {
 /// The kernel command line of one VM.
 pub fn kernel_cmdline(base: &str, tsc_khz: Option<u64>, spec: &BootSpec) -> String {
     let mut args = base.trim().to_owned();
-    if !args.split_whitespace().any(|w| w == "quiet" || w.starts_with("loglevel=")) {
+    if !args
+        .split_whitespace()
+        .any(|w| w == "quiet" || w.starts_with("loglevel="))
+    {
         // The serial console is slow under emulation; boot messages cost boot time.
         args.push_str(" quiet");
     }
@@ -96,7 +99,7 @@ pub fn qemu_args(b: &QemuBackend, spec: &BootSpec, disk: &Path) -> Vec<String> {
     let p = |f: &str| dir.join(f).display().to_string();
     let mut a: Vec<String> = vec![
         "-name".into(),
-        format!("fuse-vm={}", spec.vm_id),
+        spec.vm_id.clone(),
         "-M".into(),
         "microvm,isa-serial=on,rtc=on".into(),
         "-accel".into(),
@@ -139,7 +142,10 @@ pub fn qemu_args(b: &QemuBackend, spec: &BootSpec, disk: &Path) -> Vec<String> {
             guest_socket(dir).display()
         ),
         "-device".into(),
-        format!("virtserialport,chardev=c0,name={}", crate::link::SERIAL_PORT_NAME),
+        format!(
+            "virtserialport,chardev=c0,name={}",
+            crate::link::SERIAL_PORT_NAME
+        ),
         "-serial".into(),
         format!("file:{}", p("console.log")),
         "-qmp".into(),
@@ -237,8 +243,10 @@ pub async fn probe_kvm(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let Some(out) = child.stdout.take() else {
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
         return Err("no console".into());
     };
     let watch = async {
@@ -250,15 +258,27 @@ pub async fn probe_kvm(
         }
         false
     };
-    let ok = tokio::time::timeout(limit, watch).await.unwrap_or(false);
+    let result = tokio::time::timeout(limit, watch).await;
     let _ = child.kill().await;
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "a test guest did not boot under KVM within {} s",
+    let mut why = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncReadExt::read_to_string(
+            &mut tokio::io::AsyncReadExt::take(err, 4096),
+            &mut why,
+        ),
+    )
+    .await;
+    let why = why.lines().last().unwrap_or("").trim().to_owned();
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "a test guest died under KVM before userspace: {why}"
+        )),
+        Err(_) => Err(format!(
+            "a test guest did not reach userspace under KVM within {} s",
             limit.as_secs()
-        ))
+        )),
     }
 }
 
