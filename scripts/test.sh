@@ -31,6 +31,14 @@ else
   echo "firecracker could not be installed here; its tests will skip and say so"
 fi
 
+step "qemu and the guest image (real-guest tests; cached in .fuse-test/guest)"
+if [ "$(id -u)" = 0 ] && ./tools/install-qemu.sh; then
+  ./tools/build-guest-image.sh --out "$PWD/.fuse-test/guest"
+  export FUSE_TEST_GUEST_DIR="$PWD/.fuse-test/guest"
+else
+  echo "qemu could not be installed here (or not root); the real-guest tests will skip and say so"
+fi
+
 step "format"
 cargo fmt --all -- --check
 
