@@ -517,8 +517,9 @@ impl Vms {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 return Err(e);
             }
-            let m = marker(&dir);
-            let alive = || process_alive(booted.pid, &m);
+            // The process was started moments ago by this call: its pid is checked without
+            // the command-line marker (which reads empty while the process `exec`s).
+            let alive = || crate::backend::pid_running(booted.pid);
             let e = match link.wait_ready(&meta.token, per_try, alive).await {
                 Ok(()) => {
                     tracing::info!(
@@ -778,10 +779,9 @@ impl Vms {
             };
             write_meta(&vm.dir, &meta)?;
             vm.link.reset().await;
-            let m = marker(&vm.dir);
             vm.link
                 .wait_ready(&meta.token, self.opts.boot_timeout, || {
-                    process_alive(b.pid, &m)
+                    crate::backend::pid_running(b.pid)
                 })
                 .await
                 .map_err(|e| {

@@ -110,6 +110,23 @@ pub fn process_alive(pid: i32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether `pid` exists and is not a zombie. Without the command-line check of
+/// [`process_alive`]: for a process we started moments ago, whose command line reads empty
+/// while it is in the middle of an `exec` (`ip netns exec` → `fuse-guest`).
+pub fn pid_running(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
+}
+
 /// Kills every process whose command line mentions `marker` (a VM directory): reclaims the
 /// VMM or helper of a VM whose state was never written (the agent died mid-create).
 /// Returns how many were killed.

@@ -408,15 +408,7 @@ fn spawn(bin: &Path, dir: &Path, args: &[String]) -> Result<Booted, BackendError
 }
 
 fn exists(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().next())
-                    .is_some_and(|st| st == "Z" || st == "X")
-            })
-            .unwrap_or(true)
+    super::pid_running(pid)
 }
 
 /// Copies `src` to `dest` (reflink or sparse), replacing it.

@@ -100,6 +100,10 @@ struct Host {
 
 impl Host {
     fn start(i: u8, assets: &Path, rootfs: &Path) -> Host {
+        Host::start_with(i, assets, rootfs, &[])
+    }
+
+    fn start_with(i: u8, assets: &Path, rootfs: &Path, extra: &[(&str, &str)]) -> Host {
         let pid = std::process::id() % 100_000;
         let ns = format!("fuse-rg-{pid}-{i}");
         let veth = format!("frg{pid}{i}");
@@ -138,9 +142,12 @@ impl Host {
                 .unwrap();
             assert!(st.success(), "building fc-agent");
         }
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(bin)
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns]).arg(bin);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .env("FC_AGENT_LISTEN", &addr)
             .env("FC_AGENT_TOKEN", TOKEN)
             .env("FC_AGENT_BACKEND", "qemu")
@@ -621,4 +628,51 @@ async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
     let (_, h) = fuse.get("/v1/hosts/broken-1").await;
     assert_eq!(h["allocated"]["vm_count"], 0, "{h}");
     let _ = std::fs::remove_file(broken);
+}
+
+#[tokio::test]
+async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
+    let Some(assets) = guest_assets() else { return };
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    // A good image whose guest helper never starts: the guest boots and stays up, silent.
+    let silent = std::env::temp_dir().join(format!("fuse-silent-{}.ext4", std::process::id()));
+    std::fs::copy(assets.join("rootfs.ext4"), &silent).unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .args(["-w", "-R", "rm /usr/local/sbin/fuse-guest-start"])
+            .arg(&silent),
+    )
+    .unwrap();
+    let host = Host::start_with(3, &assets, &silent, &[("FC_AGENT_BOOT_WATCHDOG_SECS", "6")]);
+    let fuse = spawn_fuse(&db, &[]);
+    fuse.ready().await;
+    host.register(&fuse, "silent-1").await;
+    let t = Instant::now();
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-silent", "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{env}");
+    assert_eq!(env["state"], "failed", "{env}");
+    let error = env["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("never answered within 6 s (2 boot attempts)"),
+        "{error}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(12),
+        "two full watchdog periods"
+    );
+    assert!(
+        host.log_text().contains("booting it again"),
+        "the watchdog retried:\n{}",
+        host.log_text()
+    );
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+    let _ = std::fs::remove_file(silent);
 }
