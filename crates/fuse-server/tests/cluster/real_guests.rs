@@ -268,6 +268,10 @@ impl Drop for Host {
         ip(&["link", "del", &self.veth]);
         ip(&["netns", "del", &self.ns]);
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The agent's log stays for a failed test to be read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
