@@ -21,7 +21,7 @@ repo=$PWD
 out=.fuse-test/guest
 fuse_guest=""
 fused=""
-size_mb=256
+size_mb=""
 debootstrap=0
 suite=bookworm
 mirror=http://deb.debian.org/debian
@@ -31,13 +31,16 @@ while [ $# -gt 0 ]; do
     --fuse-guest) fuse_guest=$2; shift 2 ;;
     --fused) fused=$2; shift 2 ;;
     --size-mb) size_mb=$2; shift 2 ;;
-    --debootstrap) debootstrap=1; size_mb=${size_mb/256/1024}; shift ;;
+    --debootstrap) debootstrap=1; shift ;;
     --suite) suite=$2; shift 2 ;;
     --mirror) mirror=$2; shift 2 ;;
     -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+if [ -z "$size_mb" ]; then
+  if [ "$debootstrap" = 1 ]; then size_mb=1024; else size_mb=256; fi
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 say() { printf 'build-guest-image: %s\n' "$*" >&2; }
