@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+mod boot;
+
 /// Pending operations admitted per VM.
 pub const MAX_PENDING: usize = 32;
 
@@ -491,81 +493,10 @@ impl Vms {
             url,
         };
         let link = Link::new(guest_socket(&dir), self.backend.transport());
-        // The boot watchdog: a guest that neither answers nor exits within it is booted
-        // again, once (a rare silent hang early in boot, see docs/hosts.md); one that exits
-        // (a broken image, a kernel panic) is not retried: it would fail the same way.
-        let (per_try, attempts) = match self.backend.boot_watchdog() {
-            Some(w) => (w.min(self.opts.boot_timeout), 2),
-            None => (self.opts.boot_timeout, 1),
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let started = std::time::Instant::now();
-            let booted = match self.backend.boot(&spec).await {
-                Ok(b) => b,
-                Err(e) => {
-                    undo_net();
-                    let _ = tokio::fs::remove_dir_all(&dir).await;
-                    return Err(e.into());
-                }
-            };
-            meta.pid = booted.pid;
-            if let Err(e) = write_meta(&dir, &meta) {
-                self.backend.stop(&dir, booted.pid).await;
-                undo_net();
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return Err(e);
-            }
-            // The process was started moments ago by this call: its pid is checked without
-            // the command-line marker (which reads empty while the process `exec`s).
-            let alive = || crate::backend::pid_running(booted.pid);
-            let e = match link.wait_ready(&meta.token, per_try, alive).await {
-                Ok(()) => {
-                    tracing::info!(
-                        vm_id = %id,
-                        backend = self.backend.name(),
-                        ready_ms = started.elapsed().as_millis() as u64,
-                        attempt,
-                        "guest helper ready"
-                    );
-                    break;
-                }
-                Err(e) => e,
-            };
-            let exited = !alive();
-            self.backend.stop(&dir, booted.pid).await;
-            link.reset().await;
-            if !exited && attempt < attempts {
-                tracing::warn!(
-                    vm_id = %id,
-                    watchdog_secs = per_try.as_secs(),
-                    "guest did not answer within the boot watchdog; booting it again"
-                );
-                continue;
-            }
+        if let Err(e) = self.boot_until_ready(&spec, &mut meta, &link).await {
             undo_net();
-            let log = log_tail(&dir);
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(800)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            let why = if exited {
-                "the VM stopped during boot: the guest did not come up".to_owned()
-            } else {
-                format!(
-                    "guest helper never answered within {} s ({attempt} boot attempts)",
-                    per_try.as_secs()
-                )
-            };
-            return Err(VmError::GuestDidNotBoot(format!(
-                "{why} ({e}); log: {tail}"
-            )));
+            return Err(e);
         }
         let vm = Arc::new(Vm {
             meta: RwLock::new(meta),

@@ -70,6 +70,13 @@ fn guest_assets() -> Option<PathBuf> {
     }
 }
 
+/// One real-guest test at a time: an emulated guest takes a whole core while it boots, and
+/// the other cluster tests share the machine's cores.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
@@ -297,6 +304,17 @@ fn agent_client(vm_id: &str, cert_pem: &str, addr: std::net::SocketAddr) -> reqw
         .unwrap()
 }
 
+/// A `fuse` process whose client waits long enough for a create that boots a guest twice
+/// (the watchdog's retry) on a loaded machine.
+fn spawn_patient_fuse(db: &str, extra: &[(&str, &str)]) -> FuseProc {
+    let mut f = spawn_fuse(db, extra);
+    f.http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(150))
+        .build()
+        .unwrap();
+    f
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -305,12 +323,13 @@ fn median(mut v: Vec<u64>) -> u64 {
 #[tokio::test]
 async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
     let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
     let Some(admin) = fuse_store::testdb::admin_url() else {
         return;
     };
     let db = fuse_store::testdb::fresh(&admin).await;
     let host = Host::start(1, &assets, &assets.join("rootfs.ext4"));
-    let fuse = spawn_fuse(&db, &[("FUSE_GC_PERIOD_SECS", "1")]);
+    let fuse = spawn_patient_fuse(&db, &[("FUSE_GC_PERIOD_SECS", "1")]);
     fuse.ready().await;
     let health = host.register(&fuse, "qemu-1").await;
     assert_eq!(health["backend"], "qemu", "{health}");
@@ -601,6 +620,7 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
 #[tokio::test]
 async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
     let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
     let Some(admin) = fuse_store::testdb::admin_url() else {
         return;
     };
@@ -609,7 +629,7 @@ async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
     let broken = std::env::temp_dir().join(format!("fuse-broken-{}.ext4", std::process::id()));
     std::fs::write(&broken, vec![0u8; 4 << 20]).unwrap();
     let host = Host::start(2, &assets, &broken);
-    let fuse = spawn_fuse(&db, &[]);
+    let fuse = spawn_patient_fuse(&db, &[]);
     fuse.ready().await;
     host.register(&fuse, "broken-1").await;
     let (s, env) = fuse
@@ -637,6 +657,7 @@ async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
 #[tokio::test]
 async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
     let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
     let Some(admin) = fuse_store::testdb::admin_url() else {
         return;
     };
@@ -651,7 +672,7 @@ async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
     )
     .unwrap();
     let host = Host::start_with(3, &assets, &silent, &[("FC_AGENT_BOOT_WATCHDOG_SECS", "6")]);
-    let fuse = spawn_fuse(&db, &[]);
+    let fuse = spawn_patient_fuse(&db, &[]);
     fuse.ready().await;
     host.register(&fuse, "silent-1").await;
     let t = Instant::now();
