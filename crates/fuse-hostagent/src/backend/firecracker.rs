@@ -67,6 +67,11 @@ impl VmmBackend for FirecrackerBackend {
         "firecracker"
     }
 
+    fn acceleration(&self) -> Option<String> {
+        // Firecracker has no emulation: it always runs guests with KVM.
+        Some("kvm".into())
+    }
+
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let disk = spec.dir.join("rootfs.ext4");
         clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
