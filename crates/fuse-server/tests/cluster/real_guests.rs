@@ -5,6 +5,12 @@
 //! built by `tools/build-guest-image.sh` into `.fuse-test/guest/` (cached) and QEMU is
 //! installed by `tools/install-qemu.sh` when missing.
 //!
+//! The main test walks one environment through everything (files, secrets, startup script,
+//! `fused` over TLS through the host-port forward, rotate-token, snapshot/restore/delete and
+//! retention GC, an `fc-agent` restart that re-adopts the running VM, drain, destroy without
+//! leftovers) and prints the boot and create timings; two more show that a guest that never
+//! boots, or boots silently, ends `failed` with a clear error and leaves nothing.
+//!
 //! Skipped with a printed reason when not root, when QEMU cannot be installed, or when
 //! `FUSE_TEST_DATABASE_URL` is unset.
 
@@ -103,6 +109,9 @@ struct Host {
     dir: PathBuf,
     log: PathBuf,
     agent: Option<Child>,
+    /// The agent's command line, to start it again.
+    cmd: Vec<(String, String)>,
+    bin: PathBuf,
 }
 
 impl Host {
@@ -137,7 +146,6 @@ impl Host {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
         let addr = format!("{net}2:8090");
         let me = std::env::current_exe().unwrap();
         let bin = me.parent().unwrap().parent().unwrap().join("fc-agent");
@@ -149,39 +157,62 @@ impl Host {
                 .unwrap();
             assert!(st.success(), "building fc-agent");
         }
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns]).arg(bin);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .env("FC_AGENT_LISTEN", &addr)
-            .env("FC_AGENT_TOKEN", TOKEN)
-            .env("FC_AGENT_BACKEND", "qemu")
-            .env("FC_AGENT_QEMU_ACCEL", "auto")
-            .env("FC_AGENT_DIR", &dir)
-            .env("FC_AGENT_KERNEL", assets.join("vmlinuz"))
-            .env("FC_AGENT_INITRD", assets.join("initramfs.cpio.gz"))
-            .env("FC_AGENT_ROOTFS", rootfs)
-            .env("FC_AGENT_PUBLIC_HOST", format!("{net}2"))
-            .env("FC_AGENT_CPUS", "4")
-            .env("FC_AGENT_RAM_MB", "2048")
-            .env("FC_AGENT_STORAGE_GB", "20")
-            .env("FC_AGENT_MAX_VMS", "4")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
-        Host {
+        let p = |p: &Path| p.display().to_string();
+        let mut env: Vec<(String, String)> = [
+            ("FC_AGENT_LISTEN", addr.clone()),
+            ("FC_AGENT_TOKEN", TOKEN.into()),
+            ("FC_AGENT_BACKEND", "qemu".into()),
+            ("FC_AGENT_QEMU_ACCEL", "auto".into()),
+            ("FC_AGENT_DIR", p(&dir)),
+            ("FC_AGENT_KERNEL", p(&assets.join("vmlinuz"))),
+            ("FC_AGENT_INITRD", p(&assets.join("initramfs.cpio.gz"))),
+            ("FC_AGENT_ROOTFS", p(rootfs)),
+            ("FC_AGENT_PUBLIC_HOST", format!("{net}2")),
+            ("FC_AGENT_CPUS", "4".into()),
+            ("FC_AGENT_RAM_MB", "2048".into()),
+            ("FC_AGENT_STORAGE_GB", "20".into()),
+            ("FC_AGENT_MAX_VMS", "4".into()),
+            ("RUST_LOG", "info".into()),
+            ("NO_COLOR", "1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut host = Host {
             ns,
             veth,
             addr,
             dir,
             log,
-            agent: Some(child),
+            agent: None,
+            cmd: env,
+            bin,
+        };
+        host.spawn_agent();
+        host
+    }
+
+    /// Starts (or restarts) the agent; its output is appended to the log.
+    fn spawn_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .envs(self.cmd.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
     }
 
     fn url(&self) -> String {
@@ -548,6 +579,20 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
         std::fs::read_dir(&vm_snaps).unwrap().count(),
         0,
         "collected on the host"
+    );
+
+    // fc-agent restarts (SIGKILL): the VM keeps running, is adopted, and its link reconnects.
+    let mut host = host;
+    host.spawn_agent();
+    eventually(
+        "the restarted agent adopted the VM",
+        Duration::from_secs(60),
+        || async { host.log_text().contains("adopted=1") },
+    )
+    .await;
+    assert_eq!(
+        exec(&fuse, &id, "cat /data/hello.txt").await["stdout"],
+        "hello from the control plane\n"
     );
 
     // Drain stops fused: SIGTERM from the profile's drain command, exit 0, not restarted.
