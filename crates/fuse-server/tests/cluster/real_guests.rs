@@ -123,7 +123,8 @@ impl Host {
         let pid = std::process::id() % 100_000;
         let ns = format!("fuse-rg-{pid}-{i}");
         let veth = format!("frg{pid}{i}");
-        let net = format!("10.252.{}.", 10 + i);
+        // Per test process, so two runs on one machine (two checkouts) do not collide.
+        let net = format!("10.252.{}.", 10 + (pid % 60) * 4 + u32::from(i));
         let peer = format!("{veth}p");
         let ok = ip(&["netns", "add", &ns])
             && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
