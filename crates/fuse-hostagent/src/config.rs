@@ -120,6 +120,21 @@ impl Config {
             if self.backend == "qemu" && self.boot_watchdog_secs == 0 {
                 errs.push("FC_AGENT_BOOT_WATCHDOG_SECS must be positive".into());
             }
+            if self.backend == "qemu" {
+                // QEMU's option syntax separates with commas: a path must not contain one.
+                for (name, p) in [
+                    ("FC_AGENT_DIR", self.dir.display().to_string()),
+                    ("FC_AGENT_KERNEL", self.kernel.clone()),
+                    ("FC_AGENT_INITRD", self.initrd.clone()),
+                    ("FC_AGENT_ROOTFS", self.rootfs.clone()),
+                ] {
+                    if p.contains(',') {
+                        errs.push(format!(
+                            "{name}: {p:?} must not contain a comma (qemu backend)"
+                        ));
+                    }
+                }
+            }
             for (name, p) in [
                 ("FC_AGENT_KERNEL", &self.kernel),
                 ("FC_AGENT_ROOTFS", &self.rootfs),
