@@ -290,6 +290,13 @@ impl Mux {
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.chans.lock().insert(ch, tx);
         let _guard = ChannelGuard(self, ch);
+        // The reader marks the connection dead before it drops every channel: a channel
+        // added after that would wait for nothing.
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(LinkError::Unreachable(
+                "the link closed (VM stopped or replaced)".into(),
+            ));
+        }
         {
             let mut w = self.writer.lock().await;
             let frame = format!("{ch} {request}");
