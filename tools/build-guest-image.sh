@@ -89,6 +89,11 @@ off, length = struct.unpack_from("<II", d, 0x248)
 p = d[setup * 512 + off: setup * 512 + off + length]
 open(sys.argv[2], "wb").write(p[:-4])  # the last 4 bytes are the uncompressed size
 PY
+  need() { command -v "$1" >/dev/null || { say "the kernel payload needs $1 (apt-get install $1)"; exit 1; }; }
+  case "$(head -c 4 "$work/payload" | od -An -tx1 | tr -d ' ')" in
+    02214c18) need lz4 ;;
+    28b52ffd) need zstd ;;
+  esac
   case "$(head -c 4 "$work/payload" | od -An -tx1 | tr -d ' ')" in
     02214c18) lz4 -dc "$work/payload" > "$out/vmlinux.tmp" 2>/dev/null || true ;;
     28b52ffd) zstd -dcq "$work/payload" > "$out/vmlinux.tmp" 2>/dev/null || true ;;
