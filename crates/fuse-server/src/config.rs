@@ -103,6 +103,18 @@ pub struct Flags {
     /// Seconds between passes that recover interrupted work (abandoned provisions and destroys).
     #[arg(long, env = "FUSE_RECOVERY_PERIOD_SECS", default_value = "30")]
     pub recovery_period_secs: String,
+    /// Seconds between reconcile passes (one also runs at start).
+    #[arg(long, env = "FUSE_RECONCILE_PERIOD_SECS", default_value = "30")]
+    pub reconcile_period_secs: String,
+    /// How old a VM no environment tracks must be before the reconciler destroys it.
+    #[arg(long, env = "FUSE_ORPHAN_GRACE_SECS", default_value = "120")]
+    pub orphan_grace_secs: String,
+    /// Seconds a host may stay silent before it is `unreachable` (0: three poll periods).
+    #[arg(long, env = "FUSE_HOST_DOWN_AFTER_SECS", default_value = "0")]
+    pub host_down_after_secs: String,
+    /// Consecutive boot failures that quarantine (cordon) a host; 0 disables quarantine.
+    #[arg(long, env = "FUSE_QUARANTINE_AFTER", default_value = "3")]
+    pub quarantine_after: String,
     /// Limit of the drain command.
     #[arg(long, env = "FUSE_DRAIN_TIMEOUT_SECS", default_value = "30")]
     pub drain_timeout_secs: String,
@@ -163,6 +175,14 @@ pub struct Config {
     pub gc_period: Duration,
     /// Recovery period.
     pub recovery_period: Duration,
+    /// Reconcile period.
+    pub reconcile_period: Duration,
+    /// Age before an untracked VM is destroyed.
+    pub orphan_grace: Duration,
+    /// Silence before a host is `unreachable`.
+    pub host_down_after: Duration,
+    /// Consecutive boot failures that quarantine a host (0: never).
+    pub quarantine_after: u32,
     /// Destroyed records kept this long.
     pub terminal_retention: Duration,
     /// Default snapshot retention.
@@ -179,32 +199,6 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
-
-impl Default for Config {
-    fn default() -> Self {
-        Config::from_flags(
-            Flags {
-                listen: "127.0.0.1:0".into(),
-                require_auth: "false".into(),
-                vm_prefix: "fuse-".into(),
-                agent_profile: "fused".into(),
-                scheduler_policy: "spread".into(),
-                max_body_bytes: "16777216".into(),
-                sse_keepalive_secs: "15".into(),
-                host_poll_secs: "10".into(),
-                gc_period_secs: "60".into(),
-                terminal_retention_secs: "86400".into(),
-                snapshot_retention_secs: "604800".into(),
-                drain_timeout_secs: "30".into(),
-                provision_timeout_secs: "600".into(),
-                log_format: "text".into(),
-                ..Flags::default()
-            },
-            |_| None,
-        )
-        .unwrap_or_else(|e| panic!("default config is invalid: {e}"))
-    }
-}
 
 impl Config {
     /// Parses flags and environment; `env` resolves the legacy alias variables
@@ -369,6 +363,28 @@ impl Config {
             1,
             86400,
         ));
+        let reconcile_period = secs(num(
+            "FUSE_RECONCILE_PERIOD_SECS",
+            &f.reconcile_period_secs,
+            1,
+            86400,
+        ));
+        let orphan_grace = secs(num(
+            "FUSE_ORPHAN_GRACE_SECS",
+            &f.orphan_grace_secs,
+            0,
+            86400,
+        ));
+        let host_down_after = match num(
+            "FUSE_HOST_DOWN_AFTER_SECS",
+            &f.host_down_after_secs,
+            0,
+            86400,
+        ) {
+            0 => host_poll * 3,
+            n => secs(n),
+        };
+        let quarantine_after = num("FUSE_QUARANTINE_AFTER", &f.quarantine_after, 0, 1000) as u32;
         let terminal_retention = secs(num(
             "FUSE_TERMINAL_RETENTION_SECS",
             &f.terminal_retention_secs,
@@ -427,6 +443,10 @@ impl Config {
             host_poll,
             gc_period,
             recovery_period,
+            reconcile_period,
+            orphan_grace,
+            host_down_after,
+            quarantine_after,
             terminal_retention,
             snapshot_retention,
             drain_timeout,

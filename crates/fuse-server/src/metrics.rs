@@ -41,6 +41,34 @@ pub struct Metrics {
     pub background_duration: HistogramVec,
     /// `snapshot_duration_seconds`.
     pub snapshot_duration: Histogram,
+    /// `background_running{task}`: 1 while a pass runs.
+    pub background_running: IntGaugeVec,
+    /// `background_last_success_timestamp_seconds{task}`.
+    pub background_last_ok: IntGaugeVec,
+    /// `reconcile_cycles_total`.
+    pub reconcile_cycles: IntCounter,
+    /// `reconcile_duration_seconds`.
+    pub reconcile_duration: Histogram,
+    /// `reconcile_orphans_destroyed_total`: untracked VMs removed from their host.
+    pub orphans_destroyed: IntCounter,
+    /// `reconcile_orphans_failed_total`: attempts to remove an untracked VM that failed.
+    pub orphans_failed: IntCounter,
+    /// `reconcile_orphans_dead_lettered_total`: untracked VMs given up on after 5 attempts.
+    pub orphans_dead_lettered: IntCounter,
+    /// `reconcile_stuck_tasks_suspected_total`: VMs first seen past their maximum runtime.
+    pub stuck_suspected: IntCounter,
+    /// `reconcile_stuck_tasks_failed_total`: VMs failed and destroyed for their runtime.
+    pub stuck_failed: IntCounter,
+    /// `reconcile_vms_missing_provider_total`: tracked VMs their host no longer has.
+    pub vms_missing_provider: IntCounter,
+    /// `reconcile_host_errors_total{host}`: hosts whose list could not be read.
+    pub reconcile_host_errors: IntCounterVec,
+    /// `reconcile_dead_letters`: work given up on, awaiting an operator.
+    pub dead_letters: IntGauge,
+    /// `host_quarantines_total{host}`: automatic cordons after repeated boot failures.
+    pub host_quarantines: IntCounterVec,
+    /// `host_lost_vms_total`: VMs reported `lost` because their host stopped answering.
+    pub lost_vms: IntCounter,
 }
 
 const NS: &str = "orchestrator";
@@ -70,6 +98,14 @@ impl Metrics {
                 .register(Box::new(g.clone()))
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"));
             g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NS))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            registry
+                .register(Box::new(c.clone()))
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::with_opts(Opts::new(name, help).namespace(NS))
@@ -108,7 +144,72 @@ impl Metrics {
         registry
             .register(Box::new(snapshot_duration.clone()))
             .unwrap_or_else(|e| panic!("metric snapshot_duration_seconds: {e}"));
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new("reconcile_duration_seconds", "Time of one reconcile pass.")
+                .namespace(NS)
+                .buckets(vec![
+                    0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+                ]),
+        )
+        .unwrap_or_else(|e| panic!("metric reconcile_duration_seconds: {e}"));
+        registry
+            .register(Box::new(reconcile_duration.clone()))
+            .unwrap_or_else(|e| panic!("metric reconcile_duration_seconds: {e}"));
         Metrics {
+            background_running: gauge_vec(
+                "background_running",
+                "1 while a pass of the background task runs.",
+                &["task"],
+            ),
+            background_last_ok: gauge_vec(
+                "background_last_success_timestamp_seconds",
+                "Unix time of the background task's last successful pass.",
+                &["task"],
+            ),
+            reconcile_cycles: counter("reconcile_cycles_total", "Reconcile passes."),
+            reconcile_duration,
+            orphans_destroyed: counter(
+                "reconcile_orphans_destroyed_total",
+                "VMs found on a host without a live environment, and destroyed.",
+            ),
+            orphans_failed: counter(
+                "reconcile_orphans_failed_total",
+                "Failed attempts to destroy an untracked VM.",
+            ),
+            orphans_dead_lettered: counter(
+                "reconcile_orphans_dead_lettered_total",
+                "Untracked VMs given up on after 5 failed destroys (dead letters).",
+            ),
+            stuck_suspected: counter(
+                "reconcile_stuck_tasks_suspected_total",
+                "Environments seen running past their max_runtime_seconds (first pass).",
+            ),
+            stuck_failed: counter(
+                "reconcile_stuck_tasks_failed_total",
+                "Environments failed and destroyed past their max_runtime_seconds.",
+            ),
+            vms_missing_provider: counter(
+                "reconcile_vms_missing_provider_total",
+                "Tracked environments their host no longer has (failed).",
+            ),
+            reconcile_host_errors: counter_vec(
+                "reconcile_host_errors_total",
+                "Reconcile reads of a host that failed (nothing was changed for it).",
+                &["host"],
+            ),
+            dead_letters: gauge(
+                "reconcile_dead_letters",
+                "Work the reconciler gave up on, awaiting an operator.",
+            ),
+            host_quarantines: counter_vec(
+                "host_quarantines_total",
+                "Hosts cordoned automatically after consecutive boot failures.",
+                &["host"],
+            ),
+            lost_vms: counter(
+                "host_lost_vms_total",
+                "Environments reported lost because their host stopped answering.",
+            ),
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests by route, method and status code.",

@@ -26,6 +26,8 @@ pub struct Running {
     pub gc: Poke,
     /// Pokes the recovery of interrupted work.
     pub recovery: Poke,
+    /// Pokes the reconciler.
+    pub reconcile: Poke,
     join: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -37,7 +39,11 @@ impl Running {
 
     /// Waits until the server has stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.join.await.context("server task")?
+        let served = self.join.await.context("server task")?;
+        if !self.app.loops.join(Duration::from_secs(10)).await {
+            tracing::warn!("background loops did not stop within 10 s");
+        }
+        served
     }
 }
 
@@ -92,6 +98,7 @@ async fn store_bootstrap(app: Arc<App>, recovery: Poke) {
         }
     }
     recovery.poke();
+    app.loops.poke("reconcile");
 }
 
 /// Builds the providers: the default one and the per-host registry.
@@ -134,6 +141,13 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         cfg.recovery_period,
         true,
         background::recovery::pass,
+    );
+    let reconcile = background::spawn_loop(
+        app.clone(),
+        "reconcile",
+        cfg.reconcile_period,
+        true,
+        background::reconcile::pass,
     );
     tokio::spawn(store_bootstrap(app.clone(), recovery.clone()));
     let router = crate::http::router(app.clone());
@@ -179,6 +193,7 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         host_monitor,
         gc,
         recovery,
+        reconcile,
         join,
     })
 }

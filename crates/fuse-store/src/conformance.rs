@@ -78,6 +78,7 @@ where
     replicas_and_leadership(factory().await).await;
     create_placed_and_release_with_a_transition(factory().await).await;
     begin_destroy_from_any_state(factory().await).await;
+    dead_letters_count_and_clear(factory().await).await;
 }
 
 async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
@@ -665,4 +666,37 @@ async fn purge_terminal<S: StateStore>(s: S) {
     assert_eq!(s.vm_purge_terminal(later).await.unwrap(), 1);
     assert!(s.vm_get(&r.id).await.unwrap().is_none());
     assert!(s.vm_get(&keep.id).await.unwrap().is_some());
+}
+
+async fn dead_letters_count_and_clear<S: StateStore>(s: S) {
+    assert!(s.dead_letter_list().await.unwrap().is_empty());
+    assert_eq!(
+        s.dead_letter_fail("orphan", "h1/vm-a", "e1").await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.dead_letter_fail("orphan", "h1/vm-a", "e2").await.unwrap(),
+        2
+    );
+    assert_eq!(
+        s.dead_letter_fail("orphan", "h1/vm-b", "x").await.unwrap(),
+        1
+    );
+    let all = s.dead_letter_list().await.unwrap();
+    assert_eq!(all.len(), 2);
+    let a = all.iter().find(|d| d.entity_id == "h1/vm-a").unwrap();
+    assert_eq!((a.attempts, a.last_error.as_deref()), (2, Some("e2")));
+    assert_eq!(a.kind, "orphan");
+    s.dead_letter_clear("orphan", "h1/vm-a").await.unwrap();
+    s.dead_letter_clear("orphan", "never").await.unwrap();
+    let all = s.dead_letter_list().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].entity_id, "h1/vm-b");
+    assert_eq!(
+        s.dead_letter_fail("orphan", "h1/vm-a", "again")
+            .await
+            .unwrap(),
+        1,
+        "cleared counts restart"
+    );
 }

@@ -255,6 +255,20 @@ pub trait StateStore: Send + Sync + 'static {
     /// The audit events of one entity, oldest first.
     async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
 
+    /// Records one more failed attempt at `kind`/`entity_id` and returns the count so far.
+    async fn dead_letter_fail(
+        &self,
+        kind: &str,
+        entity_id: &str,
+        error: &str,
+    ) -> Result<u32, StoreError>;
+
+    /// Forgets the failures of `kind`/`entity_id` (the work succeeded or is moot).
+    async fn dead_letter_clear(&self, kind: &str, entity_id: &str) -> Result<(), StoreError>;
+
+    /// Every recorded failure, oldest first.
+    async fn dead_letter_list(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
     /// Registers this process as a live replica. Other replicas see it alive (through
     /// [`StateStore::replica_alive`]) until the process dies or loses the database.
     async fn replica_register(&self, replica_id: &str) -> Result<(), StoreError>;

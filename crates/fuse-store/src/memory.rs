@@ -3,8 +3,8 @@
 //! log keeps the newest [`MemoryStore::AUDIT_CAP`] events.
 
 use crate::{
-    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
-    StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+    AuditEvent, AuditRecord, DeadLetter, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
+    SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
 use fuse_scheduler::{HostView, Policy, Request};
@@ -28,6 +28,7 @@ struct Inner {
     audit: VecDeque<AuditRecord>,
     audit_seq: u64,
     replicas: std::collections::HashSet<String>,
+    dead_letters: BTreeMap<(String, String), DeadLetter>,
 }
 
 impl MemoryStore {
@@ -618,6 +619,45 @@ impl StateStore for MemoryStore {
 
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
         Ok(None)
+    }
+
+    async fn dead_letter_fail(
+        &self,
+        kind: &str,
+        entity_id: &str,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let at = fuse_types::now();
+        let mut g = self.inner.lock();
+        let d = g
+            .dead_letters
+            .entry((kind.to_owned(), entity_id.to_owned()))
+            .or_insert_with(|| DeadLetter {
+                kind: kind.to_owned(),
+                entity_id: entity_id.to_owned(),
+                attempts: 0,
+                last_error: None,
+                created_at: at,
+                updated_at: at,
+            });
+        d.attempts += 1;
+        d.last_error = Some(error.to_owned());
+        d.updated_at = at;
+        Ok(d.attempts)
+    }
+
+    async fn dead_letter_clear(&self, kind: &str, entity_id: &str) -> Result<(), StoreError> {
+        self.inner
+            .lock()
+            .dead_letters
+            .remove(&(kind.to_owned(), entity_id.to_owned()));
+        Ok(())
+    }
+
+    async fn dead_letter_list(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut v: Vec<DeadLetter> = self.inner.lock().dead_letters.values().cloned().collect();
+        v.sort_by_key(|d| d.created_at);
+        Ok(v)
     }
 
     async fn audit_list(&self, entity_id: &str) -> Result<Vec<AuditRecord>, StoreError> {

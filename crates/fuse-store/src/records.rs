@@ -354,3 +354,21 @@ pub struct AuditRecord {
     /// When.
     pub at: Timestamp,
 }
+
+/// Work the reconciler gave up on after repeated failures (e.g. an orphan VM its host
+/// would not destroy), kept for an operator to look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// What kind of work (`orphan`).
+    pub kind: String,
+    /// What it was about (`<host>/<vm id>` for an orphan).
+    pub entity_id: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// First failure.
+    pub created_at: Timestamp,
+    /// Last failure.
+    pub updated_at: Timestamp,
+}

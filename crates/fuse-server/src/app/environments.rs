@@ -33,6 +33,8 @@ struct Failure {
     message: String,
     /// Someone else (a delete) changed the record; clean up but do not mark it failed.
     aborted: bool,
+    /// The host failed to boot the VM (counts toward its quarantine).
+    boot: bool,
 }
 
 impl Failure {
@@ -41,13 +43,46 @@ impl Failure {
             step,
             message: e.to_string(),
             aborted: false,
+            boot: false,
         }
     }
 
     /// A host error: the full text goes to the log, the client-safe text to the record.
     fn host(step: &'static str, e: ProviderError) -> Self {
         tracing::warn!(step, error = %e, "host call failed during provision");
-        Failure::at(step, e.client_message())
+        let mut f = Failure::at(step, e.client_message());
+        // The host answered that the VM failed (not: out of room, unreachable, refused).
+        f.boot = step == "create_vm"
+            && matches!(
+                e,
+                ProviderError::Internal(_) | ProviderError::GuestFailed(_)
+            );
+        f
+    }
+}
+
+/// How long work in flight waits for an unavailable store (a database restart takes
+/// seconds) before it gives up and leaves the rest to recovery.
+const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a store call, again while the store answers `Unavailable`, with back-off, for at
+/// most [`STORE_RETRY`].
+async fn store_retry<T, F, Fut>(mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + STORE_RETRY;
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(StoreError::Unavailable(m)) if Instant::now() < deadline => {
+                tracing::debug!(error = %m, "store unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -250,6 +285,9 @@ impl App {
                     .observe(started.elapsed().as_secs_f64());
                 tracing::info!(vm_id = %id, host_id = ?done.host_id.as_ref().map(HostId::as_str),
                     ms = started.elapsed().as_millis() as u64, "environment running");
+                if let Some(h) = &host_id {
+                    self.boot_failures.lock().remove(h.as_str());
+                }
                 return done;
             }
             Ok(Err(f)) => f,
@@ -262,6 +300,9 @@ impl App {
             ),
         };
         let message = validate::redact(&failure.message, &redact_list);
+        if let (Some(h), true) = (&host_id, failure.boot) {
+            self.count_boot_failure(h, &message).await;
+        }
         if failure.aborted {
             tracing::info!(vm_id = %id, "provision stopped: environment changed concurrently");
         } else {
@@ -273,7 +314,7 @@ impl App {
         }
         // A delete and a re-create with the same task id may have replaced our record: then
         // the VM name on the host and the reservation belong to the new incarnation.
-        let replaced = match self.store.vm_get(&id).await {
+        let replaced = match store_retry(|| self.store.vm_get(&id)).await {
             Ok(Some(cur)) => cur.created_at != incarnation,
             _ => false,
         };
@@ -295,7 +336,7 @@ impl App {
         let release_now = host_clean && !replaced;
         let mut last = None;
         for _ in 0..5 {
-            let cur = match self.store.vm_get(&id).await {
+            let cur = match store_retry(|| self.store.vm_get(&id)).await {
                 Ok(Some(c)) => c,
                 _ => break,
             };
@@ -313,7 +354,7 @@ impl App {
             let mut patch = VmPatch::state(VmState::Failed, failure.step)
                 .with_error(format!("{}: {message}", failure.step.replace('_', " ")));
             patch.release = release_now;
-            match self.store.vm_update(&id, cur.generation, patch).await {
+            match store_retry(|| self.store.vm_update(&id, cur.generation, patch.clone())).await {
                 Ok(r) => {
                     self.metrics
                         .provision_duration
@@ -342,14 +383,45 @@ impl App {
         }
     }
 
-    /// Persists `patch` against the generation we hold; a concurrent change aborts.
+    /// Persists `patch` against the generation we hold; a concurrent change aborts. While
+    /// the store is unavailable (a database restart) the write is retried; if a retried
+    /// write finds the record already where the patch leads, the lost reply is taken as
+    /// success.
     async fn advance(&self, rec: &VmRecord, patch: VmPatch) -> Result<VmRecord, Failure> {
-        match self.store.vm_update(&rec.id, rec.generation, patch).await {
+        let mut retried = false;
+        let r = store_retry(|| {
+            let patch = patch.clone();
+            let first = !retried;
+            retried = true;
+            async move {
+                let r = self
+                    .store
+                    .vm_update(&rec.id, rec.generation, patch.clone())
+                    .await;
+                match r {
+                    Err(StoreError::Stale { .. }) if !first => {
+                        match self.store.vm_get(&rec.id).await? {
+                            Some(cur)
+                                if Some(cur.state) == patch.state
+                                    && cur.generation == rec.generation + 1 =>
+                            {
+                                Ok(cur)
+                            }
+                            _ => r,
+                        }
+                    }
+                    r => r,
+                }
+            }
+        })
+        .await;
+        match r {
             Ok(r) => Ok(r),
             Err(StoreError::Stale { .. } | StoreError::Transition { .. }) => Err(Failure {
                 step: "aborted",
                 message: "environment changed concurrently".into(),
                 aborted: true,
+                boot: false,
             }),
             Err(e) => Err(Failure::at("store", e)),
         }

@@ -5,7 +5,7 @@
 use super::App;
 use crate::config::check_http_url;
 use crate::error::ApiError;
-use fuse_store::{HostRecord, HostUpsert};
+use fuse_store::{AuditEvent, HostRecord, HostUpsert};
 use fuse_types::{HostId, HostState, RegisterHost};
 
 fn parse_host_id(id: &str) -> Result<HostId, ApiError> {
@@ -138,9 +138,63 @@ impl App {
         Ok(())
     }
 
+    /// Counts a failed boot on `host`; the `quarantine_after`-th in a row (with no
+    /// successful boot between, as seen by this replica) cordons it with the reason, an
+    /// audit event and a metric. An operator's uncordon lifts it.
+    pub async fn count_boot_failure(&self, host: &HostId, error: &str) {
+        let limit = self.config.quarantine_after;
+        if limit == 0 || host.as_str() == crate::provider::DEFAULT_HOST {
+            return;
+        }
+        let n = {
+            let mut g = self.boot_failures.lock();
+            let n = g.entry(host.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if n < limit {
+            return;
+        }
+        let Ok(Some(h)) = self.store.host_get(host).await else {
+            return;
+        };
+        if h.state != HostState::Active {
+            return;
+        }
+        let reason = format!(
+            "quarantined: {n} boot failures in a row; last: {}",
+            error.chars().take(300).collect::<String>()
+        );
+        match self
+            .store
+            .host_set_state(host, HostState::Cordoned, Some(reason.clone()))
+            .await
+        {
+            Ok(_) => {
+                self.boot_failures.lock().remove(host.as_str());
+                self.metrics
+                    .host_quarantines
+                    .with_label_values(&[host.as_str()])
+                    .inc();
+                tracing::error!(host_id = %host, reason = %reason, "host quarantined (cordoned); uncordon it once fixed");
+                let _ = self
+                    .store
+                    .audit_append(AuditEvent {
+                        entity_kind: "host",
+                        entity_id: host.to_string(),
+                        event_type: "quarantined".into(),
+                        payload: serde_json::json!({"boot_failures": n, "reason": reason}),
+                    })
+                    .await;
+            }
+            Err(e) => tracing::warn!(host_id = %host, error = %e, "could not quarantine host"),
+        }
+    }
+
     /// Makes a cordoned host schedulable again.
     pub async fn host_uncordon(&self, id: &str) -> Result<(), ApiError> {
         let h = self.host_get(id).await?;
+        self.boot_failures.lock().remove(h.id.as_str());
         match h.state {
             HostState::Active => Ok(()),
             HostState::Cordoned => {

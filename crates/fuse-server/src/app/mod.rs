@@ -40,6 +40,14 @@ pub struct App {
     /// Whether events from other replicas are being received (always true for a private
     /// store); `/ready` waits for it.
     pub relay_ready: std::sync::atomic::AtomicBool,
+    /// The background loops of this process.
+    pub loops: crate::background::Registry,
+    /// What the reconciler remembers between passes.
+    pub reconcile: parking_lot::Mutex<crate::background::reconcile::State>,
+    /// Replicas the recovery loop has seen without their liveness lock, and since when.
+    pub owners_absent: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Consecutive boot failures per host seen by this replica (quarantine).
+    pub boot_failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 impl App {
@@ -75,6 +83,10 @@ impl App {
             shutdown: CancellationToken::new(),
             replica_id,
             relay_ready: std::sync::atomic::AtomicBool::new(store_is_private),
+            loops: crate::background::Registry::default(),
+            reconcile: parking_lot::Mutex::default(),
+            boot_failures: parking_lot::Mutex::default(),
+            owners_absent: parking_lot::Mutex::default(),
         });
         (app, frx)
     }

@@ -1,7 +1,11 @@
-//! Polls every host's `/healthz`. A host that answers has `last_seen` refreshed and, if it
-//! was `unreachable`, becomes `active`; a host silent for three periods becomes
-//! `unreachable` (not schedulable). Hosts are polled concurrently, so one slow host does
-//! not delay the others.
+//! Host liveness, by polling (the control plane calls each host's `/healthz`; hosts need no
+//! way to reach the control plane, and a replica that cannot reach a host is exactly the
+//! case to detect). A host that answers has `last_seen` refreshed and, if it was
+//! `unreachable`, becomes `active` again: its environments still running are reported
+//! `running` again and a reconcile pass follows at once (failing the ones it lost). A host
+//! silent for `FUSE_HOST_DOWN_AFTER_SECS` (default three poll periods) becomes
+//! `unreachable` (not schedulable) and its serving environments are reported `lost`. Hosts
+//! are polled concurrently, so one slow host does not delay the others.
 
 use crate::app::App;
 use fuse_types::{now, HostState};
@@ -10,7 +14,7 @@ use std::sync::Arc;
 /// One pass over every host.
 pub async fn pass(app: Arc<App>) -> Result<(), String> {
     let hosts = app.store.host_list().await.map_err(|e| e.to_string())?;
-    let limit = app.config.host_poll * 3;
+    let limit = app.config.host_down_after;
     let checks = hosts.into_iter().map(|h| {
         let app = app.clone();
         async move {
@@ -29,10 +33,14 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
                     }
                     if h.state == HostState::Unreachable {
                         tracing::info!(host_id = %h.id, "host answers again; active");
-                        let _ = app
+                        if app
                             .store
                             .host_set_state(&h.id, HostState::Active, None)
-                            .await;
+                            .await
+                            .is_ok()
+                        {
+                            super::reconcile::host_returned(&app, &h.id).await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -46,15 +54,20 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
                         && silent_for >= limit
                         && still(&app, &h.id, HostState::Active).await
                     {
-                        tracing::warn!(host_id = %h.id, error = %e, "host unreachable");
-                        let _ = app
+                        tracing::warn!(host_id = %h.id, error = %e, silent_s = silent_for.as_secs(), "host unreachable");
+                        let why = format!(
+                            "no answer for {} s: {}",
+                            silent_for.as_secs().min(10 * 365 * 86400),
+                            e.client_message()
+                        );
+                        if app
                             .store
-                            .host_set_state(
-                                &h.id,
-                                HostState::Unreachable,
-                                Some(format!("no answer: {}", e.client_message())),
-                            )
-                            .await;
+                            .host_set_state(&h.id, HostState::Unreachable, Some(why.clone()))
+                            .await
+                            .is_ok()
+                        {
+                            super::reconcile::host_lost(&app, &h.id, &why).await;
+                        }
                     }
                 }
             }

@@ -1,8 +1,10 @@
 //! Recovery of interrupted work, so nothing is lost or leaked when a control-plane replica
 //! dies (`kill -9`) in the middle of an operation:
 //!
-//! - a `provisioning` VM whose owning replica is dead (or that has been provisioning for far
-//!   longer than the provision limit) is destroyed on its host, its capacity released, and
+//! - a `provisioning` VM whose owning replica is dead — its liveness lock absent on every
+//!   reading for a grace period, since after a database restart live replicas need a pass
+//!   to re-take theirs — (or that has been provisioning for far longer than the provision
+//!   limit) is destroyed on its host, its capacity released, and
 //!   it is reported `failed`;
 //! - a `destroying` VM untouched for a grace period is destroyed again (idempotent) and
 //!   finished;
@@ -51,18 +53,45 @@ fn age(rec: &VmRecord) -> Duration {
     (now() - rec.updated_at).unsigned_abs()
 }
 
+/// How long a replica must be seen without its liveness lock before its provisions count
+/// as abandoned. After a database restart every replica re-takes its lock on its next
+/// background pass; until then it only looks dead, so one absent reading is not enough.
+fn owner_grace(app: &App) -> Duration {
+    (app.config.host_poll.max(app.config.recovery_period) * 2).max(Duration::from_secs(5))
+}
+
+/// Whether `owner` has been continuously absent for the grace period.
+async fn owner_gone(app: &App, owner: &str) -> Result<bool, String> {
+    let alive = app
+        .store
+        .replica_alive(owner)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut absent = app.owners_absent.lock();
+    if alive {
+        absent.remove(owner);
+        return Ok(false);
+    }
+    let since = *absent
+        .entry(owner.to_owned())
+        .or_insert_with(std::time::Instant::now);
+    Ok(since.elapsed() >= owner_grace(app))
+}
+
 /// One pass.
 pub async fn pass(app: Arc<App>) -> Result<(), String> {
     let stuck_after = app.config.provision_timeout + Duration::from_secs(60);
+    let mut checked: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
     for rec in all_in(&app, VmState::Provisioning).await? {
         let ours = rec.owner == app.replica_id;
         let abandoned = if ours {
             false
+        } else if let Some(g) = checked.get(&rec.owner) {
+            *g
         } else {
-            !app.store
-                .replica_alive(&rec.owner)
-                .await
-                .map_err(|e| e.to_string())?
+            let g = owner_gone(&app, &rec.owner).await?;
+            checked.insert(rec.owner.clone(), g);
+            g
         };
         let stuck = (now() - rec.created_at).unsigned_abs() > stuck_after;
         if abandoned || stuck {
@@ -75,6 +104,10 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
             abandon_provision(&app, rec, why).await;
         }
     }
+    // Forget replicas that no longer own any provision.
+    app.owners_absent
+        .lock()
+        .retain(|owner, _| checked.contains_key(owner));
     for rec in all_in(&app, VmState::Destroying).await? {
         if age(&rec) >= destroy_grace(&app) {
             if let Err(e) = app.env_finish_destroy(rec.clone()).await {

@@ -72,6 +72,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<App>>)> {
         (Method::GET, "/v1/hosts/{id}", get(hosts::get)),
         (Method::DELETE, "/v1/hosts/{id}", delete(hosts::delete)),
         (Method::POST, "/v1/hosts/{id}", post(hosts::action)),
+        (Method::GET, "/v1/debug/background", get(system::background)),
     ]
 }
 

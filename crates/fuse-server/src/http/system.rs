@@ -20,6 +20,35 @@ pub async fn health() -> Json<HealthStatus> {
     })
 }
 
+/// Last status of every background loop of this replica, and the reconciler's dead letters.
+pub async fn background(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let dead = app.store.dead_letter_list().await?;
+    let dead: Vec<serde_json::Value> = dead
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "kind": d.kind,
+                "entity_id": d.entity_id,
+                "attempts": d.attempts,
+                "last_error": d.last_error,
+                "created_at": rfc3339(d.created_at),
+                "updated_at": rfc3339(d.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "replica_id": app.replica_id,
+        "loops": app.loops.statuses(),
+        "dead_letters": dead,
+    }))
+    .into_response())
+}
+
+fn rfc3339(t: fuse_types::Timestamp) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub async fn ready(State(app): State<Arc<App>>) -> Response {
     let mut checks = BTreeMap::new();
     let mut ok = true;
@@ -64,19 +93,39 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     let m = &app.metrics;
+    let hosts = app.store.host_list().await.ok();
+    // Serving environments on unreachable hosts are `lost`, not running.
+    let mut lost: std::collections::HashMap<VmState, i64> = std::collections::HashMap::new();
+    for h in hosts.iter().flatten() {
+        if h.state != fuse_types::HostState::Unreachable {
+            continue;
+        }
+        let filter = fuse_store::VmFilter {
+            host_id: Some(h.id.to_string()),
+            ..fuse_store::VmFilter::default()
+        };
+        if let Ok(vms) = app.store.vm_list(&filter, None, 100_000).await {
+            for v in vms {
+                if matches!(v.state, VmState::Running | VmState::Draining) {
+                    *lost.entry(v.state).or_default() += 1;
+                }
+            }
+        }
+    }
     if let Ok(counts) = app.store.vm_count_by_state().await {
         let mut tracked = 0;
         for (s, n) in counts {
-            m.vms_by_state
-                .with_label_values(&[s.as_str()])
-                .set(n as i64);
+            let n = n as i64 - lost.get(&s).copied().unwrap_or(0);
+            m.vms_by_state.with_label_values(&[s.as_str()]).set(n);
             if s != VmState::Destroyed {
-                tracked += n as i64;
+                tracked += n;
             }
         }
-        m.fleet_tracked_vms.set(tracked);
+        let lost_total: i64 = lost.values().sum();
+        m.vms_by_state.with_label_values(&["lost"]).set(lost_total);
+        m.fleet_tracked_vms.set(tracked + lost_total);
     }
-    if let Ok(hosts) = app.store.host_list().await {
+    if let Some(hosts) = hosts {
         m.host_capacity.reset();
         m.host_allocated.reset();
         let mut by_state: BTreeMap<&str, i64> = ["active", "cordoned", "draining", "unreachable"]

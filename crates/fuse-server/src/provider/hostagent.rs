@@ -174,6 +174,17 @@ impl Provider for HostAgentClient {
         Ok(need(l, "list vms")?.vms)
     }
 
+    async fn vm_get(&self, vm_id: &str) -> Result<Option<AgentVm>, ProviderError> {
+        match self
+            .call::<(), AgentVm>(Method::GET, &Self::vm_path(vm_id, ""), None, FAST)
+            .await
+        {
+            Ok(v) => Ok(Some(need(v, "get vm")?)),
+            Err(ProviderError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn upload(
         &self,
         vm_id: &str,

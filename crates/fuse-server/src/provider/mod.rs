@@ -75,6 +75,15 @@ pub trait Provider: Send + Sync + 'static {
     async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError>;
     /// VMs on the host whose id starts with `prefix`.
     async fn vm_list(&self, prefix: &str) -> Result<Vec<AgentVm>, ProviderError>;
+    /// One VM on the host, `None` if the host says it does not have it. The default asks
+    /// for the list under the VM's own id.
+    async fn vm_get(&self, vm_id: &str) -> Result<Option<AgentVm>, ProviderError> {
+        Ok(self
+            .vm_list(vm_id)
+            .await?
+            .into_iter()
+            .find(|v| v.vm_id == vm_id))
+    }
     /// Writes a file in the guest.
     async fn upload(
         &self,

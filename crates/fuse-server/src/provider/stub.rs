@@ -43,6 +43,23 @@ pub struct StubProvider {
     vms: Mutex<HashMap<String, StubVm>>,
     capacity: Resources,
     destroy_delay: Mutex<Duration>,
+    faults: Mutex<StubFaults>,
+}
+
+/// Failures a test makes the stub host answer with (each is a `ProviderError::Internal`
+/// with this text, except `unreachable`, which fails every call as a dead host would).
+#[derive(Debug, Clone, Default)]
+pub struct StubFaults {
+    /// Every call fails with `Unavailable` (the host is down or cut off).
+    pub unreachable: bool,
+    /// `vm_list` fails.
+    pub list: Option<String>,
+    /// `vm_create` fails as a VM that never boots.
+    pub create: Option<String>,
+    /// `vm_destroy` fails.
+    pub destroy: Option<String>,
+    /// `vm_list` answers empty (a host that lost or forgot its VMs, or a bad read).
+    pub list_empty: bool,
 }
 
 impl Default for StubProvider {
@@ -63,12 +80,60 @@ impl StubProvider {
                 vm_count: 1_000_000,
             },
             destroy_delay: Mutex::new(Duration::ZERO),
+            faults: Mutex::new(StubFaults::default()),
         }
     }
 
     /// Makes every destroy take this long (to stage a crash in the middle of one).
     pub fn set_destroy_delay(&self, d: Duration) {
         *self.destroy_delay.lock() = d;
+    }
+
+    /// Makes the host fail from now on as `faults` says.
+    pub fn set_faults(&self, faults: StubFaults) {
+        *self.faults.lock() = faults;
+    }
+
+    /// The VM disappears from the host (it crashed, or the host rebooted).
+    pub fn forget(&self, id: &str) -> bool {
+        self.vms.lock().remove(id).is_some()
+    }
+
+    /// A VM the control plane never asked for appears on the host (a leak), created `age` ago.
+    pub fn inject(&self, id: &str, age: Duration) {
+        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.vms.lock().insert(
+            id.to_owned(),
+            StubVm {
+                spec: AgentVmCreate {
+                    name: id.to_owned(),
+                    cpus: 1,
+                    memory_mb: 128,
+                    storage_gb: 1,
+                    agent_port: None,
+                },
+                created: Some(created),
+                ..StubVm::default()
+            },
+        );
+    }
+
+    /// Ids of every VM on the host.
+    pub fn ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vms.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn fault(&self, pick: impl FnOnce(&StubFaults) -> Option<String>) -> Result<(), ProviderError> {
+        let f = self.faults.lock();
+        if f.unreachable {
+            return Err(ProviderError::Unavailable("stub host unreachable".into()));
+        }
+        match pick(&f) {
+            Some(m) => Err(ProviderError::Internal(m)),
+            None => Ok(()),
+        }
     }
 
     /// A copy of one VM's record.
@@ -163,6 +228,7 @@ impl Provider for StubProvider {
     }
 
     async fn health(&self) -> Result<AgentHealth, ProviderError> {
+        self.fault(|_| None)?;
         let g = self.vms.lock();
         let mut allocated = Resources::default();
         for v in g.values() {
@@ -184,6 +250,7 @@ impl Provider for StubProvider {
     }
 
     async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        self.fault(|f| f.create.clone())?;
         let mut g = self.vms.lock();
         g.entry(req.name.clone()).or_insert_with(|| StubVm {
             spec: req.clone(),
@@ -204,11 +271,16 @@ impl Provider for StubProvider {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.fault(|f| f.destroy.clone())?;
         self.vms.lock().remove(vm_id);
         Ok(())
     }
 
     async fn vm_list(&self, prefix: &str) -> Result<Vec<AgentVm>, ProviderError> {
+        self.fault(|f| f.list.clone())?;
+        if self.faults.lock().list_empty {
+            return Ok(Vec::new());
+        }
         let g = self.vms.lock();
         let mut v: Vec<AgentVm> = g
             .iter()
@@ -232,6 +304,7 @@ impl Provider for StubProvider {
         content: &[u8],
         mode: u32,
     ) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
         if !path.starts_with('/') {
             return Err(ProviderError::Rejected {
                 status: 400,
@@ -249,6 +322,7 @@ impl Provider for StubProvider {
         cmd: &[String],
         timeout: Duration,
     ) -> Result<ExecResponse, ProviderError> {
+        self.fault(|_| None)?;
         // `sleep N` really waits (up to the limit), so slow provisions can be staged.
         let words: Vec<&str> = match cmd {
             [sh, flag, script] if sh == "sh" && (flag == "-c" || flag == "-lc") => {
@@ -279,6 +353,7 @@ impl Provider for StubProvider {
     }
 
     async fn start_agent(&self, vm_id: &str, spec: &AgentStart) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
         self.with_vm(vm_id, |vm| {
             vm.agent = Some(spec.clone());
             vm.agent_running = true;
@@ -287,6 +362,7 @@ impl Provider for StubProvider {
     }
 
     async fn stop_agent(&self, vm_id: &str) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
         self.with_vm(vm_id, |vm| vm.agent_running = false)
     }
 
@@ -296,6 +372,7 @@ impl Provider for StubProvider {
         snapshot_id: &str,
         mode: &str,
     ) -> Result<AgentSnapshot, ProviderError> {
+        self.fault(|_| None)?;
         self.with_vm(vm_id, |vm| {
             let size: usize = vm.files.values().map(|(b, _)| b.len()).sum();
             vm.snapshots
@@ -309,6 +386,7 @@ impl Provider for StubProvider {
     }
 
     async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
         self.with_vm(vm_id, |vm| match vm.snapshots.get(snapshot_id) {
             Some(files) => {
                 vm.files = files.clone();
@@ -319,6 +397,7 @@ impl Provider for StubProvider {
     }
 
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
         let mut g = self.vms.lock();
         if let Some(vm) = g.get_mut(vm_id) {
             vm.snapshots.remove(snapshot_id);

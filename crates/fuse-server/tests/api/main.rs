@@ -7,6 +7,7 @@ mod environments;
 mod events;
 mod harness;
 mod hosts;
+mod reconcile;
 mod security;
 mod snapshots;
 mod system;

@@ -21,7 +21,7 @@ pub fn free_port() -> u16 {
 }
 
 pub struct FuseProc {
-    pub child: Child,
+    pub child: Option<Child>,
     pub base: String,
     pub log: PathBuf,
     pub http: reqwest::Client,
@@ -57,7 +57,7 @@ pub fn spawn_fuse(db: &str, extra: &[(&str, &str)]) -> FuseProc {
         .spawn()
         .unwrap();
     FuseProc {
-        child,
+        child: Some(child),
         base: format!("http://127.0.0.1:{port}"),
         log,
         http: reqwest::Client::builder()
@@ -91,10 +91,25 @@ impl FuseProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// A client of a `fuse` this value does not own (it is not killed on drop).
+    pub fn client_for(base: &str) -> FuseProc {
+        FuseProc {
+            child: None,
+            base: base.to_owned(),
+            log: PathBuf::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
     /// SIGKILL: no graceful anything.
     pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        if let Some(c) = self.child.as_mut() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     pub async fn req(
@@ -144,8 +159,10 @@ impl FuseProc {
 
 impl Drop for FuseProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -6,9 +6,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod check;
 mod crash;
 mod db_faults;
+mod faults;
 mod harness;
+mod hosts;
 mod multihost;
 mod real_guests;
 mod replicas;
+mod soak;

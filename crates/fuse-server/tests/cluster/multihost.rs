@@ -6,144 +6,23 @@
 //! printed reason otherwise.
 
 use crate::harness::eventually;
+use crate::hosts::{Host, AGENT_TOKEN as TOKEN};
 use fuse_server::config::{Config, Flags};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const TOKEN: &str = "multihost-agent-token-0123456789";
-
-fn target_bin(name: &str, package: &str) -> PathBuf {
-    let me = std::env::current_exe().unwrap();
-    // target/<profile>/deps/cluster-… → target/<profile>/<name>
-    let dir = me.parent().unwrap().parent().unwrap().to_owned();
-    let bin = dir.join(name);
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building {name}");
-    }
-    bin
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A namespace with a veth link to the root namespace: root side .1, namespace side .2.
-struct Ns {
-    name: String,
-    veth: String,
-    agent: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Ns {
-    fn create(i: usize) -> Option<Ns> {
-        let name = format!("fuse-mh-{}-{i}", std::process::id() % 100_000);
-        let veth = format!("fmh{}{i}", std::process::id() % 100_000);
-        let peer = format!("{veth}p");
-        let net = format!("10.251.{}.", 10 + i);
-        let ok = ip(&["netns", "add", &name])
-            && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
-            && ip(&["link", "set", &peer, "netns", &name])
-            && ip(&["addr", "add", &format!("{net}1/30"), "dev", &veth])
-            && ip(&["link", "set", &veth, "up"])
-            && ip(&[
-                "netns",
-                "exec",
-                &name,
-                "ip",
-                "addr",
-                "add",
-                &format!("{net}2/30"),
-                "dev",
-                &peer,
-            ])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", &peer, "up"])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        let dir = std::env::temp_dir().join(format!("{name}-dir"));
-        let ns = Ns {
-            name,
-            veth,
-            agent: None,
-            dir,
-        };
-        ok.then_some(ns)
-    }
-
-    fn addr(&self, i: usize) -> String {
-        format!("10.251.{}.2:8090", 10 + i)
-    }
-
-    fn start_agent(&mut self, i: usize) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(target_bin("fc-agent", "fuse-hostagent"))
-            .env("FC_AGENT_LISTEN", self.addr(i))
-            .env("FC_AGENT_TOKEN", TOKEN)
-            .env("FC_AGENT_BACKEND", "process")
-            .env("FC_AGENT_DIR", &self.dir)
-            .env("FC_AGENT_GUEST_BIN", target_bin("fuse-guest", "fuse-guest"))
-            .env("FC_AGENT_CPUS", "16")
-            .env("FC_AGENT_RAM_MB", "32768")
-            .env("FC_AGENT_STORAGE_GB", "100")
-            .env("FC_AGENT_MAX_VMS", "20")
-            .stdout(log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Some(c) = self.agent.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The guests of the process backend run in the namespace too.
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ip netns pids {} | xargs -r kill -9", self.name))
-            .status();
-        ip(&["link", "del", &self.veth]);
-        ip(&["netns", "del", &self.name]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[tokio::test]
 async fn one_control_plane_three_hosts_thirty_environments() {
-    let mut hosts: Vec<Ns> = Vec::new();
+    let mut hosts: Vec<Host> = Vec::new();
     for i in 0..3 {
-        match Ns::create(i) {
-            Some(ns) => hosts.push(ns),
-            None => {
-                eprintln!(
-                    "skipping: cannot create network namespaces here (needs root and iproute2)"
-                );
-                return;
-            }
+        match Host::create(&format!("h{i}")) {
+            Some(h) => hosts.push(h),
+            None => return,
         }
     }
-    for (i, h) in hosts.iter_mut().enumerate() {
-        h.start_agent(i);
+    for h in hosts.iter_mut() {
+        h.start_agent();
     }
     let flags = Flags {
         listen: "127.0.0.1:0".into(),
@@ -156,6 +35,10 @@ async fn one_control_plane_three_hosts_thirty_environments() {
         host_poll_secs: "1".into(),
         gc_period_secs: "3600".into(),
         recovery_period_secs: "3600".into(),
+        reconcile_period_secs: "3600".into(),
+        orphan_grace_secs: "120".into(),
+        host_down_after_secs: "0".into(),
+        quarantine_after: "3".into(),
         terminal_retention_secs: "86400".into(),
         snapshot_retention_secs: "3600".into(),
         drain_timeout_secs: "30".into(),
@@ -169,7 +52,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     let http = reqwest::Client::new();
     // Register the three hosts (each answers across its namespace link).
     for (i, h) in hosts.iter().enumerate() {
-        let url = format!("http://{}", h.addr(i));
+        let url = format!("http://{}", h.addr());
         eventually("agent up", Duration::from_secs(15), || {
             let (http, url) = (http.clone(), url.clone());
             async move {
@@ -224,7 +107,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     // Spread evenly: 10 per host, on the hosts themselves and in the control plane's books.
     for (i, h) in hosts.iter().enumerate() {
         let listed: Value = http
-            .get(format!("http://{}/v1/vm?prefix=fuse-", h.addr(i)))
+            .get(format!("http://{}/v1/vm?prefix=fuse-", h.addr()))
             .bearer_auth(TOKEN)
             .send()
             .await
@@ -321,7 +204,7 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     }
     for (i, h) in hosts.iter().enumerate() {
         let listed: Value = http
-            .get(format!("http://{}/v1/vm", h.addr(i)))
+            .get(format!("http://{}/v1/vm", h.addr()))
             .bearer_auth(TOKEN)
             .send()
             .await

@@ -6,8 +6,8 @@ use crate::memory::{
     apply_patch, apply_snapshot_patch, release_event, replaceable, transition_event,
 };
 use crate::{
-    AuditEvent, AuditRecord, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch, SnapshotRecord,
-    StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+    AuditEvent, AuditRecord, DeadLetter, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
+    SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
 use fuse_scheduler::{HostView, Policy, Request};
@@ -446,12 +446,6 @@ impl StateStore for PgStore {
         // still has room, inserts the row, the task index and the audit events. Anything
         // unusual (existing id, lost race) falls back to the transactional path.
         let need = Resources::for_spec(&rec.spec);
-        let cached = self
-            .hosts_cache
-            .lock()
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < super::HOSTS_CACHE_TTL)
-            .map(|(_, h)| h.clone());
         let choose =
             |hosts: &[HostRecord]| -> (Option<String>, bool, Option<fuse_scheduler::NoPlacement>) {
                 if hosts.is_empty() && fallback.is_some() {
@@ -476,14 +470,51 @@ impl StateStore for PgStore {
                     Err(np) => (None, false, Some(np)),
                 }
             };
-        let mut plan = cached.as_deref().map(choose);
+        // Choose from the cached picture and count the reservation in it at once, under its
+        // lock: concurrent creates of this replica then see each other's choices (so a burst
+        // spreads) before their statements even run.
+        let book = |hosts: &mut Vec<HostRecord>, plan: &(Option<String>, bool, _)| {
+            if let (Some(t), true) = (&plan.0, plan.1) {
+                if let Some(h) = hosts.iter_mut().find(|h| h.id.as_str() == t) {
+                    h.allocated = h.allocated.plus(need);
+                }
+            }
+        };
+        let mut plan = {
+            let mut cache = self.hosts_cache.lock();
+            match cache
+                .as_mut()
+                .filter(|(at, _)| at.elapsed() < super::HOSTS_CACHE_TTL)
+            {
+                Some((_, hosts)) => {
+                    let p = choose(hosts);
+                    if p.2.is_none() {
+                        book(hosts, &p);
+                    }
+                    Some(p)
+                }
+                None => None,
+            }
+        };
         // "No room" is only believed from a fresh read: capacity may have been freed since.
         if !matches!(plan, Some((_, _, None))) {
-            let fresh = self.host_list().await?;
-            plan = Some(choose(&fresh));
+            let mut fresh = self.host_list().await?;
+            let p = choose(&fresh);
+            book(&mut fresh, &p);
+            plan = Some(p);
             *self.hosts_cache.lock() = Some((std::time::Instant::now(), fresh));
         }
         let (target, reserve, no_room) = plan.unwrap_or((None, false, None));
+        // Takes the booking back out of the cache when the statement did not reserve.
+        let unbook = || {
+            if let (Some((_, hosts)), Some(t), true) =
+                (self.hosts_cache.lock().as_mut(), &target, reserve)
+            {
+                if let Some(h) = hosts.iter_mut().find(|h| h.id.as_str() == t) {
+                    h.allocated = h.allocated.minus(need);
+                }
+            }
+        };
         let mut out = rec.clone();
         if let Some(np) = &no_room {
             out.state = VmState::Failed;
@@ -544,15 +575,6 @@ impl StateStore for PgStore {
         let reserved: i64 = row.try_get("reserved").map_err(db_err)?;
         match (inserted, reserved, reserve) {
             (1, 1, true) | (1, 0, false) => {
-                if reserve {
-                    // Keep the cached picture current for the next placement here.
-                    if let (Some((_, hosts)), Some(t)) = (self.hosts_cache.lock().as_mut(), &target)
-                    {
-                        if let Some(h) = hosts.iter_mut().find(|h| h.id.as_str() == t) {
-                            h.allocated = h.allocated.plus(need);
-                        }
-                    }
-                }
                 if no_room.is_none() {
                     out.host_id = target
                         .map(|t| HostId::parse(&t))
@@ -563,6 +585,7 @@ impl StateStore for PgStore {
                 Ok((VmCreated::Created(out), no_room))
             }
             (1, 0, true) => {
+                unbook();
                 self.hosts_changed();
                 // Inserted unplaced: the host filled up meanwhile. Place it properly.
                 match self
@@ -585,6 +608,7 @@ impl StateStore for PgStore {
                 }
             }
             (_, r, _) => {
+                unbook();
                 // The id exists (or a concurrent create won): undo a reservation made in
                 // the race, then take the general path.
                 if r == 1 {
@@ -1154,6 +1178,58 @@ impl StateStore for PgStore {
                     event_type: r.try_get("event_type").map_err(db_err)?,
                     payload: r.try_get("payload").map_err(db_err)?,
                     at: r.try_get("at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dead_letter_fail(
+        &self,
+        kind: &str,
+        entity_id: &str,
+        error: &str,
+    ) -> Result<u32, StoreError> {
+        let n: i32 = sqlx::query_scalar(
+            "INSERT INTO dead_letters (kind, entity_id, attempts, last_error) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (kind, entity_id) DO UPDATE SET attempts = dead_letters.attempts + 1, \
+             last_error = EXCLUDED.last_error, updated_at = now() RETURNING attempts",
+        )
+        .bind(kind)
+        .bind(entity_id)
+        .bind(error)
+        .fetch_one(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        Ok(n.max(0) as u32)
+    }
+
+    async fn dead_letter_clear(&self, kind: &str, entity_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dead_letters WHERE kind = $1 AND entity_id = $2")
+            .bind(kind)
+            .bind(entity_id)
+            .execute(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn dead_letter_list(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rs = sqlx::query(
+            "SELECT kind, entity_id, attempts, last_error, created_at, updated_at \
+             FROM dead_letters ORDER BY created_at, kind, entity_id",
+        )
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        rs.iter()
+            .map(|r| {
+                Ok(DeadLetter {
+                    kind: r.try_get("kind").map_err(db_err)?,
+                    entity_id: r.try_get("entity_id").map_err(db_err)?,
+                    attempts: r.try_get::<i32, _>("attempts").map_err(db_err)?.max(0) as u32,
+                    last_error: r.try_get("last_error").map_err(db_err)?,
+                    created_at: r.try_get("created_at").map_err(db_err)?,
+                    updated_at: r.try_get("updated_at").map_err(db_err)?,
                 })
             })
             .collect()

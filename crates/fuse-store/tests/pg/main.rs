@@ -194,3 +194,56 @@ async fn notify_reaches_every_listener() {
         .unwrap();
     assert_eq!(got, "second", "in order");
 }
+
+#[tokio::test]
+async fn a_burst_of_creates_spreads_over_equal_hosts() {
+    let Some(admin) = testdb::admin_url() else {
+        return;
+    };
+    let url = testdb::fresh(&admin).await;
+    let s = std::sync::Arc::new(store(&url, None).await);
+    for h in ["a", "b", "c"] {
+        s.host_upsert(conformance::host(h, 16, 100)).await.unwrap();
+    }
+    // Warm the placement cache, then nine creates at once.
+    let warm = conformance::vm("warm", 1, 512);
+    let (w, _) = s
+        .vm_create_placed(warm, fuse_scheduler::Policy::Spread, None)
+        .await
+        .unwrap();
+    let jobs: Vec<_> = (0..8)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let (c, np) = s
+                    .vm_create_placed(
+                        conformance::vm(&format!("burst-{i}"), 1, 512),
+                        fuse_scheduler::Policy::Spread,
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                assert!(np.is_none());
+                match c {
+                    fuse_store::VmCreated::Created(r) => r.host_id.unwrap().to_string(),
+                    other => panic!("{other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut per = std::collections::BTreeMap::<String, u32>::new();
+    if let fuse_store::VmCreated::Created(r) = w {
+        *per.entry(r.host_id.unwrap().to_string()).or_default() += 1;
+    }
+    for j in jobs {
+        *per.entry(j.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        per.values().copied().collect::<Vec<_>>(),
+        vec![3, 3, 3],
+        "{per:?}"
+    );
+    for h in s.host_list().await.unwrap() {
+        assert_eq!(h.allocated.vm_count, 3, "the books agree: {h:?}");
+    }
+}
