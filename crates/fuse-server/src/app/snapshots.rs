@@ -91,6 +91,8 @@ impl App {
                             size_bytes: Some(s.size_bytes),
                             host_snapshot_id: Some(s.snapshot_id),
                             last_error: Some(None),
+                            // A host may take more than asked (QEMU: always memory + disk).
+                            mode: (!s.mode.is_empty()).then_some(s.mode),
                         },
                     )
                     .await?)

@@ -525,6 +525,10 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{snap}");
     assert_eq!(snap["state"], "ready", "{snap}");
+    assert_eq!(
+        snap["mode"], "full",
+        "QEMU snapshots hold memory and disk: {snap}"
+    );
     let sid = snap["id"].as_str().unwrap().to_owned();
     let r = exec(&fuse, &id, "rm /data/hello.txt && ls /data").await;
     assert_eq!(r["stdout"], "startup.txt\n", "{r}");
