@@ -165,30 +165,36 @@ pub fn qemu_args(b: &QemuBackend, spec: &BootSpec, disk: &Path) -> Vec<String> {
 /// The host's TSC rate in kHz: the kernel's refined calibration (or its first detection)
 /// from the kernel log, else `cpu MHz` of `/proc/cpuinfo` when the TSC is constant.
 pub fn host_tsc_khz() -> Option<u64> {
-    let mhz_to_khz = |s: &str| -> Option<u64> {
-        let v: f64 = s.trim().parse().ok()?;
-        (v > 0.0).then(|| (v * 1000.0).round() as u64)
-    };
     let log = std::process::Command::new("dmesg")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    tsc_khz_from(&log, &cpuinfo)
+}
+
+/// [`host_tsc_khz`] on given kernel-log and cpuinfo texts.
+pub fn tsc_khz_from(kernel_log: &str, cpuinfo: &str) -> Option<u64> {
+    let mhz_to_khz = |s: &str| -> Option<u64> {
+        let v: f64 = s.trim().parse().ok()?;
+        (v > 0.0).then(|| (v * 1000.0).round() as u64)
+    };
     for key in [
         "tsc: Refined TSC clocksource calibration: ",
         "tsc: Detected ",
     ] {
-        if let Some(v) = log.lines().find_map(|l| {
+        if let Some(v) = kernel_log.lines().find_map(|l| {
             let rest = &l[l.find(key)? + key.len()..];
             mhz_to_khz(rest.split_whitespace().next()?)
         }) {
             return Some(v);
         }
     }
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    if !info.contains("constant_tsc") {
+    if !cpuinfo.contains("constant_tsc") {
         return None;
     }
-    info.lines()
+    cpuinfo
+        .lines()
         .find(|l| l.starts_with("cpu MHz"))
         .and_then(|l| mhz_to_khz(l.split(':').nth(1)?))
 }
@@ -606,6 +612,19 @@ mod tests {
         );
         let q = kernel_cmdline("console=ttyS0 loglevel=7", None, &spec());
         assert!(!q.contains("quiet") && !q.contains("tsc_early_khz"), "{q}");
+    }
+
+    #[test]
+    fn tsc_rate_from_the_kernel_log_then_cpuinfo() {
+        let log = "[    0.000075] tsc: Detected 2596.126 MHz processor\n\
+                   [    1.2] tsc: Refined TSC clocksource calibration: 2595.999 MHz\n";
+        assert_eq!(tsc_khz_from(log, ""), Some(2_595_999), "refined wins");
+        let first = "[    0.000075] tsc: Detected 2596.126 MHz processor\n";
+        assert_eq!(tsc_khz_from(first, ""), Some(2_596_126));
+        let info = "flags\t\t: fpu tsc constant_tsc\ncpu MHz\t\t: 2100.000\n";
+        assert_eq!(tsc_khz_from("", info), Some(2_100_000));
+        let unstable = "flags\t\t: fpu tsc\ncpu MHz\t\t: 2100.000\n";
+        assert_eq!(tsc_khz_from("", unstable), None, "no constant TSC: no rate");
     }
 
     #[test]
