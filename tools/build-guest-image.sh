@@ -304,7 +304,7 @@ EOF
 fi
 rm -f "$out/rootfs.ext4.tmp"
 truncate -s "${size_mb}M" "$out/rootfs.ext4.tmp"
-mkfs.ext4 -q -F -L fuse-root -d "$root" "$out/rootfs.ext4.tmp"
+mkfs.ext4 -q -F -b 4096 -L fuse-root -d "$root" "$out/rootfs.ext4.tmp"
 mv "$out/rootfs.ext4.tmp" "$out/rootfs.ext4"
 echo "$stamp" > "$out/rootfs.stamp"
 say "rootfs $(du -h --apparent-size "$out/rootfs.ext4" | cut -f1) (allocated $(du -h "$out/rootfs.ext4" | cut -f1)) in $out"

@@ -32,7 +32,8 @@ pub struct FirecrackerBackend {
 }
 
 /// Copies `base` to `dest` copy-on-write where the filesystem supports it (reflink), sparse
-/// otherwise, then grows it to `gb` GiB (never shrinks).
+/// otherwise, then grows it to `gb` GiB (never shrinks); an ext2/3/4 image's filesystem is
+/// grown with it (`resize2fs`), so the guest sees the VM's `storage_gb`.
 pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), BackendError> {
     let out = tokio::process::Command::new("cp")
         .arg("--reflink=auto")
@@ -57,8 +58,42 @@ pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), Backe
     if want > have {
         f.set_len(want)
             .map_err(|e| BackendError::Io(format!("growing the root disk: {e}")))?;
+        drop(f);
+        if is_ext_image(dest) {
+            // Best effort: without it the guest still boots, with the image's own size.
+            match tokio::process::Command::new("resize2fs")
+                .arg("-f")
+                .arg(dest)
+                .output()
+                .await
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => tracing::warn!(
+                    disk = %dest.display(),
+                    error = %String::from_utf8_lossy(&o.stderr).trim(),
+                    "resize2fs failed; the guest keeps the image's filesystem size"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "resize2fs not available; the guest keeps the image's filesystem size"
+                ),
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether `p` starts with an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+fn is_ext_image(p: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 2];
+    std::fs::File::open(p)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(1080))?;
+            f.read_exact(&mut magic)
+        })
+        .is_ok()
+        && magic == [0x53, 0xEF]
 }
 
 #[async_trait]

@@ -405,6 +405,19 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
         host_release.trim(),
         "the guest kernel must differ from the host's"
     );
+    // The root filesystem has the environment's storage_gb (1 GiB), not the image's size.
+    let df = exec(&fuse, &id, "df -m / | tail -1").await;
+    let size_mb: u64 = df["stdout"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (900..=1024).contains(&size_mb),
+        "root filesystem size: {df}"
+    );
     // Uploaded files and the startup script's output are in the guest.
     assert_eq!(
         exec(&fuse, &id, "cat /data/hello.txt").await["stdout"],
