@@ -15,13 +15,13 @@ done
 step "postgres"
 eval "$(./scripts/postgres.sh)"
 
-step "host tools (iproute2, iptables, gcc/binutils for the tiny test guests)"
+step "host tools (iproute2, iptables, gcc/binutils for the tiny test guests; lz4, zstd, e2fsprogs for the guest image)"
 missing=""
-for t in ip iptables gcc ld python3; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+for t in ip iptables gcc ld python3 lz4 zstd mkfs.ext4 debugfs; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
 if [ -n "$missing" ]; then
   echo "installing:$missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq iproute2 iptables gcc binutils python3 >/dev/null
+  apt-get update -qq && apt-get install -y -qq iproute2 iptables gcc binutils python3 lz4 zstd e2fsprogs >/dev/null
 fi
 
 step "firecracker (real binary for the backend tests)"
@@ -29,6 +29,14 @@ if ./tools/install-firecracker.sh "$PWD/.fuse-test/bin"; then
   export FUSE_FIRECRACKER_BIN="$PWD/.fuse-test/bin/firecracker"
 else
   echo "firecracker could not be installed here; its tests will skip and say so"
+fi
+
+step "qemu and the guest image (real-guest tests; cached in .fuse-test/guest)"
+if [ "$(id -u)" = 0 ] && ./tools/install-qemu.sh; then
+  ./tools/build-guest-image.sh --out "$PWD/.fuse-test/guest"
+  export FUSE_TEST_GUEST_DIR="$PWD/.fuse-test/guest"
+else
+  echo "qemu could not be installed here (or not root); the real-guest tests will skip and say so"
 fi
 
 step "format"

@@ -1,6 +1,8 @@
 //! The agent supervisor: fetches the agent binary once, launches the agent's command
 //! (`sh -c`) in its own process group with its output appended to a log, restarts it with
-//! back-off when it exits on its own, and stops it with SIGTERM then SIGKILL.
+//! back-off when it crashes (a non-zero exit or a signal), and stops it with SIGTERM then
+//! SIGKILL. An agent that exits 0 stopped on purpose (the profile's drain command sends it
+//! SIGTERM, and it exits 0) and stays stopped, like systemd's `Restart=on-failure`.
 
 use crate::ops::kill_group;
 use crate::Guest;
@@ -151,7 +153,12 @@ impl Supervisor {
             if !s.wanted {
                 return;
             }
-            // Crashed or exited on its own: restart with back-off (reset after a good run).
+            if code == Some(0) {
+                // A clean exit is a deliberate stop (drained): not restarted.
+                s.wanted = false;
+                return;
+            }
+            // Crashed: restart with back-off (reset after a good run).
             s.restarts += 1;
             if started.elapsed() > Duration::from_secs(60) {
                 backoff = Duration::from_millis(500);

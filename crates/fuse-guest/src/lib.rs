@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod ops;
 pub mod proto;
+pub mod vport;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
-//! `fuse-guest`: serves the private link. In a VM it listens on vsock (`--listen vsock:1024`);
-//! for the `process` backend on a Unix socket (`--listen unix:PATH`), where it also answers
-//! the `CONNECT <port>` handshake of Firecracker's vsock muxer so the host side is the same.
+//! `fuse-guest`: serves the private link. In a VM it listens on vsock (`--listen vsock:1024`)
+//! or, under QEMU without vsock, on a virtio-serial port (`--listen vport:NAME`, multiplexed:
+//! see `vport`); for the `process` backend on a Unix socket (`--listen unix:PATH`), where it
+//! also answers the `CONNECT <port>` handshake of Firecracker's vsock muxer so the host side
+//! is the same.
 //!
 //! ```text
 //! fuse-guest --listen unix:/var/lib/fc-agent/vms/x/guest.sock --token-file T [--root DIR]
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn usage() -> ! {
-    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT (--token-file FILE | --token-env VAR) [--root DIR]");
+    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT|vport:NAME|vport-dev:PATH (--token-file FILE | --token-env VAR) [--root DIR]");
     std::process::exit(2);
 }
 
@@ -79,6 +81,22 @@ fn main() {
     } else if let Some(port) = listen.strip_prefix("vsock:") {
         let port: u32 = port.parse().unwrap_or_else(|_| usage());
         serve_vsock(guest, port);
+    } else if let Some(name) = listen.strip_prefix("vport:") {
+        // The port appears once the virtio_console driver has probed it.
+        loop {
+            match fuse_guest::vport::find_port(name) {
+                Some(dev) => {
+                    let e = fuse_guest::vport::serve(guest.clone(), &dev);
+                    eprintln!("fuse-guest: serving {}: {e}", dev.display());
+                }
+                None => eprintln!("fuse-guest: no virtio-serial port named {name} yet"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    } else if let Some(path) = listen.strip_prefix("vport-dev:") {
+        let e = fuse_guest::vport::serve(guest, std::path::Path::new(path));
+        eprintln!("fuse-guest: serving {path}: {e}");
+        std::process::exit(1);
     } else {
         usage();
     }

@@ -72,6 +72,20 @@ pub struct Config {
         default_value = "console=ttyS0 reboot=k panic=1 pci=off"
     )]
     pub boot_args: String,
+    /// The QEMU binary of the `qemu` backend.
+    #[arg(long, env = "FC_AGENT_QEMU_BIN", default_value = "qemu-system-x86_64")]
+    pub qemu_bin: PathBuf,
+    /// Acceleration of the `qemu` backend: `auto` (KVM only when a test guest boots under
+    /// it), `kvm` or `tcg`.
+    #[arg(long, env = "FC_AGENT_QEMU_ACCEL", default_value = "auto")]
+    pub qemu_accel: String,
+    /// The host's TSC rate in kHz given to QEMU guests (`tsc_early_khz`); default detected.
+    #[arg(long, env = "FC_AGENT_TSC_KHZ")]
+    pub tsc_khz: Option<u64>,
+    /// Boot watchdog of the `qemu` backend: a guest silent for this long is booted again,
+    /// once.
+    #[arg(long, env = "FC_AGENT_BOOT_WATCHDOG_SECS", default_value_t = 15)]
+    pub boot_watchdog_secs: u64,
     /// The `fuse-guest` binary run by the `process` backend (default: next to fc-agent).
     #[arg(long, env = "FC_AGENT_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
@@ -89,13 +103,37 @@ impl Config {
                 "FC_AGENT_BACKEND: {:?}; expected firecracker, qemu or process",
                 self.backend
             ));
-        } else if self.backend == "qemu" {
-            errs.push("FC_AGENT_BACKEND=qemu is not available in this build yet".to_owned());
-        } else if self.backend == "firecracker" {
+        } else if self.backend == "firecracker" || self.backend == "qemu" {
             if self.kernel.is_empty() || self.rootfs.is_empty() {
-                errs.push(
-                    "the firecracker backend needs FC_AGENT_KERNEL and FC_AGENT_ROOTFS".into(),
-                );
+                errs.push(format!(
+                    "the {} backend needs FC_AGENT_KERNEL and FC_AGENT_ROOTFS",
+                    self.backend
+                ));
+            }
+            if self.backend == "qemu" && !["auto", "kvm", "tcg"].contains(&self.qemu_accel.as_str())
+            {
+                errs.push(format!(
+                    "FC_AGENT_QEMU_ACCEL: {:?}; expected auto, kvm or tcg",
+                    self.qemu_accel
+                ));
+            }
+            if self.backend == "qemu" && self.boot_watchdog_secs == 0 {
+                errs.push("FC_AGENT_BOOT_WATCHDOG_SECS must be positive".into());
+            }
+            if self.backend == "qemu" {
+                // QEMU's option syntax separates with commas: a path must not contain one.
+                for (name, p) in [
+                    ("FC_AGENT_DIR", self.dir.display().to_string()),
+                    ("FC_AGENT_KERNEL", self.kernel.clone()),
+                    ("FC_AGENT_INITRD", self.initrd.clone()),
+                    ("FC_AGENT_ROOTFS", self.rootfs.clone()),
+                ] {
+                    if p.contains(',') {
+                        errs.push(format!(
+                            "{name}: {p:?} must not contain a comma (qemu backend)"
+                        ));
+                    }
+                }
             }
             for (name, p) in [
                 ("FC_AGENT_KERNEL", &self.kernel),

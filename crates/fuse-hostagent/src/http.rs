@@ -31,11 +31,20 @@ pub struct AgentState {
 type S = Arc<AgentState>;
 
 fn envelope(status: StatusCode, code: ErrorCode, message: String) -> Response {
+    envelope_with(status, code, message, serde_json::Map::new())
+}
+
+fn envelope_with(
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    details: serde_json::Map<String, serde_json::Value>,
+) -> Response {
     let body = ErrorBody {
         error: ErrorDetail {
             code,
             message,
-            details: serde_json::Map::new(),
+            details,
         },
     };
     (status, Json(body)).into_response()
@@ -47,12 +56,21 @@ impl IntoResponse for VmError {
             VmError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             VmError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
             VmError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            VmError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            VmError::Failed(_) | VmError::GuestDidNotBoot(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        envelope(status, code, self.to_string())
+        let mut details = serde_json::Map::new();
+        if matches!(self, VmError::GuestDidNotBoot(_)) {
+            details.insert(
+                "reason".into(),
+                fuse_types::hostagent::GUEST_DID_NOT_BOOT.into(),
+            );
+        }
+        envelope_with(status, code, self.to_string(), details)
     }
 }
 
@@ -80,6 +98,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         backend: s.vms.backend_name().into(),
+        acceleration: s.vms.acceleration(),
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
     })

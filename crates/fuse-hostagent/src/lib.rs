@@ -56,6 +56,30 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
             rootfs: cfg.rootfs.clone().into(),
             boot_args: cfg.boot_args.clone(),
         }),
+        "qemu" => {
+            let kernel: std::path::PathBuf = cfg.kernel.clone().into();
+            let initrd: Option<std::path::PathBuf> =
+                (!cfg.initrd.is_empty()).then(|| cfg.initrd.clone().into());
+            let (accel, why) = backend::qemu::resolve_accel(
+                &cfg.qemu_accel,
+                &cfg.qemu_bin,
+                &kernel,
+                initrd.as_deref(),
+            )
+            .await;
+            let tsc_khz = cfg.tsc_khz.or_else(backend::qemu::host_tsc_khz);
+            tracing::info!(accel = accel.as_str(), reason = %why, tsc_khz, "qemu backend");
+            Arc::new(backend::qemu::QemuBackend {
+                bin: cfg.qemu_bin.clone(),
+                kernel,
+                initrd,
+                rootfs: cfg.rootfs.clone().into(),
+                boot_args: cfg.boot_args.clone(),
+                accel,
+                tsc_khz,
+                watchdog: std::time::Duration::from_secs(cfg.boot_watchdog_secs),
+            })
+        }
         other => anyhow::bail!("backend {other} is not available in this build"),
     };
     let net_on = match cfg.network.as_str() {

@@ -7,7 +7,7 @@
 //! (upload, exec, agent) run concurrently.
 
 use crate::backend::{guest_socket, process_alive, BackendError, BootSpec, VmmBackend};
-use crate::link::{self, LinkError};
+use crate::link::{Link, LinkError};
 use fuse_guest::proto::{Op, Response};
 use fuse_types::hostagent::{AgentSnapshot, AgentVm};
 use fuse_types::Resources;
@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+
+mod boot;
 
 /// Pending operations admitted per VM.
 pub const MAX_PENDING: usize = 32;
@@ -37,6 +39,9 @@ pub enum VmError {
     /// The VM or its guest failed.
     #[error("{0}")]
     Failed(String),
+    /// The VM's guest did not come up; the message carries its console's tail.
+    #[error("{0}")]
+    GuestDidNotBoot(String),
 }
 
 impl From<BackendError> for VmError {
@@ -90,6 +95,7 @@ pub struct Vm {
     pub meta: RwLock<VmMeta>,
     /// Its directory.
     pub dir: PathBuf,
+    link: Link,
     lifecycle: Mutex<()>,
     admission: Arc<Semaphore>,
 }
@@ -105,17 +111,13 @@ impl Vm {
         })
     }
 
-    fn socket(&self) -> PathBuf {
-        guest_socket(&self.dir)
-    }
-
     fn token(&self) -> String {
         self.meta.read().token.clone()
     }
 
     /// Calls the guest.
     pub async fn guest(&self, op: Op, limit: Duration) -> Result<Vec<Response>, VmError> {
-        Ok(link::call(&self.socket(), &self.token(), op, limit).await?)
+        Ok(self.link.call(&self.token(), op, limit).await?)
     }
 
     fn wire(&self) -> AgentVm {
@@ -148,7 +150,7 @@ fn marker(dir: &Path) -> String {
 pub fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     // The console last: it says most about a guest that did not come up.
-    for f in ["firecracker.log", "guest.log", "console.log"] {
+    for f in ["firecracker.log", "qemu.log", "guest.log", "console.log"] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(5)..] {
@@ -280,6 +282,7 @@ impl Vms {
                         m.vm_id.clone(),
                         Arc::new(Vm {
                             meta: RwLock::new(m),
+                            link: Link::new(guest_socket(&path), vms.backend.transport()),
                             dir: path,
                             lifecycle: Mutex::new(()),
                             admission: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -322,6 +325,11 @@ impl Vms {
             report.net = crate::net::reclaim(&vms.opts.net_tag, &ids, &devs);
         }
         Ok((vms, report))
+    }
+
+    /// The backend's acceleration, when it has one.
+    pub fn acceleration(&self) -> Option<String> {
+        self.backend.acceleration()
     }
 
     /// The backend's name.
@@ -466,22 +474,17 @@ impl Vms {
             token: token.clone(),
             net: net.clone(),
         };
-        let booted = match self.backend.boot(&spec).await {
-            Ok(b) => b,
-            Err(e) => {
-                if let Some(n) = &net {
-                    crate::net::teardown(id, n);
-                }
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-                return Err(e.into());
+        let undo_net = || {
+            if let Some(n) = &net {
+                crate::net::teardown(id, n);
             }
         };
-        let meta = VmMeta {
+        let mut meta = VmMeta {
             vm_id: id.to_owned(),
             cpus,
             memory_mb,
             storage_gb,
-            pid: booted.pid,
+            pid: -1,
             backend: self.backend.name().into(),
             created_unix: now_unix(),
             token,
@@ -489,38 +492,15 @@ impl Vms {
             net: net.clone(),
             url,
         };
-        let undo_net = || {
-            if let Some(n) = &net {
-                crate::net::teardown(id, n);
-            }
-        };
-        if let Err(e) = write_meta(&dir, &meta) {
-            self.backend.stop(&dir, booted.pid).await;
+        let link = Link::new(guest_socket(&dir), self.backend.transport());
+        if let Err(e) = self.boot_until_ready(&spec, &mut meta, &link).await {
             undo_net();
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        if let Err(e) =
-            link::wait_ready(&guest_socket(&dir), &meta.token, self.opts.boot_timeout).await
-        {
-            self.backend.stop(&dir, booted.pid).await;
-            undo_net();
-            let log = log_tail(&dir);
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(800)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            return Err(VmError::Failed(format!(
-                "guest helper never answered ({e}); log: {tail}"
-            )));
-        }
         let vm = Arc::new(Vm {
             meta: RwLock::new(meta),
+            link,
             dir,
             lifecycle: Mutex::new(()),
             admission: Arc::new(Semaphore::new(MAX_PENDING)),
@@ -657,17 +637,35 @@ impl Vms {
         tokio::fs::create_dir_all(vm.dir.join("snapshots"))
             .await
             .map_err(|e| VmError::Failed(e.to_string()))?;
-        let size = self.backend.snapshot(&vm.dir, &dest).await?;
+        if self.backend.transport() == crate::link::Transport::Serial
+            || self.backend.name() == "firecracker"
+        {
+            // A real guest: flush its page cache so the disk copy is consistent on its own.
+            let sync = Op::Exec {
+                cmd: vec!["sync".into()],
+                shell: None,
+                env: BTreeMap::new(),
+                cwd: None,
+                timeout_ms: Some(30_000),
+                stream: false,
+            };
+            if let Err(e) = vm.guest(sync, Duration::from_secs(40)).await {
+                tracing::warn!(vm_id = %id, error = %e, "sync before the snapshot failed");
+            }
+        }
+        let pid = vm.meta.read().pid;
+        let size = self.backend.snapshot(&vm.dir, pid, &dest).await?;
+        let mode = self.backend.snapshot_mode(mode);
         let meta = {
             let mut m = vm.meta.write();
-            m.snapshots.insert(sid.to_owned(), mode.to_owned());
+            m.snapshots.insert(sid.to_owned(), mode.clone());
             m.clone()
         };
         write_meta(&vm.dir, &meta)?;
         Ok(AgentSnapshot {
             snapshot_id: sid.to_owned(),
             size_bytes: size,
-            mode: mode.to_owned(),
+            mode,
         })
     }
 
@@ -697,9 +695,34 @@ impl Vms {
         if !vm.meta.read().snapshots.contains_key(sid) {
             return Err(VmError::NotFound(format!("snapshot {sid}")));
         }
-        self.backend
-            .restore(&vm.dir, &vm.dir.join("snapshots").join(sid))
+        let pid = vm.meta.read().pid;
+        let replaced = self
+            .backend
+            .restore(&vm.dir, pid, &vm.dir.join("snapshots").join(sid))
             .await?;
+        if let Some(b) = replaced {
+            // A new VMM process runs the restored VM: record it, reconnect, wait for the
+            // guest helper (restored with the memory) to answer again.
+            let meta = {
+                let mut m = vm.meta.write();
+                m.pid = b.pid;
+                m.clone()
+            };
+            write_meta(&vm.dir, &meta)?;
+            vm.link.reset().await;
+            vm.link
+                .wait_ready(&meta.token, self.opts.boot_timeout, || {
+                    crate::backend::pid_running(b.pid)
+                })
+                .await
+                .map_err(|e| {
+                    VmError::Failed(format!(
+                        "the restored VM did not answer ({e}); log: {}",
+                        log_tail(&vm.dir)
+                    ))
+                })?;
+            tracing::info!(vm_id = %id, snapshot_id = %sid, pid = b.pid, "snapshot restored");
+        }
         Ok(())
     }
 

@@ -121,6 +121,9 @@ impl From<ProviderError> for ApiError {
                 ApiError::invalid(e.client_message()).with_internal(e.to_string())
             }
             ProviderError::Internal(_) => ApiError::internal(e.to_string()),
+            ProviderError::GuestFailed(_) => {
+                ApiError::unavailable(e.client_message()).with_internal(e.to_string())
+            }
         }
     }
 }

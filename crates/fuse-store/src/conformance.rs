@@ -611,12 +611,15 @@ async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
             SnapshotPatch {
                 state: Some(SnapshotState::Ready),
                 size_bytes: Some(42),
+                mode: Some("full".into()),
                 ..SnapshotPatch::default()
             },
         )
         .await
         .unwrap();
     assert_eq!((up.state, up.size_bytes), (SnapshotState::Ready, 42));
+    assert_eq!(up.mode, "full", "the mode the host took is kept");
+    assert_eq!(s.snapshot_get(&a).await.unwrap().unwrap().mode, "full");
     match s.snapshot_begin_delete(&a).await {
         Err(StoreError::HasChildren { children, .. }) => assert_eq!(children, 1),
         other => panic!("expected HasChildren, got {other:?}"),

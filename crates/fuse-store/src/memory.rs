@@ -144,6 +144,9 @@ pub(crate) fn apply_snapshot_patch(s: &mut SnapshotRecord, patch: SnapshotPatch,
     if let Some(e) = patch.last_error {
         s.last_error = e;
     }
+    if let Some(m) = patch.mode {
+        s.mode = m;
+    }
     s.updated_at = at;
 }
 

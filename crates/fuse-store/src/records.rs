@@ -300,6 +300,8 @@ pub struct SnapshotPatch {
     pub host_snapshot_id: Option<String>,
     /// New error (`Some(None)` clears).
     pub last_error: Option<Option<String>>,
+    /// What the host actually took (`disk`, `full`), when it differs from the request.
+    pub mode: Option<String>,
 }
 
 /// Filters of `GET /v1/snapshots`.

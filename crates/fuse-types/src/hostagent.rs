@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `details.reason` of a host-agent error whose VM did not boot (its message then carries
+/// the tail of the guest's console, safe to show to the environment's owner).
+pub const GUEST_DID_NOT_BOOT: &str = "guest_did_not_boot";
+
 /// `POST /v1/vm` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentVmCreate {
@@ -143,6 +147,9 @@ pub struct AgentHealth {
     /// VMM backend (`firecracker`, `qemu`, `process`).
     #[serde(default)]
     pub backend: String,
+    /// How guests run (`kvm`, `tcg`), for backends that choose (`qemu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration: Option<String>,
     /// Total capacity.
     #[serde(default)]
     pub capacity: crate::Resources,

@@ -32,7 +32,8 @@ pub struct FirecrackerBackend {
 }
 
 /// Copies `base` to `dest` copy-on-write where the filesystem supports it (reflink), sparse
-/// otherwise, then grows it to `gb` GiB (never shrinks).
+/// otherwise, then grows it to `gb` GiB (never shrinks); an ext2/3/4 image's filesystem is
+/// grown with it (`resize2fs`), so the guest sees the VM's `storage_gb`.
 pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), BackendError> {
     let out = tokio::process::Command::new("cp")
         .arg("--reflink=auto")
@@ -57,14 +58,53 @@ pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), Backe
     if want > have {
         f.set_len(want)
             .map_err(|e| BackendError::Io(format!("growing the root disk: {e}")))?;
+        drop(f);
+        if is_ext_image(dest) {
+            // Best effort: without it the guest still boots, with the image's own size.
+            match tokio::process::Command::new("resize2fs")
+                .arg("-f")
+                .arg(dest)
+                .output()
+                .await
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => tracing::warn!(
+                    disk = %dest.display(),
+                    error = %String::from_utf8_lossy(&o.stderr).trim(),
+                    "resize2fs failed; the guest keeps the image's filesystem size"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "resize2fs not available; the guest keeps the image's filesystem size"
+                ),
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether `p` starts with an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+fn is_ext_image(p: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 2];
+    std::fs::File::open(p)
+        .and_then(|mut f| {
+            f.seek(SeekFrom::Start(1080))?;
+            f.read_exact(&mut magic)
+        })
+        .is_ok()
+        && magic == [0x53, 0xEF]
 }
 
 #[async_trait]
 impl VmmBackend for FirecrackerBackend {
     fn name(&self) -> &'static str {
         "firecracker"
+    }
+
+    fn acceleration(&self) -> Option<String> {
+        // Firecracker has no emulation: it always runs guests with KVM.
+        Some("kvm".into())
     }
 
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
@@ -125,14 +165,19 @@ impl VmmBackend for FirecrackerBackend {
         let _ = std::fs::remove_file(guest_socket(dir));
     }
 
-    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError> {
+    async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
         let target = dest.join("rootfs.ext4");
         clone_rootfs(&dir.join("rootfs.ext4"), &target, 0).await?;
         Ok(std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0))
     }
 
-    async fn restore(&self, _dir: &Path, _src: &Path) -> Result<(), BackendError> {
+    async fn restore(
+        &self,
+        _dir: &Path,
+        _pid: i32,
+        _src: &Path,
+    ) -> Result<Option<Booted>, BackendError> {
         // Firecracker keeps the root disk open: swapping the file under a running VM would
         // change nothing. Restoring needs a reboot on the restored disk (or a memory
         // snapshot load), which comes with real guests.

@@ -1,9 +1,11 @@
-//! The `VmmBackend` seam: what boots and stops a VM. `process` runs `fuse-guest` as a local
-//! process in the VM's directory (no hypervisor, no isolation: for tests and scale runs).
-//! `firecracker` and `qemu` come next (DESIGN §6).
+//! The `VmmBackend` seam: what boots and stops a VM. `firecracker` (production), `qemu`
+//! (QEMU microvm: hosts without Firecracker, and real guests on machines without hardware
+//! virtualisation) and `process` (`fuse-guest` as a local process in the VM's directory; no
+//! hypervisor, no isolation: for tests and scale runs). DESIGN §6.
 
 pub mod firecracker;
 pub mod process;
+pub mod qemu;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -59,10 +61,33 @@ pub trait VmmBackend: Send + Sync + 'static {
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
     /// Stops it (idempotent).
     async fn stop(&self, dir: &Path, pid: i32);
-    /// Copies the VM's disk state into `dest` (a new directory).
-    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError>;
-    /// Replaces the VM's disk state with `src`.
-    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError>;
+    /// Copies the VM's state into `dest` (a new directory); returns the bytes used.
+    async fn snapshot(&self, dir: &Path, pid: i32, dest: &Path) -> Result<u64, BackendError>;
+    /// Replaces the VM's state with the snapshot in `src`. A backend that restores by
+    /// starting a new VMM process returns it.
+    async fn restore(
+        &self,
+        dir: &Path,
+        pid: i32,
+        src: &Path,
+    ) -> Result<Option<Booted>, BackendError>;
+    /// How its guests are reached.
+    fn transport(&self) -> crate::link::Transport {
+        crate::link::Transport::Vsock
+    }
+    /// The boot watchdog: how long one boot may take before it is retried once (`None`:
+    /// one attempt of the whole boot timeout).
+    fn boot_watchdog(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// What a snapshot requested as `mode` actually holds.
+    fn snapshot_mode(&self, requested: &str) -> String {
+        requested.to_owned()
+    }
+    /// The acceleration in use (`kvm`, `tcg`), for `/healthz`.
+    fn acceleration(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Whether `pid` runs and is the process we started (its command line mentions `marker`),
@@ -83,6 +108,23 @@ pub fn process_alive(pid: i32, marker: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains(marker))
         .unwrap_or(false)
+}
+
+/// Whether `pid` exists and is not a zombie. Without the command-line check of
+/// [`process_alive`]: for a process we started moments ago, whose command line reads empty
+/// while it is in the middle of an `exec` (`ip netns exec` → `fuse-guest`).
+pub fn pid_running(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    !matches!(state, None | Some("Z") | Some("X"))
 }
 
 /// Kills every process whose command line mentions `marker` (a VM directory): reclaims the

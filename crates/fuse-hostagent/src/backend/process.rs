@@ -134,11 +134,16 @@ impl VmmBackend for ProcessBackend {
         let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
 
-    async fn snapshot(&self, dir: &Path, dest: &Path) -> Result<u64, BackendError> {
+    async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         copy_tree(&dir.join("root"), dest).await
     }
 
-    async fn restore(&self, dir: &Path, src: &Path) -> Result<(), BackendError> {
+    async fn restore(
+        &self,
+        dir: &Path,
+        _pid: i32,
+        src: &Path,
+    ) -> Result<Option<Booted>, BackendError> {
         let root = dir.join("root");
         let old = dir.join("root.old");
         let _ = tokio::fs::remove_dir_all(&old).await;
@@ -150,7 +155,7 @@ impl VmmBackend for ProcessBackend {
             return Err(e);
         }
         let _ = tokio::fs::remove_dir_all(&old).await;
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -1,7 +1,10 @@
 //! The real `fc-agent` binary with the `process` backend over real HTTP: the wire, VM
-//! lifecycle through `fuse-guest`, capacity, and adoption/reclaim across agent restarts.
+//! lifecycle through `fuse-guest`, capacity, and adoption/reclaim across agent restarts;
+//! and the host toolchain's install script (`tools`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod tools;
 
 use base64::Engine as _;
 use reqwest::StatusCode;

@@ -52,7 +52,11 @@ impl Failure {
         tracing::warn!(step, error = %e, "host call failed during provision");
         let mut f = Failure::at(step, e.client_message());
         // The host answered that the VM failed (not: out of room, unreachable, refused).
-        f.boot = step == "create_vm" && matches!(e, ProviderError::Internal(_));
+        f.boot = step == "create_vm"
+            && matches!(
+                e,
+                ProviderError::Internal(_) | ProviderError::GuestFailed(_)
+            );
         f
     }
 }

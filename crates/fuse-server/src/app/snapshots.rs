@@ -45,6 +45,12 @@ impl App {
                 vm.id, vm.state
             )));
         }
+        // The snapshot the VM was restored from is its parent, unless it has been deleted
+        // since (then the new snapshot starts a new tree).
+        let parent_id = match &vm.restored_from {
+            Some(p) => self.store.snapshot_get(p).await?.map(|s| s.id),
+            None => None,
+        };
         let mut b = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut b);
         let id = SnapshotId::from_hex(&hex::encode(b));
@@ -54,7 +60,7 @@ impl App {
             vm_id: vm.id.clone(),
             task_id: vm.task_id.clone(),
             host_id: vm.host_id.clone(),
-            parent_id: vm.restored_from.clone(),
+            parent_id,
             mode: mode.clone(),
             state: SnapshotState::Creating,
             comment,
@@ -85,6 +91,8 @@ impl App {
                             size_bytes: Some(s.size_bytes),
                             host_snapshot_id: Some(s.snapshot_id),
                             last_error: Some(None),
+                            // A host may take more than asked (QEMU: always memory + disk).
+                            mode: (!s.mode.is_empty()).then_some(s.mode),
                         },
                     )
                     .await?)

@@ -91,9 +91,17 @@ impl HostAgentClient {
                 });
             }
             let text = resp.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
+            let body = serde_json::from_str::<ErrorBody>(&text).ok();
+            let guest_failed = body.as_ref().is_some_and(|b| {
+                b.error.details.get("reason").and_then(|r| r.as_str())
+                    == Some(fuse_types::hostagent::GUEST_DID_NOT_BOOT)
+            });
+            let message = body
                 .map(|b| b.error.message)
-                .unwrap_or_else(|_| text.chars().take(300).collect());
+                .unwrap_or_else(|| text.chars().take(300).collect());
+            if guest_failed {
+                return Err(ProviderError::GuestFailed(message));
+            }
             return Err(match status {
                 StatusCode::NOT_FOUND => ProviderError::NotFound(message),
                 StatusCode::SERVICE_UNAVAILABLE

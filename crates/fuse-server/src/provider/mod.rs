@@ -40,6 +40,10 @@ pub enum ProviderError {
     /// The host failed or answered nonsense.
     #[error("host error: {0}")]
     Internal(String),
+    /// The VM's guest did not come up (a broken image, a kernel that does not boot); the
+    /// host's message carries the tail of its console.
+    #[error("the VM did not boot: {0}")]
+    GuestFailed(String),
 }
 
 impl ProviderError {
@@ -52,6 +56,7 @@ impl ProviderError {
                 format!("host rejected the request: {message}")
             }
             ProviderError::Internal(_) => "host error".into(),
+            ProviderError::GuestFailed(m) => format!("the VM did not boot: {m}"),
         }
     }
 }

@@ -243,6 +243,7 @@ impl Provider for StubProvider {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             backend: "stub".into(),
+            acceleration: None,
             capacity: self.capacity,
             allocated,
         })

@@ -98,6 +98,17 @@ async fn snapshot_lifecycle() {
         stub.vm("fuse-snap").unwrap().snapshots.is_empty(),
         "deleted on the host too"
     );
+    // The VM was last restored from the deleted snapshot: a new snapshot has no parent
+    // (on Postgres a dangling parent would violate the foreign key).
+    let orphan = f
+        .post("/v1/environments/fuse-snap/snapshots", json!({}))
+        .await;
+    assert_eq!(orphan.status, StatusCode::CREATED, "{}", orphan.text);
+    assert!(
+        orphan.body["parent_snapshot_id"].is_null(),
+        "{}",
+        orphan.text
+    );
 }
 
 #[tokio::test]

@@ -1121,7 +1121,7 @@ impl StateStore for PgStore {
         apply_snapshot_patch(&mut s, patch, now());
         sqlx::query(
             "UPDATE snapshots SET state = $2, size_bytes = $3, host_snapshot_id = $4, last_error = $5, \
-             updated_at = $6 WHERE id = $1",
+             updated_at = $6, mode = $7 WHERE id = $1",
         )
         .bind(id.as_str())
         .bind(s.state.as_str())
@@ -1129,6 +1129,7 @@ impl StateStore for PgStore {
         .bind(&s.host_snapshot_id)
         .bind(&s.last_error)
         .bind(s.updated_at)
+        .bind(&s.mode)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

@@ -1,0 +1,766 @@
+//! Real Linux guests through the whole chain: a `fuse` process on Postgres and a real
+//! `fc-agent` with the `qemu` backend (acceleration chosen automatically: KVM only where a
+//! test guest boots under it, else TCG), in a network namespace made by the test and reached
+//! over a veth link. The guest image (Debian kernel, busybox root, `fuse-guest`, `fused`) is
+//! built by `tools/build-guest-image.sh` into `.fuse-test/guest/` (cached) and QEMU is
+//! installed by `tools/install-qemu.sh` when missing.
+//!
+//! The main test walks one environment through everything (files, secrets, startup script,
+//! `fused` over TLS through the host-port forward, rotate-token, snapshot/restore/delete and
+//! retention GC, an `fc-agent` restart that re-adopts the running VM, drain, destroy without
+//! leftovers) and prints the boot and create timings; two more show that a guest that never
+//! boots, or boots silently, ends `failed` with a clear error and leaves nothing.
+//!
+//! Skipped with a printed reason when not root, when QEMU cannot be installed, or when
+//! `FUSE_TEST_DATABASE_URL` is unset.
+
+use crate::harness::*;
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "real-guests-agent-token-0123456789";
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run_ok(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// QEMU and the guest image, once per test process; `None` (with the reason printed) when
+/// this machine cannot run them.
+fn guest_assets() -> Option<PathBuf> {
+    static ASSETS: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let r = ASSETS.get_or_init(|| {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not root (QEMU guests need taps and network namespaces)".into());
+        }
+        run_ok(&mut Command::new(workspace().join("tools/install-qemu.sh")))
+            .map_err(|e| format!("QEMU cannot be installed here: {e}"))?;
+        let out = std::env::var("FUSE_TEST_GUEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join(".fuse-test/guest"));
+        // Not a skip: with QEMU installable, a failing image build is a failure.
+        run_ok(
+            Command::new(workspace().join("tools/build-guest-image.sh"))
+                .arg("--out")
+                .arg(&out),
+        )
+        .unwrap_or_else(|e| panic!("building the guest image: {e}"));
+        Ok(out)
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+/// One real-guest test at a time: an emulated guest takes a whole core while it boots, and
+/// the other cluster tests share the machine's cores.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ns_output(ns: &str, args: &[&str]) -> String {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// An `fc-agent` (qemu backend) in its own network namespace, reached over a veth link.
+struct Host {
+    ns: String,
+    veth: String,
+    addr: String,
+    dir: PathBuf,
+    log: PathBuf,
+    agent: Option<Child>,
+    /// The agent's command line, to start it again.
+    cmd: Vec<(String, String)>,
+    bin: PathBuf,
+}
+
+impl Host {
+    fn start(i: u8, assets: &Path, rootfs: &Path) -> Host {
+        Host::start_with(i, assets, rootfs, &[])
+    }
+
+    fn start_with(i: u8, assets: &Path, rootfs: &Path, extra: &[(&str, &str)]) -> Host {
+        let pid = std::process::id() % 100_000;
+        let ns = format!("fuse-rg-{pid}-{i}");
+        let veth = format!("frg{pid}{i}");
+        // Per test process, so two runs on one machine (two checkouts) do not collide.
+        let net = format!("10.252.{}.", 10 + (pid % 60) * 4 + u32::from(i));
+        let peer = format!("{veth}p");
+        let ok = ip(&["netns", "add", &ns])
+            && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
+            && ip(&["link", "set", &peer, "netns", &ns])
+            && ip(&["addr", "add", &format!("{net}1/30"), "dev", &veth])
+            && ip(&["link", "set", &veth, "up"])
+            && ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{net}2/30"),
+                "dev",
+                &peer,
+            ])
+            && ip(&["-n", &ns, "link", "set", &peer, "up"])
+            && ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        assert!(ok, "creating namespace {ns}");
+        let dir = std::env::temp_dir().join(format!("{ns}-dir"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.with_extension("log");
+        let addr = format!("{net}2:8090");
+        let me = std::env::current_exe().unwrap();
+        let bin = me.parent().unwrap().parent().unwrap().join("fc-agent");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-p", "fuse-hostagent", "--bin", "fc-agent"])
+                .status()
+                .unwrap();
+            assert!(st.success(), "building fc-agent");
+        }
+        let p = |p: &Path| p.display().to_string();
+        let mut env: Vec<(String, String)> = [
+            ("FC_AGENT_LISTEN", addr.clone()),
+            ("FC_AGENT_TOKEN", TOKEN.into()),
+            ("FC_AGENT_BACKEND", "qemu".into()),
+            ("FC_AGENT_QEMU_ACCEL", "auto".into()),
+            ("FC_AGENT_DIR", p(&dir)),
+            ("FC_AGENT_KERNEL", p(&assets.join("vmlinuz"))),
+            ("FC_AGENT_INITRD", p(&assets.join("initramfs.cpio.gz"))),
+            ("FC_AGENT_ROOTFS", p(rootfs)),
+            ("FC_AGENT_PUBLIC_HOST", format!("{net}2")),
+            ("FC_AGENT_CPUS", "4".into()),
+            ("FC_AGENT_RAM_MB", "2048".into()),
+            ("FC_AGENT_STORAGE_GB", "20".into()),
+            ("FC_AGENT_MAX_VMS", "4".into()),
+            ("RUST_LOG", "info".into()),
+            ("NO_COLOR", "1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut host = Host {
+            ns,
+            veth,
+            addr,
+            dir,
+            log,
+            agent: None,
+            cmd: env,
+            bin,
+        };
+        host.spawn_agent();
+        host
+    }
+
+    /// Starts (or restarts) the agent; its output is appended to the log.
+    fn spawn_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.bin)
+            .envs(self.cmd.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the VM left behind on this host: QEMU processes naming its directory, taps,
+    /// NAT rules, files.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let marker = format!("{}/", self.dir.display());
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.contains("qemu-system") && cmd.contains(&marker) {
+                left.push(format!("process {}", e.file_name().to_string_lossy()));
+            }
+        }
+        for l in ns_output(&self.ns, &["ip", "-o", "link"]).lines() {
+            if l.contains(": fv") {
+                left.push(format!("device {l}"));
+            }
+        }
+        for l in ns_output(&self.ns, &["iptables", "-w", "-t", "nat", "-S"]).lines() {
+            if l.contains("fuse:") {
+                left.push(format!("rule {l}"));
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.dir.join("vms")) {
+            for e in rd.flatten() {
+                left.push(format!("file {}", e.path().display()));
+            }
+        }
+        left
+    }
+
+    /// Registers it with the control plane once its `/healthz` answers; returns the health.
+    async fn register(&self, fuse: &FuseProc, id: &str) -> Value {
+        let http = reqwest::Client::new();
+        let health = http
+            .get(format!("{}/healthz", self.url()))
+            .bearer_auth(TOKEN);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let health: Value = loop {
+            if let Ok(r) = health.try_clone().unwrap().send().await {
+                if r.status() == StatusCode::OK {
+                    break r.json().await.unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fc-agent never answered; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let (s, b) = fuse
+            .post(
+                "/v1/hosts",
+                json!({"id": id, "url": self.url(), "token": TOKEN, "region": "lab"}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        health
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(c) = self.agent.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // QEMU processes outlive fc-agent by design: kill those of this test's directory.
+        let marker = format!("{}/", self.dir.display());
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&marker) {
+                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        ip(&["link", "del", &self.veth]);
+        ip(&["netns", "del", &self.ns]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // The agent's log stays for a failed test to be read.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+async fn exec(fuse: &FuseProc, id: &str, shell: &str) -> Value {
+    let (s, b) = fuse
+        .post(
+            &format!("/v1/environments/{id}?action=exec"),
+            json!({"shell": shell}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "exec {shell}: {b}");
+    b
+}
+
+/// A client for `fused`'s TLS endpoint that trusts exactly the VM's own certificate.
+fn agent_client(vm_id: &str, cert_pem: &str, addr: std::net::SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve(vm_id, addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A `fuse` process whose client waits long enough for a create that boots a guest twice
+/// (the watchdog's retry) on a loaded machine.
+fn spawn_patient_fuse(db: &str, extra: &[(&str, &str)]) -> FuseProc {
+    let mut f = spawn_fuse(db, extra);
+    f.http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(150))
+        .build()
+        .unwrap();
+    f
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    let host = Host::start(1, &assets, &assets.join("rootfs.ext4"));
+    let fuse = spawn_patient_fuse(&db, &[("FUSE_GC_PERIOD_SECS", "1")]);
+    fuse.ready().await;
+    let health = host.register(&fuse, "qemu-1").await;
+    assert_eq!(health["backend"], "qemu", "{health}");
+    let accel = health["acceleration"].as_str().unwrap_or("").to_owned();
+    assert!(accel == "kvm" || accel == "tcg", "{health}");
+
+    // Create with files, secrets, a manifest, a startup script and the fused agent.
+    let manifest = json!({"name": "e2e", "tools": ["uname"]}).to_string();
+    let t0 = Instant::now();
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({
+                "task_id": "rg-main",
+                "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1},
+                "manifest_inline": b64(&manifest),
+                "files": {"/data/hello.txt": b64("hello from the control plane\n")},
+                "secrets": {"API_KEY": "sekret-value-42"},
+                "startup_script": "echo started > /data/startup.txt"
+            }),
+        )
+        .await;
+    let first_create = t0.elapsed();
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "{env}\nagent log:\n{}",
+        host.log_text()
+    );
+    assert_eq!(env["state"], "running", "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+
+    // The guest's own kernel answers, not the host's.
+    let release = std::fs::read_to_string(assets.join("kernel-release")).unwrap();
+    let r = exec(&fuse, &id, "uname -r").await;
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), release.trim(), "{r}");
+    let host_release =
+        String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    assert_ne!(
+        release.trim(),
+        host_release.trim(),
+        "the guest kernel must differ from the host's"
+    );
+    // The root filesystem has the environment's storage_gb (1 GiB), not the image's size.
+    let df = exec(&fuse, &id, "df -m / | tail -1").await;
+    let size_mb: u64 = df["stdout"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (900..=1024).contains(&size_mb),
+        "root filesystem size: {df}"
+    );
+    // Uploaded files and the startup script's output are in the guest.
+    assert_eq!(
+        exec(&fuse, &id, "cat /data/hello.txt").await["stdout"],
+        "hello from the control plane\n"
+    );
+    assert_eq!(
+        exec(&fuse, &id, "cat /data/startup.txt").await["stdout"],
+        "started\n"
+    );
+    assert_eq!(
+        exec(&fuse, &id, "cat /fuse/manifest.json").await["stdout"],
+        manifest
+    );
+    assert!(exec(&fuse, &id, "cat /fuse/secrets.json").await["stdout"]
+        .as_str()
+        .unwrap()
+        .contains("sekret-value-42"));
+
+    // fused answers through the host-port forward, over TLS with the VM's certificate.
+    let url = env["url"].as_str().unwrap().to_owned();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let cert = exec(&fuse, &id, "cat /fuse/tls.crt").await["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = agent_client(&id, &cert, addr);
+    let base = format!("https://{id}:{}", addr.port());
+    let mut health_ok = false;
+    for _ in 0..100 {
+        if let Ok(r) = agent.get(format!("{base}/health")).send().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
+            health_ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(health_ok, "fused /health never answered at {base}");
+    let token = exec(&fuse, &id, "cat /fuse/token").await["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let info = |t: String| {
+        let (agent, base) = (agent.clone(), base.clone());
+        async move {
+            let r = agent
+                .get(format!("{base}/v1/info"))
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, _) = info("wrong-token-wrong-token-wrong-token".into()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, body) = info(token.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["vm_id"], id.as_str());
+    assert_eq!(body["manifest"]["name"], "e2e");
+    assert_eq!(body["secret_names"], json!(["API_KEY"]));
+    assert_eq!(body["tls"], true);
+    assert!(
+        !body.to_string().contains("sekret-value-42"),
+        "no secret values served"
+    );
+
+    // Rotate the token: the old one stops working, the new one works.
+    let (s, b) = fuse
+        .post(
+            &format!("/v1/environments/{id}?action=rotate-token"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    let new_token = exec(&fuse, &id, "cat /fuse/token").await["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_token, token);
+    let new_cert = exec(&fuse, &id, "cat /fuse/tls.crt").await["stdout"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent2 = agent_client(&id, &new_cert, addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = agent2.get(format!("{base}/health")).send().await.is_ok();
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fused did not come back after rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (t, want) in [
+        (token, StatusCode::UNAUTHORIZED),
+        (new_token.clone(), StatusCode::OK),
+    ] {
+        let r = agent2
+            .get(format!("{base}/v1/info"))
+            .bearer_auth(t)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+    }
+
+    // Snapshot, delete a file, restore: the file is back (memory and disk).
+    let (s, snap) = fuse
+        .post(
+            &format!("/v1/environments/{id}/snapshots"),
+            json!({"comment": "before the delete"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{snap}");
+    assert_eq!(snap["state"], "ready", "{snap}");
+    assert_eq!(
+        snap["mode"], "full",
+        "QEMU snapshots hold memory and disk: {snap}"
+    );
+    let sid = snap["id"].as_str().unwrap().to_owned();
+    let r = exec(&fuse, &id, "rm /data/hello.txt && ls /data").await;
+    assert_eq!(r["stdout"], "startup.txt\n", "{r}");
+    let (s, b) = fuse
+        .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::NO_CONTENT,
+        "{b}\nagent log:\n{}",
+        host.log_text()
+    );
+    assert_eq!(
+        exec(&fuse, &id, "cat /data/hello.txt").await["stdout"],
+        "hello from the control plane\n"
+    );
+    // The agent came back with the memory: it still answers with the current token.
+    let r = agent2
+        .get(format!("{base}/v1/info"))
+        .bearer_auth(&new_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // List, delete; a second snapshot with a short retention is collected by the GC.
+    let (_, list) = fuse.get(&format!("/v1/snapshots?vm_id={id}")).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+    let vm_snaps = host.dir.join("vms").join(&id).join("snapshots");
+    assert_eq!(std::fs::read_dir(&vm_snaps).unwrap().count(), 1);
+    let (s, _) = fuse.delete(&format!("/v1/snapshots/{sid}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        std::fs::read_dir(&vm_snaps).unwrap().count(),
+        0,
+        "deleted on the host"
+    );
+    let (s, snap2) = fuse
+        .post(
+            &format!("/v1/environments/{id}/snapshots"),
+            json!({"retention_seconds": 1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{snap2}");
+    let sid2 = snap2["id"].as_str().unwrap().to_owned();
+    eventually(
+        "retention GC deletes the expired snapshot",
+        Duration::from_secs(30),
+        || async { fuse.get(&format!("/v1/snapshots/{sid2}")).await.0 == StatusCode::NOT_FOUND },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_dir(&vm_snaps).unwrap().count(),
+        0,
+        "collected on the host"
+    );
+
+    // fc-agent restarts (SIGKILL): the VM keeps running, is adopted, and its link reconnects.
+    let mut host = host;
+    host.spawn_agent();
+    eventually(
+        "the restarted agent adopted the VM",
+        Duration::from_secs(60),
+        || async { host.log_text().contains("adopted=1") },
+    )
+    .await;
+    assert_eq!(
+        exec(&fuse, &id, "cat /data/hello.txt").await["stdout"],
+        "hello from the control plane\n"
+    );
+
+    // Drain stops fused: SIGTERM from the profile's drain command, exit 0, not restarted.
+    let (s, d) = fuse
+        .post(&format!("/v1/environments/{id}?action=drain"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["state"], "draining", "{d}");
+    assert!(d.get("error").is_none(), "{d}");
+    eventually("fused exits", Duration::from_secs(10), || async {
+        exec(&fuse, &id, "pidof fused").await["exit_code"] == 1
+    })
+    .await;
+    let log = exec(&fuse, &id, "cat /var/log/fuse-agent.log").await;
+    assert!(
+        log["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("SIGTERM received; exiting 0"),
+        "{log}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        exec(&fuse, &id, "pidof fused").await["exit_code"],
+        1,
+        "a drained agent is not restarted"
+    );
+    assert!(agent2.get(format!("{base}/health")).send().await.is_err());
+
+    // Timings: a few more creates through the whole chain (create → running), and the
+    // agent's boot → guest-helper-ready figure of each boot.
+    let mut creates = vec![first_create.as_millis() as u64];
+    for n in 0..2 {
+        let t = Instant::now();
+        let (s, e) = fuse
+            .post(
+                "/v1/environments",
+                json!({"task_id": format!("rg-time-{n}"), "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        creates.push(t.elapsed().as_millis() as u64);
+        let (s, _) = fuse
+            .delete(&format!("/v1/environments/fuse-rg-time-{n}"))
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    let ready: Vec<u64> = host
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split("ready_ms=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    eprintln!(
+        "FIGURES qemu/{accel}: boot→fuse-guest ready {ready:?} ms (median {}), create→running {creates:?} ms (median {})",
+        median(ready.clone()),
+        median(creates.clone())
+    );
+
+    // Destroy leaves nothing behind: no process, tap, NAT rule or file.
+    let (s, _) = fuse.delete(&format!("/v1/environments/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, e) = fuse.get(&format!("/v1/environments/{id}")).await;
+    assert_eq!(e["state"], "destroyed", "{e}");
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+    let (_, h) = fuse.get("/v1/hosts/qemu-1").await;
+    assert_eq!(h["allocated"]["vm_count"], 0, "{h}");
+}
+
+#[tokio::test]
+async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    // A root disk that is not a filesystem at all.
+    let broken = std::env::temp_dir().join(format!("fuse-broken-{}.ext4", std::process::id()));
+    std::fs::write(&broken, vec![0u8; 4 << 20]).unwrap();
+    let host = Host::start(2, &assets, &broken);
+    let fuse = spawn_patient_fuse(&db, &[]);
+    fuse.ready().await;
+    host.register(&fuse, "broken-1").await;
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-broken", "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}),
+        )
+        .await;
+    // The create waits for the end of provisioning and answers with the environment.
+    assert_eq!(s, StatusCode::CREATED, "{env}");
+    assert_eq!(env["state"], "failed", "{env}");
+    let (_, e) = fuse.get("/v1/environments/fuse-rg-broken").await;
+    assert_eq!(e["state"], "failed", "{e}");
+    let error = e["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("cannot mount the root disk"),
+        "the error says why: {error}"
+    );
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+    let (_, h) = fuse.get("/v1/hosts/broken-1").await;
+    assert_eq!(h["allocated"]["vm_count"], 0, "{h}");
+    let _ = std::fs::remove_file(broken);
+}
+
+#[tokio::test]
+async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_store::testdb::admin_url() else {
+        return;
+    };
+    let db = fuse_store::testdb::fresh(&admin).await;
+    // A good image whose guest helper never starts: the guest boots and stays up, silent.
+    let silent = std::env::temp_dir().join(format!("fuse-silent-{}.ext4", std::process::id()));
+    std::fs::copy(assets.join("rootfs.ext4"), &silent).unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .args(["-w", "-R", "rm /usr/local/sbin/fuse-guest-start"])
+            .arg(&silent),
+    )
+    .unwrap();
+    let host = Host::start_with(3, &assets, &silent, &[("FC_AGENT_BOOT_WATCHDOG_SECS", "6")]);
+    let fuse = spawn_patient_fuse(&db, &[]);
+    fuse.ready().await;
+    host.register(&fuse, "silent-1").await;
+    let t = Instant::now();
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-silent", "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{env}");
+    assert_eq!(env["state"], "failed", "{env}");
+    let error = env["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("never answered within 6 s (2 boot attempts)"),
+        "{error}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_secs(12),
+        "two full watchdog periods"
+    );
+    assert!(
+        host.log_text().contains("booting it again"),
+        "the watchdog retried:\n{}",
+        host.log_text()
+    );
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+    let _ = std::fs::remove_file(silent);
+}
