@@ -45,8 +45,16 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Subnet index of the next host (10.251.N.0/30), unique within this test process.
+/// Index of the next host, unique within this test process. Hosts get 10.B.N.0/30 with the
+/// second octet B from the process id, so two test processes on one machine (the suite and
+/// a soak) do not take the same addresses.
 static NEXT: AtomicUsize = AtomicUsize::new(10);
+
+fn second_octet() -> u32 {
+    // 10.160–10.199: clear of the agents' default VM pool (10.200/16, inside their
+    // namespaces anyway) and of the real-guest tests (10.252).
+    160 + std::process::id() % 40
+}
 
 /// One host: a namespace, its link, its agent.
 pub struct Host {
@@ -69,7 +77,7 @@ impl Host {
         let name = format!("fuse-t{pid}-{idx}");
         let veth = format!("ft{pid}x{idx}");
         let peer = format!("{veth}p");
-        let net = format!("10.251.{idx}.");
+        let net = format!("10.{}.{idx}.", second_octet());
         let ok = ip(&["netns", "add", &name])
             && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
             && ip(&["link", "set", &peer, "netns", &name])
@@ -112,7 +120,7 @@ impl Host {
 
     /// The agent's address.
     pub fn addr(&self) -> String {
-        format!("10.251.{}.2:8090", self.idx)
+        format!("10.{}.{}.2:8090", second_octet(), self.idx)
     }
 
     pub fn url(&self) -> String {
