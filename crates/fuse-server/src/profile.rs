@@ -19,6 +19,9 @@ pub struct Profile {
     pub drain_command: &'static str,
     /// Default listen address.
     pub listen: &'static str,
+    /// Whether the profile's agent serves HTTPS with the uploaded per-VM certificate (then
+    /// an environment's `url` says `https://` while it runs the profile's own command).
+    pub serves_tls: bool,
 }
 
 const FUSED: Profile = Profile {
@@ -28,6 +31,7 @@ const FUSED: Profile = Profile {
     command: "/usr/local/bin/fused --dir /fuse",
     drain_command: "systemctl stop fused 2>/dev/null || pkill -TERM fused",
     listen: "0.0.0.0:8443",
+    serves_tls: true,
 };
 
 const SURFD: Profile = Profile {
@@ -37,6 +41,8 @@ const SURFD: Profile = Profile {
     command: "/usr/local/bin/surfd --dir /surf",
     drain_command: "systemctl stop surfd 2>/dev/null || pkill -TERM surfd",
     listen: "0.0.0.0:8443",
+    // The original agent's scheme is kept as its hosts report it.
+    serves_tls: false,
 };
 
 impl Profile {
@@ -49,6 +55,15 @@ impl Profile {
             "fused" => Some(&FUSED),
             "surfd" => Some(&SURFD),
             _ => None,
+        }
+    }
+
+    /// The URL to publish for an agent the host reaches at `url`: `https://` when this
+    /// profile's agent serves TLS and `command` is the profile's own.
+    pub fn public_url(&self, url: &str, command: &str) -> String {
+        match url.strip_prefix("http://") {
+            Some(rest) if self.serves_tls && command == self.command => format!("https://{rest}"),
+            _ => url.to_owned(),
         }
     }
 
@@ -122,6 +137,25 @@ mod tests {
         let s = Profile::by_name("surfd").unwrap();
         assert_eq!(s.manifest_path(), "/surf/manifest.json");
         assert!(Profile::by_name("x").is_none());
+    }
+
+    #[test]
+    fn url_scheme_follows_what_the_agent_serves() {
+        let p = Profile::by_name("fused").unwrap();
+        assert_eq!(
+            p.public_url("http://10.0.0.5:20001", p.command),
+            "https://10.0.0.5:20001"
+        );
+        assert_eq!(
+            p.public_url("http://10.0.0.5:20001", "/opt/a/run"),
+            "http://10.0.0.5:20001",
+            "a custom agent command: unknown, left as the host said"
+        );
+        let s = Profile::by_name("surfd").unwrap();
+        assert_eq!(
+            s.public_url("http://10.0.0.5:20001", s.command),
+            "http://10.0.0.5:20001"
+        );
     }
 
     #[test]

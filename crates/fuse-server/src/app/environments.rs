@@ -456,7 +456,7 @@ impl App {
             })
             .await
             .map_err(|e| Failure::host("create_vm", e))?;
-        let url = vm.url;
+        let url = self.profile.public_url(&vm.url, &rec.agent.command);
         let secrets = super::credentials::generate(rec.id.as_str(), valid)
             .map_err(|e| Failure::at("credentials", e))?;
         self.upload_agent_files(&*provider, &rec, valid, &secrets)

@@ -18,7 +18,9 @@ async fn create_get_list_delete() {
     assert_eq!(env["host_id"], "default");
     assert_eq!(env["spec"]["cpus"], 1);
     assert_eq!(env["spec"]["ram_mb"], 512);
-    assert!(env["url"].as_str().unwrap().contains("fuse-task-1"));
+    let url = env["url"].as_str().unwrap();
+    assert!(url.contains("fuse-task-1"), "{url}");
+    assert!(url.starts_with("https://"), "fused serves TLS: {url}");
     assert!(env.get("error").is_none());
     for field in ["created_at", "updated_at"] {
         let t = env[field].as_str().unwrap();
@@ -267,6 +269,11 @@ async fn agent_override_replaces_the_profile_per_environment() {
     assert_eq!(agent.command, "/opt/a/run");
     assert_eq!(agent.download_url, "http://dl.example/a");
     assert_eq!(agent.listen, "0.0.0.0:9000");
+    assert!(
+        r.body["url"].as_str().unwrap().starts_with("http://"),
+        "a custom agent's scheme is the host's: {}",
+        r.text
+    );
     // Empty drain command: drain skips the guest step.
     let d = f
         .post("/v1/environments/fuse-custom?action=drain", json!({}))

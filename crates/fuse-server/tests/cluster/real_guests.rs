@@ -438,7 +438,8 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
 
     // fused answers through the host-port forward, over TLS with the VM's certificate.
     let url = env["url"].as_str().unwrap().to_owned();
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    assert!(url.starts_with("https://"), "fused serves TLS: {url}");
+    let addr: std::net::SocketAddr = url.trim_start_matches("https://").parse().unwrap();
     let cert = exec(&fuse, &id, "cat /fuse/tls.crt").await["stdout"]
         .as_str()
         .unwrap()
