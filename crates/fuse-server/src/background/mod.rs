@@ -22,6 +22,28 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+/// Every environment matching `filter`, read page by page.
+pub async fn all_matching(
+    app: &App,
+    filter: &fuse_store::VmFilter,
+) -> Result<Vec<fuse_store::VmRecord>, String> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = app
+            .store
+            .vm_list(filter, after.as_deref(), 500)
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = page.len() < 500;
+        after = page.last().map(|r| r.id.to_string());
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
 /// A handle to poke a loop so it runs now.
 #[derive(Debug, Clone, Default)]
 pub struct Poke(Arc<Notify>);

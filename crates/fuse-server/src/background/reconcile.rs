@@ -149,21 +149,9 @@ async fn tracked_on(app: &App, host: &HostId) -> Result<Vec<VmRecord>, String> {
         host_id: Some(host.to_string()),
         ..VmFilter::default()
     };
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = app
-            .store
-            .vm_list(&filter, after.as_deref(), 500)
-            .await
-            .map_err(|e| e.to_string())?;
-        let done = page.len() < 500;
-        after = page.last().map(|r| r.id.to_string());
-        out.extend(page.into_iter().filter(|r| r.state != VmState::Destroyed));
-        if done {
-            return Ok(out);
-        }
-    }
+    let mut all = super::all_matching(app, &filter).await?;
+    all.retain(|r| r.state != VmState::Destroyed);
+    Ok(all)
 }
 
 /// Whether a record stands for a VM that should exist on its host.

@@ -32,21 +32,7 @@ async fn all_in(app: &App, state: VmState) -> Result<Vec<VmRecord>, String> {
         state: Some(state),
         ..VmFilter::default()
     };
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = app
-            .store
-            .vm_list(&filter, after.as_deref(), 500)
-            .await
-            .map_err(|e| e.to_string())?;
-        let done = page.len() < 500;
-        after = page.last().map(|r| r.id.to_string());
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
-    }
+    super::all_matching(app, &filter).await
 }
 
 fn age(rec: &VmRecord) -> Duration {

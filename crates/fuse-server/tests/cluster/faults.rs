@@ -109,23 +109,28 @@ async fn states(f: &FuseProc) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// Runs `echo WORD` in the environment and checks its output.
+async fn echo_in(f: &FuseProc, id: &str, word: &str) {
+    let (s, r) = f
+        .post(
+            &format!("/v1/environments/{id}?action=exec"),
+            json!({"cmd": ["echo", word]}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["stdout"].as_str()),
+        (StatusCode::OK, Some(format!("{word}\n").as_str())),
+        "{r}"
+    );
+}
+
 /// After a fault, the fleet still serves: a new environment runs, runs a command, and goes.
 async fn still_serves(f: &FuseProc, task: &str) {
     let (s, b) = f.post("/v1/environments", json!({"task_id": task})).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
     assert_eq!(b["state"], "running", "{b}");
     let id = b["id"].as_str().unwrap();
-    let (s, r) = f
-        .post(
-            &format!("/v1/environments/{id}?action=exec"),
-            json!({"cmd": ["echo", "alive"]}),
-        )
-        .await;
-    assert_eq!(
-        (s, r["stdout"].as_str()),
-        (StatusCode::OK, Some("alive\n")),
-        "{r}"
-    );
+    echo_in(f, id, "alive").await;
     let (s, _) = f.delete(&format!("/v1/environments/{id}")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
@@ -466,17 +471,7 @@ async fn agent_restarted_while_vms_run_readopts_them() {
     assert_eq!(hs[0].vms().await.len(), 4, "{}", hs[0].log_text());
     assert_eq!(hs[0].footprint(), before, "nothing recreated, nothing lost");
     for id in &ids {
-        let (s, r) = f
-            .post(
-                &format!("/v1/environments/{id}?action=exec"),
-                json!({"cmd": ["echo", "still here"]}),
-            )
-            .await;
-        assert_eq!(
-            (s, r["stdout"].as_str()),
-            (StatusCode::OK, Some("still here\n")),
-            "{r}"
-        );
+        echo_in(&f, id, "still here").await;
         assert_eq!(
             f.get(&format!("/v1/environments/{id}")).await.1["state"],
             "running"
