@@ -44,94 +44,40 @@ pub struct Exit {
     pub log_tail: String,
 }
 
-/// One Firecracker process.
+/// One Firecracker process. Its API calls are those of [`Control`] (through `Deref`).
 #[derive(Debug)]
 pub struct Firecracker {
     child: Child,
     dir: PathBuf,
+    ctl: Control,
+}
+
+/// The API of a running Firecracker, by its socket: also for a process started by another
+/// program run (an `fc-agent` that restarted and re-adopted its VMs).
+#[derive(Debug, Clone)]
+pub struct Control {
     api: api::Client,
 }
 
-/// The files of a VM directory.
-pub fn api_socket(dir: &Path) -> PathBuf {
-    dir.join("firecracker.sock")
+impl std::ops::Deref for Firecracker {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.ctl
+    }
 }
 
-/// The serial console (Firecracker's stdout).
-pub fn console_log(dir: &Path) -> PathBuf {
-    dir.join("console.log")
-}
-
-/// Firecracker's own log.
-pub fn fc_log(dir: &Path) -> PathBuf {
-    dir.join("firecracker.log")
-}
-
-impl Firecracker {
-    /// Starts `bin --api-sock DIR/firecracker.sock --id ID` with its console and log in
-    /// `dir`, and waits until the API answers.
-    pub async fn spawn(bin: &Path, dir: &Path, id: &str) -> Result<Firecracker, FcError> {
-        std::fs::create_dir_all(dir).map_err(|e| FcError::Spawn(e.to_string()))?;
-        let sock = api_socket(dir);
-        let _ = std::fs::remove_file(&sock);
-        // Firecracker refuses a --log-path that does not exist yet.
-        std::fs::write(fc_log(dir), b"").map_err(|e| FcError::Spawn(e.to_string()))?;
-        let console =
-            std::fs::File::create(console_log(dir)).map_err(|e| FcError::Spawn(e.to_string()))?;
-        let mut child = tokio::process::Command::new(bin)
-            .arg("--api-sock")
-            .arg(&sock)
-            .arg("--id")
-            .arg(id)
-            .arg("--log-path")
-            .arg(fc_log(dir))
-            .arg("--level")
-            // Info would log request bodies, and the boot arguments carry the VM's token.
-            .arg("Warning")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(console))
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| FcError::Spawn(format!("{}: {e}", bin.display())))?;
-        let api = api::Client::new(sock.clone());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(FcError::Died {
-                    status: status.to_string(),
-                    log_tail: log_tail(dir),
-                });
-            }
-            if sock.exists() && api.get("/").await.is_ok() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.start_kill();
-                return Err(FcError::Spawn("the API socket never answered".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+impl Control {
+    /// The API of the Firecracker whose VM directory is `dir`.
+    pub fn attach(dir: &Path) -> Control {
+        Control {
+            api: api::Client::new(api_socket(dir)),
         }
-        Ok(Firecracker {
-            child,
-            dir: dir.to_owned(),
-            api,
-        })
     }
 
-    /// Lets the VM run on without this handle: its exit is reaped in the background (no
-    /// zombie), and it is never killed when the handle goes away.
-    pub fn detach(self) {
-        let mut child = self.child;
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    /// `GET /`: the instance state (`Not started`, `Running`, `Paused`).
+    pub async fn state(&self) -> Result<String, FcError> {
+        let v = self.api.get("/").await?;
+        Ok(v["state"].as_str().unwrap_or_default().to_owned())
     }
 
     /// `PUT /boot-source`.
@@ -228,6 +174,89 @@ impl Firecracker {
     /// `GET /vm/config`: the running configuration.
     pub async fn config(&self) -> Result<serde_json::Value, FcError> {
         Ok(self.api.get("/vm/config").await?)
+    }
+}
+
+/// The files of a VM directory.
+pub fn api_socket(dir: &Path) -> PathBuf {
+    dir.join("firecracker.sock")
+}
+
+/// The serial console (Firecracker's stdout).
+pub fn console_log(dir: &Path) -> PathBuf {
+    dir.join("console.log")
+}
+
+/// Firecracker's own log.
+pub fn fc_log(dir: &Path) -> PathBuf {
+    dir.join("firecracker.log")
+}
+
+impl Firecracker {
+    /// Starts `bin --api-sock DIR/firecracker.sock --id ID` with its console and log in
+    /// `dir`, and waits until the API answers.
+    pub async fn spawn(bin: &Path, dir: &Path, id: &str) -> Result<Firecracker, FcError> {
+        std::fs::create_dir_all(dir).map_err(|e| FcError::Spawn(e.to_string()))?;
+        let sock = api_socket(dir);
+        let _ = std::fs::remove_file(&sock);
+        // Firecracker refuses a --log-path that does not exist yet.
+        std::fs::write(fc_log(dir), b"").map_err(|e| FcError::Spawn(e.to_string()))?;
+        let console =
+            std::fs::File::create(console_log(dir)).map_err(|e| FcError::Spawn(e.to_string()))?;
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--api-sock")
+            .arg(&sock)
+            .arg("--id")
+            .arg(id)
+            .arg("--log-path")
+            .arg(fc_log(dir))
+            .arg("--level")
+            // Info would log request bodies, and the boot arguments carry the VM's token.
+            .arg("Warning")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console))
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| FcError::Spawn(format!("{}: {e}", bin.display())))?;
+        let api = api::Client::new(sock.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(FcError::Died {
+                    status: status.to_string(),
+                    log_tail: log_tail(dir),
+                });
+            }
+            if sock.exists() && api.get("/").await.is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(FcError::Spawn("the API socket never answered".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(Firecracker {
+            child,
+            dir: dir.to_owned(),
+            ctl: Control { api },
+        })
+    }
+
+    /// Lets the VM run on without this handle: its exit is reaped in the background (no
+    /// zombie), and it is never killed when the handle goes away.
+    pub fn detach(self) {
+        let mut child = self.child;
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Waits up to `limit` for the process to exit by itself.

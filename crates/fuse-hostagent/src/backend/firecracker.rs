@@ -165,27 +165,94 @@ impl VmmBackend for FirecrackerBackend {
         let _ = std::fs::remove_file(guest_socket(dir));
     }
 
+    fn snapshot_mode(&self, _requested: &str) -> String {
+        // Always VM state, memory and disk, taken while the VM is paused: a disk alone would
+        // need a reboot to restore, which loses the running agent.
+        "full".into()
+    }
+
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
-        let target = dest.join("rootfs.ext4");
-        clone_rootfs(&dir.join("rootfs.ext4"), &target, 0).await?;
-        Ok(std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0))
+        let ctl = fuse_firecracker::Control::attach(dir);
+        let fail = |e: fuse_firecracker::FcError| BackendError::Io(format!("snapshot: {e}"));
+        ctl.pause().await.map_err(fail)?;
+        // Paused: memory and disk are one consistent point in time. Always resume.
+        let taken = async {
+            ctl.snapshot_create(&dest.join(STATE_FILE), &dest.join(MEM_FILE))
+                .await
+                .map_err(fail)?;
+            clone_rootfs(&dir.join("rootfs.ext4"), &dest.join("rootfs.ext4"), 0).await
+        }
+        .await;
+        let resumed = ctl.resume().await.map_err(fail);
+        taken?;
+        resumed?;
+        let size = [STATE_FILE, MEM_FILE, "rootfs.ext4"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dest.join(f)).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            })
+            .sum();
+        Ok(size)
     }
 
     async fn restore(
         &self,
-        _dir: &Path,
-        _pid: i32,
-        _src: &Path,
+        dir: &Path,
+        pid: i32,
+        src: &Path,
     ) -> Result<Option<Booted>, BackendError> {
-        // Firecracker keeps the root disk open: swapping the file under a running VM would
-        // change nothing. Restoring needs a reboot on the restored disk (or a memory
-        // snapshot load), which comes with real guests.
-        Err(BackendError::Boot(
-            "restoring a snapshot into a running Firecracker VM is not supported yet".into(),
-        ))
+        if !src.join(STATE_FILE).exists() {
+            return Err(BackendError::Boot(
+                "this snapshot holds the disk only (taken by an older fc-agent); a Firecracker \
+                 VM is restored from a full snapshot"
+                    .into(),
+            ));
+        }
+        // Firecracker loads a snapshot only into a fresh process: stop the running one and
+        // wait until it is gone (it holds the tap and the vsock socket).
+        self.stop(dir, pid).await;
+        let marker = format!("{}/", dir.display());
+        for _ in 0..250 {
+            if !super::process_alive(pid, &marker) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if super::process_alive(pid, &marker) {
+            return Err(BackendError::Boot(
+                "the running VMM did not stop for the restore".into(),
+            ));
+        }
+        // The disk at the snapshot's point in time, under the path the VM state names.
+        clone_rootfs(&src.join("rootfs.ext4"), &dir.join("rootfs.ext4"), 0).await?;
+        let _ = std::fs::remove_file(guest_socket(dir));
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(format!("restore: {e}"));
+        let mut vm = Firecracker::spawn(&self.bin, dir, &id)
+            .await
+            .map_err(fail)?;
+        if let Err(e) = vm
+            .snapshot_load(&src.join(STATE_FILE), &src.join(MEM_FILE), true)
+            .await
+        {
+            vm.stop().await;
+            return Err(fail(e));
+        }
+        let pid = vm.pid().map(|p| p as i32).unwrap_or(-1);
+        vm.detach();
+        Ok(Some(Booted { pid }))
     }
 }
+
+/// A full snapshot's files in its directory (beside `rootfs.ext4`).
+const STATE_FILE: &str = "vm.state";
+const MEM_FILE: &str = "vm.mem";
 
 #[cfg(test)]
 mod tests {
