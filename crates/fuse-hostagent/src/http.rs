@@ -180,29 +180,37 @@ async fn exec(
         stream,
     };
     if stream {
-        // NDJSON: one line per output chunk as it arrives, then the exit code.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+        // NDJSON: one line per output chunk as it arrives, then the exit code. Each line is
+        // forwarded as the guest sends it; a client that reads slowly slows the guest link
+        // down (bounded channels), nothing piles up here.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
         tokio::spawn(async move {
             let _permit = permit;
-            let lines = match vm.guest(op, limit).await {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = tx
-                        .send(Ok(format!(
-                            "{{\"error\":{}}}\n",
-                            serde_json::json!(e.to_string())
-                        )))
-                        .await;
-                    return;
+            let (rtx, mut rrx) = tokio::sync::mpsc::channel(16);
+            let call = vm.guest_stream(op, limit, &rtx);
+            tokio::pin!(call);
+            let line = |v: String| Ok::<_, std::io::Error>(format!("{v}\n"));
+            let result = loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    Some(resp) = rrx.recv() => {
+                        let json = serde_json::to_string(&resp).unwrap_or_default();
+                        if tx.send(line(json)).await.is_err() {
+                            return; // the client left
+                        }
+                    }
                 }
             };
-            for l in lines {
-                let _ = tx
-                    .send(Ok(format!(
-                        "{}\n",
-                        serde_json::to_string(&l).unwrap_or_default()
-                    )))
-                    .await;
+            // The call is over: what it sent last is still queued.
+            while let Ok(resp) = rrx.try_recv() {
+                let json = serde_json::to_string(&resp).unwrap_or_default();
+                if tx.send(line(json)).await.is_err() {
+                    return;
+                }
+            }
+            if let Err(e) = result {
+                let err = serde_json::json!({ "error": e.to_string() }).to_string();
+                let _ = tx.send(line(err)).await;
             }
         });
         let body = axum::body::Body::from_stream(tokio_stream_from(rx));

@@ -78,16 +78,50 @@ fn request_line(token: &str, op: Op) -> Result<String, LinkError> {
     Ok(body)
 }
 
-/// Parses one response line; `Ok(true)` when it is the last of its request.
-fn take_response(line: &str, out: &mut Vec<Response>) -> Result<bool, LinkError> {
-    let resp: Response =
-        serde_json::from_str(line.trim_end()).map_err(|e| LinkError::Protocol(e.to_string()))?;
-    if let Some(e) = &resp.error {
-        return Err(LinkError::Guest(e.clone()));
+/// Where a request's response lines go: collected, or forwarded one by one as they arrive
+/// (a streamed exec: the caller's channel gives back-pressure, nothing is held here).
+struct Sink<'a> {
+    out: Vec<Response>,
+    forward: Option<&'a mpsc::Sender<Response>>,
+    seen: usize,
+}
+
+impl<'a> Sink<'a> {
+    fn collect() -> Sink<'a> {
+        Sink {
+            out: Vec::new(),
+            forward: None,
+            seen: 0,
+        }
     }
-    let last = resp.exit_code.is_some() || (resp.stdout_b64.is_none() && resp.stderr_b64.is_none());
-    out.push(resp);
-    Ok(last)
+
+    fn forward(tx: &'a mpsc::Sender<Response>) -> Sink<'a> {
+        Sink {
+            out: Vec::new(),
+            forward: Some(tx),
+            seen: 0,
+        }
+    }
+
+    /// Takes one response line; `Ok(true)` when it is the last of its request.
+    async fn take(&mut self, line: &str) -> Result<bool, LinkError> {
+        let resp: Response = serde_json::from_str(line.trim_end())
+            .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        if let Some(e) = &resp.error {
+            return Err(LinkError::Guest(e.clone()));
+        }
+        let last =
+            resp.exit_code.is_some() || (resp.stdout_b64.is_none() && resp.stderr_b64.is_none());
+        self.seen += 1;
+        match self.forward {
+            Some(tx) => tx
+                .send(resp)
+                .await
+                .map_err(|_| LinkError::Protocol("the caller stopped reading".into()))?,
+            None => self.out.push(resp),
+        }
+        Ok(last)
+    }
 }
 
 impl Link {
@@ -112,18 +146,46 @@ impl Link {
         op: Op,
         limit: Duration,
     ) -> Result<Vec<Response>, LinkError> {
+        let mut sink = Sink::collect();
+        self.run(token, op, limit, &mut sink).await?;
+        Ok(sink.out)
+    }
+
+    /// Sends one request and forwards each response line to `tx` as it arrives (a
+    /// streamed exec); the last one carries the exit code.
+    pub async fn call_streaming(
+        &self,
+        token: &str,
+        op: Op,
+        limit: Duration,
+        tx: &mpsc::Sender<Response>,
+    ) -> Result<(), LinkError> {
+        self.run(token, op, limit, &mut Sink::forward(tx)).await
+    }
+
+    async fn run(
+        &self,
+        token: &str,
+        op: Op,
+        limit: Duration,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), LinkError> {
         let run = async {
             match self.transport {
-                Transport::Vsock => call_vsock(&self.sock, token, op).await,
+                Transport::Vsock => call_vsock(&self.sock, token, op, sink).await,
                 Transport::Serial => {
                     let mux = self.connected().await?;
-                    mux.call(request_line(token, op)?).await
+                    mux.call(request_line(token, op)?, sink).await
                 }
             }
         };
         tokio::time::timeout(limit, run).await.map_err(|_| {
             LinkError::Protocol(format!("no answer within {} ms", limit.as_millis()))
-        })?
+        })??;
+        if sink.seen == 0 {
+            return Err(LinkError::Protocol("no answer".into()));
+        }
+        Ok(())
     }
 
     /// The open multiplexed connection, (re)connecting when there is none.
@@ -177,7 +239,12 @@ impl Link {
     }
 }
 
-async fn call_vsock(sock: &Path, token: &str, op: Op) -> Result<Vec<Response>, LinkError> {
+async fn call_vsock(
+    sock: &Path,
+    token: &str,
+    op: Op,
+    sink: &mut Sink<'_>,
+) -> Result<(), LinkError> {
     let stream = UnixStream::connect(sock)
         .await
         .map_err(|e| LinkError::Unreachable(e.to_string()))?;
@@ -199,21 +266,16 @@ async fn call_vsock(sock: &Path, token: &str, op: Op) -> Result<Vec<Response>, L
     w.write_all(request_line(token, op)?.as_bytes())
         .await
         .map_err(|e| LinkError::Unreachable(e.to_string()))?;
-    let mut out = Vec::new();
     loop {
         line.clear();
         let n = r
             .read_line(&mut line)
             .await
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
-        if n == 0 || take_response(&line, &mut out)? {
-            break;
+        if n == 0 || sink.take(&line).await? {
+            return Ok(());
         }
     }
-    if out.is_empty() {
-        return Err(LinkError::Protocol("no answer".into()));
-    }
-    Ok(out)
 }
 
 /// Channel numbers, unique for the agent's lifetime (a guest may still answer a channel of
@@ -285,7 +347,7 @@ impl Mux {
         self.chans.lock().clear();
     }
 
-    async fn call(&self, request: String) -> Result<Vec<Response>, LinkError> {
+    async fn call(&self, request: String, sink: &mut Sink<'_>) -> Result<(), LinkError> {
         let ch = NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.chans.lock().insert(ch, tx);
@@ -305,10 +367,9 @@ impl Mux {
                 return Err(LinkError::Unreachable(e.to_string()));
             }
         }
-        let mut out = Vec::new();
         while let Some(line) = rx.recv().await {
-            if take_response(&line, &mut out)? {
-                return Ok(out);
+            if sink.take(&line).await? {
+                return Ok(());
             }
         }
         Err(LinkError::Unreachable(

@@ -120,6 +120,20 @@ impl Vm {
         Ok(self.link.call(&self.token(), op, limit).await?)
     }
 
+    /// Sends one request to the guest helper and forwards each response line to `tx` as it
+    /// arrives (streamed exec).
+    pub async fn guest_stream(
+        &self,
+        op: Op,
+        limit: Duration,
+        tx: &tokio::sync::mpsc::Sender<Response>,
+    ) -> Result<(), VmError> {
+        Ok(self
+            .link
+            .call_streaming(&self.token(), op, limit, tx)
+            .await?)
+    }
+
     fn wire(&self) -> AgentVm {
         let m = self.meta.read();
         let alive = process_alive(m.pid, &marker(&self.dir));

@@ -301,6 +301,39 @@ async fn wire_and_vm_lifecycle() {
         .collect();
     assert!(lines.len() >= 2, "{text}");
     assert_eq!(lines.last().unwrap()["exit_code"], 0);
+    // Each line is forwarded as the guest sends it: this command prints, then waits for a
+    // file the test creates only after it has read that first line (a buffered stream would
+    // never deliver it, and the command would time out).
+    let mut resp = a
+        .http
+        .post(format!("{}/v1/vm/fuse-a/exec?stream=true", a.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"cmd": ["sh", "-c", "echo first; while [ ! -e go ]; do sleep 0.02; done; echo second"],
+                      "timeout_ms": 20000}))
+        .send()
+        .await
+        .unwrap();
+    let mut got = String::new();
+    let first = base64::engine::general_purpose::STANDARD.encode("first\n");
+    while !got.contains(&first) {
+        let chunk = tokio::time::timeout(Duration::from_secs(15), resp.chunk())
+            .await
+            .expect("the first line was held back")
+            .unwrap()
+            .expect("the stream ended before its first line");
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(!got.contains("exit_code"), "still running: {got}");
+    std::fs::write(a.dir.join("vms/fuse-a/root/go"), b"").unwrap();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let last: Value = serde_json::from_str(got.lines().last().unwrap()).unwrap();
+    assert_eq!(last["exit_code"], 0, "{got}");
+    assert!(
+        got.contains(&base64::engine::general_purpose::STANDARD.encode("second\n")),
+        "{got}"
+    );
     // Agent: start (both routes), environment passed, stop.
     let (s, _) = a
         .post("/v1/vm/fuse-a/start-agent", json!({"command": "echo $FUSE_AUTH_TOKEN > seen; exec sleep 60", "binary_path": "", "auth_token": "tok-123"}))
