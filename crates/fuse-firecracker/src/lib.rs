@@ -304,15 +304,38 @@ impl Firecracker {
 pub fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     for f in [console_log(dir), fc_log(dir)] {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(5);
-        for l in &lines[start..] {
-            out.push_str(&redact_token(l));
+        for l in tail_lines(&f, 5) {
+            out.push_str(&l);
             out.push('\n');
         }
     }
     out
+}
+
+/// The last `n` lines of a log file, tokens redacted. Reads only its last 16 KiB, however
+/// large the file has grown (a guest's console can be chatty).
+pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const WINDOW: u64 = 16 << 10;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(WINDOW);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(WINDOW).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    // A window that starts mid-file starts mid-line: drop that partial line.
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0);
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| redact_token(l))
+        .collect()
 }
 
 /// Replaces the value of `fuse.token=` (the per-VM token on the kernel command line).
@@ -332,6 +355,28 @@ pub fn redact_token(line: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_reads_the_end_of_a_large_file_only() {
+        let p = std::env::temp_dir().join(format!("fuse-tail-{}", std::process::id()));
+        let mut text = String::new();
+        for i in 0..100_000 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str("boot fuse.token=abcdef0123 ok\n");
+        std::fs::write(&p, &text).unwrap();
+        let t = tail_lines(&p, 3);
+        assert_eq!(
+            t,
+            ["line 99998", "line 99999", "boot fuse.token=[redacted] ok"]
+        );
+        std::fs::write(&p, "a\nb\n").unwrap();
+        assert_eq!(tail_lines(&p, 5), ["a", "b"]);
+        std::fs::remove_file(&p).unwrap();
+        assert!(tail_lines(&p, 5).is_empty());
+    }
+
     #[test]
     fn token_is_redacted() {
         assert_eq!(

@@ -165,10 +165,8 @@ pub fn log_tail(dir: &Path) -> String {
     let mut out = String::new();
     // The console last: it says most about a guest that did not come up.
     for f in ["firecracker.log", "qemu.log", "guest.log", "console.log"] {
-        let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for l in &lines[lines.len().saturating_sub(5)..] {
-            out.push_str(fuse_firecracker::redact_token(l).trim());
+        for l in fuse_firecracker::tail_lines(&dir.join(f), 5) {
+            out.push_str(l.trim());
             out.push_str(" | ");
         }
     }
