@@ -324,7 +324,7 @@ async fn wire_and_vm_lifecycle() {
         got.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     assert!(!got.contains("exit_code"), "still running: {got}");
-    std::fs::write(a.dir.join("vms/fuse-a/root/go"), b"").unwrap();
+    std::fs::write(a.dir.join("vms/fuse-a").join("root").join("go"), b"").unwrap();
     while let Some(chunk) = resp.chunk().await.unwrap() {
         got.push_str(std::str::from_utf8(&chunk).unwrap());
     }
@@ -615,10 +615,9 @@ fn refuses_to_start_without_a_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("FC_AGENT_TOKEN is required"));
 }
 
-/// The `firecracker` backend inside fc-agent with the real binary: a guest that never runs
-/// the guest helper (the tiny test guest) ends in a clear error, and nothing is left behind.
-#[tokio::test]
-async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothing() {
+/// The Firecracker binary, a fresh directory and the tiny test guests built in it (its
+/// `guests/`), or `None` (skip, reason printed) without the binary, `/dev/kvm` or a compiler.
+fn firecracker_and_tiny_guests(name: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let fc = std::env::var("FUSE_FIRECRACKER_BIN")
         .map(PathBuf::from)
@@ -631,9 +630,9 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
             .is_err()
     {
         eprintln!("skipping: no firecracker binary or no /dev/kvm");
-        return;
+        return None;
     }
-    let dir = tempdir("fc");
+    let dir = tempdir(name);
     let g = dir.join("guests");
     let st = Command::new(ws.join("tools/tiny-guest/build.sh"))
         .arg(&g)
@@ -641,8 +640,18 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
         .unwrap();
     if !st.status.success() {
         eprintln!("skipping: cannot build the tiny guests");
-        return;
+        return None;
     }
+    Some((fc, dir, g))
+}
+
+/// The `firecracker` backend inside fc-agent with the real binary: a guest that never runs
+/// the guest helper (the tiny test guest) ends in a clear error, and nothing is left behind.
+#[tokio::test]
+async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothing() {
+    let Some((fc, dir, g)) = firecracker_and_tiny_guests("fc") else {
+        return;
+    };
     let rootfs = dir.join("base.ext4");
     std::fs::File::create(&rootfs)
         .unwrap()
@@ -709,30 +718,9 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
 #[tokio::test]
 async fn firecracker_backend_full_snapshot_and_restore() {
     use fuse_hostagent::backend::{firecracker::FirecrackerBackend, BootSpec, VmmBackend};
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let fc = std::env::var("FUSE_FIRECRACKER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| ws.join(".fuse-test/bin/firecracker"));
-    if !fc.exists()
-        || std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-    {
-        eprintln!("skipping: no firecracker binary or no /dev/kvm");
+    let Some((fc, dir, g)) = firecracker_and_tiny_guests("fcsnap") else {
         return;
-    }
-    let dir = tempdir("fcsnap");
-    let g = dir.join("guests");
-    let st = Command::new(ws.join("tools/tiny-guest/build.sh"))
-        .arg(&g)
-        .output()
-        .unwrap();
-    if !st.status.success() {
-        eprintln!("skipping: cannot build the tiny guests");
-        return;
-    }
+    };
     let base = dir.join("base.img");
     std::fs::write(&base, b"disk at the snapshot").unwrap();
     let backend = FirecrackerBackend {

@@ -105,11 +105,6 @@ impl Registry {
         }
     }
 
-    /// The poke handle of `name`, creating it if the loop is not started yet.
-    pub fn poker(&self, name: &'static str) -> Poke {
-        self.loops.lock().entry(name).or_default().poke.clone()
-    }
-
     /// Status of every started loop, by name.
     pub fn statuses(&self) -> Vec<LoopStatus> {
         self.loops

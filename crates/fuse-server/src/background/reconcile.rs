@@ -40,21 +40,6 @@ pub struct State {
     empty_once: HashSet<String>,
 }
 
-/// What one pass over one host found and did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct HostOutcome {
-    /// VMs the host listed.
-    pub listed: usize,
-    /// Tracked environments failed because the host no longer has them.
-    pub missing: usize,
-    /// Orphans destroyed.
-    pub orphans_destroyed: usize,
-    /// Destroying environments reaped.
-    pub reaped: usize,
-    /// Environments failed for their runtime.
-    pub runtime_failed: usize,
-}
-
 /// One pass over every host. A host that fails is reported in the error (after the others
 /// were reconciled).
 pub async fn pass(app: Arc<App>) -> Result<(), String> {
@@ -92,8 +77,8 @@ pub async fn pass(app: Arc<App>) -> Result<(), String> {
     let mut failures = Vec::new();
     for (h, r) in results {
         match r {
-            Ok(o) => {
-                listed += o.listed;
+            Ok(n) => {
+                listed += n;
                 repair_allocation(&app, &h).await;
             }
             Err(e) => {
@@ -163,8 +148,8 @@ fn live(rec: &VmRecord) -> bool {
     }
 }
 
-/// Reconciles one host.
-pub async fn host_pass(app: &App, host: &HostId) -> Result<HostOutcome, String> {
+/// Reconciles one host; returns how many VMs it listed (what it did is in the metrics).
+pub async fn host_pass(app: &App, host: &HostId) -> Result<usize, String> {
     let provider = app
         .providers
         .for_host(&*app.store, host)
@@ -176,10 +161,6 @@ pub async fn host_pass(app: &App, host: &HostId) -> Result<HostOutcome, String> 
         .await
         .map_err(|e| e.to_string())?;
     let tracked = tracked_on(app, host).await?;
-    let mut out = HostOutcome {
-        listed: listed.len(),
-        ..HostOutcome::default()
-    };
     let on_host: HashMap<&str, &AgentVm> = listed.iter().map(|v| (v.vm_id.as_str(), v)).collect();
 
     let serving = tracked
@@ -207,16 +188,17 @@ pub async fn host_pass(app: &App, host: &HostId) -> Result<HostOutcome, String> 
             VmState::Running | VmState::Draining => {
                 let alive = here.is_some_and(|v| v.state == "running");
                 if !alive {
-                    if believe_missing && fail_missing(app, &*provider, rec).await {
-                        out.missing += 1;
+                    if believe_missing {
+                        fail_missing(app, &*provider, rec).await;
                     }
                 } else if past_runtime(rec) {
                     over_limit.push(rec.clone());
                 }
             }
             VmState::Destroying if here.is_none() => {
-                let done = app.env_finish_destroy(rec.clone()).await.is_ok();
-                out.reaped += usize::from(done);
+                if let Err(e) = app.env_finish_destroy(rec.clone()).await {
+                    tracing::info!(vm_id = %rec.id, error = %e.message, "reconcile: reaping");
+                }
             }
             VmState::Failed if rec.reserved.is_some() && here.is_none() => {
                 // Confirm before returning capacity.
@@ -227,7 +209,7 @@ pub async fn host_pass(app: &App, host: &HostId) -> Result<HostOutcome, String> 
             _ => {}
         }
     }
-    out.runtime_failed = runtime(app, &*provider, host, over_limit).await;
+    runtime(app, &*provider, host, over_limit).await;
 
     // Untracked VMs on the host.
     let known: HashMap<&str, &VmRecord> = tracked.iter().map(|r| (r.id.as_str(), r)).collect();
@@ -258,11 +240,9 @@ pub async fn host_pass(app: &App, host: &HostId) -> Result<HostOutcome, String> 
                 Err(_) => continue,
             }
         }
-        if destroy_orphan(app, &*provider, host, vm, &key).await {
-            out.orphans_destroyed += 1;
-        }
+        destroy_orphan(app, &*provider, host, vm, &key).await;
     }
-    Ok(out)
+    Ok(listed.len())
 }
 
 fn past_runtime(rec: &VmRecord) -> bool {
@@ -274,22 +254,22 @@ fn past_runtime(rec: &VmRecord) -> bool {
 }
 
 /// Fails a tracked VM the host no longer runs, after the host confirmed it individually.
-async fn fail_missing(app: &App, provider: &dyn Provider, rec: &VmRecord) -> bool {
-    let detail = match provider.vm_get(rec.id.as_str()).await {
-        Ok(None) => "the VM is gone from its host".to_owned(),
+async fn fail_missing(app: &App, provider: &dyn Provider, rec: &VmRecord) {
+    let (detail, stopped) = match provider.vm_get(rec.id.as_str()).await {
+        Ok(None) => ("the VM is gone from its host".to_owned(), false),
         Ok(Some(v)) if v.state != "running" => match &v.error {
-            Some(e) => format!("the VM stopped on its host ({}): {e}", v.state),
-            None => format!("the VM stopped on its host ({})", v.state),
+            Some(e) => (
+                format!("the VM stopped on its host ({}): {e}", v.state),
+                true,
+            ),
+            None => (format!("the VM stopped on its host ({})", v.state), true),
         },
         // Back, or the host could not say: nothing to do on this pass.
-        Ok(Some(_)) | Err(_) => return false,
+        Ok(Some(_)) | Err(_) => return,
     };
-    let gone = !detail.starts_with("the VM stopped");
-    if !gone {
-        // Remove the dead VM's remains so the capacity can be returned.
-        if provider.vm_destroy(rec.id.as_str()).await.is_err() {
-            return false;
-        }
+    // Remove a dead VM's remains so the capacity can be returned.
+    if stopped && provider.vm_destroy(rec.id.as_str()).await.is_err() {
+        return;
     }
     let secrets = rec.secrets.clone().unwrap_or_default();
     let detail = crate::app::redact(&detail, &secrets.values());
@@ -302,17 +282,15 @@ async fn fail_missing(app: &App, provider: &dyn Provider, rec: &VmRecord) -> boo
             app.metrics.vms_missing_provider.inc();
             tracing::warn!(vm_id = %rec.id, reason = %detail, "reconcile: environment failed");
             app.events.publish(&r);
-            true
         }
         Err(e) => {
             tracing::info!(vm_id = %rec.id, error = %e, "reconcile: record changed meanwhile");
-            false
         }
     }
 }
 
 /// Suspects VMs past their maximum runtime; fails and destroys those already suspected.
-async fn runtime(app: &App, provider: &dyn Provider, host: &HostId, over: Vec<VmRecord>) -> usize {
+async fn runtime(app: &App, provider: &dyn Provider, host: &HostId, over: Vec<VmRecord>) {
     let (to_fail, newly): (Vec<VmRecord>, Vec<VmRecord>) = {
         let mut st = app.reconcile.lock();
         // Forget suspicions not confirmed lately (the VM ended, or was seen on no pass).
@@ -339,7 +317,6 @@ async fn runtime(app: &App, provider: &dyn Provider, host: &HostId, over: Vec<Vm
             })
             .await;
     }
-    let mut failed = 0;
     for rec in to_fail {
         app.reconcile.lock().suspected.remove(&rec.id);
         let why = format!(
@@ -356,7 +333,6 @@ async fn runtime(app: &App, provider: &dyn Provider, host: &HostId, over: Vec<Vm
         };
         app.events.publish(&r);
         app.metrics.stuck_failed.inc();
-        failed += 1;
         tracing::warn!(vm_id = %rec.id, "reconcile: environment failed for its runtime; destroying it");
         // Failed first (persisted), then destroyed on the host; the capacity comes back once
         // the host confirms (or later through recovery, which retries failed reservations).
@@ -364,7 +340,6 @@ async fn runtime(app: &App, provider: &dyn Provider, host: &HostId, over: Vec<Vm
             let _ = app.store.vm_release(&rec.id).await;
         }
     }
-    failed
 }
 
 /// Destroys an untracked VM, counting failures toward the dead letter.
@@ -374,7 +349,7 @@ async fn destroy_orphan(
     host: &HostId,
     vm: &AgentVm,
     key: &str,
-) -> bool {
+) {
     match provider.vm_destroy(&vm.vm_id).await {
         Ok(()) => {
             app.metrics.orphans_destroyed.inc();
@@ -382,7 +357,6 @@ async fn destroy_orphan(
                 "reconcile: destroyed a VM no environment tracks");
             let _ = app.store.dead_letter_clear("orphan", key).await;
             audit_orphan(app, host, vm, "orphan_destroyed", None).await;
-            true
         }
         Err(e) => {
             app.metrics.orphans_failed.inc();
@@ -404,7 +378,6 @@ async fn destroy_orphan(
                 tracing::warn!(vm_id = %vm.vm_id, host_id = %host, attempt = n, error = %msg,
                     "reconcile: could not destroy an untracked VM; will retry");
             }
-            false
         }
     }
 }

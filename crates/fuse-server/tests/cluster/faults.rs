@@ -55,6 +55,17 @@ pub async fn register(f: &FuseProc, hosts: &[Host]) {
     }
 }
 
+/// Hosts with running agents, a fresh database and a `fuse` on it with the hosts
+/// registered; `None` (skip, reason printed) without root or a test database.
+async fn cluster(names: &[&str]) -> Option<(Vec<Host>, String, FuseProc)> {
+    let admin = admin()?;
+    let hs = hosts(names).await?;
+    let db = fuse_store::testdb::fresh(&admin).await;
+    let f = fuse_on(&db).await;
+    register(&f, &hs).await;
+    Some((hs, db, f))
+}
+
 fn admin() -> Option<String> {
     let a = fuse_store::testdb::admin_url();
     if a.is_none() {
@@ -137,13 +148,9 @@ async fn still_serves(f: &FuseProc, task: &str) {
 
 #[tokio::test]
 async fn agent_killed_mid_create_then_restarted() {
-    let Some(admin) = admin() else { return };
-    let Some(mut hs) = hosts(&["h1"]).await else {
+    let Some((mut hs, db, f)) = cluster(&["h1"]).await else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
-    let f = fuse_on(&db).await;
-    register(&f, &hs).await;
     let started = Instant::now();
     let jobs = creates(
         &f,
@@ -174,13 +181,9 @@ async fn agent_killed_mid_create_then_restarted() {
 
 #[tokio::test]
 async fn host_cut_off_past_the_liveness_limit_then_healed() {
-    let Some(admin) = admin() else { return };
-    let Some(hs) = hosts(&["h1", "h2"]).await else {
+    let Some((hs, db, f)) = cluster(&["h1", "h2"]).await else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
-    let f = fuse_on(&db).await;
-    register(&f, &hs).await;
     for j in creates(&f, "cut", 6, json!({})) {
         let (s, b) = j.await.unwrap();
         assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -258,13 +261,9 @@ async fn host_cut_off_past_the_liveness_limit_then_healed() {
 
 #[tokio::test]
 async fn control_plane_killed_mid_twenty_creates_then_restarted() {
-    let Some(admin) = admin() else { return };
-    let Some(hs) = hosts(&["h1", "h2"]).await else {
+    let Some((hs, db, mut a)) = cluster(&["h1", "h2"]).await else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
-    let mut a = fuse_on(&db).await;
-    register(&a, &hs).await;
     let jobs = creates(
         &a,
         "fkill",
@@ -446,13 +445,9 @@ async fn postgres_restarted_while_creates_and_destroys_run() {
 
 #[tokio::test]
 async fn agent_restarted_while_vms_run_readopts_them() {
-    let Some(admin) = admin() else { return };
-    let Some(mut hs) = hosts(&["h1"]).await else {
+    let Some((mut hs, db, f)) = cluster(&["h1"]).await else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
-    let f = fuse_on(&db).await;
-    register(&f, &hs).await;
     let mut ids = Vec::new();
     for j in creates(
         &f,
