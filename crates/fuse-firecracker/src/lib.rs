@@ -7,6 +7,7 @@
 //! is idempotent; a VM that died is reported with its exit status and the tail of its log.
 
 mod api;
+pub mod models;
 
 pub use api::ApiError;
 
