@@ -27,6 +27,7 @@ impl Control {
         Control::with_client(Client::new(api_socket(dir)))
     }
 
+    /// The API behind `api` (the spawn's probe uses one with a short timeout).
     pub(crate) fn with_client(api: Client) -> Control {
         Control { api }
     }
