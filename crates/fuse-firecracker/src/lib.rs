@@ -1,16 +1,19 @@
-//! Firecracker, driven through its own API socket (DESIGN §6): a minimal HTTP/1.1 client
-//! over the Unix socket and a [`Firecracker`] process handle with one method per API call
-//! the host agent uses (boot source, drives, machine config, network interfaces, vsock,
-//! start, pause/resume, snapshot create/load) plus stop and death detection.
+//! Firecracker, driven through its own API socket (DESIGN §6): a hyper HTTP/1.1 client over
+//! the Unix socket ([`ApiError`]), the API's objects as typed values ([`models`]), the calls
+//! of one running Firecracker ([`Control`]), and a [`Firecracker`] process handle that adds
+//! spawning, stop and death detection.
 //!
 //! Invariants: a process handle owns its API socket and log files in its directory; `stop`
 //! is idempotent; a VM that died is reported with its exit status and the tail of its log.
 
 mod api;
+mod control;
+pub mod models;
 
-pub use api::ApiError;
+pub use api::{ApiError, Call, DEFAULT_TIMEOUT};
+pub use control::Control;
+pub use models::*;
 
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -52,13 +55,6 @@ pub struct Firecracker {
     ctl: Control,
 }
 
-/// The API of a running Firecracker, by its socket: also for a process started by another
-/// program run (an `fc-agent` that restarted and re-adopted its VMs).
-#[derive(Debug, Clone)]
-pub struct Control {
-    api: api::Client,
-}
-
 impl std::ops::Deref for Firecracker {
     type Target = Control;
     fn deref(&self) -> &Control {
@@ -66,118 +62,7 @@ impl std::ops::Deref for Firecracker {
     }
 }
 
-impl Control {
-    /// The API of the Firecracker whose VM directory is `dir`.
-    pub fn attach(dir: &Path) -> Control {
-        Control {
-            api: api::Client::new(api_socket(dir)),
-        }
-    }
-
-    /// `GET /`: the instance state (`Not started`, `Running`, `Paused`).
-    pub async fn state(&self) -> Result<String, FcError> {
-        let v = self.api.get("/").await?;
-        Ok(v["state"].as_str().unwrap_or_default().to_owned())
-    }
-
-    /// `PUT /boot-source`.
-    pub async fn boot_source(
-        &self,
-        kernel: &Path,
-        initrd: Option<&Path>,
-        boot_args: &str,
-    ) -> Result<(), FcError> {
-        let mut body = json!({"kernel_image_path": kernel, "boot_args": boot_args});
-        if let Some(i) = initrd {
-            body["initrd_path"] = json!(i);
-        }
-        Ok(self.api.put("/boot-source", &body).await?)
-    }
-
-    /// `PUT /drives/{id}`.
-    pub async fn drive(
-        &self,
-        id: &str,
-        path: &Path,
-        root: bool,
-        read_only: bool,
-    ) -> Result<(), FcError> {
-        let body = json!({"drive_id": id, "path_on_host": path, "is_root_device": root, "is_read_only": read_only});
-        Ok(self.api.put(&format!("/drives/{id}"), &body).await?)
-    }
-
-    /// `PUT /machine-config`.
-    pub async fn machine_config(&self, vcpus: u32, mem_mib: u64) -> Result<(), FcError> {
-        let body = json!({"vcpu_count": vcpus, "mem_size_mib": mem_mib});
-        Ok(self.api.put("/machine-config", &body).await?)
-    }
-
-    /// `PUT /network-interfaces/{id}` on a tap device.
-    pub async fn network_interface(
-        &self,
-        id: &str,
-        tap: &str,
-        mac: Option<&str>,
-    ) -> Result<(), FcError> {
-        let mut body = json!({"iface_id": id, "host_dev_name": tap});
-        if let Some(m) = mac {
-            body["guest_mac"] = json!(m);
-        }
-        Ok(self
-            .api
-            .put(&format!("/network-interfaces/{id}"), &body)
-            .await?)
-    }
-
-    /// `PUT /vsock` with its host-side Unix socket.
-    pub async fn vsock(&self, guest_cid: u32, uds: &Path) -> Result<(), FcError> {
-        let body = json!({"guest_cid": guest_cid, "uds_path": uds});
-        Ok(self.api.put("/vsock", &body).await?)
-    }
-
-    /// `PUT /actions` InstanceStart.
-    pub async fn start(&self) -> Result<(), FcError> {
-        Ok(self
-            .api
-            .put("/actions", &json!({"action_type": "InstanceStart"}))
-            .await?)
-    }
-
-    /// `PATCH /vm` Paused.
-    pub async fn pause(&self) -> Result<(), FcError> {
-        Ok(self.api.patch("/vm", &json!({"state": "Paused"})).await?)
-    }
-
-    /// `PATCH /vm` Resumed.
-    pub async fn resume(&self) -> Result<(), FcError> {
-        Ok(self.api.patch("/vm", &json!({"state": "Resumed"})).await?)
-    }
-
-    /// `PUT /snapshot/create` (full: VM state and memory). The VM must be paused.
-    pub async fn snapshot_create(&self, state: &Path, mem: &Path) -> Result<(), FcError> {
-        let body = json!({"snapshot_type": "Full", "snapshot_path": state, "mem_file_path": mem});
-        Ok(self.api.put("/snapshot/create", &body).await?)
-    }
-
-    /// `PUT /snapshot/load` into a fresh process (before any other configuration).
-    pub async fn snapshot_load(
-        &self,
-        state: &Path,
-        mem: &Path,
-        resume: bool,
-    ) -> Result<(), FcError> {
-        let body = json!({"snapshot_path": state,
-            "mem_backend": {"backend_type": "File", "backend_path": mem}, "resume_vm": resume});
-        Ok(self.api.put("/snapshot/load", &body).await?)
-    }
-
-    /// `GET /vm/config`: the running configuration.
-    pub async fn config(&self) -> Result<serde_json::Value, FcError> {
-        Ok(self.api.get("/vm/config").await?)
-    }
-}
-
-/// The files of a VM directory.
+/// The API socket in a VM directory.
 pub fn api_socket(dir: &Path) -> PathBuf {
     dir.join("firecracker.sock")
 }
@@ -221,6 +106,9 @@ impl Firecracker {
             .spawn()
             .map_err(|e| FcError::Spawn(format!("{}: {e}", bin.display())))?;
         let api = api::Client::new(sock.clone());
+        // Probed with a short timeout: a process that accepts but never answers must not
+        // hold the spawn for a whole call's timeout.
+        let probe = Control::with_client(api.clone().with_timeout(Duration::from_millis(500)));
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -229,7 +117,7 @@ impl Firecracker {
                     log_tail: log_tail(dir),
                 });
             }
-            if sock.exists() && api.get("/").await.is_ok() {
+            if sock.exists() && probe.describe_instance().await.is_ok() {
                 break;
             }
             if Instant::now() >= deadline {
@@ -241,7 +129,7 @@ impl Firecracker {
         Ok(Firecracker {
             child,
             dir: dir.to_owned(),
-            ctl: Control { api },
+            ctl: Control::with_client(api),
         })
     }
 

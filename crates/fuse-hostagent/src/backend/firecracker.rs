@@ -110,7 +110,7 @@ impl VmmBackend for FirecrackerBackend {
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let disk = spec.dir.join("rootfs.ext4");
         clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
-        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(e.to_string());
+        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(with_causes(&e));
         let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
             .await
             .map_err(fail)?;
@@ -174,7 +174,9 @@ impl VmmBackend for FirecrackerBackend {
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
         let ctl = fuse_firecracker::Control::attach(dir);
-        let fail = |e: fuse_firecracker::FcError| BackendError::Io(format!("snapshot: {e}"));
+        let fail = |e: fuse_firecracker::FcError| {
+            BackendError::Io(format!("snapshot: {}", with_causes(&e)))
+        };
         ctl.pause().await.map_err(fail)?;
         // Paused: memory and disk are one consistent point in time. Always resume.
         let taken = async {
@@ -233,7 +235,9 @@ impl VmmBackend for FirecrackerBackend {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(format!("restore: {e}"));
+        let fail = |e: fuse_firecracker::FcError| {
+            BackendError::Boot(format!("restore: {}", with_causes(&e)))
+        };
         let mut vm = Firecracker::spawn(&self.bin, dir, &id)
             .await
             .map_err(fail)?;
@@ -250,6 +254,19 @@ impl VmmBackend for FirecrackerBackend {
     }
 }
 
+/// An error and its sources as one line: `BackendError` carries text, and the client's
+/// errors keep their causes (the socket's errno, hyper's or serde's reason) as sources.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A full snapshot's files in its directory (beside `rootfs.ext4`).
 const STATE_FILE: &str = "vm.state";
 const MEM_FILE: &str = "vm.mem";
@@ -257,6 +274,21 @@ const MEM_FILE: &str = "vm.mem";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_error_is_written_with_its_causes() {
+        let dir = std::env::temp_dir().join(format!("fuse-no-vmm-{}", std::process::id()));
+        let e = fuse_firecracker::Control::attach(&dir)
+            .state()
+            .await
+            .unwrap_err();
+        let text = with_causes(&e);
+        assert!(
+            text.starts_with("GET /: connecting to the Firecracker API socket")
+                && text.ends_with(": No such file or directory (os error 2)"),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn root_disk_is_a_sparse_copy_grown_to_size() {
