@@ -105,7 +105,6 @@ pub(crate) fn release_event(id: &VmId, res: Resources) -> AuditEvent {
     }
 }
 
-/// The audit event a state transition appends (shared with the Postgres backend).
 /// The audit event of an allocation repair (shared with the Postgres backend).
 pub(crate) fn repair_event(id: &HostId, was: Resources, now: Resources) -> AuditEvent {
     AuditEvent {
@@ -116,6 +115,7 @@ pub(crate) fn repair_event(id: &HostId, was: Resources, now: Resources) -> Audit
     }
 }
 
+/// The audit event a state transition appends (shared with the Postgres backend).
 pub(crate) fn transition_event(
     id: &VmId,
     from: VmState,
@@ -127,6 +127,16 @@ pub(crate) fn transition_event(
         entity_id: id.to_string(),
         event_type: "state".into(),
         payload: serde_json::json!({"from": from.as_str(), "to": to.as_str(), "reason": reason}),
+    }
+}
+
+/// The audit event of a write that keeps the state.
+pub(crate) fn write_event(id: &VmId, event_type: &str, reason: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        entity_kind: "environment",
+        entity_id: id.to_string(),
+        event_type: event_type.to_owned(),
+        payload: serde_json::json!({"reason": reason}),
     }
 }
 
@@ -274,6 +284,8 @@ impl StateStore for MemoryStore {
         let out = rec.clone();
         if let Some(to) = patch.state {
             g.audit(transition_event(id, from, to, patch.reason.as_deref()));
+        } else if let Some(t) = &patch.audit {
+            g.audit(write_event(id, t, patch.reason.as_deref()));
         }
         if let Some(res) = released {
             if let Some(h) = host.and_then(|h| g.hosts.get_mut(h.as_str())) {

@@ -126,6 +126,10 @@ pub struct VmPatch {
     pub release: bool,
     /// Why (recorded in the audit event of a state change).
     pub reason: Option<String>,
+    /// The audit event type of a write that keeps the state (`drain_failed`,
+    /// `token_rotated`, …), appended in the same atomic step; a state change always
+    /// appends its `state` event.
+    pub audit: Option<String>,
 }
 
 impl VmPatch {

@@ -8,6 +8,7 @@
 mod error;
 pub mod hostagent;
 mod ids;
+pub mod lifecycle;
 mod state;
 mod wire;
 

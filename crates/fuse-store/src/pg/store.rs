@@ -341,6 +341,9 @@ impl PgStore {
                 SELECT 1 AS k, upd.id, 'state' AS t, jsonb_build_object('from', upd.from_state, 'to', upd.state, 'reason', $15::text) AS p \
                 FROM upd WHERE $3::text IS NOT NULL \
                 UNION ALL \
+                SELECT 1, upd.id, $16::text, jsonb_build_object('reason', $15::text) \
+                FROM upd WHERE $3::text IS NULL AND $16::text IS NOT NULL \
+                UNION ALL \
                 SELECT 2, upd.id, 'released', jsonb_build_object('cpus', upd.old_reserved->'cpus', \
                   'ram_mb', upd.old_reserved->'ram_mb', 'storage_gb', upd.old_reserved->'storage_gb') \
                 FROM upd WHERE $12 AND upd.old_reserved IS NOT NULL) x ORDER BY k), \
@@ -373,6 +376,7 @@ impl PgStore {
         .bind(at)
         .bind(&allowed)
         .bind(patch.reason.as_deref())
+        .bind(patch.audit.as_deref())
         .fetch_optional(self.ready()?)
         .await
         .map_err(db_err)?;
