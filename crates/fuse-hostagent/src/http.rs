@@ -1,5 +1,8 @@
 //! The host-agent wire (DESIGN §6): bearer token on every route, the JSON error envelope,
 //! a body limit, and `/start-surfd` as an alias of `/start-agent` for the original wire.
+//! `POST /v1/vm` with a `setup` does the whole guest setup before it answers (advertised as
+//! the `provision` feature in `/healthz`). Every request is counted by route, method and
+//! status in `/metrics` (`fc_agent_http_requests_total`).
 
 use crate::vms::{VmError, Vms};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -26,6 +29,63 @@ pub struct AgentState {
     pub vms: Vms,
     /// Bearer token.
     pub token: String,
+    /// Request counters.
+    pub metrics: Metrics,
+}
+
+/// What `fc-agent` counts (served at `/metrics`).
+pub struct Metrics {
+    registry: prometheus::Registry,
+    requests: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = prometheus::Registry::new();
+        let requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "fc_agent_http_requests_total",
+                "Requests served, by route, method and status.",
+            ),
+            &["route", "method", "code"],
+        )
+        .unwrap_or_else(|e| panic!("metric fc_agent_http_requests_total: {e}"));
+        let duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "fc_agent_http_request_duration_seconds",
+                "Time to serve a request, by route and method.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["route", "method"],
+        )
+        .unwrap_or_else(|e| panic!("metric fc_agent_http_request_duration_seconds: {e}"));
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+        ] {
+            registry
+                .register(c)
+                .unwrap_or_else(|e| panic!("registering a metric: {e}"));
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
 }
 
 type S = Arc<AgentState>;
@@ -50,28 +110,88 @@ fn envelope_with(
     (status, Json(body)).into_response()
 }
 
+/// An error and its sources as one line (what a client of this wire reads).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 impl IntoResponse for VmError {
     fn into_response(self) -> Response {
+        use crate::link::LinkError;
         let (status, code) = match &self {
             VmError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
-            VmError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument),
-            VmError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
-            VmError::Failed(_) | VmError::GuestDidNotBoot(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            VmError::Invalid(_) | VmError::Link(LinkError::Guest(_)) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument)
             }
+            VmError::Busy(_) | VmError::Link(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            VmError::Backend { .. }
+            | VmError::Network(_)
+            | VmError::State { .. }
+            | VmError::GuestDidNotBoot(_)
+            | VmError::SetupFailed { .. }
+            | VmError::RestoreFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
+        let message = chain(&self);
         if status.is_server_error() {
-            tracing::warn!(error = %self, "request failed");
+            tracing::warn!(error = %message, "request failed");
         }
         let mut details = serde_json::Map::new();
-        if matches!(self, VmError::GuestDidNotBoot(_)) {
-            details.insert(
-                "reason".into(),
-                fuse_types::hostagent::GUEST_DID_NOT_BOOT.into(),
-            );
+        match &self {
+            VmError::GuestDidNotBoot(_) => {
+                details.insert(
+                    "reason".into(),
+                    fuse_types::hostagent::GUEST_DID_NOT_BOOT.into(),
+                );
+            }
+            VmError::SetupFailed { step, .. } => {
+                details.insert("reason".into(), fuse_types::hostagent::SETUP_FAILED.into());
+                details.insert("step".into(), step.as_str().into());
+            }
+            _ => {}
         }
-        envelope_with(status, code, self.to_string(), details)
+        envelope_with(status, code, message, details)
     }
+}
+
+/// Counts and times every routed request.
+async fn observe(State(s): State<S>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    s.metrics
+        .duration
+        .with_label_values(&[&route, method.as_str()])
+        .observe(start.elapsed().as_secs_f64());
+    s.metrics
+        .requests
+        .with_label_values(&[&route, method.as_str(), resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn metrics(State(s): State<S>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
@@ -101,18 +221,29 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         acceleration: s.vms.acceleration(),
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
+        features: vec![fuse_types::hostagent::FEATURE_PROVISION.to_owned()],
     })
 }
 
 async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<Response, VmError> {
     // In its own task: a caller that goes away must not leave a half-built VM behind.
     let (vm, created) = tokio::spawn(async move {
-        s.vms
+        let started = std::time::Instant::now();
+        let (mut vm, created) = s
+            .vms
             .create(&b.name, b.cpus, b.memory_mb, b.storage_gb, b.agent_port)
-            .await
+            .await?;
+        if let Some(setup) = &b.setup {
+            let boot = started.elapsed();
+            let guest = s.vms.get(&b.name)?;
+            let _permit = guest.admit()?;
+            let steps = crate::vms::setup::run(&guest, setup).await?;
+            vm.setup = Some(crate::vms::setup::report(boot, steps));
+        }
+        Ok::<_, VmError>((vm, created))
     })
     .await
-    .map_err(|e| VmError::Failed(format!("create task: {e}")))??;
+    .map_err(|e| VmError::Busy(format!("the create was interrupted: {e}")))??;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -239,18 +370,11 @@ async fn start_agent(
 ) -> Result<StatusCode, VmError> {
     let vm = s.vms.get(&id)?;
     let _p = vm.admit()?;
-    let mut env = BTreeMap::new();
-    env.insert("FUSE_AUTH_TOKEN".to_owned(), b.auth_token);
-    env.insert("FUSE_LISTEN".to_owned(), b.listen);
-    env.insert("FUSE_GATEWAY".to_owned(), b.gateway);
-    env.insert("FUSE_GATEWAY_TOKEN".to_owned(), b.gateway_token);
-    let op = Op::StartAgent {
-        download_url: b.download_url,
-        command: b.command,
-        binary_path: b.binary_path,
-        env,
-    };
-    vm.guest(op, Duration::from_secs(300)).await?;
+    vm.guest(
+        crate::vms::setup::start_agent_op(&b),
+        Duration::from_secs(300),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -309,6 +433,7 @@ async fn not_found() -> Response {
 pub fn router(state: S) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/vm", post(vm_create).get(vm_list))
         .route("/v1/vm/{id}", get(vm_get).delete(vm_delete))
         .route("/v1/vm/{id}/upload", post(upload))
@@ -323,6 +448,7 @@ pub fn router(state: S) -> Router {
             "/v1/vm/{id}/snapshots/{sid}",
             axum::routing::delete(snapshot_delete),
         )
+        .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(64 << 20))

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod link;
 pub mod net;
@@ -46,7 +47,8 @@ pub fn capacity(cfg: &config::Config) -> Resources {
 
 /// Loads state and builds the router.
 pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::StartReport)> {
-    std::fs::create_dir_all(&cfg.dir)?;
+    // The state directory holds every VM's link token.
+    files::create_private_dir(&cfg.dir)?;
     let backend: Arc<dyn backend::VmmBackend> = match cfg.backend.as_str() {
         "process" => Arc::new(backend::process::ProcessBackend::new(cfg.guest_binary())),
         "firecracker" => Arc::new(backend::firecracker::FirecrackerBackend {
@@ -102,6 +104,7 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
     let state = Arc::new(http::AgentState {
         vms,
         token: cfg.token.clone(),
+        metrics: http::Metrics::default(),
     });
     Ok((http::router(state), report))
 }

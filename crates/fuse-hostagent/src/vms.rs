@@ -9,7 +9,7 @@
 use crate::backend::{guest_socket, process_alive, BackendError, BootSpec, VmmBackend};
 use crate::link::{Link, LinkError};
 use fuse_guest::proto::{Op, Response};
-use fuse_types::hostagent::{AgentSnapshot, AgentVm};
+use fuse_types::hostagent::{AgentSnapshot, AgentVm, HostVmState};
 use fuse_types::Resources;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -20,11 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 mod boot;
+pub mod setup;
 
 /// Pending operations admitted per VM.
 pub const MAX_PENDING: usize = 32;
 
-/// Host-agent errors, mapped to the JSON envelope by `http`.
+/// Host-agent errors, mapped to the JSON envelope by `http`. Each variant says what kind
+/// of thing failed (the VM's state on disk, its backend, its guest link, its network, its
+/// guest setup); the cause is its source.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// No such VM (or snapshot).
@@ -33,29 +36,59 @@ pub enum VmError {
     /// Invalid input.
     #[error("{0}")]
     Invalid(String),
-    /// Out of capacity or too busy (retryable).
+    /// Out of capacity, addresses or ports, or too busy now (retryable).
     #[error("{0}")]
-    Unavailable(String),
-    /// The VM or its guest failed.
-    #[error("{0}")]
-    Failed(String),
+    Busy(String),
+    /// The VMM backend failed.
+    #[error("{what}")]
+    Backend {
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: BackendError,
+    },
+    /// The VM's private link to its guest helper failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The VM's network could not be set up.
+    #[error("network: {0}")]
+    Network(String),
+    /// The VM's state on disk could not be read or written.
+    #[error("{what}")]
+    State {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The VM's guest did not come up; the message carries its console's tail.
     #[error("{0}")]
     GuestDidNotBoot(String),
+    /// The VM came up but a step of its guest setup failed; the message is the guest's.
+    #[error("{message}")]
+    SetupFailed {
+        /// The step.
+        step: fuse_types::hostagent::SetupStep,
+        /// What failed, safe for the environment's owner.
+        message: String,
+    },
+    /// A restored VM did not answer (the message carries its log tail).
+    #[error("{0}")]
+    RestoreFailed(String),
 }
 
-impl From<BackendError> for VmError {
-    fn from(e: BackendError) -> Self {
-        VmError::Failed(e.to_string())
+impl VmError {
+    /// A backend failure while doing `what`.
+    pub fn backend(what: &'static str) -> impl FnOnce(BackendError) -> VmError {
+        move |source| VmError::Backend { what, source }
     }
-}
 
-impl From<LinkError> for VmError {
-    fn from(e: LinkError) -> Self {
-        match e {
-            LinkError::Guest(m) => VmError::Invalid(m),
-            other => VmError::Unavailable(other.to_string()),
-        }
+    /// A failure of the VM's files while doing `what`.
+    pub fn state(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+        let what = what.into();
+        move |source| VmError::State { what, source }
     }
 }
 
@@ -104,7 +137,7 @@ impl Vm {
     /// Admits one operation, or says the VM is too busy.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, VmError> {
         self.admission.clone().try_acquire_owned().map_err(|_| {
-            VmError::Unavailable(format!(
+            VmError::Busy(format!(
                 "vm {} has {MAX_PENDING} operations pending; retry later",
                 self.meta.read().vm_id
             ))
@@ -140,7 +173,12 @@ impl Vm {
         AgentVm {
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
-            state: if alive { "running" } else { "stopped" }.into(),
+            state: if alive {
+                HostVmState::Running
+            } else {
+                HostVmState::Stopped
+            },
+            setup: None,
             age_seconds: now_unix().saturating_sub(m.created_unix),
             // A VM that died says why: the tail of its console / helper log.
             error: (!alive).then(|| {
@@ -180,12 +218,12 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Saves the VM's state (it holds the link token: private, written atomically).
 fn write_meta(dir: &Path, m: &VmMeta) -> Result<(), VmError> {
-    let tmp = dir.join("vm.json.tmp");
-    let body = serde_json::to_vec_pretty(m).map_err(|e| VmError::Failed(e.to_string()))?;
-    std::fs::write(&tmp, body)
-        .and_then(|_| std::fs::rename(&tmp, dir.join("vm.json")))
-        .map_err(|e| VmError::Failed(format!("saving VM state: {e}")))
+    // Plain data always serialises.
+    let body = serde_json::to_vec_pretty(m).unwrap_or_default();
+    crate::files::write_private_atomic(&dir.join("vm.json"), &body)
+        .map_err(VmError::state("saving VM state"))
 }
 
 /// Counts of what happened at start.
@@ -267,7 +305,7 @@ impl Vms {
         opts: Options,
     ) -> Result<(Vms, StartReport), std::io::Error> {
         let dir = root.join("vms");
-        std::fs::create_dir_all(&dir)?;
+        crate::files::create_private_dir(&dir)?;
         let vms = Vms {
             root: dir.clone(),
             backend,
@@ -423,16 +461,14 @@ impl Vms {
             }
             let mut pending = self.pending.lock();
             if pending.contains_key(id) {
-                return Err(VmError::Unavailable(format!(
-                    "vm {id} is being created; retry"
-                )));
+                return Err(VmError::Busy(format!("vm {id} is being created; retry")));
             }
             let in_flight = pending
                 .values()
                 .fold(Resources::default(), |a, p| a.plus(p.need));
             let used = self.allocated().plus(in_flight);
             if !self.capacity.minus(used).covers(need) {
-                return Err(VmError::Unavailable(format!(
+                return Err(VmError::Busy(format!(
                     "host is full ({} of {} VMs); retry on another host",
                     used.vm_count, self.capacity.vm_count
                 )));
@@ -454,9 +490,8 @@ impl Vms {
         };
         let dir = self.root.join(id);
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| VmError::Failed(format!("creating the VM directory: {e}")))?;
+        crate::files::create_private_dir(&dir)
+            .map_err(VmError::state("creating the VM directory"))?;
         let token = {
             use rand::RngCore;
             let mut b = [0u8; 32];
@@ -555,13 +590,13 @@ impl Vms {
         }
         let index = pool
             .first_free(&used)
-            .ok_or_else(|| VmError::Unavailable("the VM address pool is exhausted".into()))?;
+            .ok_or_else(|| VmError::Busy("the VM address pool is exhausted".into()))?;
         let forward = match agent_port {
             Some(ap) => {
                 let (lo, hi) = self.opts.forward_ports;
                 let hp = (lo..=hi)
                     .find(|p| !ports.contains(p))
-                    .ok_or_else(|| VmError::Unavailable("no forward port left".into()))?;
+                    .ok_or_else(|| VmError::Busy("no forward port left".into()))?;
                 Some((hp, ap))
             }
             None => None,
@@ -578,16 +613,16 @@ impl Vms {
         let (Some(pool), Some((index, forward))) = (self.opts.pool, plan) else {
             return Ok(None);
         };
-        let with_netns = self.backend.name() == "process";
+        let with_netns = self.backend.capabilities().netns;
         let id = id.to_owned();
         let tag = self.opts.net_tag.clone();
         tokio::task::spawn_blocking(move || {
             crate::net::setup(&tag, &id, index, &pool, with_netns, forward)
         })
         .await
-        .map_err(|e| VmError::Failed(e.to_string()))?
+        .map_err(|e| VmError::Network(e.to_string()))?
         .map(Some)
-        .map_err(VmError::Failed)
+        .map_err(VmError::Network)
     }
 
     /// Stops and removes a VM (its snapshots go with it).
@@ -595,7 +630,7 @@ impl Vms {
         let vm = match self.get(id) {
             Ok(vm) => vm,
             Err(e) if self.pending.lock().contains_key(id) => {
-                return Err(VmError::Unavailable(format!(
+                return Err(VmError::Busy(format!(
                     "vm {id} is being created; retry the delete ({e})"
                 )))
             }
@@ -624,7 +659,7 @@ impl Vms {
                     Err(e)
                 }
             })
-            .map_err(|e| VmError::Failed(format!("removing the VM directory: {e}")))?;
+            .map_err(VmError::state("removing the VM directory"))?;
         self.map.write().remove(id);
         tracing::info!(vm_id = %id, "VM destroyed");
         Ok(())
@@ -646,12 +681,9 @@ impl Vms {
         }
         let dest = vm.dir.join("snapshots").join(sid);
         let _ = tokio::fs::remove_dir_all(&dest).await;
-        tokio::fs::create_dir_all(vm.dir.join("snapshots"))
-            .await
-            .map_err(|e| VmError::Failed(e.to_string()))?;
-        if self.backend.transport() == crate::link::Transport::Serial
-            || self.backend.name() == "firecracker"
-        {
+        crate::files::create_private_dir(&vm.dir.join("snapshots"))
+            .map_err(VmError::state("creating the snapshot directory"))?;
+        if self.backend.capabilities().guest_page_cache {
             // A real guest: flush its page cache so the disk copy is consistent on its own.
             let sync = Op::Exec {
                 cmd: vec!["sync".into()],
@@ -666,7 +698,11 @@ impl Vms {
             }
         }
         let pid = vm.meta.read().pid;
-        let size = self.backend.snapshot(&vm.dir, pid, &dest).await?;
+        let size = self
+            .backend
+            .snapshot(&vm.dir, pid, &dest)
+            .await
+            .map_err(VmError::backend("taking the snapshot"))?;
         let mode = self.backend.snapshot_mode(mode);
         let meta = {
             let mut m = vm.meta.write();
@@ -711,7 +747,8 @@ impl Vms {
         let replaced = self
             .backend
             .restore(&vm.dir, pid, &vm.dir.join("snapshots").join(sid))
-            .await?;
+            .await
+            .map_err(VmError::backend("restoring the snapshot"))?;
         if let Some(b) = replaced {
             // A new VMM process runs the restored VM: record it, reconnect, wait for the
             // guest helper (restored with the memory) to answer again.
@@ -728,7 +765,7 @@ impl Vms {
                 })
                 .await
                 .map_err(|e| {
-                    VmError::Failed(format!(
+                    VmError::RestoreFailed(format!(
                         "the restored VM did not answer ({e}); log: {}",
                         log_tail(&vm.dir)
                     ))

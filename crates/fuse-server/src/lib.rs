@@ -5,7 +5,6 @@
 pub mod app;
 pub mod background;
 pub mod config;
-pub mod error;
 pub mod events;
 pub mod http;
 pub mod metrics;

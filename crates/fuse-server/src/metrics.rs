@@ -25,6 +25,9 @@ pub struct Metrics {
     pub vms_by_state: IntGaugeVec,
     /// `provision_duration_seconds{outcome}`.
     pub provision_duration: HistogramVec,
+    /// `provision_step_duration_seconds{step}`: each step of a guest setup, as its host
+    /// timed it (boot, files, startup_script, start_agent).
+    pub provision_step_duration: HistogramVec,
     /// `hosts{state}`.
     pub hosts_by_state: IntGaugeVec,
     /// `host_capacity{host,resource}`.
@@ -241,6 +244,12 @@ impl Metrics {
                 "provision_duration_seconds",
                 "Time from create to running (or failed).",
                 &["outcome"],
+                slow.clone(),
+            ),
+            provision_step_duration: hist_vec(
+                "provision_step_duration_seconds",
+                "Time of each guest setup step on its host.",
+                &["step"],
                 slow,
             ),
             hosts_by_state: gauge_vec("hosts", "Hosts by state.", &["state"]),

@@ -109,13 +109,18 @@ impl Profile {
             o.and_then(|x| x.clone()).unwrap_or_else(|| d.to_owned())
         };
         let overridden = over.is_some_and(|o| o.command.is_some());
+        let listen = pick(over.map(|o| &o.listen), self.listen);
         AgentSpec {
             profile: if overridden { "custom" } else { self.name }.to_owned(),
             download_url: pick(over.map(|o| &o.download_url), default_download_url),
             binary_path: self.binary_path.to_owned(),
             command: pick(over.map(|o| &o.command), self.command),
             drain_command: pick(over.map(|o| &o.drain_command), self.drain_command),
-            listen: pick(over.map(|o| &o.listen), self.listen),
+            port: listen
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.port()),
+            listen,
             gateway: gateway.to_owned(),
         }
     }
@@ -175,6 +180,13 @@ mod tests {
             "an empty drain command is kept (skips drain)"
         );
         assert_eq!(r.listen, "0.0.0.0:9000");
+        assert_eq!(r.port, Some(9000));
+        assert_eq!(base.port, Some(8443));
+        let none = AgentOverride {
+            listen: Some(String::new()),
+            ..AgentOverride::default()
+        };
+        assert_eq!(p.resolve("", Some(&none), "").port, None, "listens nowhere");
         assert_eq!(r.command, p.command);
         assert_eq!(r.gateway, "http://gw");
         let c = AgentOverride {

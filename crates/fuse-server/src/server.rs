@@ -3,7 +3,7 @@
 //! requests then finish before [`Running::wait`] returns.
 
 use crate::app::App;
-use crate::background::{self, Poke};
+use crate::background::{self, Driver};
 use crate::config::{Config, DefaultProvider};
 use crate::provider::{hostagent::HostAgentClient, Provider, Providers};
 use anyhow::Context as _;
@@ -20,14 +20,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state (tests reach the store and stub providers through it).
     pub app: Arc<App>,
-    /// Pokes the host monitor.
-    pub host_monitor: Poke,
-    /// Pokes the garbage collector.
-    pub gc: Poke,
-    /// Pokes the recovery of interrupted work.
-    pub recovery: Poke,
-    /// Pokes the reconciler.
-    pub reconcile: Poke,
+    /// The background tasks (`host_monitor`, `gc`, `recovery`, `reconcile`): activate
+    /// them, run a pass now, read their statuses.
+    pub tasks: Arc<Driver>,
     join: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -40,8 +35,8 @@ impl Running {
     /// Waits until the server has stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.join.await.context("server task")?;
-        if !self.app.loops.join(Duration::from_secs(10)).await {
-            tracing::warn!("background loops did not stop within 10 s");
+        if !self.tasks.join(Duration::from_secs(10)).await {
+            tracing::warn!("background tasks did not stop within 10 s");
         }
         served
     }
@@ -62,7 +57,7 @@ pub async fn build_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>>
 
 /// Prepares the store (migrations) with back-off until it answers, then registers this
 /// replica. The server serves meanwhile; `/ready` says 503 until this is done.
-async fn store_bootstrap(app: Arc<App>, recovery: Poke) {
+async fn store_bootstrap(app: Arc<App>, tasks: Arc<Driver>) {
     let url = app
         .config
         .database_url
@@ -97,8 +92,8 @@ async fn store_bootstrap(app: Arc<App>, recovery: Poke) {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    recovery.poke();
-    app.loops.poke("reconcile");
+    tasks.activate("recovery");
+    tasks.activate("reconcile");
 }
 
 /// Builds the providers: the default one and the per-host registry.
@@ -127,30 +122,28 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let host_monitor = background::spawn_loop(
+    let tasks = Driver::new();
+    let reconcile = tasks.register(
         app.clone(),
-        "host_monitor",
-        cfg.host_poll,
-        true,
-        background::host_monitor::pass,
-    );
-    let gc = background::spawn_loop(app.clone(), "gc", cfg.gc_period, true, background::gc::pass);
-    let recovery = background::spawn_loop(
-        app.clone(),
-        "recovery",
-        cfg.recovery_period,
-        true,
-        background::recovery::pass,
-    );
-    let reconcile = background::spawn_loop(
-        app.clone(),
-        "reconcile",
+        background::reconciler::Reconciler::default(),
         cfg.reconcile_period,
         true,
-        background::reconcile::pass,
     );
-    tokio::spawn(store_bootstrap(app.clone(), recovery.clone()));
-    let router = crate::http::router(app.clone());
+    tasks.register(
+        app.clone(),
+        background::host_monitor::HostMonitor::new(reconcile),
+        cfg.host_poll,
+        true,
+    );
+    tasks.register(app.clone(), background::gc::Gc, cfg.gc_period, true);
+    tasks.register(
+        app.clone(),
+        background::recovery::Recovery::default(),
+        cfg.recovery_period,
+        true,
+    );
+    tokio::spawn(store_bootstrap(app.clone(), tasks.clone()));
+    let router = crate::http::router(app.clone(), tasks.clone());
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = app.shutdown.clone();
     let join = match cfg.tls.clone() {
@@ -190,10 +183,7 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
     Ok(Running {
         addr,
         app,
-        host_monitor,
-        gc,
-        recovery,
-        reconcile,
+        tasks,
         join,
     })
 }

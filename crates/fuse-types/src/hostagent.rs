@@ -7,6 +7,28 @@ use serde::{Deserialize, Serialize};
 /// the tail of the guest's console, safe to show to the environment's owner).
 pub const GUEST_DID_NOT_BOOT: &str = "guest_did_not_boot";
 
+/// `details.reason` of a host-agent error whose VM booted but whose guest setup (files,
+/// startup script, agent start) failed; `details.step` names the step.
+pub const SETUP_FAILED: &str = "setup_failed";
+
+/// The last `max` bytes of a command's output (trailing whitespace trimmed, cut on a
+/// character boundary): what a failed startup script's message quotes.
+pub fn output_tail(s: &str, max: usize) -> &str {
+    let s = s.trim_end();
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// The `/healthz` feature of a host that does the whole guest setup in its create
+/// ([`AgentVmCreate::setup`]). A host without it is driven call by call.
+pub const FEATURE_PROVISION: &str = "provision";
+
 /// `POST /v1/vm` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentVmCreate {
@@ -22,6 +44,133 @@ pub struct AgentVmCreate {
     /// it and the VM's URL names that port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_port: Option<u16>,
+    /// The whole guest setup, done by the host over the VM's private link before it
+    /// answers, so a create is one call. Only for hosts advertising [`FEATURE_PROVISION`]
+    /// (an older host would ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<GuestSetup>,
+}
+
+/// What a new VM's guest is set up with, in this order: files, startup script, agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSetup {
+    /// Files written (atomically, parents created) before anything runs.
+    #[serde(default)]
+    pub files: Vec<GuestFile>,
+    /// A script run with `sh -lc` after the files; a non-zero exit fails the create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupScript>,
+    /// The agent started last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentStart>,
+}
+
+/// One file of a [`GuestSetup`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    /// Absolute guest path.
+    pub path: String,
+    /// Standard base64 content.
+    pub content_b64: String,
+    /// File mode.
+    pub mode: u32,
+}
+
+/// The startup script of a [`GuestSetup`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupScript {
+    /// Script text (`sh -lc`).
+    pub script: String,
+    /// Limit in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A step of a guest setup, as named in timings and in a failure's `details.step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetupStep {
+    /// The VM booted and its guest helper answered.
+    Boot,
+    /// The files were written.
+    Files,
+    /// The startup script ran.
+    StartupScript,
+    /// The agent was started.
+    StartAgent,
+}
+
+impl SetupStep {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetupStep::Boot => "boot",
+            SetupStep::Files => "files",
+            SetupStep::StartupScript => "startup_script",
+            SetupStep::StartAgent => "start_agent",
+        }
+    }
+}
+
+impl std::str::FromStr for SetupStep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            SetupStep::Boot,
+            SetupStep::Files,
+            SetupStep::StartupScript,
+            SetupStep::StartAgent,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
+        .ok_or_else(|| format!("unknown setup step {s:?}"))
+    }
+}
+
+/// How long one setup step took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// The step.
+    pub step: SetupStep,
+    /// Milliseconds.
+    pub ms: u64,
+}
+
+/// What a one-call create did, step by step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupReport {
+    /// Each step in order with its duration.
+    pub steps: Vec<StepTiming>,
+}
+
+/// The state of a VM as its host sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostVmState {
+    /// Its VMM (or helper) process runs.
+    Running,
+    /// Its process is gone; `error` says why.
+    Stopped,
+    /// A state this control plane does not know (an agent of another version).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl HostVmState {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostVmState::Running => "running",
+            HostVmState::Stopped => "stopped",
+            HostVmState::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for HostVmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `POST /v1/vm` answer and the items of `GET /v1/vm`.
@@ -32,15 +181,18 @@ pub struct AgentVm {
     /// URL of the VM's agent as reachable from outside the host.
     #[serde(default)]
     pub url: String,
-    /// `running`, `stopped`, … as the host sees it.
+    /// Whether it runs, as the host sees it.
     #[serde(default)]
-    pub state: String,
+    pub state: HostVmState,
     /// Seconds since the host created it.
     #[serde(default)]
     pub age_seconds: u64,
     /// Why the VM is not running, when it died (its log tail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a one-call create did, with timings (only in the answer to such a create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<SetupReport>,
 }
 
 /// `GET /v1/vm?prefix=` answer.
@@ -156,4 +308,63 @@ pub struct AgentHealth {
     /// In use.
     #[serde(default)]
     pub allocated: crate::Resources,
+    /// What this host agent can do beyond the base wire (e.g. [`FEATURE_PROVISION`]).
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+impl AgentHealth {
+    /// Whether the host advertises `feature`.
+    pub fn has(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_tail_cuts_on_a_character_boundary() {
+        assert_eq!(output_tail("abc\n\n", 10), "abc");
+        assert_eq!(output_tail("0123456789", 4), "6789");
+        assert_eq!(output_tail("ééé", 3), "é", "never half a character");
+    }
+
+    #[test]
+    fn host_vm_state_reads_unknown_words_as_unknown() {
+        let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a","state":"running"}"#).unwrap();
+        assert_eq!(v.state, HostVmState::Running);
+        let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a","state":"paused"}"#).unwrap();
+        assert_eq!(v.state, HostVmState::Unknown);
+        let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a"}"#).unwrap();
+        assert_eq!(v.state, HostVmState::Unknown);
+        assert_eq!(
+            serde_json::to_string(&HostVmState::Stopped).unwrap(),
+            "\"stopped\""
+        );
+    }
+
+    #[test]
+    fn an_old_create_body_has_no_setup_and_steps_round_trip() {
+        let c: AgentVmCreate =
+            serde_json::from_str(r#"{"name":"a","cpus":1,"memory_mb":128,"storage_gb":1}"#)
+                .unwrap();
+        assert!(c.setup.is_none());
+        assert!(!serde_json::to_string(&c).unwrap().contains("setup"));
+        for s in [
+            SetupStep::Boot,
+            SetupStep::Files,
+            SetupStep::StartupScript,
+            SetupStep::StartAgent,
+        ] {
+            assert_eq!(s.as_str().parse::<SetupStep>().unwrap(), s);
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        let h: AgentHealth = serde_json::from_str(r#"{"status":"ok"}"#).unwrap();
+        assert!(!h.has(FEATURE_PROVISION), "a Go-era host has no features");
+    }
 }

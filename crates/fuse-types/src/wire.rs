@@ -376,6 +376,10 @@ pub struct AgentSpec {
     /// Listen address inside the guest.
     #[serde(default)]
     pub listen: String,
+    /// The port of `listen`, resolved once when the request is validated (the host
+    /// forwards a port of its own to it). `None` when the agent listens nowhere known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Gateway URL handed to the agent.
     #[serde(default)]
     pub gateway: String,

@@ -42,22 +42,25 @@ pub async fn clone_rootfs(base: &Path, dest: &Path, gb: u64) -> Result<(), Backe
         .arg(dest)
         .output()
         .await
-        .map_err(|e| BackendError::Io(format!("running cp: {e}")))?;
+        .map_err(BackendError::io("running cp"))?;
     if !out.status.success() {
-        return Err(BackendError::Io(format!(
-            "copying the base image: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(BackendError::Tool {
+            tool: "cp",
+            stderr: format!(
+                "copying the base image: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
     }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(dest)
-        .map_err(|e| BackendError::Io(format!("opening the root disk: {e}")))?;
+        .map_err(BackendError::io("opening the root disk"))?;
     let want = gb << 30;
     let have = f.metadata().map(|m| m.len()).unwrap_or(0);
     if want > have {
         f.set_len(want)
-            .map_err(|e| BackendError::Io(format!("growing the root disk: {e}")))?;
+            .map_err(BackendError::io("growing the root disk"))?;
         drop(f);
         if is_ext_image(dest) {
             // Best effort: without it the guest still boots, with the image's own size.
@@ -102,6 +105,13 @@ impl VmmBackend for FirecrackerBackend {
         "firecracker"
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            netns: false,
+            guest_page_cache: true,
+        }
+    }
+
     fn acceleration(&self) -> Option<String> {
         // Firecracker has no emulation: it always runs guests with KVM.
         Some("kvm".into())
@@ -110,7 +120,7 @@ impl VmmBackend for FirecrackerBackend {
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let disk = spec.dir.join("rootfs.ext4");
         clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
-        let fail = |e: fuse_firecracker::FcError| BackendError::Boot(with_causes(&e));
+        let fail = BackendError::Firecracker;
         let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
             .await
             .map_err(fail)?;
@@ -172,11 +182,10 @@ impl VmmBackend for FirecrackerBackend {
     }
 
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
-        std::fs::create_dir_all(dest).map_err(|e| BackendError::Io(e.to_string()))?;
+        std::fs::create_dir_all(dest)
+            .map_err(BackendError::io("creating the snapshot directory"))?;
         let ctl = fuse_firecracker::Control::attach(dir);
-        let fail = |e: fuse_firecracker::FcError| {
-            BackendError::Io(format!("snapshot: {}", with_causes(&e)))
-        };
+        let fail = BackendError::Firecracker;
         ctl.pause().await.map_err(fail)?;
         // Paused: memory and disk are one consistent point in time. Always resume.
         let taken = async {
@@ -207,7 +216,7 @@ impl VmmBackend for FirecrackerBackend {
         src: &Path,
     ) -> Result<Option<Booted>, BackendError> {
         if !src.join(STATE_FILE).exists() {
-            return Err(BackendError::Boot(
+            return Err(BackendError::Unsupported(
                 "this snapshot holds the disk only (taken by an older fc-agent); a Firecracker \
                  VM is restored from a full snapshot"
                     .into(),
@@ -235,9 +244,7 @@ impl VmmBackend for FirecrackerBackend {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let fail = |e: fuse_firecracker::FcError| {
-            BackendError::Boot(format!("restore: {}", with_causes(&e)))
-        };
+        let fail = BackendError::Firecracker;
         let mut vm = Firecracker::spawn(&self.bin, dir, &id)
             .await
             .map_err(fail)?;
@@ -254,19 +261,6 @@ impl VmmBackend for FirecrackerBackend {
     }
 }
 
-/// An error and its sources as one line: `BackendError` carries text, and the client's
-/// errors keep their causes (the socket's errno, hyper's or serde's reason) as sources.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// A full snapshot's files in its directory (beside `rootfs.ext4`).
 const STATE_FILE: &str = "vm.state";
 const MEM_FILE: &str = "vm.mem";
@@ -274,21 +268,6 @@ const MEM_FILE: &str = "vm.mem";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn an_error_is_written_with_its_causes() {
-        let dir = std::env::temp_dir().join(format!("fuse-no-vmm-{}", std::process::id()));
-        let e = fuse_firecracker::Control::attach(&dir)
-            .state()
-            .await
-            .unwrap_err();
-        let text = with_causes(&e);
-        assert!(
-            text.starts_with("GET /: connecting to the Firecracker API socket")
-                && text.ends_with(": No such file or directory (os error 2)"),
-            "{text}"
-        );
-    }
 
     #[tokio::test]
     async fn root_disk_is_a_sparse_copy_grown_to_size() {

@@ -10,15 +10,59 @@ pub mod qemu;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 
-/// Backend failures.
+/// Backend failures. Each variant names what failed; the cause is its source.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// Starting the VM failed.
+    /// The VMM could not be started, or would not boot or restore the VM.
     #[error("boot failed: {0}")]
     Boot(String),
-    /// Filesystem trouble in the VM's directory.
+    /// A file or directory of the VM could not be read or written.
+    #[error("{what}")]
+    Io {
+        /// What was being done (`writing the guest token`).
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host tool run on the VM's files failed (`cp`).
+    #[error("{tool} failed: {stderr}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// What it printed.
+        stderr: String,
+    },
+    /// Firecracker refused a call or died.
+    #[error("firecracker")]
+    Firecracker(#[from] fuse_firecracker::FcError),
+    /// QEMU's monitor refused a command, closed, or answered nonsense.
+    #[error("QEMU monitor: {0}")]
+    Qmp(String),
+    /// A step of the backend did not finish in time.
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+    /// The request cannot be served by this backend or this snapshot.
     #[error("{0}")]
-    Io(String),
+    Unsupported(String),
+}
+
+impl BackendError {
+    /// An I/O failure while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackendError {
+        let what = what.into();
+        move |source| BackendError::Io { what, source }
+    }
+}
+
+/// What a backend's VMs are like, so callers decide by capability, not by backend name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The VM is a process in the host's kernel: its network is a namespace of its own
+    /// (veth), not a tap handed to a VMM.
+    pub netns: bool,
+    /// The guest has a page cache of its own that a disk snapshot must flush first.
+    pub guest_page_cache: bool,
 }
 
 /// What a backend needs to boot one VM.
@@ -75,6 +119,8 @@ pub trait VmmBackend: Send + Sync + 'static {
     fn transport(&self) -> crate::link::Transport {
         crate::link::Transport::Vsock
     }
+    /// What its VMs are like (see [`Capabilities`]).
+    fn capabilities(&self) -> Capabilities;
     /// The boot watchdog: how long one boot may take before it is retried once (`None`:
     /// one attempt of the whole boot timeout).
     fn boot_watchdog(&self) -> Option<std::time::Duration> {

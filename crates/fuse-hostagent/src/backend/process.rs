@@ -24,10 +24,6 @@ impl ProcessBackend {
     }
 }
 
-fn io(e: std::io::Error, what: &str) -> BackendError {
-    BackendError::Io(format!("{what}: {e}"))
-}
-
 async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, BackendError> {
     let (s, d) = (src.to_owned(), dest.to_owned());
     tokio::task::spawn_blocking(move || -> Result<u64, BackendError> {
@@ -37,18 +33,24 @@ async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, BackendError> {
             .arg(&s)
             .arg(&d)
             .output()
-            .map_err(|e| io(e, "running cp"))?;
+            .map_err(BackendError::io("running cp"))?;
         if !out.status.success() {
-            return Err(BackendError::Io(format!(
-                "copying {}: {}",
-                s.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(BackendError::Tool {
+                tool: "cp",
+                stderr: format!(
+                    "copying {}: {}",
+                    s.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
         }
         Ok(dir_size(&d))
     })
     .await
-    .map_err(|e| BackendError::Io(e.to_string()))?
+    .map_err(|e| BackendError::Io {
+        what: "copying a VM's files".into(),
+        source: std::io::Error::other(e),
+    })?
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -70,18 +72,26 @@ impl VmmBackend for ProcessBackend {
         "process"
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            netns: true,
+            guest_page_cache: false,
+        }
+    }
+
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let root = spec.dir.join("root");
         tokio::fs::create_dir_all(&root)
             .await
-            .map_err(|e| io(e, "creating the guest root"))?;
+            .map_err(BackendError::io("creating the guest root"))?;
         let token_file = spec.dir.join("guest.token");
-        tokio::fs::write(&token_file, &spec.token)
-            .await
-            .map_err(|e| io(e, "writing the guest token"))?;
-        let log =
-            std::fs::File::create(spec.dir.join("guest.log")).map_err(|e| io(e, "guest log"))?;
-        let log2 = log.try_clone().map_err(|e| io(e, "guest log"))?;
+        crate::files::write_private(&token_file, spec.token.as_bytes())
+            .map_err(BackendError::io("writing the guest token"))?;
+        let log = std::fs::File::create(spec.dir.join("guest.log"))
+            .map_err(BackendError::io("creating the guest log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(BackendError::io("opening the guest log"))?;
         let sock = guest_socket(&spec.dir);
         let _ = tokio::fs::remove_file(&sock).await;
         // Its own process group and no kill-on-drop: the VM outlives an fc-agent restart.
@@ -149,7 +159,7 @@ impl VmmBackend for ProcessBackend {
         let _ = tokio::fs::remove_dir_all(&old).await;
         tokio::fs::rename(&root, &old)
             .await
-            .map_err(|e| io(e, "moving the current root aside"))?;
+            .map_err(BackendError::io("moving the current root aside"))?;
         if let Err(e) = copy_tree(src, &root).await {
             let _ = tokio::fs::rename(&old, &root).await;
             return Err(e);

@@ -306,8 +306,8 @@ pub async fn resolve_accel(
     }
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> BackendError + '_ {
-    move |e| BackendError::Io(format!("{what}: {e}"))
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> BackendError {
+    BackendError::io(what.to_owned())
 }
 
 /// A QMP session on the VM's monitor socket.
@@ -337,11 +337,10 @@ impl Qmp {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(BackendError::Io(format!(
-            "connecting to QMP at {}: {}",
-            sock.display(),
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )))
+        Err(BackendError::Io {
+            what: format!("connecting to QMP at {}", sock.display()),
+            source: last.unwrap_or_else(|| std::io::Error::other("no attempt")),
+        })
     }
 
     async fn read(&mut self) -> Result<Value, BackendError> {
@@ -352,9 +351,12 @@ impl Qmp {
             .await
             .map_err(io("reading QMP"))?;
         if n == 0 {
-            return Err(BackendError::Io("QMP closed (QEMU exited?)".into()));
+            return Err(BackendError::Qmp(
+                "the monitor closed (QEMU exited?)".into(),
+            ));
         }
-        serde_json::from_str(&line).map_err(|e| BackendError::Io(format!("QMP answer: {e}")))
+        serde_json::from_str(&line)
+            .map_err(|e| BackendError::Qmp(format!("an answer that is not JSON: {e}")))
     }
 
     /// Runs one command; returns its `return` value.
@@ -375,8 +377,8 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                return Err(BackendError::Io(format!(
-                    "QMP {cmd}: {}",
+                return Err(BackendError::Qmp(format!(
+                    "{cmd}: {}",
                     e["desc"].as_str().unwrap_or("error")
                 )));
             }
@@ -434,6 +436,13 @@ impl VmmBackend for QemuBackend {
         "qemu"
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            netns: false,
+            guest_page_cache: true,
+        }
+    }
+
     fn transport(&self) -> crate::link::Transport {
         crate::link::Transport::Serial
     }
@@ -458,8 +467,11 @@ impl VmmBackend for QemuBackend {
             clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
         }
         let args = qemu_args(self, spec, &disk);
-        let saved = serde_json::to_vec(&args).map_err(|e| BackendError::Io(e.to_string()))?;
-        std::fs::write(spec.dir.join("qemu.json"), saved).map_err(io("writing qemu.json"))?;
+        // A list of strings always serialises.
+        let saved = serde_json::to_vec(&args).unwrap_or_default();
+        // The kernel command line in it carries the VM's link token.
+        crate::files::write_private(&spec.dir.join("qemu.json"), &saved)
+            .map_err(io("writing qemu.json"))?;
         // A retry after the watchdog starts from a fresh console.
         let _ = std::fs::remove_file(spec.dir.join("console.log"));
         spawn(&self.bin, &spec.dir, &args)
@@ -507,13 +519,13 @@ impl VmmBackend for QemuBackend {
                 match st["status"].as_str().unwrap_or("") {
                     "completed" => break,
                     "failed" | "cancelled" => {
-                        return Err(BackendError::Io(format!(
+                        return Err(BackendError::Qmp(format!(
                             "saving the memory failed: {}",
                             st["error-desc"].as_str().unwrap_or("unknown error")
                         )))
                     }
                     _ if tokio::time::Instant::now() > deadline => {
-                        return Err(BackendError::Io("saving the memory timed out".into()))
+                        return Err(BackendError::TimedOut("saving the memory"))
                     }
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -537,13 +549,16 @@ impl VmmBackend for QemuBackend {
     ) -> Result<Option<Booted>, BackendError> {
         let mem = src.join("memory");
         if !mem.is_file() || !src.join("rootfs.ext4").is_file() {
-            return Err(BackendError::Io(
+            return Err(BackendError::Unsupported(
                 "the snapshot has no memory or disk image".into(),
             ));
         }
         let saved = std::fs::read(dir.join("qemu.json")).map_err(io("reading qemu.json"))?;
         let mut args: Vec<String> =
-            serde_json::from_slice(&saved).map_err(|e| BackendError::Io(e.to_string()))?;
+            serde_json::from_slice(&saved).map_err(|e| BackendError::Io {
+                what: "reading qemu.json".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
         self.stop(dir, pid).await;
         copy_disk(&src.join("rootfs.ext4"), &dir.join("rootfs.ext4")).await?;
         args.extend([
@@ -561,9 +576,7 @@ impl VmmBackend for QemuBackend {
                     "inmigrate" if tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(50)).await
                     }
-                    "inmigrate" => {
-                        return Err(BackendError::Io("loading the memory timed out".into()))
-                    }
+                    "inmigrate" => return Err(BackendError::TimedOut("loading the memory")),
                     "running" => return Ok(()),
                     _ => break,
                 }

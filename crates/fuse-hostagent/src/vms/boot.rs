@@ -30,7 +30,11 @@ impl Vms {
         loop {
             attempt += 1;
             let started = std::time::Instant::now();
-            let booted = self.backend.boot(spec).await?;
+            let booted = self
+                .backend
+                .boot(spec)
+                .await
+                .map_err(VmError::backend("booting the VM"))?;
             meta.pid = booted.pid;
             if let Err(e) = write_meta(dir, meta) {
                 self.backend.stop(dir, booted.pid).await;

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod provision;
 mod tools;
 
 use base64::Engine as _;

@@ -1,11 +1,13 @@
 //! Per-VM credentials: a 64-hex bearer token and a self-signed TLS certificate (CN = VM id)
-//! with its key, uploaded as the agent's files. Rotation replaces all three.
+//! with its key, handed to the guest as the agent's files (with private modes). Rotation
+//! replaces all three.
 
 use super::random_token;
 use super::validate::ValidCreate;
 use crate::profile::Profile;
-use crate::provider::{Provider, ProviderError};
+use base64::Engine as _;
 use fuse_store::VmSecrets;
+use fuse_types::hostagent::GuestFile;
 
 /// Failure to generate a certificate.
 #[derive(Debug, thiserror::Error)]
@@ -45,35 +47,24 @@ pub fn rotate(vm_id: &str, old: &VmSecrets) -> Result<VmSecrets, CredentialError
     })
 }
 
-/// Uploads the secrets map, token, certificate and key.
-pub async fn upload(
-    provider: &dyn Provider,
-    profile: &Profile,
-    vm_id: &str,
-    s: &VmSecrets,
-) -> Result<(), ProviderError> {
+/// The credential files of an agent, with their modes: the secrets map (when any), the
+/// token, the certificate and its key.
+pub fn files(profile: &Profile, s: &VmSecrets) -> Vec<GuestFile> {
+    let file = |path: String, bytes: &[u8], mode: u32| GuestFile {
+        path,
+        content_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        mode,
+    };
+    let mut out = Vec::with_capacity(4);
     if !s.secrets.is_empty() {
-        let body =
-            serde_json::to_vec(&s.secrets).map_err(|e| ProviderError::Internal(e.to_string()))?;
-        provider
-            .upload(vm_id, &profile.secrets_path(), &body, 0o600)
-            .await?;
+        // A map of strings always serialises.
+        let body = serde_json::to_vec(&s.secrets).unwrap_or_default();
+        out.push(file(profile.secrets_path(), &body, 0o600));
     }
-    provider
-        .upload(vm_id, &profile.token_path(), s.auth_token.as_bytes(), 0o600)
-        .await?;
-    provider
-        .upload(
-            vm_id,
-            &profile.cert_path(),
-            s.tls_cert_pem.as_bytes(),
-            0o644,
-        )
-        .await?;
-    provider
-        .upload(vm_id, &profile.key_path(), s.tls_key_pem.as_bytes(), 0o600)
-        .await?;
-    Ok(())
+    out.push(file(profile.token_path(), s.auth_token.as_bytes(), 0o600));
+    out.push(file(profile.cert_path(), s.tls_cert_pem.as_bytes(), 0o644));
+    out.push(file(profile.key_path(), s.tls_key_pem.as_bytes(), 0o600));
+    out
 }
 
 #[cfg(test)]
@@ -103,5 +94,21 @@ mod tests {
             !format!("{new:?}").contains(&new.auth_token),
             "Debug redacts"
         );
+        let p = Profile::by_name("fused").unwrap();
+        let f = files(p, &new);
+        let modes: Vec<(&str, u32)> = f.iter().map(|f| (f.path.as_str(), f.mode)).collect();
+        assert_eq!(
+            modes,
+            [
+                ("/fuse/secrets.json", 0o600),
+                ("/fuse/token", 0o600),
+                ("/fuse/tls.crt", 0o644),
+                ("/fuse/tls.key", 0o600)
+            ]
+        );
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(&f[1].content_b64)
+            .unwrap();
+        assert_eq!(token, new.auth_token.as_bytes());
     }
 }

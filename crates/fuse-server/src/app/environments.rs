@@ -1,15 +1,24 @@
-//! Environment lifecycle (DESIGN §3): create → provision → running → draining → destroyed,
-//! exec and rotate-token. Every transition is persisted (generation-checked) before the
-//! provider acts on it; a concurrent delete wins over a provision in flight, and the
-//! provision then removes what it created itself.
+//! Environment operations (DESIGN §3): create → provision → running → draining →
+//! destroyed, exec and rotate-token. Every transition goes through [`App::transition`] (the
+//! lifecycle table); the provider is asked to act only after the state it acts on is
+//! persisted. A concurrent delete wins over a provision in flight, and the provision then
+//! removes what it created itself.
+//!
+//! A provision is one host call: the VM's whole guest setup (files with modes, credentials,
+//! the startup script, the agent) travels with the create, and the host answers once with
+//! per-step timings. Hosts of the Go-era wire are driven call by call by the provider.
 
+use super::error::AppError;
+use super::lifecycle::{Change, LifecycleError};
 use super::validate::{self, ValidCreate};
 use super::App;
-use crate::error::ApiError;
 use crate::provider::{Provider, ProviderError, DEFAULT_HOST};
 use base64::Engine as _;
-use fuse_store::{AuditEvent, StoreError, VmCreated, VmFilter, VmPatch, VmRecord, VmSecrets};
-use fuse_types::hostagent::{AgentStart, AgentVmCreate};
+use fuse_store::{VmCreated, VmFilter, VmRecord, VmSecrets};
+use fuse_types::hostagent::{
+    AgentStart, AgentVmCreate, GuestFile, GuestSetup, SetupReport, SetupStep, StartupScript,
+};
+use fuse_types::lifecycle::{self as table, Event};
 use fuse_types::{
     now, AgentSpec, CreateEnvironment, Environment, EnvironmentList, ExecRequest, ExecResponse,
     HostId, VmId, VmState,
@@ -29,6 +38,7 @@ pub enum CreateOutcome {
 /// Why a provision stopped.
 #[derive(Debug)]
 struct Failure {
+    /// The step, as named in the record's error and the failure metric.
     step: &'static str,
     message: String,
     /// Someone else (a delete) changed the record; clean up but do not mark it failed.
@@ -48,7 +58,11 @@ impl Failure {
     }
 
     /// A host error: the full text goes to the log, the client-safe text to the record.
-    fn host(step: &'static str, e: ProviderError) -> Self {
+    fn host(e: ProviderError) -> Self {
+        let step = match &e {
+            ProviderError::SetupFailed { step, .. } => setup_step_name(*step),
+            _ => "create_vm",
+        };
         tracing::warn!(step, error = %e, "host call failed during provision");
         let mut f = Failure::at(step, e.client_message());
         // The host answered that the VM failed (not: out of room, unreachable, refused).
@@ -59,35 +73,32 @@ impl Failure {
             );
         f
     }
-}
 
-/// How long work in flight waits for an unavailable store (a database restart takes
-/// seconds) before it gives up and leaves the rest to recovery.
-const STORE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Runs a store call, again while the store answers `Unavailable`, with back-off, for at
-/// most [`STORE_RETRY`].
-async fn store_retry<T, F, Fut>(mut call: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let deadline = Instant::now() + STORE_RETRY;
-    let mut wait = std::time::Duration::from_millis(50);
-    loop {
-        match call().await {
-            Err(StoreError::Unavailable(m)) if Instant::now() < deadline => {
-                tracing::debug!(error = %m, "store unavailable; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(2));
-            }
-            r => return r,
+    fn lifecycle(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Store(s) => Failure::at("store", s),
+            other => Failure {
+                step: "aborted",
+                message: other.to_string(),
+                aborted: true,
+                boot: false,
+            },
         }
     }
 }
 
-fn parse_id(id: &str) -> Result<VmId, ApiError> {
-    VmId::parse(id).map_err(|e| ApiError::invalid(e.0))
+/// The name of a setup step in records and metrics (the names of the call-by-call era).
+fn setup_step_name(step: SetupStep) -> &'static str {
+    match step {
+        SetupStep::Boot => "create_vm",
+        SetupStep::Files => "upload",
+        SetupStep::StartupScript => "startup_script",
+        SetupStep::StartAgent => "start_agent",
+    }
+}
+
+fn parse_id(id: &str) -> Result<VmId, AppError> {
+    VmId::parse(id).map_err(|e| AppError::invalid(e.0))
 }
 
 /// Opaque pagination cursor: the last id of the previous page, base64url.
@@ -95,34 +106,38 @@ fn cursor_encode(id: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
 }
 
-fn cursor_decode(c: &str) -> Result<String, ApiError> {
+fn cursor_decode(c: &str) -> Result<String, AppError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::invalid("cursor is not a value returned as next_cursor"))
+        .ok_or_else(|| AppError::invalid("cursor is not a value returned as next_cursor"))
 }
 
-fn tail(s: &str, max: usize) -> &str {
-    let s = s.trim_end();
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Refuses `event` early (before any host is asked) when the table does not allow it.
+fn allowed(rec: &VmRecord, event: Event) -> Result<(), AppError> {
+    table::step(Some(rec.state), event)
+        .map(|_| ())
+        .map_err(|source| {
+            AppError::Lifecycle(LifecycleError::Illegal {
+                id: rec.id.clone(),
+                source,
+            })
+        })
 }
 
 impl App {
     /// Reads one environment or 404.
-    pub async fn env_get(&self, id: &str) -> Result<VmRecord, ApiError> {
+    pub async fn env_get(&self, id: &str) -> Result<VmRecord, AppError> {
         let id = parse_id(id)?;
         self.store
             .vm_get(&id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))
+            .ok_or_else(|| AppError::not_found("environment", &id))
     }
 
     /// One page of environments.
@@ -131,7 +146,7 @@ impl App {
         filter: VmFilter,
         limit: usize,
         cursor: Option<&str>,
-    ) -> Result<EnvironmentList, ApiError> {
+    ) -> Result<EnvironmentList, AppError> {
         let after = cursor.map(cursor_decode).transpose()?;
         let mut rows = self
             .store
@@ -155,8 +170,8 @@ impl App {
         self: &Arc<Self>,
         req: CreateEnvironment,
         wait: bool,
-    ) -> Result<(Environment, CreateOutcome), ApiError> {
-        let valid = validate::create(&req).map_err(ApiError::invalid_all)?;
+    ) -> Result<(Environment, CreateOutcome), AppError> {
+        let valid = validate::create(&req).map_err(AppError::Invalid)?;
         let id = VmId::for_task(&self.config.vm_prefix, &valid.task_id);
         let agent = self.profile.resolve(
             &self.config.agent_download_url,
@@ -184,11 +199,10 @@ impl App {
             secrets: None,
         };
         let started = Instant::now();
-        let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| ApiError::internal(e.0))?;
+        let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| AppError::Internal(e.0))?;
         // Persist `provisioning` and reserve capacity in one atomic step.
         let (created, no_room) = self
-            .store
-            .vm_create_placed(rec, self.config.policy, Some(&fallback))
+            .lifecycle_create(rec, self.config.policy, Some(&fallback))
             .await?;
         let placed = match created {
             VmCreated::Exists(e) if e.request_hash == valid.request_hash => {
@@ -200,7 +214,7 @@ impl App {
                 return Ok((e.to_wire(), CreateOutcome::Existing));
             }
             VmCreated::Exists(e) => {
-                return Err(ApiError::conflict(format!(
+                return Err(AppError::conflict(format!(
                     "task {} already has environment {} ({}) created with a different request; \
                      delete it first or repeat the original request",
                     e.task_id, e.id, e.state
@@ -210,14 +224,12 @@ impl App {
             VmCreated::Created(r) => r,
         };
         if let Some(np) = no_room {
-            self.events.publish(&placed);
             self.metrics
                 .provision_failures
                 .with_label_values(&["placement"])
                 .inc();
-            return Err(ApiError::unavailable(np.to_string()));
+            return Err(AppError::NoCapacity(np));
         }
-        self.events.publish(&placed);
         let app = self.clone();
         let handle = tokio::spawn(tracing::Instrument::instrument(
             async move { app.provision(placed, valid, started).await },
@@ -225,17 +237,18 @@ impl App {
         ));
         if !wait {
             let cur = self.store.vm_get(&id).await?;
-            let cur = cur.ok_or_else(|| ApiError::internal("environment vanished after create"))?;
+            let cur =
+                cur.ok_or_else(|| AppError::Internal("environment vanished after create".into()))?;
             return Ok((cur.to_wire(), CreateOutcome::New));
         }
         let done = handle
             .await
-            .map_err(|e| ApiError::internal(format!("provision task: {e}")))?;
+            .map_err(|e| AppError::Internal(format!("provision task: {e}")))?;
         Ok((done.to_wire(), CreateOutcome::New))
     }
 
     /// Waits until the environment leaves `provisioning` (or the provision limit passes).
-    pub async fn wait_settled(&self, id: &VmId) -> Result<VmRecord, ApiError> {
+    pub async fn wait_settled(&self, id: &VmId) -> Result<VmRecord, AppError> {
         let mut rx = self.events.subscribe();
         let deadline = tokio::time::Instant::now() + self.config.provision_timeout;
         loop {
@@ -243,7 +256,7 @@ impl App {
                 .store
                 .vm_get(id)
                 .await?
-                .ok_or_else(|| ApiError::not_found(format!("environment {id} not found")))?;
+                .ok_or_else(|| AppError::not_found("environment", id))?;
             if cur.state != VmState::Provisioning {
                 return Ok(cur);
             }
@@ -314,12 +327,12 @@ impl App {
         }
         // A delete and a re-create with the same task id may have replaced our record: then
         // the VM name on the host and the reservation belong to the new incarnation.
-        let replaced = match store_retry(|| self.store.vm_get(&id)).await {
-            Ok(Some(cur)) => cur.created_at != incarnation,
-            _ => false,
-        };
+        let current = self.store.vm_get(&id).await.ok().flatten();
+        let replaced = current
+            .as_ref()
+            .is_some_and(|c| c.created_at != incarnation);
         // Remove what may have been created (destroy is idempotent: even a create that
-        // timed out may have happened); release capacity only once the host confirmed.
+        // timed out may have happened); capacity comes back only once the host confirmed.
         let mut host_clean = true;
         if let (Some(h), false) = (&host_id, replaced) {
             host_clean = match self.providers.for_host(&*self.store, h).await {
@@ -333,97 +346,47 @@ impl App {
                 Err(_) => false,
             };
         }
-        let release_now = host_clean && !replaced;
-        let mut last = None;
-        for _ in 0..5 {
-            let cur = match store_retry(|| self.store.vm_get(&id)).await {
-                Ok(Some(c)) => c,
-                _ => break,
-            };
-            if failure.aborted || replaced || cur.state != VmState::Provisioning {
-                // Someone else owns the record's state now; still return our reservation
-                // if the host confirmed the VM is gone (a no-op if already released).
-                if release_now && !replaced {
-                    if let Err(e) = self.store.vm_release(&id).await {
-                        tracing::error!(vm_id = %id, error = %e, "releasing capacity after a stopped provision");
+        if replaced {
+            return current.unwrap_or_else(|| unreachable_record(&id));
+        }
+        let change = if failure.aborted {
+            // The record belongs to whoever changed it; only hand back our reservation if
+            // it failed meanwhile and the host holds nothing.
+            Change::new(Event::HostConfirmedGone)
+        } else {
+            Change::new(Event::ProvisionFailed)
+                .reason(failure.step)
+                .error(format!("{}: {message}", failure.step.replace('_', " ")))
+                .redacting(redact_list)
+                .gone_from_host(host_clean)
+                .retrying()
+        };
+        let skip = failure.aborted
+            && !(host_clean
+                && current
+                    .as_ref()
+                    .is_some_and(|c| c.state == VmState::Failed && c.reserved.is_some()));
+        if !skip {
+            match self.transition_latest(&id, change).await {
+                Ok(Some(r)) => {
+                    if !failure.aborted {
+                        self.metrics
+                            .provision_duration
+                            .with_label_values(&["failed"])
+                            .observe(started.elapsed().as_secs_f64());
                     }
+                    return r;
                 }
-                last = Some(cur);
-                break;
-            }
-            let mut patch = VmPatch::state(VmState::Failed, failure.step)
-                .with_error(format!("{}: {message}", failure.step.replace('_', " ")));
-            patch.release = release_now;
-            match store_retry(|| self.store.vm_update(&id, cur.generation, patch.clone())).await {
-                Ok(r) => {
-                    self.metrics
-                        .provision_duration
-                        .with_label_values(&["failed"])
-                        .observe(started.elapsed().as_secs_f64());
-                    self.events.publish(&r);
-                    last = Some(r);
-                    break;
-                }
-                Err(StoreError::Stale { .. }) => continue,
+                Ok(None) => {}
+                Err(LifecycleError::Illegal { .. }) => {}
                 Err(e) => {
-                    tracing::error!(vm_id = %id, error = %e, "recording a failed provision");
-                    break;
+                    tracing::error!(vm_id = %id, error = %e, "recording a failed provision")
                 }
             }
         }
-        match last {
-            Some(r) => r,
-            None => self
-                .store
-                .vm_get(&id)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| unreachable_record(&id)),
-        }
-    }
-
-    /// Persists `patch` against the generation we hold; a concurrent change aborts. While
-    /// the store is unavailable (a database restart) the write is retried; if a retried
-    /// write finds the record already where the patch leads, the lost reply is taken as
-    /// success.
-    async fn advance(&self, rec: &VmRecord, patch: VmPatch) -> Result<VmRecord, Failure> {
-        let mut retried = false;
-        let r = store_retry(|| {
-            let patch = patch.clone();
-            let first = !retried;
-            retried = true;
-            async move {
-                let r = self
-                    .store
-                    .vm_update(&rec.id, rec.generation, patch.clone())
-                    .await;
-                match r {
-                    Err(StoreError::Stale { .. }) if !first => {
-                        match self.store.vm_get(&rec.id).await? {
-                            Some(cur)
-                                if Some(cur.state) == patch.state
-                                    && cur.generation == rec.generation + 1 =>
-                            {
-                                Ok(cur)
-                            }
-                            _ => r,
-                        }
-                    }
-                    r => r,
-                }
-            }
-        })
-        .await;
-        match r {
-            Ok(r) => Ok(r),
-            Err(StoreError::Stale { .. } | StoreError::Transition { .. }) => Err(Failure {
-                step: "aborted",
-                message: "environment changed concurrently".into(),
-                aborted: true,
-                boot: false,
-            }),
-            Err(e) => Err(Failure::at("store", e)),
+        match self.store.vm_get(&id).await {
+            Ok(Some(r)) => r,
+            _ => unreachable_record(&id),
         }
     }
 
@@ -440,108 +403,105 @@ impl App {
             .providers
             .for_host(&*self.store, &host_id)
             .await
-            .map_err(|e| Failure::host("host", e))?;
+            .map_err(Failure::host)?;
+        let secrets = super::credentials::generate(rec.id.as_str(), valid)
+            .map_err(|e| Failure::at("credentials", e))?;
+        let setup = GuestSetup {
+            files: self.setup_files(&rec, valid, &secrets),
+            startup: valid.startup_script.as_ref().map(|s| StartupScript {
+                script: s.clone(),
+                timeout_ms: self.config.provision_timeout.as_millis() as u64,
+            }),
+            agent: Some(agent_start(
+                &rec.agent,
+                &secrets.auth_token,
+                &secrets.gateway_token,
+            )),
+        };
         let vm = provider
-            .vm_create(&AgentVmCreate {
+            .vm_provision(&AgentVmCreate {
                 name: rec.id.to_string(),
                 cpus: rec.spec.cpus,
                 memory_mb: rec.spec.ram_mb,
                 storage_gb: rec.spec.storage_gb,
-                agent_port: rec
-                    .agent
-                    .listen
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok()),
+                agent_port: rec.agent.port,
+                setup: Some(setup),
             })
             .await
-            .map_err(|e| Failure::host("create_vm", e))?;
-        let url = self.profile.public_url(&vm.url, &rec.agent.command);
-        let secrets = super::credentials::generate(rec.id.as_str(), valid)
-            .map_err(|e| Failure::at("credentials", e))?;
-        self.upload_agent_files(&*provider, &rec, valid, &secrets)
-            .await
-            .map_err(|e| Failure::host("upload", e))?;
-        if let Some(script) = &valid.startup_script {
-            let argv = vec!["sh".to_owned(), "-lc".to_owned(), script.clone()];
-            let r = provider
-                .exec(rec.id.as_str(), &argv, self.config.provision_timeout)
-                .await
-                .map_err(|e| Failure::host("startup_script", e))?;
-            if r.exit_code != 0 {
-                return Err(Failure::at(
-                    "startup_script",
-                    format!("exited with {}: {}", r.exit_code, tail(&r.stderr, 400)),
-                ));
-            }
+            .map_err(Failure::host)?;
+        if let Some(report) = &vm.setup {
+            self.observe_setup(&rec.id, report);
         }
-        provider
-            .start_agent(
-                rec.id.as_str(),
-                &agent_start(&rec.agent, &secrets.auth_token, &secrets.gateway_token),
-            )
+        let url = self.profile.public_url(&vm.url, &rec.agent.command);
+        let change = Change::new(Event::Provisioned)
+            .url(url)
+            .secrets(secrets)
+            .retrying();
+        self.transition(&rec, change)
             .await
-            .map_err(|e| Failure::host("start_agent", e))?;
-        let patch = VmPatch {
-            url: Some(url),
-            secrets: Some(Some(secrets)),
-            ..VmPatch::state(VmState::Running, "provisioned")
-        };
-        let rec = self.advance(&rec, patch).await?;
-        self.events.publish(&rec);
-        Ok(rec)
+            .map_err(Failure::lifecycle)
     }
 
-    async fn upload_agent_files(
-        &self,
-        provider: &dyn Provider,
-        rec: &VmRecord,
-        valid: &ValidCreate,
-        secrets: &VmSecrets,
-    ) -> Result<(), ProviderError> {
-        let id = rec.id.as_str();
-        let p = self.profile;
-        if let Some(m) = &valid.manifest {
-            provider.upload(id, &p.manifest_path(), m, 0o644).await?;
+    /// Records how long each step of a provision took on its host.
+    fn observe_setup(&self, id: &VmId, report: &SetupReport) {
+        for s in &report.steps {
+            self.metrics
+                .provision_step_duration
+                .with_label_values(&[s.step.as_str()])
+                .observe(s.ms as f64 / 1000.0);
         }
-        super::credentials::upload(provider, p, id, secrets).await?;
+        tracing::debug!(vm_id = %id, steps = ?report.steps, "guest setup timings");
+    }
+
+    /// Every file a new environment's guest gets, in order: the manifest, the credentials,
+    /// the agent's config, then the request's own files.
+    fn setup_files(&self, rec: &VmRecord, valid: &ValidCreate, s: &VmSecrets) -> Vec<GuestFile> {
+        let p = self.profile;
+        let mut files = Vec::with_capacity(6 + valid.files.len());
+        if let Some(m) = &valid.manifest {
+            files.push(GuestFile {
+                path: p.manifest_path(),
+                content_b64: b64(m),
+                mode: 0o644,
+            });
+        }
+        files.extend(super::credentials::files(p, s));
         let config = serde_json::json!({
-            "vm_id": id,
+            "vm_id": rec.id.as_str(),
             "task_id": rec.task_id.as_str(),
             "listen": rec.agent.listen,
             "gateway_url": valid.gateway_url,
         });
-        provider
-            .upload(id, &p.config_path(), config.to_string().as_bytes(), 0o644)
-            .await?;
+        files.push(GuestFile {
+            path: p.config_path(),
+            content_b64: b64(config.to_string().as_bytes()),
+            mode: 0o644,
+        });
         for (path, content) in &valid.files {
-            provider.upload(id, path, content, 0o644).await?;
+            files.push(GuestFile {
+                path: path.clone(),
+                content_b64: b64(content),
+                mode: 0o644,
+            });
         }
-        Ok(())
+        files
     }
 
     /// Deletes an environment: persist `destroying`, destroy on its host, release, persist
     /// `destroyed`. A host that cannot be reached leaves it `destroying` for the reconciler.
-    pub async fn env_delete(&self, id: &str) -> Result<(), ApiError> {
-        let id = parse_id(id)?;
-        let (rec, changed) = match self.store.vm_begin_destroy(&id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ApiError::not_found(format!("environment {id} not found")))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if changed {
-            self.events.publish(&rec);
+    pub async fn env_delete(&self, id: &str) -> Result<(), AppError> {
+        let rec = self.env_get(id).await?;
+        let rec = self.transition(&rec, Change::new(Event::Destroy)).await?;
+        match rec.state {
+            VmState::Destroying => self.env_finish_destroy(rec).await,
+            _ => Ok(()),
         }
-        if rec.state == VmState::Destroyed {
-            return Ok(());
-        }
-        self.env_finish_destroy(rec).await
     }
 
-    /// Finishes the destroy of a `destroying` environment (also used by the reconciler).
-    pub async fn env_finish_destroy(&self, rec: VmRecord) -> Result<(), ApiError> {
+    /// Finishes the destroy of a `destroying` environment (also used by the reconciler and
+    /// recovery): the host destroys the VM, then `destroyed` with the capacity returned; a
+    /// host that does not confirm leaves it `destroying` with the reason.
+    pub async fn env_finish_destroy(&self, rec: VmRecord) -> Result<(), AppError> {
         let id = rec.id.clone();
         if let Some(h) = &rec.host_id {
             let res = match self.providers.for_host(&*self.store, h).await {
@@ -550,74 +510,35 @@ impl App {
             };
             if let Err(e) = res {
                 tracing::warn!(vm_id = %id, host_id = %h, error = %e, "destroy deferred: host did not confirm");
-                if let Ok(Some(cur)) = self.store.vm_get(&id).await {
-                    let patch = VmPatch {
-                        error: Some(Some(format!("destroy pending: {}", e.client_message()))),
-                        ..VmPatch::default()
-                    };
-                    if let Ok(r) = self.store.vm_update(&id, cur.generation, patch).await {
-                        self.events.publish(&r);
-                    }
+                let change = Change::new(Event::DestroyDeferred)
+                    .error(format!("destroy pending: {}", e.client_message()));
+                match self.transition_latest(&id, change).await {
+                    Ok(_) | Err(LifecycleError::Illegal { .. }) => return Ok(()),
+                    Err(e) => return Err(e.into()),
                 }
-                return Ok(());
             }
         }
-        // First try with the record we hold; re-read only if someone changed it meanwhile.
-        let mut held = Some(rec);
-        loop {
-            let cur = match held.take() {
-                Some(r) => r,
-                None => match self.store.vm_get(&id).await? {
-                    Some(c) => c,
-                    None => return Ok(()),
-                },
-            };
-            if cur.state != VmState::Destroying {
-                return Ok(());
-            }
-            match self
-                .store
-                .vm_update(
-                    &id,
-                    cur.generation,
-                    VmPatch {
-                        secrets: Some(None),
-                        release: true,
-                        ..VmPatch::state(VmState::Destroyed, "destroyed on host")
-                    },
-                )
-                .await
-            {
-                Ok(r) => {
-                    self.events.publish(&r);
-                    tracing::info!(vm_id = %id, "environment destroyed");
-                    return Ok(());
-                }
-                Err(StoreError::Stale { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let change = Change::new(Event::DestroyConfirmed).reason("destroyed on host");
+        let first = self.transition(&rec, change.clone()).await;
+        let done = match first {
+            Err(LifecycleError::Stale { .. }) => self.transition_latest(&id, change).await,
+            r => r.map(Some),
+        };
+        match done {
+            // Someone else finished it first.
+            Ok(_) | Err(LifecycleError::Illegal { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Drains a running environment: persist `draining`, then run the drain command with
-    /// its limit. A failure keeps `draining` and records the error. Never destroys.
-    pub async fn env_drain(&self, id: &str) -> Result<VmRecord, ApiError> {
+    /// Drains a running environment (or a draining one again, e.g. after its drain command
+    /// failed): persist `draining`, then run the drain command with its limit. A failure
+    /// keeps `draining` and records the error. Never destroys.
+    pub async fn env_drain(&self, id: &str) -> Result<VmRecord, AppError> {
         let rec = self.env_get(id).await?;
-        if rec.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "environment {} is {}; only a running environment can be drained",
-                rec.id, rec.state
-            )));
-        }
         let rec = self
-            .store
-            .vm_update(
-                &rec.id,
-                rec.generation,
-                VmPatch::state(VmState::Draining, "drain requested"),
-            )
+            .transition(&rec, Change::new(Event::Drain).reason("drain requested"))
             .await?;
-        self.events.publish(&rec);
         let cmd = rec.agent.drain_command.trim();
         if cmd.is_empty() {
             return Ok(rec);
@@ -639,56 +560,49 @@ impl App {
             Ok(r) => Some(format!(
                 "drain command exited with {}: {}",
                 r.exit_code,
-                tail(&r.stderr, 400)
+                fuse_types::hostagent::output_tail(&r.stderr, 400)
             )),
             Err(e) => Some(format!("drain command failed: {}", e.client_message())),
         };
         let Some(error) = error else {
             return Ok(rec);
         };
-        let secrets = rec.secrets.clone().unwrap_or_default();
-        let error = validate::redact(&error, &secrets.values());
-        tracing::warn!(vm_id = %rec.id, error = %error, "drain failed");
-        let patch = VmPatch {
-            error: Some(Some(error)),
-            ..VmPatch::default()
-        };
-        let rec = self.store.vm_update(&rec.id, rec.generation, patch).await?;
-        self.events.publish(&rec);
+        let rec = self
+            .transition(&rec, Change::new(Event::DrainFailed).error(error))
+            .await?;
+        tracing::warn!(vm_id = %rec.id, error = ?rec.error, "drain failed");
         Ok(rec)
     }
 
     /// Gives the agent new credentials and restarts it, so the old token stops working.
-    pub async fn env_rotate_token(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn env_rotate_token(&self, id: &str) -> Result<(), AppError> {
         let rec = self.env_get(id).await?;
-        if rec.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "environment {} is {}; only a running environment can rotate its token",
-                rec.id, rec.state
-            )));
-        }
+        allowed(&rec, Event::TokenRotated)?;
         let provider = self.provider_of(&rec).await?;
         let Some(old) = rec.secrets.clone() else {
-            return Err(ApiError::unavailable(
+            return Err(AppError::Unavailable(
                 "this environment's credentials were not persisted (no TOKEN_ENCRYPTION_KEY when it \
-                 was created, or the control plane restarted); recreate it to rotate its token",
+                 was created, or the control plane restarted); recreate it to rotate its token"
+                    .into(),
             ));
         };
         let fresh = super::credentials::rotate(rec.id.as_str(), &old)
-            .map_err(|e| ApiError::internal(format!("generating credentials: {e}")))?;
+            .map_err(|e| AppError::Internal(format!("generating credentials: {e}")))?;
         // Persist first: if the upload fails half-way, a retry rotates again from here.
         let rec = self
-            .store
-            .vm_update(
-                &rec.id,
-                rec.generation,
-                VmPatch {
-                    secrets: Some(Some(fresh.clone())),
-                    ..VmPatch::default()
-                },
+            .transition(
+                &rec,
+                Change::new(Event::TokenRotated).secrets(fresh.clone()),
             )
             .await?;
-        super::credentials::upload(&*provider, self.profile, rec.id.as_str(), &fresh).await?;
+        for f in super::credentials::files(self.profile, &fresh) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&f.content_b64)
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            provider
+                .upload(rec.id.as_str(), &f.path, &bytes, f.mode)
+                .await?;
+        }
         provider.stop_agent(rec.id.as_str()).await?;
         provider
             .start_agent(
@@ -696,23 +610,15 @@ impl App {
                 &agent_start(&rec.agent, &fresh.auth_token, &fresh.gateway_token),
             )
             .await?;
-        self.store
-            .audit_append(AuditEvent {
-                entity_kind: "environment",
-                entity_id: rec.id.to_string(),
-                event_type: "token_rotated".into(),
-                payload: serde_json::json!({}),
-            })
-            .await?;
         Ok(())
     }
 
     /// Runs a command in a running (or draining) environment.
-    pub async fn env_exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, ApiError> {
-        let (argv, timeout) = validate::exec(&req).map_err(ApiError::invalid_all)?;
+    pub async fn env_exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, AppError> {
+        let (argv, timeout) = validate::exec(&req).map_err(AppError::Invalid)?;
         let rec = self.env_get(id).await?;
         if !matches!(rec.state, VmState::Running | VmState::Draining) {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "environment {} is {}; commands run only in running or draining environments",
                 rec.id, rec.state
             )));

@@ -2,19 +2,19 @@
 //! not answer at registration is accepted with a warning and stays `unreachable` (not
 //! schedulable) until the host monitor sees it answer.
 
+use super::error::AppError;
 use super::App;
 use crate::config::check_http_url;
-use crate::error::ApiError;
 use fuse_store::{AuditEvent, HostRecord, HostUpsert};
 use fuse_types::{HostId, HostState, RegisterHost};
 
-fn parse_host_id(id: &str) -> Result<HostId, ApiError> {
-    HostId::parse(id).map_err(|e| ApiError::invalid(e.0))
+fn parse_host_id(id: &str) -> Result<HostId, AppError> {
+    HostId::parse(id).map_err(|e| AppError::invalid(e.0))
 }
 
 impl App {
     /// Registers or updates a host.
-    pub async fn host_register(&self, req: RegisterHost) -> Result<HostRecord, ApiError> {
+    pub async fn host_register(&self, req: RegisterHost) -> Result<HostRecord, AppError> {
         let mut errs = Vec::new();
         let id = match req.id.as_deref() {
             None | Some("") => {
@@ -54,7 +54,7 @@ impl App {
             }
         }
         if !errs.is_empty() {
-            return Err(ApiError::invalid_all(errs));
+            return Err(AppError::Invalid(errs));
         }
         let id = id.unwrap_or_else(|| unreachable!("errors were empty"));
         let token = req.token.clone().unwrap_or_default();
@@ -103,21 +103,21 @@ impl App {
     }
 
     /// Reads one host or 404.
-    pub async fn host_get(&self, id: &str) -> Result<HostRecord, ApiError> {
+    pub async fn host_get(&self, id: &str) -> Result<HostRecord, AppError> {
         let id = parse_host_id(id)?;
         self.store
             .host_get(&id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("host {id} not found")))
+            .ok_or_else(|| AppError::not_found("host", &id))
     }
 
     /// Every host.
-    pub async fn host_list(&self) -> Result<Vec<HostRecord>, ApiError> {
+    pub async fn host_list(&self) -> Result<Vec<HostRecord>, AppError> {
         Ok(self.store.host_list().await?)
     }
 
     /// Deletes a host; 409 while environments live there.
-    pub async fn host_delete(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn host_delete(&self, id: &str) -> Result<(), AppError> {
         let id = parse_host_id(id)?;
         self.store.host_delete(&id).await?;
         self.providers.remove(id.as_str());
@@ -126,7 +126,7 @@ impl App {
     }
 
     /// Stops scheduling on a host; its environments keep running.
-    pub async fn host_cordon(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn host_cordon(&self, id: &str) -> Result<(), AppError> {
         let h = self.host_get(id).await?;
         self.store
             .host_set_state(
@@ -192,7 +192,7 @@ impl App {
     }
 
     /// Makes a cordoned host schedulable again.
-    pub async fn host_uncordon(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn host_uncordon(&self, id: &str) -> Result<(), AppError> {
         let h = self.host_get(id).await?;
         self.boot_failures.lock().remove(h.id.as_str());
         match h.state {
@@ -203,7 +203,7 @@ impl App {
                     .await?;
                 Ok(())
             }
-            s => Err(ApiError::conflict(format!(
+            s => Err(AppError::conflict(format!(
                 "host {} is {s}; it becomes active by itself once it answers",
                 h.id
             ))),

@@ -1,10 +1,15 @@
-//! Domain operations, one file per resource. Handlers in `http/` stay thin and call these.
-//! Invariant: every state change is persisted through the store (generation-checked) before
-//! the provider is asked to act on it, and published to the event hub after.
+//! Domain operations, one file per resource. Handlers in `http/` stay thin and call these;
+//! background tasks call them too. Every environment transition goes through
+//! [`lifecycle`] (persist with audit and capacity in one step, then publish), and every
+//! operation fails with the transport-neutral [`error::AppError`]. `App` holds what the
+//! domain needs (configuration, store, providers, events, metrics) and nothing of the
+//! background tasks, which own their own state.
 
 pub mod credentials;
 pub mod environments;
+pub mod error;
 pub mod hosts;
+pub mod lifecycle;
 pub mod snapshots;
 mod validate;
 
@@ -40,12 +45,6 @@ pub struct App {
     /// Whether events from other replicas are being received (always true for a private
     /// store); `/ready` waits for it.
     pub relay_ready: std::sync::atomic::AtomicBool,
-    /// The background loops of this process.
-    pub loops: crate::background::Registry,
-    /// What the reconciler remembers between passes.
-    pub reconcile: parking_lot::Mutex<crate::background::reconcile::State>,
-    /// Replicas the recovery loop has seen without their liveness lock, and since when.
-    pub owners_absent: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Consecutive boot failures per host seen by this replica (quarantine).
     pub boot_failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
 }
@@ -83,10 +82,7 @@ impl App {
             shutdown: CancellationToken::new(),
             replica_id,
             relay_ready: std::sync::atomic::AtomicBool::new(store_is_private),
-            loops: crate::background::Registry::default(),
-            reconcile: parking_lot::Mutex::default(),
             boot_failures: parking_lot::Mutex::default(),
-            owners_absent: parking_lot::Mutex::default(),
         });
         (app, frx)
     }

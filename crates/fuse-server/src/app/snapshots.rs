@@ -1,16 +1,24 @@
-//! Snapshots of running environments (DESIGN §3): create, list, restore into the same VM,
-//! delete (refused while children exist) and retention GC. A snapshot's parent is the
-//! snapshot its VM was last restored from, so a chain of restores forms a tree.
+//! Snapshots of running (or draining) environments (DESIGN §3): create, list, restore into
+//! the same VM, delete (refused while children exist) and retention GC. A snapshot's parent
+//! is the snapshot its VM was last restored from, so a chain of restores forms a tree.
+//! Snapshots are allowed while draining, so "drain, then snapshot the result" works.
 
+use super::error::AppError;
+use super::lifecycle::{Change, LifecycleError};
 use super::App;
-use crate::error::ApiError;
-use fuse_store::{SnapshotFilter, SnapshotPatch, SnapshotRecord, StoreError, VmPatch};
+use fuse_store::{SnapshotFilter, SnapshotPatch, SnapshotRecord};
+use fuse_types::lifecycle::Event;
 use fuse_types::{now, CreateSnapshot, SnapshotId, SnapshotState, VmState};
 use rand::RngCore;
 use std::time::Instant;
 
-fn parse_snapshot_id(id: &str) -> Result<SnapshotId, ApiError> {
-    SnapshotId::parse(id).map_err(|e| ApiError::invalid(e.0))
+fn parse_snapshot_id(id: &str) -> Result<SnapshotId, AppError> {
+    SnapshotId::parse(id).map_err(|e| AppError::invalid(e.0))
+}
+
+/// Whether a VM in `state` can be snapshotted or restored into (its guest runs).
+fn serving(state: VmState) -> bool {
+    matches!(state, VmState::Running | VmState::Draining)
 }
 
 impl App {
@@ -19,7 +27,7 @@ impl App {
         &self,
         vm_id: &str,
         req: CreateSnapshot,
-    ) -> Result<SnapshotRecord, ApiError> {
+    ) -> Result<SnapshotRecord, AppError> {
         let mut errs = Vec::new();
         let mode = req.mode.clone().unwrap_or_else(|| "disk".into());
         if mode != "disk" && mode != "full" {
@@ -36,12 +44,12 @@ impl App {
             errs.push("retention_seconds must be at most ten years".into());
         }
         if !errs.is_empty() {
-            return Err(ApiError::invalid_all(errs));
+            return Err(AppError::Invalid(errs));
         }
         let vm = self.env_get(vm_id).await?;
-        if vm.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "environment {} is {}; only a running environment can be snapshotted",
+        if !serving(vm.state) {
+            return Err(AppError::conflict(format!(
+                "environment {} is {}; only a running or draining environment can be snapshotted",
                 vm.id, vm.state
             )));
         }
@@ -114,35 +122,35 @@ impl App {
     }
 
     /// Reads one snapshot or 404.
-    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotRecord, ApiError> {
+    pub async fn snapshot_get(&self, id: &str) -> Result<SnapshotRecord, AppError> {
         let id = parse_snapshot_id(id)?;
         self.store
             .snapshot_get(&id)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("snapshot {id} not found")))
+            .ok_or_else(|| AppError::not_found("snapshot", &id))
     }
 
     /// Snapshots matching `filter`, newest first.
     pub async fn snapshot_list(
         &self,
         filter: SnapshotFilter,
-    ) -> Result<Vec<SnapshotRecord>, ApiError> {
+    ) -> Result<Vec<SnapshotRecord>, AppError> {
         Ok(self.store.snapshot_list(&filter).await?)
     }
 
     /// Restores a ready snapshot into its (running) environment.
-    pub async fn snapshot_restore(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn snapshot_restore(&self, id: &str) -> Result<(), AppError> {
         let snap = self.snapshot_get(id).await?;
         if snap.state != SnapshotState::Ready {
-            return Err(ApiError::conflict(format!(
+            return Err(AppError::conflict(format!(
                 "snapshot {} is {}; only a ready snapshot can be restored",
                 snap.id, snap.state
             )));
         }
         let vm = self.env_get(snap.vm_id.as_str()).await?;
-        if vm.state != VmState::Running {
-            return Err(ApiError::conflict(format!(
-                "environment {} is {}; snapshots restore only into a running environment",
+        if !serving(vm.state) {
+            return Err(AppError::conflict(format!(
+                "environment {} is {}; snapshots restore only into a running or draining environment",
                 vm.id, vm.state
             )));
         }
@@ -169,18 +177,16 @@ impl App {
         };
         self.store.snapshot_update(&snap.id, patch).await?;
         result?;
-        let patch = VmPatch {
-            restored_from: Some(Some(snap.id.clone())),
-            ..VmPatch::default()
-        };
-        match self.store.vm_update(&vm.id, vm.generation, patch).await {
-            Ok(_) | Err(StoreError::Stale { .. }) => Ok(()),
+        let change = Change::new(Event::Restored).restored_from(snap.id.clone());
+        match self.transition_latest(&vm.id, change).await {
+            // Deleted or stopped meanwhile: the restore is moot.
+            Ok(_) | Err(LifecycleError::Illegal { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
     /// Deletes a snapshot; 409 while it has children.
-    pub async fn snapshot_delete(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn snapshot_delete(&self, id: &str) -> Result<(), AppError> {
         let sid = parse_snapshot_id(id)?;
         let before = self.store.snapshot_begin_delete(&sid).await?;
         let host_id = if before.host_snapshot_id.is_empty() {
@@ -217,7 +223,7 @@ impl App {
     }
 
     /// Deletes snapshots past their retention that have no children; returns how many.
-    pub async fn snapshot_gc(&self) -> Result<u64, ApiError> {
+    pub async fn snapshot_gc(&self) -> Result<u64, AppError> {
         let at = now();
         let all = self.store.snapshot_list(&SnapshotFilter::default()).await?;
         let mut n = 0;
@@ -228,8 +234,8 @@ impl App {
             }
             match self.snapshot_delete(s.id.as_str()).await {
                 Ok(()) => n += 1,
-                Err(e) if e.code == fuse_types::ErrorCode::Conflict => {}
-                Err(e) => tracing::warn!(snapshot_id = %s.id, error = %e.message, "snapshot gc"),
+                Err(AppError::Store(fuse_store::StoreError::HasChildren { .. })) => {}
+                Err(e) => tracing::warn!(snapshot_id = %s.id, error = %e, "snapshot gc"),
             }
         }
         Ok(n)

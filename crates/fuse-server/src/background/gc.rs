@@ -2,20 +2,28 @@
 //! in-memory store does not grow without bound) and deletes snapshots past their
 //! retention that have no children.
 
+use super::{BackgroundTask, TaskError};
 use crate::app::App;
+use async_trait::async_trait;
 use std::sync::Arc;
 
-/// One pass.
-pub async fn pass(app: Arc<App>) -> Result<(), String> {
-    let before = fuse_types::now() - app.config.terminal_retention;
-    let purged = app
-        .store
-        .vm_purge_terminal(before)
-        .await
-        .map_err(|e| e.to_string())?;
-    let snaps = app.snapshot_gc().await.map_err(|e| e.message)?;
-    if purged > 0 || snaps > 0 {
-        tracing::info!(purged, snapshots_deleted = snaps, "gc pass");
+/// The garbage collector (no memory between passes).
+#[derive(Debug, Default)]
+pub struct Gc;
+
+#[async_trait]
+impl BackgroundTask for Gc {
+    fn name(&self) -> &'static str {
+        "gc"
     }
-    Ok(())
+
+    async fn activate(&mut self, app: &Arc<App>) -> Result<serde_json::Value, TaskError> {
+        let before = fuse_types::now() - app.config.terminal_retention;
+        let purged = app.store.vm_purge_terminal(before).await?;
+        let snaps = app.snapshot_gc().await?;
+        if purged > 0 || snaps > 0 {
+            tracing::info!(purged, snapshots_deleted = snaps, "gc pass");
+        }
+        Ok(serde_json::json!({"purged": purged, "snapshots_deleted": snaps}))
+    }
 }

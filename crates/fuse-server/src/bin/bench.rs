@@ -2,9 +2,14 @@
 //! create+destroy pairs, and prints pairs per second and create/destroy latency
 //! percentiles. By default it starts the server in-process on loopback with the in-memory
 //! store and the stub provider; `--url` points it at a running server instead.
+//! `--fc-agent` registers one real `fc-agent` (the `process` backend, started by the bench
+//! from next to its own binary) as the only host, and prints how many control-plane → host
+//! calls each create and each destroy cost, counted from the agent's own `/metrics`.
 //!
 //! ```text
 //! cargo run --release -p fuse-server --bin fuse-bench -- --seconds 10 --clients 8
+//! cargo build --release -p fuse-hostagent -p fuse-guest
+//! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --seconds 5
 //! ```
 
 use anyhow::Context as _;
@@ -40,6 +45,101 @@ struct Args {
     /// the process's resident memory before and after.
     #[arg(long, default_value_t = 0)]
     fill: u64,
+    /// Register one real fc-agent (process backend, next to this binary) as the only host
+    /// and count the host calls per create from its `/metrics`.
+    #[arg(long)]
+    fc_agent: bool,
+}
+
+/// A real `fc-agent` started by the bench (killed on drop).
+struct Agent {
+    child: std::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+const AGENT_TOKEN: &str = "bench-agent-token-0123456789abcdef";
+
+impl Agent {
+    fn start(max_vms: usize) -> anyhow::Result<Agent> {
+        let exe = std::env::current_exe()?;
+        let bin_dir = exe.parent().context("the bench binary has no directory")?;
+        let agent = bin_dir.join("fc-agent");
+        anyhow::ensure!(
+            agent.exists() && bin_dir.join("fuse-guest").exists(),
+            "--fc-agent needs fc-agent and fuse-guest next to this binary: \
+             cargo build --release -p fuse-hostagent -p fuse-guest"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("fuse-bench-agent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let child = std::process::Command::new(agent)
+            .env("FC_AGENT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FC_AGENT_TOKEN", AGENT_TOKEN)
+            .env("FC_AGENT_BACKEND", "process")
+            .env("FC_AGENT_DIR", &dir)
+            .env("FC_AGENT_GUEST_BIN", bin_dir.join("fuse-guest"))
+            .env("FC_AGENT_NETWORK", "off")
+            .env("FC_AGENT_MAX_VMS", max_vms.to_string())
+            .env("FC_AGENT_CPUS", "100000")
+            .env("FC_AGENT_RAM_MB", "100000000")
+            .env("FC_AGENT_STORAGE_GB", "100000000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting fc-agent")?;
+        Ok(Agent {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+        })
+    }
+
+    /// Requests the agent counted, by route and method (all status codes).
+    async fn requests(&self) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(AGENT_TOKEN)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let mut out: Vec<(String, String, u64)> = Vec::new();
+        for l in text
+            .lines()
+            .filter(|l| l.starts_with("fc_agent_http_requests_total{"))
+        {
+            let label = |k: &str| {
+                l.split(&format!("{k}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let n: u64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let (route, method) = (label("route"), label("method"));
+            match out.iter_mut().find(|(r, m, _)| *r == route && *m == method) {
+                Some(e) => e.2 += n,
+                None => out.push((route, method, n)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn rss_mb() -> f64 {
@@ -175,6 +275,41 @@ async fn main() -> anyhow::Result<()> {
     call(&http, Method::GET, &format!("{base}/health"), "", None)
         .await
         .context("server does not answer /health")?;
+    let agent = if args.fc_agent {
+        let a = Agent::start(args.clients * 4 + 16)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let body = format!(
+            "{{\"id\":\"bench-host\",\"url\":\"{}\",\"token\":\"{AGENT_TOKEN}\"}}",
+            a.base
+        );
+        loop {
+            let r = reqwest::Client::new()
+                .get(format!("{}/healthz", a.base))
+                .bearer_auth(AGENT_TOKEN)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "fc-agent did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let s = call(
+            &http,
+            Method::POST,
+            &format!("{base}/v1/hosts"),
+            &args.token,
+            Some(body),
+        )
+        .await?;
+        anyhow::ensure!(
+            s == StatusCode::CREATED,
+            "registering the fc-agent host: {s}"
+        );
+        Some(a)
+    } else {
+        None
+    };
     if args.fill > 0 {
         let stub = _server
             .as_ref()
@@ -186,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
             let mut took = Vec::new();
             for _ in 0..5 {
                 let t0 = Instant::now();
-                if let Err(e) = fuse_server::background::reconcile::pass(r.app.clone()).await {
+                if let Err(e) = r.tasks.run_now("reconcile").await {
                     anyhow::bail!("reconcile pass failed: {e}");
                 }
                 took.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -203,10 +338,13 @@ async fn main() -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let created = Arc::new(AtomicU64::new(0));
+    let destroyed = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for w in 0..args.clients {
         let (http, base, token) = (http.clone(), base.clone(), args.token.clone());
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        let (created, destroyed) = (created.clone(), destroyed.clone());
         workers.push(tokio::spawn(async move {
             let mut creates = Vec::new();
             let mut destroys = Vec::new();
@@ -233,6 +371,12 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await;
                 let t2 = Instant::now();
+                if matches!(c, Ok(StatusCode::CREATED)) {
+                    created.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(d, Ok(StatusCode::NO_CONTENT)) {
+                    destroyed.fetch_add(1, Ordering::Relaxed);
+                }
                 let ok =
                     matches!(c, Ok(StatusCode::CREATED)) && matches!(d, Ok(StatusCode::NO_CONTENT));
                 if !ok {
@@ -266,10 +410,11 @@ async fn main() -> anyhow::Result<()> {
     let pairs = creates.len();
     println!(
         "target           {}",
-        if args.url.is_empty() {
-            "in-process fuse (memory store, stub provider)"
-        } else {
-            &base
+        match (args.url.is_empty(), &agent) {
+            (true, Some(_)) =>
+                "in-process fuse (memory store), one real fc-agent (process backend)",
+            (true, None) => "in-process fuse (memory store, stub provider)",
+            (false, _) => &base,
         }
     );
     println!("clients          {}", args.clients);
@@ -292,5 +437,31 @@ async fn main() -> anyhow::Result<()> {
         pct(&destroys, 1.0)
     );
     println!("errors           {}", errors.load(Ordering::Relaxed));
+    if let Some(a) = &agent {
+        let reqs = a.requests().await?;
+        let count = |f: &dyn Fn(&str, &str) -> bool| -> u64 {
+            reqs.iter()
+                .filter(|(r, m, _)| f(r, m))
+                .map(|(_, _, n)| n)
+                .sum()
+        };
+        let (c, d) = (
+            created.load(Ordering::Relaxed),
+            destroyed.load(Ordering::Relaxed),
+        );
+        // Health polls and metrics reads are the host monitor's and ours, not a create's.
+        let create_calls = count(&|r, m| {
+            r != "/healthz" && r != "/metrics" && !(m == "DELETE" && r == "/v1/vm/{id}")
+        });
+        let destroy_calls = count(&|r, m| m == "DELETE" && r == "/v1/vm/{id}");
+        println!(
+            "host calls       per create {:.2} ({create_calls} for {c} creates)  per destroy {:.2} ({destroy_calls} for {d})",
+            create_calls as f64 / c.max(1) as f64,
+            destroy_calls as f64 / d.max(1) as f64
+        );
+        for (r, m, n) in reqs.iter().filter(|(r, _, _)| r != "/metrics") {
+            println!("  {m:6} {r:28} {n}");
+        }
+    }
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! `/v1/environments` handlers: thin wrappers over `app::environments`.
 
+use super::error::ApiError;
 use super::extract::{ApiBytes, ApiJson, Params};
 use crate::app::environments::CreateOutcome;
 use crate::app::App;
-use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -3,8 +3,8 @@
 //! and ends after `destroyed` or `failed`. The subscription is taken before the current
 //! state is read, so no change can fall between the two.
 
+use super::error::ApiError;
 use crate::app::App;
-use crate::error::ApiError;
 use crate::events::EventHub;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};

@@ -2,7 +2,7 @@
 //! the field (`spec.cpus: invalid type: string "x", expected u32`), and oversized bodies
 //! into 413.
 
-use crate::error::ApiError;
+use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;

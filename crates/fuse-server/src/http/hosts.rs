@@ -1,8 +1,8 @@
 //! `/v1/hosts` handlers.
 
+use super::error::ApiError;
 use super::extract::{ApiJson, Params};
 use crate::app::App;
-use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

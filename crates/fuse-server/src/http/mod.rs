@@ -4,6 +4,7 @@
 //! → bearer token (401) → body limit → handler.
 
 mod environments;
+pub mod error;
 mod events;
 pub mod extract;
 mod hosts;
@@ -11,13 +12,15 @@ mod snapshots;
 mod system;
 
 use crate::app::App;
-use crate::error::ApiError;
+use crate::background::Driver;
+use axum::extract::FromRef;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use error::ApiError;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -25,12 +28,33 @@ use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 
+/// What handlers can reach: the domain, and the background tasks (for their statuses).
+#[derive(Clone)]
+pub struct HttpState {
+    /// The domain.
+    pub app: Arc<App>,
+    /// The background tasks of this process.
+    pub tasks: Arc<Driver>,
+}
+
+impl FromRef<HttpState> for Arc<App> {
+    fn from_ref(s: &HttpState) -> Arc<App> {
+        s.app.clone()
+    }
+}
+
+impl FromRef<HttpState> for Arc<Driver> {
+    fn from_ref(s: &HttpState) -> Arc<Driver> {
+        s.tasks.clone()
+    }
+}
+
 /// The request id of the current request, set by the outermost layer.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
 /// Every route: method, path (axum syntax) and handler.
-pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<App>>)> {
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
     vec![
         (Method::GET, "/health", get(system::health)),
         (Method::GET, "/ready", get(system::ready)),
@@ -77,7 +101,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<App>>)> {
 }
 
 /// Builds the whole router.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
     let mut public = Router::new();
     let mut v1 = Router::new();
     for (_, path, handler) in routes() {
@@ -98,7 +122,7 @@ pub fn router(app: Arc<App>) -> Router {
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(middleware::from_fn(request_id))
-        .with_state(app)
+        .with_state(HttpState { app, tasks })
 }
 
 fn valid_request_id(s: &str) -> bool {

@@ -1,8 +1,8 @@
 //! Unauthenticated endpoints: `/health`, `/ready`, `/metrics`, `/openapi.json`, and the
 //! JSON fallbacks for unknown routes and methods.
 
+use super::error::ApiError;
 use crate::app::App;
-use crate::error::ApiError;
 use axum::extract::State;
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +20,11 @@ pub async fn health() -> Json<HealthStatus> {
     })
 }
 
-/// Last status of every background loop of this replica, and the reconciler's dead letters.
-pub async fn background(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+/// Last status of every background task of this replica, and the reconciler's dead letters.
+pub async fn background(
+    State(app): State<Arc<App>>,
+    State(tasks): State<Arc<crate::background::Driver>>,
+) -> Result<Response, ApiError> {
     let dead = app.store.dead_letter_list().await?;
     let dead: Vec<serde_json::Value> = dead
         .into_iter()
@@ -38,7 +41,7 @@ pub async fn background(State(app): State<Arc<App>>) -> Result<Response, ApiErro
         .collect();
     Ok(Json(serde_json::json!({
         "replica_id": app.replica_id,
-        "loops": app.loops.statuses(),
+        "loops": tasks.statuses(),
         "dead_letters": dead,
     }))
     .into_response())

@@ -1,13 +1,16 @@
 //! HTTP client for one `fc-agent` (the host-agent wire of DESIGN §6). Timeouts on every
 //! call; only idempotent calls (GET, DELETE) are retried, once, and only when the
-//! connection failed before the request could have been processed.
+//! connection failed before the request could have been processed. A provision is one
+//! `POST /v1/vm` carrying the whole guest setup when the host advertises it in `/healthz`
+//! (remembered from the last health answer, which the host monitor refreshes); a host that
+//! does not is driven call by call, with `/start-surfd` as the fallback of `/start-agent`.
 
 use super::{Provider, ProviderError};
 use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
     AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
-    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList,
+    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, SetupStep, FEATURE_PROVISION,
 };
 use fuse_types::{ErrorBody, ExecResponse};
 use reqwest::{Method, StatusCode};
@@ -20,12 +23,17 @@ const SLOW: Duration = Duration::from_secs(300);
 /// Everything else.
 const FAST: Duration = Duration::from_secs(30);
 
+/// How long a host's advertised features are trusted before `/healthz` is asked again.
+const FEATURES_TTL: Duration = Duration::from_secs(60);
+
 /// A client for one host.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HostAgentClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The features of the last health answer, and when it came.
+    features: parking_lot::Mutex<Option<(std::time::Instant, Vec<String>)>>,
 }
 
 impl HostAgentClient {
@@ -40,6 +48,22 @@ impl HostAgentClient {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http,
+            features: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether the host advertises `feature`, from its last health answer (asked again
+    /// when older than [`FEATURES_TTL`]).
+    async fn supports(&self, feature: &str) -> Result<bool, ProviderError> {
+        let fresh = self
+            .features
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FEATURES_TTL)
+            .map(|(_, f)| f.iter().any(|x| x == feature));
+        match fresh {
+            Some(b) => Ok(b),
+            None => Ok(self.health().await?.has(feature)),
         }
     }
 
@@ -92,15 +116,25 @@ impl HostAgentClient {
             }
             let text = resp.text().await.unwrap_or_default();
             let body = serde_json::from_str::<ErrorBody>(&text).ok();
-            let guest_failed = body.as_ref().is_some_and(|b| {
-                b.error.details.get("reason").and_then(|r| r.as_str())
-                    == Some(fuse_types::hostagent::GUEST_DID_NOT_BOOT)
-            });
+            let detail = |k: &str| {
+                body.as_ref()
+                    .and_then(|b| b.error.details.get(k))
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned)
+            };
+            let reason = detail("reason");
+            let step = detail("step").and_then(|s| s.parse::<SetupStep>().ok());
             let message = body
                 .map(|b| b.error.message)
                 .unwrap_or_else(|| text.chars().take(300).collect());
-            if guest_failed {
-                return Err(ProviderError::GuestFailed(message));
+            match (reason.as_deref(), step) {
+                (Some(fuse_types::hostagent::GUEST_DID_NOT_BOOT), _) => {
+                    return Err(ProviderError::GuestFailed(message))
+                }
+                (Some(fuse_types::hostagent::SETUP_FAILED), Some(step)) => {
+                    return Err(ProviderError::SetupFailed { step, message })
+                }
+                _ => {}
             }
             return Err(match status {
                 StatusCode::NOT_FOUND => ProviderError::NotFound(message),
@@ -149,10 +183,22 @@ impl Provider for HostAgentClient {
         let h = self
             .call::<(), AgentHealth>(Method::GET, "/healthz", None, Duration::from_secs(5))
             .await?;
-        need(h, "healthz")
+        let h = need(h, "healthz")?;
+        *self.features.lock() = Some((std::time::Instant::now(), h.features.clone()));
+        Ok(h)
     }
 
     async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        let mut bare = req.clone();
+        bare.setup = None;
+        let v = self.call(Method::POST, "/v1/vm", Some(&bare), SLOW).await?;
+        need(v, "create vm")
+    }
+
+    async fn vm_provision(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        if req.setup.is_none() || !self.supports(FEATURE_PROVISION).await? {
+            return super::provision_call_by_call(self, req).await;
+        }
         let v = self.call(Method::POST, "/v1/vm", Some(req), SLOW).await?;
         need(v, "create vm")
     }

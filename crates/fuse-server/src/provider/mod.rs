@@ -9,8 +9,12 @@ pub mod stub;
 pub mod stub_http;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use fuse_store::{HostRecord, StateStore};
-use fuse_types::hostagent::{AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate};
+use fuse_types::hostagent::{
+    output_tail, AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate, SetupReport,
+    SetupStep, StepTiming,
+};
 use fuse_types::{ExecResponse, HostId};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -44,6 +48,16 @@ pub enum ProviderError {
     /// host's message carries the tail of its console.
     #[error("the VM did not boot: {0}")]
     GuestFailed(String),
+    /// The VM booted but a step of its guest setup failed (a file that could not be
+    /// written, a startup script that exited non-zero, an agent that would not start).
+    #[error("guest setup failed at {}: {message}", .step.as_str())]
+    SetupFailed {
+        /// The step.
+        step: SetupStep,
+        /// What the host said, safe for the environment's owner (secrets are redacted by
+        /// the control plane before it is stored).
+        message: String,
+    },
 }
 
 impl ProviderError {
@@ -57,6 +71,7 @@ impl ProviderError {
             }
             ProviderError::Internal(_) => "host error".into(),
             ProviderError::GuestFailed(m) => format!("the VM did not boot: {m}"),
+            ProviderError::SetupFailed { message, .. } => message.clone(),
         }
     }
 }
@@ -69,8 +84,14 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Capacity, version, backend.
     async fn health(&self) -> Result<AgentHealth, ProviderError>;
-    /// Creates and boots a VM; returns its id and agent URL.
+    /// Creates and boots a VM; returns its id and agent URL. Ignores `req.setup`.
     async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError>;
+    /// Creates a VM and sets its guest up (`req.setup`: files, startup script, agent) as one
+    /// operation: one call to a host that advertises it. The default drives a host call by
+    /// call ([`provision_call_by_call`]), as hosts of the Go-era wire need.
+    async fn vm_provision(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        provision_call_by_call(self, req).await
+    }
     /// Destroys a VM; success if it is already gone.
     async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError>;
     /// VMs on the host whose id starts with `prefix`.
@@ -114,6 +135,71 @@ pub trait Provider: Send + Sync + 'static {
     async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
     /// Deletes a snapshot; success if it is already gone.
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
+}
+
+/// A provision on the base wire: create, one upload per file, the startup script as an
+/// exec, start-agent. Failures after the boot are [`ProviderError::SetupFailed`] naming the
+/// step, as a one-call host answers them; the reply carries the same per-step timings.
+pub async fn provision_call_by_call<P: Provider + ?Sized>(
+    p: &P,
+    req: &AgentVmCreate,
+) -> Result<AgentVm, ProviderError> {
+    let mut bare = req.clone();
+    let setup = bare.setup.take().unwrap_or_default();
+    let mut steps = Vec::new();
+    let mut t = std::time::Instant::now();
+    let mut lap = |step: SetupStep, t: &mut std::time::Instant| {
+        steps.push(StepTiming {
+            step,
+            ms: t.elapsed().as_millis() as u64,
+        });
+        *t = std::time::Instant::now();
+    };
+    let mut vm = p.vm_create(&bare).await?;
+    lap(SetupStep::Boot, &mut t);
+    let id = vm.vm_id.clone();
+    let failed = |step: SetupStep, e: ProviderError| {
+        tracing::warn!(vm_id = %id, step = step.as_str(), error = %e, "guest setup step failed");
+        ProviderError::SetupFailed {
+            step,
+            message: e.client_message(),
+        }
+    };
+    for f in &setup.files {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&f.content_b64)
+            .map_err(|e| ProviderError::Internal(format!("file {} is not base64: {e}", f.path)))?;
+        p.upload(&id, &f.path, &bytes, f.mode)
+            .await
+            .map_err(|e| failed(SetupStep::Files, e))?;
+    }
+    lap(SetupStep::Files, &mut t);
+    if let Some(s) = &setup.startup {
+        let argv = vec!["sh".to_owned(), "-lc".to_owned(), s.script.clone()];
+        let r = p
+            .exec(&id, &argv, Duration::from_millis(s.timeout_ms))
+            .await
+            .map_err(|e| failed(SetupStep::StartupScript, e))?;
+        if r.exit_code != 0 {
+            return Err(ProviderError::SetupFailed {
+                step: SetupStep::StartupScript,
+                message: format!(
+                    "exited with {}: {}",
+                    r.exit_code,
+                    output_tail(&r.stderr, 400)
+                ),
+            });
+        }
+        lap(SetupStep::StartupScript, &mut t);
+    }
+    if let Some(a) = &setup.agent {
+        p.start_agent(&id, a)
+            .await
+            .map_err(|e| failed(SetupStep::StartAgent, e))?;
+        lap(SetupStep::StartAgent, &mut t);
+    }
+    vm.setup = Some(SetupReport { steps });
+    Ok(vm)
 }
 
 /// Maps hosts to providers, building a client the first time a host is used (also for

@@ -11,7 +11,9 @@
 
 use super::{Provider, ProviderError};
 use async_trait::async_trait;
-use fuse_types::hostagent::{AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate};
+use fuse_types::hostagent::{
+    AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate, HostVmState,
+};
 use fuse_types::{ExecResponse, Resources};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +46,7 @@ pub struct StubProvider {
     capacity: Resources,
     destroy_delay: Mutex<Duration>,
     faults: Mutex<StubFaults>,
+    surfd_only: std::sync::atomic::AtomicBool,
 }
 
 /// Failures a test makes the stub host answer with (each is a `ProviderError::Internal`
@@ -81,7 +84,20 @@ impl StubProvider {
             },
             destroy_delay: Mutex::new(Duration::ZERO),
             faults: Mutex::new(StubFaults::default()),
+            surfd_only: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Served over HTTP, answer `/start-agent` with 404 and serve only `/start-surfd`, as a
+    /// host still running the original agent does.
+    pub fn set_surfd_only(&self, on: bool) {
+        self.surfd_only
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`StubProvider::set_surfd_only`] is on.
+    pub fn surfd_only(&self) -> bool {
+        self.surfd_only.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Makes every destroy take this long (to stage a crash in the middle of one).
@@ -111,6 +127,7 @@ impl StubProvider {
                     memory_mb: 128,
                     storage_gb: 1,
                     agent_port: None,
+                    setup: None,
                 },
                 created: Some(created),
                 ..StubVm::default()
@@ -246,6 +263,8 @@ impl Provider for StubProvider {
             acceleration: None,
             capacity: self.capacity,
             allocated,
+            // The Go-era wire: no one-call provisioning (a provision is driven call by call).
+            features: Vec::new(),
         })
     }
 
@@ -260,9 +279,10 @@ impl Provider for StubProvider {
         Ok(AgentVm {
             vm_id: req.name.clone(),
             url: format!("http://stub.invalid/{}", req.name),
-            state: "running".into(),
+            state: HostVmState::Running,
             age_seconds: 0,
             error: None,
+            setup: None,
         })
     }
 
@@ -288,9 +308,10 @@ impl Provider for StubProvider {
             .map(|(k, vm)| AgentVm {
                 vm_id: k.clone(),
                 url: format!("http://stub.invalid/{k}"),
-                state: "running".into(),
+                state: HostVmState::Running,
                 age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
                 error: None,
+                setup: None,
             })
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));

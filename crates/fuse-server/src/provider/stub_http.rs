@@ -180,7 +180,25 @@ async fn start_agent(
     Json(b): Json<AgentStart>,
 ) -> Response {
     guard!(s, h);
-    match s.stub.start_agent(&id, &b).await {
+    if s.stub.surfd_only() {
+        return err(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route");
+    }
+    start(&s, &id, &b).await
+}
+
+/// The original agent's route (same payload).
+async fn start_surfd(
+    State(s): State<S>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Json(b): Json<AgentStart>,
+) -> Response {
+    guard!(s, h);
+    start(&s, &id, &b).await
+}
+
+async fn start(s: &S, id: &str, b: &AgentStart) -> Response {
+    match s.stub.start_agent(id, b).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => from_provider(e),
     }
@@ -241,6 +259,7 @@ pub fn router(stub: Arc<StubProvider>, token: &str) -> Router {
         .route("/v1/vm/{id}/upload", post(upload))
         .route("/v1/vm/{id}/exec", post(exec))
         .route("/v1/vm/{id}/start-agent", post(start_agent))
+        .route("/v1/vm/{id}/start-surfd", post(start_surfd))
         .route("/v1/vm/{id}/stop-agent", post(stop_agent))
         .route("/v1/vm/{id}/snapshot", post(snapshot))
         .route("/v1/vm/{id}/restore", post(restore))

@@ -499,11 +499,29 @@ async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
         ]
     );
     assert!(!vm.agent_running, "the drain command stopped the agent");
-    // Drain is only from running.
+    // A drain may be retried from draining: the command runs again.
     let again = f
         .post("/v1/environments/fuse-dr?action=drain", json!({}))
         .await;
-    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body["state"], "draining");
+    let runs = f.default_stub().vm("fuse-dr").unwrap().execs.len();
+    assert_eq!(runs, vm.execs.len() + 1, "the drain command ran again");
+    // Not from a state without a running guest.
+    f.delete("/v1/environments/fuse-dr").await;
+    let gone = f
+        .post("/v1/environments/fuse-dr?action=drain", json!({}))
+        .await;
+    assert_eq!(
+        (gone.status, gone.code()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+    assert!(
+        gone.message()
+            .contains("drain is not allowed while destroyed"),
+        "{}",
+        gone.text
+    );
     // A failing drain command keeps draining and records the error.
     let r = f
         .post(
@@ -526,6 +544,13 @@ async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
         f.get("/v1/environments/fuse-drfail").await.body["state"],
         "draining",
         "drain never destroys"
+    );
+    // Retried after the failure: the error is cleared when the new drain starts, and set
+    // again when it fails again.
+    let audit = f.app().store.audit_list("fuse-drfail").await.unwrap();
+    assert!(
+        audit.iter().any(|a| a.event_type == "drain_failed"),
+        "the failed drain is in the audit log: {audit:?}"
     );
 }
 

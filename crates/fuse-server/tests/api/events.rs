@@ -160,13 +160,9 @@ async fn a_silent_host_sends_lost_then_running_on_the_stream() {
         ..Default::default()
     });
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    fuse_server::background::host_monitor::pass(f.app().clone())
-        .await
-        .unwrap();
+    f.running.tasks.run_now("host_monitor").await.unwrap();
     stub.set_faults(Default::default());
-    fuse_server::background::host_monitor::pass(f.app().clone())
-        .await
-        .unwrap();
+    f.running.tasks.run_now("host_monitor").await.unwrap();
     f.delete("/v1/environments/fuse-ev-lost").await;
     let (_, events) = reader.await.unwrap();
     let states: Vec<&str> = events

@@ -2,14 +2,22 @@
 //! set (`StubFaults`): each pass is run directly so every step is deterministic.
 
 use crate::harness::{start, start_with, test_flags, Fuse};
-use fuse_server::background::{host_monitor, reconcile};
 use fuse_server::provider::stub::StubFaults;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn pass(f: &Fuse) -> Result<(), String> {
-    reconcile::pass(f.app().clone()).await
+    f.running
+        .tasks
+        .run_now("reconcile")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn monitor(f: &Fuse) {
+    f.running.tasks.run_now("host_monitor").await.unwrap();
 }
 
 async fn state(f: &Fuse, id: &str) -> Value {
@@ -300,11 +308,11 @@ async fn a_silent_host_loses_its_vms_then_gets_them_back_or_fails_them() {
         unreachable: true,
         ..StubFaults::default()
     });
-    host_monitor::pass(f.app().clone()).await.unwrap();
+    monitor(&f).await;
     let h = f.get("/v1/hosts/h1").await.body;
     assert_eq!(h["state"], "active", "silent for less than the limit: {h}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    host_monitor::pass(f.app().clone()).await.unwrap();
+    monitor(&f).await;
     let h = f.get("/v1/hosts/h1").await.body;
     assert_eq!(h["state"], "unreachable", "{h}");
     assert!(
@@ -334,7 +342,7 @@ async fn a_silent_host_loses_its_vms_then_gets_them_back_or_fails_them() {
     stub.forget(&b);
     stub.set_faults(StubFaults::default());
     let mut events = f.app().events.subscribe();
-    host_monitor::pass(f.app().clone()).await.unwrap();
+    monitor(&f).await;
     assert_eq!(f.get("/v1/hosts/h1").await.body["state"], "active");
     let mut back = Vec::new();
     while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(300), events.recv()).await {

@@ -140,10 +140,19 @@ async fn snapshot_errors() {
             .status,
         StatusCode::NOT_FOUND
     );
+    // Drain, then snapshot the result: allowed while draining.
     f.post("/v1/environments/fuse-s?action=drain", json!({}))
         .await;
     let r = f.post("/v1/environments/fuse-s/snapshots", json!({})).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "only running environments");
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = f
+        .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    // Not once the environment is gone.
+    f.delete("/v1/environments/fuse-s").await;
+    let r = f.post("/v1/environments/fuse-s/snapshots", json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     let r = f
         .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
         .await;

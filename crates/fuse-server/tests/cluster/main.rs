@@ -16,3 +16,4 @@ mod multihost;
 mod real_guests;
 mod replicas;
 mod soak;
+mod wire;

@@ -104,6 +104,22 @@ async fn one_control_plane_three_hosts_thirty_environments() {
         assert_eq!(s, StatusCode::CREATED, "{env}");
         assert_eq!(env["state"], "running", "{env}");
     }
+    // Each create was one control-plane → host call (the whole guest setup in it), counted
+    // by the hosts themselves; health polls aside, nothing else was asked of them.
+    let mut calls = 0;
+    for h in &hosts {
+        let text = http
+            .get(format!("http://{}/metrics", h.addr()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        calls += host_calls(&text);
+    }
+    assert_eq!(calls, 30, "host calls for 30 creates");
     // Spread evenly: 10 per host, on the hosts themselves and in the control plane's books.
     for (i, h) in hosts.iter().enumerate() {
         let listed: Value = http
@@ -236,6 +252,16 @@ async fn one_control_plane_three_hosts_thirty_environments() {
         );
     }
     fuse.shutdown();
+}
+
+/// Requests a host counted, but for its health and metrics endpoints.
+pub fn host_calls(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("fc_agent_http_requests_total{"))
+        .filter(|l| !l.contains("route=\"/healthz\"") && !l.contains("route=\"/metrics\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn base64_of(s: &str) -> String {

@@ -1,13 +1,15 @@
-//! The one API error type and the one function that maps it to a status and the JSON
-//! envelope. The client-facing message and the internal detail are separate fields: the
-//! detail (SQL, paths, host answers) is logged where the error is turned into a response,
-//! never sent.
+//! The HTTP edge of errors: the one API error type, the one mapping from the domain's
+//! [`AppError`] to a status and the JSON envelope, and the response it becomes. The
+//! client-facing message and the internal detail are separate fields: the detail (SQL,
+//! paths, host answers) is logged where the error is turned into a response, never sent.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fuse_store::StoreError;
 use fuse_types::{ErrorBody, ErrorCode, ErrorDetail};
 
+use crate::app::error::AppError;
+use crate::app::lifecycle::LifecycleError;
 use crate::provider::ProviderError;
 
 /// An error on its way to a client.
@@ -86,6 +88,27 @@ impl ApiError {
     }
 }
 
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            AppError::Invalid(problems) => ApiError::invalid_all(problems),
+            AppError::Conflict { message, details } => {
+                let mut a = ApiError::conflict(message);
+                a.details = details;
+                a
+            }
+            AppError::NoCapacity(np) => ApiError::unavailable(np.to_string()),
+            AppError::Unavailable(m) => ApiError::unavailable(m),
+            AppError::Store(s) => s.into(),
+            AppError::Host(h) => h.into(),
+            AppError::Lifecycle(LifecycleError::Store(s)) => s.into(),
+            AppError::Lifecycle(l) => ApiError::conflict(l.to_string()),
+            AppError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
@@ -121,7 +144,7 @@ impl From<ProviderError> for ApiError {
                 ApiError::invalid(e.client_message()).with_internal(e.to_string())
             }
             ProviderError::Internal(_) => ApiError::internal(e.to_string()),
-            ProviderError::GuestFailed(_) => {
+            ProviderError::GuestFailed(_) | ProviderError::SetupFailed { .. } => {
                 ApiError::unavailable(e.client_message()).with_internal(e.to_string())
             }
         }

@@ -1,0 +1,435 @@
+//! The reconciler's decisions as a pure function: from what the store intends (the
+//! environments placed on a host), what the host reports (its VM list) and the clock, to a
+//! list of [`Action`]s. No I/O and no clock of its own, so every rule is table-tested with
+//! an injected time; `reconciler.rs` reads the inputs and executes the actions through the
+//! lifecycle.
+//!
+//! The rules (DESIGN §4):
+//! - **Tracked but missing**: a running or draining environment its host does not run →
+//!   [`Action::FailMissing`] (the executor confirms with a per-VM read before acting). An
+//!   empty list while environments are serving there is believed only when the next pass
+//!   reads it again: a bad read never triggers mass failure.
+//! - **Past `max_runtime_seconds`**: suspected on the first pass, failed on the next
+//!   ([`Action::SuspectRuntime`], [`Action::FailRuntime`]); a suspicion not confirmed
+//!   within `suspicion_ttl` is forgotten, so a clock jump or a slow pass never kills at once.
+//! - **`destroying` and gone**: [`Action::Reap`]. **`failed` still holding capacity and
+//!   gone**: [`Action::ReleaseFailed`].
+//! - **Untracked on the host**, older than the grace period, not dead-lettered:
+//!   [`Action::DestroyOrphan`] (the executor re-reads the record first: a VM created since
+//!   the store was read is never taken for an orphan).
+
+use crate::app::lifecycle::expects_vm_on_host;
+use fuse_store::VmRecord;
+use fuse_types::hostagent::{AgentVm, HostVmState};
+use fuse_types::{HostId, Timestamp, VmId, VmState};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Failed destroys of one orphan before it is dead-lettered.
+pub const ORPHAN_ATTEMPTS: u32 = 5;
+
+/// What the reconciler remembers about one host between passes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostMemory {
+    /// The previous list was empty while environments were serving there.
+    pub empty_once: bool,
+    /// Environments seen past their maximum runtime, and when last seen so.
+    pub suspected: HashMap<VmId, Timestamp>,
+}
+
+/// Everything one host's plan depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// The host.
+    pub host: &'a HostId,
+    /// What the host lists (read before the store).
+    pub listed: &'a [AgentVm],
+    /// The environments placed on the host that are not destroyed.
+    pub tracked: &'a [VmRecord],
+    /// Failed destroy attempts of orphans, by `<host>/<vm id>`.
+    pub dead_letters: &'a HashMap<String, u32>,
+    /// Now.
+    pub now: Timestamp,
+    /// Age before an untracked VM is destroyed.
+    pub orphan_grace: Duration,
+    /// How long a runtime suspicion lasts unconfirmed.
+    pub suspicion_ttl: Duration,
+}
+
+/// One thing to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// The host listed nothing while `serving` environments run there; nothing is failed
+    /// until the next pass reads the same.
+    EmptyListUnconfirmed {
+        /// Environments serving on the host.
+        serving: usize,
+    },
+    /// A serving environment the host does not run: confirm, then fail it.
+    FailMissing(VmRecord),
+    /// A `destroying` environment the host no longer has: finish the destroy.
+    Reap(VmRecord),
+    /// A `failed` environment still holding capacity that the host no longer has: confirm,
+    /// then release.
+    ReleaseFailed(VmRecord),
+    /// First pass past the maximum runtime: record the suspicion.
+    SuspectRuntime(VmRecord),
+    /// Second pass past the maximum runtime: fail and destroy it.
+    FailRuntime(VmRecord),
+    /// A VM nothing tracks: destroy it (counting failures toward the dead letter).
+    DestroyOrphan {
+        /// The VM as the host lists it.
+        vm: AgentVm,
+        /// Its dead-letter key, `<host>/<vm id>`.
+        key: String,
+    },
+}
+
+/// Whether `rec` has run longer than its `max_runtime_seconds` at `now`.
+pub fn past_runtime(rec: &VmRecord, now: Timestamp) -> bool {
+    let Some(since) = rec.running_since else {
+        return false;
+    };
+    let limit = Duration::from_secs(rec.spec.max_runtime_seconds.max(1));
+    now > since && (now - since).unsigned_abs() > limit
+}
+
+/// The plan for one host, and what to remember for the next pass.
+pub fn plan(input: PlanInput<'_>, memory: &HostMemory) -> (Vec<Action>, HostMemory) {
+    let mut actions = Vec::new();
+    let mut next = HostMemory::default();
+    let on_host: HashMap<&str, &AgentVm> =
+        input.listed.iter().map(|v| (v.vm_id.as_str(), v)).collect();
+    let serving = |r: &VmRecord| matches!(r.state, VmState::Running | VmState::Draining);
+    let n_serving = input.tracked.iter().filter(|r| serving(r)).count();
+    let believe_missing = if input.listed.is_empty() && n_serving > 0 {
+        next.empty_once = true;
+        if !memory.empty_once {
+            actions.push(Action::EmptyListUnconfirmed { serving: n_serving });
+        }
+        memory.empty_once
+    } else {
+        true
+    };
+    for rec in input.tracked {
+        let here = on_host.get(rec.id.as_str()).copied();
+        match rec.state {
+            VmState::Running | VmState::Draining => match here.map(|v| v.state) {
+                None | Some(HostVmState::Stopped) => {
+                    if believe_missing {
+                        actions.push(Action::FailMissing(rec.clone()));
+                    }
+                }
+                Some(HostVmState::Running) if past_runtime(rec, input.now) => {
+                    let seen = memory.suspected.get(&rec.id).copied();
+                    let fresh = seen.is_some_and(|t| {
+                        input.now >= t && (input.now - t).unsigned_abs() < input.suspicion_ttl
+                    });
+                    if fresh {
+                        actions.push(Action::FailRuntime(rec.clone()));
+                    } else {
+                        next.suspected.insert(rec.id.clone(), input.now);
+                        actions.push(Action::SuspectRuntime(rec.clone()));
+                    }
+                }
+                // Running within its limit, or a state this control plane does not know:
+                // nothing to do.
+                Some(_) => {}
+            },
+            VmState::Destroying if here.is_none() => actions.push(Action::Reap(rec.clone())),
+            VmState::Failed if rec.reserved.is_some() && here.is_none() => {
+                actions.push(Action::ReleaseFailed(rec.clone()))
+            }
+            _ => {}
+        }
+    }
+    let live: HashSet<&str> = input
+        .tracked
+        .iter()
+        .filter(|r| expects_vm_on_host(r))
+        .map(|r| r.id.as_str())
+        .collect();
+    for vm in input.listed {
+        if live.contains(vm.vm_id.as_str())
+            || Duration::from_secs(vm.age_seconds) < input.orphan_grace
+        {
+            continue;
+        }
+        let key = format!("{}/{}", input.host, vm.vm_id);
+        if input.dead_letters.get(&key).copied().unwrap_or(0) >= ORPHAN_ATTEMPTS {
+            continue;
+        }
+        actions.push(Action::DestroyOrphan {
+            vm: vm.clone(),
+            key,
+        });
+    }
+    (actions, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fuse_store::conformance;
+    use fuse_types::Resources;
+
+    const T0: i64 = 1_800_000_000;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_unix_timestamp(T0 + secs).unwrap()
+    }
+
+    fn host() -> HostId {
+        HostId::parse("h1").unwrap()
+    }
+
+    /// A tracked environment in `state`, running since t=0 with a 100 s limit.
+    fn env(task: &str, state: VmState) -> VmRecord {
+        let mut r = conformance::vm(task, 1, 512);
+        r.state = state;
+        r.host_id = Some(host());
+        r.spec.max_runtime_seconds = 100;
+        r.running_since = Some(at(0));
+        r.reserved = Some(Resources::for_spec(&r.spec));
+        r
+    }
+
+    fn on_host(id: &str, state: HostVmState, age: u64) -> AgentVm {
+        AgentVm {
+            vm_id: id.into(),
+            state,
+            age_seconds: age,
+            ..AgentVm::default()
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        tracked: Vec<VmRecord>,
+        listed: Vec<AgentVm>,
+        dead: Vec<(&'static str, u32)>,
+        now: i64,
+        memory: HostMemory,
+        want: Vec<&'static str>,
+    }
+
+    /// The actions, each as `kind:vm`.
+    fn describe(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::EmptyListUnconfirmed { serving } => format!("empty-unconfirmed:{serving}"),
+                Action::FailMissing(r) => format!("fail-missing:{}", r.id),
+                Action::Reap(r) => format!("reap:{}", r.id),
+                Action::ReleaseFailed(r) => format!("release:{}", r.id),
+                Action::SuspectRuntime(r) => format!("suspect:{}", r.id),
+                Action::FailRuntime(r) => format!("fail-runtime:{}", r.id),
+                Action::DestroyOrphan { vm, .. } => format!("orphan:{}", vm.vm_id),
+            })
+            .collect()
+    }
+
+    fn run(c: &Case) -> (Vec<String>, HostMemory) {
+        let h = host();
+        let dead: HashMap<String, u32> = c
+            .dead
+            .iter()
+            .map(|(k, n)| (format!("h1/{k}"), *n))
+            .collect();
+        let (actions, next) = plan(
+            PlanInput {
+                host: &h,
+                listed: &c.listed,
+                tracked: &c.tracked,
+                dead_letters: &dead,
+                now: at(c.now),
+                orphan_grace: Duration::from_secs(120),
+                suspicion_ttl: Duration::from_secs(90),
+            },
+            &c.memory,
+        );
+        (describe(&actions), next)
+    }
+
+    #[test]
+    fn the_rules_as_a_table() {
+        use HostVmState::{Running as R, Stopped as S, Unknown as U};
+        use VmState::*;
+        let suspected = |id: &str, t: i64| HostMemory {
+            empty_once: false,
+            suspected: [(VmId::parse(id).unwrap(), at(t))].into(),
+        };
+        let cases = vec![
+            Case {
+                name: "all well",
+                tracked: vec![env("a", Running), env("b", Draining)],
+                listed: vec![on_host("fuse-a", R, 5), on_host("fuse-b", R, 5)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec![],
+            },
+            Case {
+                name: "missing and stopped VMs fail; an unknown state is left alone",
+                tracked: vec![env("a", Running), env("b", Draining), env("c", Running)],
+                listed: vec![on_host("fuse-b", S, 5), on_host("fuse-c", U, 5)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["fail-missing:fuse-a", "fail-missing:fuse-b"],
+            },
+            Case {
+                name: "an empty list is not believed on the first pass",
+                tracked: vec![env("a", Running), env("b", Running)],
+                listed: vec![],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["empty-unconfirmed:2"],
+            },
+            Case {
+                name: "an empty list read twice is believed",
+                tracked: vec![env("a", Running)],
+                listed: vec![],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory {
+                    empty_once: true,
+                    ..HostMemory::default()
+                },
+                want: vec!["fail-missing:fuse-a"],
+            },
+            Case {
+                name: "an empty list with only provisioning VMs is believed (nothing to fail)",
+                tracked: vec![env("a", Provisioning)],
+                listed: vec![],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec![],
+            },
+            Case {
+                name: "past the runtime: suspected first",
+                tracked: vec![env("a", Running)],
+                listed: vec![on_host("fuse-a", R, 500)],
+                dead: vec![],
+                now: 101,
+                memory: HostMemory::default(),
+                want: vec!["suspect:fuse-a"],
+            },
+            Case {
+                name: "past the runtime on the next pass: failed",
+                tracked: vec![env("a", Running)],
+                listed: vec![on_host("fuse-a", R, 500)],
+                dead: vec![],
+                now: 130,
+                memory: suspected("fuse-a", 101),
+                want: vec!["fail-runtime:fuse-a"],
+            },
+            Case {
+                name: "a stale suspicion is suspected again, not acted on",
+                tracked: vec![env("a", Running)],
+                listed: vec![on_host("fuse-a", R, 500)],
+                dead: vec![],
+                now: 400,
+                memory: suspected("fuse-a", 101),
+                want: vec!["suspect:fuse-a"],
+            },
+            Case {
+                name: "a suspicion from the future (clock jumped back) is not acted on",
+                tracked: vec![env("a", Running)],
+                listed: vec![on_host("fuse-a", R, 500)],
+                dead: vec![],
+                now: 120,
+                memory: suspected("fuse-a", 300),
+                want: vec!["suspect:fuse-a"],
+            },
+            Case {
+                name: "destroying and gone: reaped; failed with capacity and gone: released",
+                tracked: vec![env("a", Destroying), env("b", Failed), env("c", Destroying)],
+                listed: vec![on_host("fuse-c", R, 500)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["reap:fuse-a", "release:fuse-b"],
+            },
+            Case {
+                name: "orphans past the grace are destroyed unless dead-lettered",
+                tracked: vec![env("a", Running)],
+                listed: vec![
+                    on_host("fuse-a", R, 500),
+                    on_host("fuse-young", R, 119),
+                    on_host("fuse-old", R, 121),
+                    on_host("fuse-dead", R, 900),
+                    on_host("fuse-retry", R, 900),
+                ],
+                dead: vec![("fuse-dead", ORPHAN_ATTEMPTS), ("fuse-retry", 2)],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["orphan:fuse-old", "orphan:fuse-retry"],
+            },
+            Case {
+                name: "a failed VM without capacity is not live: its remains are an orphan",
+                tracked: vec![{
+                    let mut r = env("f", Failed);
+                    r.reserved = None;
+                    r
+                }],
+                listed: vec![on_host("fuse-f", S, 500)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["orphan:fuse-f"],
+            },
+        ];
+        for c in &cases {
+            let (got, _) = run(c);
+            assert_eq!(got, c.want, "case {:?}", c.name);
+        }
+    }
+
+    #[test]
+    fn memory_carries_only_what_the_next_pass_needs() {
+        let c = Case {
+            name: "memory",
+            tracked: vec![env("a", VmState::Running)],
+            listed: vec![],
+            dead: vec![],
+            now: 101,
+            memory: HostMemory::default(),
+            want: vec![],
+        };
+        let (_, next) = run(&c);
+        assert!(next.empty_once, "an empty read is remembered");
+        let c2 = Case {
+            listed: vec![on_host("fuse-a", HostVmState::Running, 500)],
+            memory: next,
+            ..c
+        };
+        let (got, next2) = run(&c2);
+        assert_eq!(got, ["suspect:fuse-a"]);
+        assert!(!next2.empty_once, "a non-empty read clears it");
+        assert_eq!(next2.suspected.len(), 1);
+        // A VM that is back within its limit (its record changed) is forgotten.
+        let mut within = env("a", VmState::Running);
+        within.running_since = Some(at(90));
+        let c3 = Case {
+            tracked: vec![within],
+            memory: next2,
+            ..c2
+        };
+        let (got, next3) = run(&c3);
+        assert!(got.is_empty());
+        assert!(next3.suspected.is_empty());
+    }
+
+    #[test]
+    fn runtime_limit_is_strict_and_needs_a_start() {
+        let mut r = env("a", VmState::Running);
+        assert!(!past_runtime(&r, at(100)));
+        assert!(past_runtime(&r, at(101)));
+        assert!(!past_runtime(&r, at(-5)), "a clock behind the start");
+        r.running_since = None;
+        assert!(!past_runtime(&r, at(10_000)));
+    }
+}
