@@ -3,6 +3,9 @@
 # need, then checks formatting and lints and runs every test. `.ci/run` calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# This script installs every prerequisite of the tests, so a test that finds one missing
+# fails instead of skipping (fuse-testkit's prerequisites).
+export CI="${CI:-1}"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -25,19 +28,15 @@ if [ -n "$missing" ]; then
 fi
 
 step "firecracker (real binary for the backend tests)"
-if ./tools/install-firecracker.sh "$PWD/.fuse-test/bin"; then
-  export FUSE_FIRECRACKER_BIN="$PWD/.fuse-test/bin/firecracker"
-else
-  echo "firecracker could not be installed here; its tests will skip and say so"
-fi
+./tools/install-firecracker.sh "$PWD/.fuse-test/bin" ||
+  { echo "firecracker could not be installed; its tests cannot run" >&2; exit 1; }
+export FUSE_FIRECRACKER_BIN="$PWD/.fuse-test/bin/firecracker"
 
 step "qemu and the guest image (real-guest tests; cached in .fuse-test/guest)"
-if [ "$(id -u)" = 0 ] && ./tools/install-qemu.sh; then
-  ./tools/build-guest-image.sh --out "$PWD/.fuse-test/guest"
-  export FUSE_TEST_GUEST_DIR="$PWD/.fuse-test/guest"
-else
-  echo "qemu could not be installed here (or not root); the real-guest tests will skip and say so"
-fi
+[ "$(id -u)" = 0 ] || { echo "the tests need root (network namespaces, taps)" >&2; exit 1; }
+./tools/install-qemu.sh || { echo "QEMU could not be installed; the real-guest tests cannot run" >&2; exit 1; }
+./tools/build-guest-image.sh --out "$PWD/.fuse-test/guest"
+export FUSE_TEST_GUEST_DIR="$PWD/.fuse-test/guest"
 
 step "format"
 cargo fmt --all -- --check

@@ -4,6 +4,7 @@
 //! SIGKILL. An agent that exits 0 stopped on purpose (the profile's drain command sends it
 //! SIGTERM, and it exits 0) and stays stopped, like systemd's `Restart=on-failure`.
 
+use crate::error::GuestError;
 use crate::ops::kill_group;
 use crate::Guest;
 use nix::sys::signal::Signal;
@@ -65,9 +66,9 @@ impl Supervisor {
         command: &str,
         binary_path: &str,
         env: BTreeMap<String, String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GuestError> {
         if command.trim().is_empty() {
-            return Err("command must not be empty".into());
+            return Err(GuestError::EmptyCommand);
         }
         if !download_url.is_empty() && !binary_path.is_empty() {
             fetch_once(g, download_url, binary_path)?;
@@ -82,7 +83,7 @@ impl Supervisor {
         };
         let log = g.resolve(LOG_PATH)?;
         if let Some(d) = log.parent() {
-            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+            std::fs::create_dir_all(d).map_err(GuestError::io("creating", d))?;
         }
         let me = self.clone();
         let (cmd, root) = (command.to_owned(), g.root.clone());
@@ -94,7 +95,7 @@ impl Supervisor {
             .wait_timeout_while(s, Duration::from_secs(5), |s| {
                 s.epoch == epoch && s.pid.is_none() && s.wanted
             })
-            .map_err(|_| "supervisor lock poisoned".to_string())?;
+            .map_err(|_| GuestError::Poisoned)?;
         Ok(())
     }
 
@@ -207,7 +208,7 @@ impl Supervisor {
 
 /// Downloads the agent binary unless it is already there (idempotent). Uses the image's
 /// `wget` or `curl`; the helper itself has no HTTP client.
-fn fetch_once(g: &Guest, url: &str, binary_path: &str) -> Result<(), String> {
+fn fetch_once(g: &Guest, url: &str, binary_path: &str) -> Result<(), GuestError> {
     let target = g.resolve(binary_path)?;
     if std::fs::metadata(&target)
         .map(|m| m.len() > 0)
@@ -216,7 +217,7 @@ fn fetch_once(g: &Guest, url: &str, binary_path: &str) -> Result<(), String> {
         return Ok(());
     }
     if let Some(d) = target.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(GuestError::io("creating", d))?;
     }
     let tmp = target.with_extension("fuse-download");
     let script = "command -v wget >/dev/null 2>&1 && exec wget -q -O \"$2\" \"$1\"; \
@@ -226,16 +227,22 @@ fn fetch_once(g: &Guest, url: &str, binary_path: &str) -> Result<(), String> {
         .args(["-c", script, "fetch", url])
         .arg(&tmp)
         .output()
-        .map_err(|e| format!("fetching {url}: {e}"))?;
+        .map_err(|e| GuestError::Fetch {
+            url: url.to_owned(),
+            detail: e.to_string(),
+        })?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "fetching {url} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(GuestError::Fetch {
+            url: url.to_owned(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
         .and_then(|_| std::fs::rename(&tmp, &target))
-        .map_err(|e| format!("installing {binary_path}: {e}"))
+        .map_err(GuestError::io(
+            "installing",
+            std::path::Path::new(binary_path),
+        ))
 }

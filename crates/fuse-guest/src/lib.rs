@@ -7,6 +7,7 @@
 //! code 127 and a timed-out one 124, never a crash of the helper.
 
 pub mod agent;
+pub mod error;
 pub mod ops;
 pub mod proto;
 pub mod vport;
@@ -29,12 +30,12 @@ pub struct Guest {
 
 impl Guest {
     /// Maps an absolute guest path to a host path under `root`; refuses `..`.
-    pub fn resolve(&self, guest_path: &str) -> Result<PathBuf, String> {
+    pub fn resolve(&self, guest_path: &str) -> Result<PathBuf, error::GuestError> {
         if !guest_path.starts_with('/') {
-            return Err(format!("path {guest_path:?} must be absolute"));
+            return Err(error::GuestError::NotAbsolute(guest_path.to_owned()));
         }
         if guest_path.split('/').any(|c| c == "..") || guest_path.contains('\0') {
-            return Err(format!("path {guest_path:?} must not contain '..' or NUL"));
+            return Err(error::GuestError::Traversal(guest_path.to_owned()));
         }
         Ok(self.root.join(guest_path.trim_start_matches('/')))
     }

@@ -1,5 +1,6 @@
 //! The operations: upload, exec (buffered or streamed), agent start/stop, health.
 
+use crate::error::GuestError;
 use crate::proto::{Op, Response};
 use crate::{write_line, Guest};
 use base64::Engine as _;
@@ -30,7 +31,7 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
             mode,
         } => match upload(g, &path, &content_b64, mode.unwrap_or(0o644)) {
             Ok(()) => Response::default(),
-            Err(e) => Response::err(e),
+            Err(e) => Response::err(e.message()),
         },
         Op::Exec {
             cmd,
@@ -59,7 +60,7 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
             env,
         } => match g.agent.start(g, &download_url, &command, &binary_path, env) {
             Ok(()) => Response::default(),
-            Err(e) => Response::err(e),
+            Err(e) => Response::err(e.message()),
         },
         Op::StopAgent { grace_ms } => {
             let code = g
@@ -74,19 +75,19 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
     let _ = write_line(out, &resp);
 }
 
-fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), String> {
+fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), GuestError> {
     let target = g.resolve(path)?;
     let bytes = b64()
         .decode(content_b64)
-        .map_err(|_| "content_b64 is not valid base64".to_string())?;
+        .map_err(|_| GuestError::NotBase64)?;
     let dir = target
         .parent()
-        .ok_or_else(|| format!("{path} has no parent directory"))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        .ok_or_else(|| GuestError::NoFile(path.to_owned()))?;
+    std::fs::create_dir_all(dir).map_err(GuestError::io("creating", dir))?;
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("{path} names no file"))?;
+        .ok_or_else(|| GuestError::NoFile(path.to_owned()))?;
     // An unpredictable temp name, created exclusively, never through a symlink, with its
     // final mode from the start (a key is never readable by others, not even briefly).
     let tmp = dir.join(format!(
@@ -110,7 +111,7 @@ fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), Str
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        format!("writing {path}: {e}")
+        GuestError::io("writing", std::path::Path::new(path))(e)
     })
 }
 
@@ -162,7 +163,7 @@ fn exec<W: Write>(
         Some(c) => match g.resolve(c) {
             Ok(d) => d,
             Err(e) => {
-                let _ = write_line(out, &Response::err(e));
+                let _ = write_line(out, &Response::err(e.message()));
                 return;
             }
         },

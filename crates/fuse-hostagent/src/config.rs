@@ -91,9 +91,14 @@ pub struct Config {
     pub guest_bin: Option<PathBuf>,
 }
 
+/// Every problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
 impl Config {
     /// Checks everything, listing every problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         if self.token.len() < 16 {
             errs.push("FC_AGENT_TOKEN is required (at least 16 characters); fc-agent refuses to start without it".to_owned());
@@ -152,7 +157,7 @@ impl Config {
             ));
         }
         if let Err(e) = crate::net::Pool::parse(&self.subnet) {
-            errs.push(e);
+            errs.push(e.to_string());
         }
         if self.forward_range().is_none() {
             errs.push(format!(
@@ -166,10 +171,7 @@ impl Config {
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(format!(
-                "invalid configuration:\n  - {}",
-                errs.join("\n  - ")
-            ))
+            Err(ConfigError(errs))
         }
     }
 

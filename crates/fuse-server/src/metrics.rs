@@ -25,6 +25,8 @@ pub struct Metrics {
     pub vms_by_state: IntGaugeVec,
     /// `provision_duration_seconds{outcome}`.
     pub provision_duration: HistogramVec,
+    /// `provisions_in_flight`: provisions this replica is running now.
+    pub provisions_in_flight: IntGauge,
     /// `provision_step_duration_seconds{step}`: each step of a guest setup, as its host
     /// timed it (boot, files, startup_script, start_agent).
     pub provision_step_duration: HistogramVec,
@@ -245,6 +247,10 @@ impl Metrics {
                 "Time from create to running (or failed).",
                 &["outcome"],
                 slow.clone(),
+            ),
+            provisions_in_flight: gauge(
+                "provisions_in_flight",
+                "Provisions this replica is running now.",
             ),
             provision_step_duration: hist_vec(
                 "provision_step_duration_seconds",

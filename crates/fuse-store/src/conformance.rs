@@ -1,12 +1,12 @@
-//! The conformance suite every [`StateStore`] backend must pass, run by each backend's own
-//! tests with a factory that yields a fresh, empty store. It checks every trait method and
-//! the concurrency contracts (placement never over-commits, release exactly once).
+//! The conformance suite every [`StateStore`] backend must pass: one check per contract,
+//! each a public function taking a fresh, empty store, declared as one test per check for a
+//! backend by [`crate::conformance_suite!`]. It checks every trait method and the
+//! concurrency contracts (placement never over-commits, release exactly once).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::*;
 use fuse_types::{now, AgentSpec, SnapshotState, Spec, TaskId};
-use std::future::Future;
 use std::sync::Arc;
 
 /// A VM record in `provisioning` for task `task`.
@@ -59,30 +59,35 @@ pub fn host(id: &str, cpus: u32, vm_count: u32) -> HostUpsert {
     }
 }
 
-/// Runs every conformance check, each on a fresh store.
-pub async fn run_all<S, F, Fut>(factory: F)
-where
-    S: StateStore,
-    F: Fn() -> Fut,
-    Fut: Future<Output = S>,
-{
-    vm_create_get_and_idempotency(factory().await).await;
-    vm_update_generation_and_transitions(factory().await).await;
-    vm_list_filters_and_pages(factory().await).await;
-    place_and_release(factory().await).await;
-    concurrent_place_never_overcommits(Arc::new(factory().await)).await;
-    concurrent_release_is_exactly_once(Arc::new(factory().await)).await;
-    hosts_upsert_keeps_allocation_and_delete_refuses_busy(factory().await).await;
-    snapshots_children_and_lifecycle(factory().await).await;
-    purge_terminal(factory().await).await;
-    replicas_and_leadership(factory().await).await;
-    create_placed_and_release_with_a_transition(factory().await).await;
-    begin_destroy_from_any_state(factory().await).await;
-    dead_letters_count_and_clear(factory().await).await;
-    repair_allocation_agrees_with_reservations(factory().await).await;
+/// Declares one `#[tokio::test]` per conformance check, so each check passes or fails on
+/// its own. `$factory` is an async expression, evaluated afresh for every check, yielding
+/// `Option<(store, guard)>`: `None` skips the check (the backend's prerequisite is missing;
+/// `fuse-testkit` makes that a failure under CI), and the guard lives until the check ends
+/// (e.g. the check's own test database).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@plain $factory; vm_create_get_and_idempotency, vm_update_generation_and_transitions, writes_that_keep_the_state_are_audited, vm_list_filters_and_pages, place_and_release, hosts_upsert_keeps_allocation_and_delete_refuses_busy, snapshots_children_and_lifecycle, purge_terminal, replicas_and_leadership, create_placed_and_release_with_a_transition, begin_destroy_from_any_state, dead_letters_count_and_clear, repair_allocation_agrees_with_reservations);
+        $crate::conformance_suite!(@shared $factory; concurrent_place_never_overcommits, concurrent_release_is_exactly_once);
+    };
+    (@plain $factory:expr; $($name:ident),*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let Some((store, _guard)) = $factory.await else { return };
+            $crate::conformance::$name(store).await;
+        }
+    )*};
+    (@shared $factory:expr; $($name:ident),*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let Some((store, _guard)) = $factory.await else { return };
+            $crate::conformance::$name(std::sync::Arc::new(store)).await;
+        }
+    )*};
 }
 
-async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
     let r = vm("bd", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     let (d, changed) = s.vm_begin_destroy(&r.id).await.unwrap();
@@ -100,7 +105,8 @@ async fn begin_destroy_from_any_state<S: StateStore>(s: S) {
     ));
 }
 
-async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
     s.host_upsert(host("h", 4, 1)).await.unwrap();
     let (c, np) = s
         .vm_create_placed(vm("one", 2, 512), Policy::Spread, None)
@@ -171,7 +177,8 @@ async fn create_placed_and_release_with_a_transition<S: StateStore>(s: S) {
     assert_eq!(kinds, ["created", "placed", "state", "state", "released"]);
 }
 
-async fn replicas_and_leadership<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn replicas_and_leadership<S: StateStore>(s: S) {
     s.replica_register("replica-a").await.unwrap();
     assert!(s.replica_alive("replica-a").await.unwrap());
     assert!(!s.replica_alive("replica-never").await.unwrap());
@@ -180,7 +187,8 @@ async fn replicas_and_leadership<S: StateStore>(s: S) {
     s.notify(&["{}".to_string()]).await.unwrap();
 }
 
-async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
     let r = vm("a", 1, 512);
     assert!(matches!(
         s.vm_create(r.clone()).await.unwrap(),
@@ -255,7 +263,8 @@ async fn vm_create_get_and_idempotency<S: StateStore>(s: S) {
     assert_eq!(kinds, ["created", "state", "state", "created"]);
 }
 
-async fn vm_update_generation_and_transitions<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn vm_update_generation_and_transitions<S: StateStore>(s: S) {
     let r = vm("b", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     let g0 = s.vm_get(&r.id).await.unwrap().unwrap().generation;
@@ -313,7 +322,50 @@ async fn vm_update_generation_and_transitions<S: StateStore>(s: S) {
     assert!(matches!(err, StoreError::NotFound { .. }));
 }
 
-async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn writes_that_keep_the_state_are_audited<S: StateStore>(s: S) {
+    let r = vm("keep", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let patch = VmPatch {
+        error: Some(Some("drain command exited with 7".into())),
+        reason: Some("drain failed".into()),
+        audit: Some("drain_failed".into()),
+        ..VmPatch::default()
+    };
+    let after = s.vm_update(&r.id, r.generation, patch).await.unwrap();
+    assert_eq!(after.state, VmState::Provisioning, "the state is kept");
+    assert_eq!(after.generation, r.generation + 1);
+    let audit = s.audit_list(r.id.as_str()).await.unwrap();
+    let last = audit.last().unwrap();
+    assert_eq!(last.event_type, "drain_failed");
+    assert_eq!(last.payload["reason"], "drain failed");
+    // A state change writes its own `state` event, not the write's.
+    let patch = VmPatch {
+        audit: Some("ignored".into()),
+        ..VmPatch::state(VmState::Running, "provisioned")
+    };
+    s.vm_update(&r.id, after.generation, patch).await.unwrap();
+    let audit = s.audit_list(r.id.as_str()).await.unwrap();
+    assert_eq!(audit.last().unwrap().event_type, "state");
+    assert!(audit.iter().all(|a| a.event_type != "ignored"));
+    // A plain write appends nothing.
+    let n = audit.len();
+    let cur = s.vm_get(&r.id).await.unwrap().unwrap();
+    s.vm_update(
+        &r.id,
+        cur.generation,
+        VmPatch {
+            url: Some("http://x".into()),
+            ..VmPatch::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.audit_list(r.id.as_str()).await.unwrap().len(), n);
+}
+
+/// Conformance check (see the module docs).
+pub async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
     for i in 0..7 {
         s.vm_create(vm(&format!("t{i}"), 1, 512)).await.unwrap();
     }
@@ -371,7 +423,8 @@ async fn vm_list_filters_and_pages<S: StateStore>(s: S) {
     assert_eq!(get(VmState::Running), 1);
 }
 
-async fn place_and_release<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn place_and_release<S: StateStore>(s: S) {
     let r = vm("p", 2, 1024);
     s.vm_create(r.clone()).await.unwrap();
     // No hosts at all.
@@ -444,7 +497,8 @@ async fn place_and_release<S: StateStore>(s: S) {
     }
 }
 
-async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
+/// Conformance check (see the module docs).
+pub async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
     s.host_upsert(host("only", 64, 10)).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -473,7 +527,8 @@ async fn concurrent_place_never_overcommits<S: StateStore>(s: Arc<S>) {
     assert_eq!(h.allocated.cpus, 10);
 }
 
-async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
+/// Conformance check (see the module docs).
+pub async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
     s.host_upsert(host("h", 64, 100)).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -508,7 +563,8 @@ async fn concurrent_release_is_exactly_once<S: StateStore>(s: Arc<S>) {
     assert_eq!(h.allocated, Resources::default());
 }
 
-async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore>(s: S) {
     let (h, created) = s.host_upsert(host("h", 8, 10)).await.unwrap();
     assert!(created);
     assert_eq!(h.state, HostState::Active);
@@ -596,7 +652,8 @@ fn snap(id: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
     }
 }
 
-async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
     let r = vm("s", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     s.snapshot_insert(snap("snap_a", &r, None)).await.unwrap();
@@ -650,7 +707,8 @@ async fn snapshots_children_and_lifecycle<S: StateStore>(s: S) {
     ));
 }
 
-async fn purge_terminal<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn purge_terminal<S: StateStore>(s: S) {
     let r = vm("old", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     let keep = vm("live", 1, 512);
@@ -672,7 +730,8 @@ async fn purge_terminal<S: StateStore>(s: S) {
     assert!(s.vm_get(&keep.id).await.unwrap().is_some());
 }
 
-async fn dead_letters_count_and_clear<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn dead_letters_count_and_clear<S: StateStore>(s: S) {
     assert!(s.dead_letter_list().await.unwrap().is_empty());
     assert_eq!(
         s.dead_letter_fail("orphan", "h1/vm-a", "e1").await.unwrap(),
@@ -705,7 +764,8 @@ async fn dead_letters_count_and_clear<S: StateStore>(s: S) {
     );
 }
 
-async fn repair_allocation_agrees_with_reservations<S: StateStore>(s: S) {
+/// Conformance check (see the module docs).
+pub async fn repair_allocation_agrees_with_reservations<S: StateStore>(s: S) {
     s.host_upsert(host("rp", 8, 10)).await.unwrap();
     let h = HostId::parse("rp").unwrap();
     assert_eq!(s.host_repair_allocation(&h).await.unwrap(), None);

@@ -13,7 +13,6 @@ pub mod crypto;
 mod memory;
 mod pg;
 mod records;
-pub mod testdb;
 
 pub use memory::MemoryStore;
 pub use pg::{redact_url, PgOptions, PgStore};

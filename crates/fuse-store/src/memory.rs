@@ -722,13 +722,3 @@ impl StateStore for MemoryStore {
             .collect())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn conformance() {
-        crate::conformance::run_all(|| async { MemoryStore::new() }).await;
-    }
-}

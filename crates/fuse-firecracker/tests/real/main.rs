@@ -29,8 +29,9 @@ fn firecracker() -> Option<PathBuf> {
     ];
     let found = candidates.into_iter().flatten().find(|p| p.exists());
     if found.is_none() {
-        eprintln!(
-            "skipping: no firecracker binary (run tools/install-firecracker.sh .fuse-test/bin)"
+        fuse_testkit::prereq::missing(
+            "the Firecracker binary",
+            "run tools/install-firecracker.sh .fuse-test/bin or set FUSE_FIRECRACKER_BIN",
         );
     }
     found
@@ -44,7 +45,7 @@ fn guests() -> Option<PathBuf> {
     match st {
         Ok(o) if o.status.success() => Some(out),
         _ => {
-            eprintln!("skipping: cannot build the tiny guests (gcc and ld needed)");
+            fuse_testkit::prereq::missing("the tiny test guests", "gcc and ld build them");
             None
         }
     }
@@ -57,7 +58,7 @@ fn kvm() -> bool {
         .open("/dev/kvm")
         .is_ok();
     if !ok {
-        eprintln!("skipping: /dev/kvm is not usable here");
+        fuse_testkit::prereq::missing("a usable /dev/kvm", "Firecracker needs KVM");
     }
     ok
 }

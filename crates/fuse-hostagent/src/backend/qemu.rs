@@ -199,6 +199,32 @@ pub fn tsc_khz_from(kernel_log: &str, cpuinfo: &str) -> Option<u64> {
         .and_then(|l| mhz_to_khz(l.split(':').nth(1)?))
 }
 
+/// Why KVM cannot run this host's guests.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmProbeError {
+    /// No usable `/dev/kvm`.
+    #[error("/dev/kvm cannot be opened")]
+    NoDevice(#[source] std::io::Error),
+    /// QEMU did not start.
+    #[error("starting {bin}")]
+    Spawn {
+        /// The QEMU binary.
+        bin: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU started without a console to watch.
+    #[error("QEMU gave no console")]
+    NoConsole,
+    /// The test guest died before userspace (a software-only KVM).
+    #[error("a test guest died under KVM before userspace: {0}")]
+    Died(String),
+    /// The test guest did not reach userspace in time.
+    #[error("a test guest did not reach userspace under KVM within {0} s")]
+    TimedOut(u64),
+}
+
 /// Whether `/dev/kvm` really runs this guest kernel: boots it with `fuse.probe=1` (the
 /// image's initramfs prints `FUSE-PROBE-OK` and powers off) and watches the console.
 /// A software-only KVM (such as PVM in a nested cloud VM) exists but dies early in boot.
@@ -207,15 +233,12 @@ pub async fn probe_kvm(
     kernel: &Path,
     initrd: Option<&Path>,
     limit: Duration,
-) -> Result<(), String> {
-    if std::fs::OpenOptions::new()
+) -> Result<(), KvmProbeError> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_err()
-    {
-        return Err("/dev/kvm cannot be opened".into());
-    }
+        .map_err(KvmProbeError::NoDevice)?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args([
         "-M",
@@ -249,11 +272,12 @@ pub async fn probe_kvm(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let mut child = cmd.spawn().map_err(|source| KvmProbeError::Spawn {
+        bin: bin.display().to_string(),
+        source,
+    })?;
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err("no console".into());
+        return Err(KvmProbeError::NoConsole);
     };
     let watch = async {
         let mut lines = BufReader::new(out).lines();
@@ -278,13 +302,8 @@ pub async fn probe_kvm(
     let why = why.lines().last().unwrap_or("").trim().to_owned();
     match result {
         Ok(true) => Ok(()),
-        Ok(false) => Err(format!(
-            "a test guest died under KVM before userspace: {why}"
-        )),
-        Err(_) => Err(format!(
-            "a test guest did not reach userspace under KVM within {} s",
-            limit.as_secs()
-        )),
+        Ok(false) => Err(KvmProbeError::Died(why)),
+        Err(_) => Err(KvmProbeError::TimedOut(limit.as_secs())),
     }
 }
 
@@ -301,7 +320,7 @@ pub async fn resolve_accel(
         "tcg" => (Accel::Tcg, "configured".into()),
         _ => match probe_kvm(bin, kernel, initrd, Duration::from_secs(10)).await {
             Ok(()) => (Accel::Kvm, "a test guest booted under KVM".into()),
-            Err(e) => (Accel::Tcg, e),
+            Err(e) => (Accel::Tcg, e.to_string()),
         },
     }
 }

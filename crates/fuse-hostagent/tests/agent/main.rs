@@ -77,7 +77,10 @@ impl Ns {
         if ok {
             Some(ns)
         } else {
-            eprintln!("skipping: cannot create network namespaces here (needs root and iproute2)");
+            fuse_testkit::prereq::missing(
+                "network namespaces",
+                "the tests make them: run as root with iproute2",
+            );
             None
         }
     }
@@ -340,7 +343,13 @@ async fn wire_and_vm_lifecycle() {
         .post("/v1/vm/fuse-a/start-agent", json!({"command": "echo $FUSE_AUTH_TOKEN > seen; exec sleep 60", "binary_path": "", "auth_token": "tok-123"}))
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = a.dir.join("vms/fuse-a/root/seen");
+    fuse_testkit::eventually(
+        "the agent wrote its token",
+        Duration::from_secs(10),
+        || async { std::fs::read_to_string(&seen).is_ok_and(|t| t.ends_with('\n')) },
+    )
+    .await;
     assert_eq!(a.exec("fuse-a", &["cat", "seen"]).await.1, "tok-123\n");
     let (s, _) = a.post("/v1/vm/fuse-a/stop-agent", json!({})).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -630,7 +639,10 @@ fn firecracker_and_tiny_guests(name: &str) -> Option<(PathBuf, PathBuf, PathBuf)
             .open("/dev/kvm")
             .is_err()
     {
-        eprintln!("skipping: no firecracker binary or no /dev/kvm");
+        fuse_testkit::prereq::missing(
+            "the Firecracker binary and a usable /dev/kvm",
+            "set FUSE_FIRECRACKER_BIN (tools/install-firecracker.sh)",
+        );
         return None;
     }
     let dir = tempdir(name);
@@ -640,7 +652,7 @@ fn firecracker_and_tiny_guests(name: &str) -> Option<(PathBuf, PathBuf, PathBuf)
         .output()
         .unwrap();
     if !st.status.success() {
-        eprintln!("skipping: cannot build the tiny guests");
+        fuse_testkit::prereq::missing("the tiny test guests", "gcc and ld build them");
         return None;
     }
     Some((fc, dir, g))

@@ -97,6 +97,22 @@ fn setup_step_name(step: SetupStep) -> &'static str {
     }
 }
 
+/// Counts a provision in `provisions_in_flight` while it lives, however it ends.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn new(g: &prometheus::IntGauge) -> Self {
+        g.inc();
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn parse_id(id: &str) -> Result<VmId, AppError> {
     VmId::parse(id).map_err(|e| AppError::invalid(e.0))
 }
@@ -231,8 +247,12 @@ impl App {
             return Err(AppError::NoCapacity(np));
         }
         let app = self.clone();
+        let in_flight = InFlight::new(&self.metrics.provisions_in_flight);
         let handle = tokio::spawn(tracing::Instrument::instrument(
-            async move { app.provision(placed, valid, started).await },
+            async move {
+                let _in_flight = in_flight;
+                app.provision(placed, valid, started).await
+            },
             tracing::Span::current(),
         ));
         if !wait {

@@ -5,6 +5,7 @@
 //! domain needs (configuration, store, providers, events, metrics) and nothing of the
 //! background tasks, which own their own state.
 
+pub mod clock;
 pub mod credentials;
 pub mod environments;
 pub mod error;
@@ -47,6 +48,8 @@ pub struct App {
     pub relay_ready: std::sync::atomic::AtomicBool,
     /// Consecutive boot failures per host seen by this replica (quarantine).
     pub boot_failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
+    /// "Now" for decisions on elapsed time (tests move it instead of sleeping).
+    pub clock: clock::Clock,
 }
 
 impl App {
@@ -83,6 +86,7 @@ impl App {
             replica_id,
             relay_ready: std::sync::atomic::AtomicBool::new(store_is_private),
             boot_failures: parking_lot::Mutex::default(),
+            clock: clock::Clock::default(),
         });
         (app, frx)
     }

@@ -224,7 +224,7 @@ impl App {
 
     /// Deletes snapshots past their retention that have no children; returns how many.
     pub async fn snapshot_gc(&self) -> Result<u64, AppError> {
-        let at = now();
+        let at = self.clock.now();
         let all = self.store.snapshot_list(&SnapshotFilter::default()).await?;
         let mut n = 0;
         for s in all {

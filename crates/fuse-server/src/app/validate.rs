@@ -50,19 +50,36 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
+/// What is wrong with a guest path (the message completes "path …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GuestPathError {
+    /// Relative.
+    #[error("must be an absolute path")]
+    Relative,
+    /// Too long, or with a NUL.
+    #[error("must be at most 4096 bytes without NUL")]
+    TooLongOrNul,
+    /// With a `..` component.
+    #[error("must not contain '..'")]
+    Traversal,
+    /// Ending in `/`.
+    #[error("must name a file, not a directory")]
+    Directory,
+}
+
 /// Checks a guest path: absolute, no `..`, no NUL, at most 4096 bytes.
-pub fn check_guest_path(p: &str) -> Result<(), String> {
+pub fn check_guest_path(p: &str) -> Result<(), GuestPathError> {
     if !p.starts_with('/') {
-        return Err("must be an absolute path".into());
+        return Err(GuestPathError::Relative);
     }
     if p.len() > 4096 || p.contains('\0') {
-        return Err("must be at most 4096 bytes without NUL".into());
+        return Err(GuestPathError::TooLongOrNul);
     }
     if p.split('/').any(|c| c == "..") {
-        return Err("must not contain '..'".into());
+        return Err(GuestPathError::Traversal);
     }
     if p.ends_with('/') {
-        return Err("must name a file, not a directory".into());
+        return Err(GuestPathError::Directory);
     }
     Ok(())
 }

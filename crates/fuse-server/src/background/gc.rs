@@ -18,7 +18,7 @@ impl BackgroundTask for Gc {
     }
 
     async fn activate(&mut self, app: &Arc<App>) -> Result<serde_json::Value, TaskError> {
-        let before = fuse_types::now() - app.config.terminal_retention;
+        let before = app.clock.now() - app.config.terminal_retention;
         let purged = app.store.vm_purge_terminal(before).await?;
         let snaps = app.snapshot_gc().await?;
         if purged > 0 || snaps > 0 {

@@ -15,7 +15,7 @@ use crate::app::App;
 use async_trait::async_trait;
 use fuse_types::hostagent::HostVmState;
 use fuse_types::lifecycle::Event;
-use fuse_types::{now, HostId, HostState, VmState};
+use fuse_types::{HostId, HostState, VmState};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ impl BackgroundTask for HostMonitor {
                     Err(e) => {
                         let silent_for = h
                             .last_seen
-                            .map(|t| (now() - t).unsigned_abs())
+                            .map(|t| (app.clock.now() - t).unsigned_abs())
                             .unwrap_or(std::time::Duration::MAX);
                         // Only an active host becomes unreachable; a cordon is never lifted
                         // by an outage.

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use fuse_store::{AuditEvent, VmFilter, VmRecord};
 use fuse_types::hostagent::{AgentVm, HostVmState};
 use fuse_types::lifecycle::Event;
-use fuse_types::{now, HostId, HostState, VmId, VmState};
+use fuse_types::{HostId, HostState, VmId, VmState};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -179,7 +179,7 @@ async fn host_pass(
             listed: &listed,
             tracked: &tracked,
             dead_letters: dead,
-            now: now(),
+            now: app.clock.now(),
             orphan_grace: app.config.orphan_grace,
             suspicion_ttl: app.config.reconcile_period * 3,
         },

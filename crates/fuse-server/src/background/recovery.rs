@@ -21,16 +21,16 @@ use crate::app::App;
 use async_trait::async_trait;
 use fuse_store::{StoreError, VmFilter, VmRecord};
 use fuse_types::lifecycle::Event;
-use fuse_types::{now, VmState};
+use fuse_types::VmState;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The recovery task and its memory.
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Replicas seen without their liveness lock, and since when.
-    owners_absent: HashMap<String, Instant>,
+    owners_absent: HashMap<String, fuse_types::Timestamp>,
 }
 
 /// How long a `destroying` VM must be untouched before recovery redoes the destroy (at
@@ -48,8 +48,8 @@ async fn all_in(app: &App, state: VmState) -> Result<Vec<VmRecord>, StoreError> 
     super::all_matching(app, &filter).await
 }
 
-fn age(rec: &VmRecord) -> Duration {
-    (now() - rec.updated_at).unsigned_abs()
+fn age(app: &App, rec: &VmRecord) -> Duration {
+    (app.clock.now() - rec.updated_at).unsigned_abs()
 }
 
 /// How long a replica must be seen without its liveness lock before its provisions count
@@ -66,11 +66,9 @@ impl Recovery {
             self.owners_absent.remove(owner);
             return Ok(false);
         }
-        let since = *self
-            .owners_absent
-            .entry(owner.to_owned())
-            .or_insert_with(Instant::now);
-        Ok(since.elapsed() >= owner_grace(app))
+        let now = app.clock.now();
+        let since = *self.owners_absent.entry(owner.to_owned()).or_insert(now);
+        Ok((now - since).unsigned_abs() >= owner_grace(app))
     }
 }
 
@@ -94,7 +92,7 @@ impl BackgroundTask for Recovery {
                 checked.insert(rec.owner.clone(), g);
                 g
             };
-            let stuck = (now() - rec.created_at).unsigned_abs() > stuck_after;
+            let stuck = (app.clock.now() - rec.created_at).unsigned_abs() > stuck_after;
             if abandoned || stuck {
                 let why = if abandoned {
                     "interrupted: the control-plane replica provisioning it stopped"
@@ -110,7 +108,7 @@ impl BackgroundTask for Recovery {
         self.owners_absent
             .retain(|owner, _| checked.contains_key(owner));
         for rec in all_in(app, VmState::Destroying).await? {
-            if age(&rec) >= destroy_grace(app) {
+            if age(app, &rec) >= destroy_grace(app) {
                 destroys += 1;
                 if let Err(e) = app.env_finish_destroy(rec.clone()).await {
                     tracing::warn!(vm_id = %rec.id, error = %e, "recovery: finishing destroy");
@@ -118,7 +116,7 @@ impl BackgroundTask for Recovery {
             }
         }
         for rec in all_in(app, VmState::Failed).await? {
-            if rec.reserved.is_some() && age(&rec) >= destroy_grace(app) {
+            if rec.reserved.is_some() && age(app, &rec) >= destroy_grace(app) {
                 if let Ok(p) = app.provider_of(&rec).await {
                     if p.vm_destroy(rec.id.as_str()).await.is_ok() {
                         releases += 1;

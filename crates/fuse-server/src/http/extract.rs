@@ -96,7 +96,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     }
 }
 
-fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, String> {
+/// A query string that is not valid percent-encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum QueryError {
+    /// `%` not followed by two characters.
+    #[error("truncated %-escape")]
+    Truncated,
+    /// `%` followed by something that is not two hex digits.
+    #[error("bad escape %{0}")]
+    BadEscape(String),
+    /// Decoded bytes that are not UTF-8.
+    #[error("not UTF-8")]
+    NotUtf8,
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, QueryError> {
     let mut out = Vec::new();
     for part in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -105,7 +119,7 @@ fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn pct_decode(s: &str) -> Result<String, String> {
+fn pct_decode(s: &str) -> Result<String, QueryError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -113,16 +127,16 @@ fn pct_decode(s: &str) -> Result<String, String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let pair = b.get(i + 1..i + 3).ok_or("truncated %-escape")?;
-                let text = std::str::from_utf8(pair).map_err(|_| "bad %-escape")?;
-                out.push(u8::from_str_radix(text, 16).map_err(|_| format!("bad escape %{text}"))?);
+                let pair = b.get(i + 1..i + 3).ok_or(QueryError::Truncated)?;
+                let text = String::from_utf8_lossy(pair).into_owned();
+                out.push(u8::from_str_radix(&text, 16).map_err(|_| QueryError::BadEscape(text))?);
                 i += 2;
             }
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| "not UTF-8".into())
+    String::from_utf8(out).map_err(|_| QueryError::NotUtf8)
 }
 
 impl Params {

@@ -636,7 +636,10 @@ async fn delete_during_provisioning_wins_and_leaks_nothing() {
     // The provision notices, removes its VM, and does not resurrect the record.
     f.eventually("host empty", || async { f.stub("h").is_empty() })
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    f.eventually("the old provision ended", || async {
+        f.provisions_in_flight() == 0
+    })
+    .await;
     assert_eq!(
         f.get("/v1/environments/fuse-race").await.body["state"],
         "destroyed"
@@ -676,7 +679,10 @@ async fn a_recreate_is_not_disturbed_by_the_old_provision() {
         )
         .await;
     assert_eq!(new.status, StatusCode::CREATED, "{}", new.text);
-    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    f.eventually("the old provision ended", || async {
+        f.provisions_in_flight() == 0
+    })
+    .await;
     let cur = f.get("/v1/environments/fuse-reuse").await;
     assert_eq!(cur.body["state"], "running");
     assert_eq!(cur.body["spec"]["cpus"], 2);

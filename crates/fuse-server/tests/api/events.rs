@@ -62,9 +62,8 @@ async fn stream_shows_every_change_and_ends_after_destroyed() {
         .to_str()
         .unwrap()
         .starts_with("text/event-stream"));
+    // The stream subscribed before it answered: every change from here on is in it.
     let reader = tokio::spawn(read_frames(resp, 100, Duration::from_secs(10)));
-    // Let the stream deliver its first event before changing state.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     f.post("/v1/environments/fuse-ev?action=drain", json!({}))
         .await;
     f.delete("/v1/environments/fuse-ev").await;
@@ -153,13 +152,13 @@ async fn a_silent_host_sends_lost_then_running_on_the_stream() {
         .await
         .unwrap();
     let reader = tokio::spawn(read_frames(resp, 4, Duration::from_secs(10)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let stub = f.stub("h1");
     stub.set_faults(fuse_server::provider::stub::StubFaults {
         unreachable: true,
         ..Default::default()
     });
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Silent past the limit, by the control plane's clock.
+    f.advance(Duration::from_millis(1100));
     f.running.tasks.run_now("host_monitor").await.unwrap();
     stub.set_faults(Default::default());
     f.running.tasks.run_now("host_monitor").await.unwrap();

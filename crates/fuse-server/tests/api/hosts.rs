@@ -238,7 +238,7 @@ async fn a_host_that_comes_back_becomes_active_with_its_own_capacity_and_a_cordo
     // A cordoned host that goes silent stays cordoned when it returns.
     f.post("/v1/hosts/late?action=cordon", json!({})).await;
     join.abort();
-    f.running.tasks.activate("host_monitor");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    f.advance(std::time::Duration::from_secs(3600));
+    f.run_task("host_monitor").await.unwrap();
     assert_eq!(f.get("/v1/hosts/late").await.body["state"], "cordoned");
 }

@@ -166,7 +166,8 @@ async fn past_max_runtime_is_suspected_once_then_failed_and_destroyed() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_owned();
     let other = f.create_running("rc-runtime-other").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the limit, by the control plane's clock.
+    f.advance(Duration::from_millis(1200));
     pass(&f).await.unwrap();
     assert_eq!(state(&f, &id).await["state"], "running", "only suspected");
     assert_eq!(
@@ -311,7 +312,7 @@ async fn a_silent_host_loses_its_vms_then_gets_them_back_or_fails_them() {
     monitor(&f).await;
     let h = f.get("/v1/hosts/h1").await.body;
     assert_eq!(h["state"], "active", "silent for less than the limit: {h}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    f.advance(Duration::from_millis(1100));
     monitor(&f).await;
     let h = f.get("/v1/hosts/h1").await.body;
     assert_eq!(h["state"], "unreachable", "{h}");

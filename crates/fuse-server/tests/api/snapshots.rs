@@ -175,7 +175,7 @@ async fn expired_snapshots_are_collected() {
             json!({"retention_seconds": 3600}),
         )
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    f.advance(std::time::Duration::from_millis(5));
     assert_eq!(f.app().snapshot_gc().await.unwrap(), 1);
     let sid = s.body["id"].as_str().unwrap();
     assert_eq!(

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn kill_during_provision_and_destroy_then_restart() {
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let (stub, addr, _host) = stub_host().await;
     let mut a = spawn_fuse(&db, &[]);
     a.ready().await;

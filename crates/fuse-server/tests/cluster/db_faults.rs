@@ -8,10 +8,10 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn postgres_down_at_start_then_up() {
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let proxy = Proxy::start(pg_target(&admin), false).await;
     let f = spawn_fuse(&via_port(&db, proxy.port), &[]);
     // It serves, but is not ready, and says why in its log.
@@ -48,10 +48,10 @@ async fn postgres_down_at_start_then_up() {
 
 #[tokio::test]
 async fn postgres_going_away_while_serving() {
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let proxy = Proxy::start(pg_target(&admin), true).await;
     let f = spawn_fuse(&via_port(&db, proxy.port), &[]);
     f.ready().await;

@@ -57,21 +57,17 @@ pub async fn register(f: &FuseProc, hosts: &[Host]) {
 
 /// Hosts with running agents, a fresh database and a `fuse` on it with the hosts
 /// registered; `None` (skip, reason printed) without root or a test database.
-async fn cluster(names: &[&str]) -> Option<(Vec<Host>, String, FuseProc)> {
+async fn cluster(names: &[&str]) -> Option<(Vec<Host>, fuse_testkit::TestDb, FuseProc)> {
     let admin = admin()?;
     let hs = hosts(names).await?;
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let f = fuse_on(&db).await;
     register(&f, &hs).await;
     Some((hs, db, f))
 }
 
 fn admin() -> Option<String> {
-    let a = fuse_store::testdb::admin_url();
-    if a.is_none() {
-        eprintln!("skipping: FUSE_TEST_DATABASE_URL is not set");
-    }
-    a
+    fuse_testkit::db::admin_url()
 }
 
 async fn fuse_on(db: &str) -> FuseProc {
@@ -158,7 +154,14 @@ async fn agent_killed_mid_create_then_restarted() {
         12,
         json!({"startup_script": "sleep 0.3", "agent": {"command": "exec sleep 600"}}),
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Kill the agent while creates are in flight on it (its first VMs are there, the
+    // startup scripts still sleeping).
+    eventually(
+        "creates in flight on h1",
+        Duration::from_secs(30),
+        || async { !hs[0].vms().await.is_empty() },
+    )
+    .await;
     hs[0].kill9_agent();
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     for j in jobs {
@@ -166,7 +169,7 @@ async fn agent_killed_mid_create_then_restarted() {
         let k = format!("{} {}", s.as_u16(), b["state"].as_str().unwrap_or("-"));
         *outcomes.entry(k).or_default() += 1;
     }
-    eprintln!("creates with the agent killed at 250 ms: {outcomes:?}");
+    eprintln!("creates with the agent killed mid-way: {outcomes:?}");
     assert!(
         outcomes.keys().any(|k| !k.ends_with("running")),
         "the kill hit no create: {outcomes:?}"
@@ -233,9 +236,15 @@ async fn host_cut_off_past_the_liveness_limit_then_healed() {
     // Meanwhile one of its VMs dies.
     let dead = on_h1[0].clone();
     assert!(hs[0].kill_vm(&dead), "{dead} had no process");
-    // Healed: the host comes back with its other VMs, which are running again; the dead
-    // one is failed.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Healed once the VM is really dead: the host comes back with its other VMs, which are
+    // running again; the dead one is failed.
+    let others = on_h1.len() - 1;
+    eventually(
+        "the killed VM's process gone",
+        Duration::from_secs(30),
+        || async { hs[0].footprint().procs == others },
+    )
+    .await;
     hs[0].link(true);
     eventually("h1 active again", Duration::from_secs(30), || async {
         f.get("/v1/hosts/h1").await.1["state"] == "active"
@@ -340,7 +349,10 @@ impl PrivatePg {
             ]);
         let pg = PrivatePg { dir, bin, port };
         if !ok || !pg.ctl(&["start"]) {
-            eprintln!("skipping: cannot run a private Postgres here");
+            fuse_testkit::prereq::missing(
+                "a private Postgres",
+                "the fault test runs its own cluster from Debian's postgresql binaries",
+            );
             return None;
         }
         Some(pg)
@@ -397,9 +409,10 @@ async fn postgres_restarted_while_creates_and_destroys_run() {
     let f = Arc::new(fuse_on(&db).await);
     register(&f, &hs).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..3 {
-        let (f, stop) = (f.clone(), stop.clone());
+        let (f, stop, created) = (f.clone(), stop.clone(), created.clone());
         workers.push(tokio::spawn(async move {
             let mut counts = std::collections::BTreeMap::<String, usize>::new();
             let mut i = 0;
@@ -407,6 +420,9 @@ async fn postgres_restarted_while_creates_and_destroys_run() {
                 let task = format!("pg-{w}-{i}");
                 i += 1;
                 let (s, b) = f.post("/v1/environments", json!({"task_id": task})).await;
+                if s == StatusCode::CREATED {
+                    created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 *counts.entry(format!("create {}", s.as_u16())).or_default() += 1;
                 if let Some(id) = b["id"].as_str() {
                     let (s, _) = f.delete(&format!("/v1/environments/{id}")).await;
@@ -416,9 +432,23 @@ async fn postgres_restarted_while_creates_and_destroys_run() {
             counts
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Traffic runs, Postgres restarts under it, traffic goes on: creates succeed again
+    // after the restart.
+    let n = || created.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(
+        "creates before the restart",
+        Duration::from_secs(30),
+        || async { n() >= 6 },
+    )
+    .await;
     assert!(pg.ctl(&["restart"]), "restarting Postgres");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after_restart = n();
+    eventually(
+        "creates after the restart",
+        Duration::from_secs(60),
+        || async { n() >= after_restart + 6 },
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = std::collections::BTreeMap::<String, usize>::new();
     for w in workers {
@@ -508,7 +538,12 @@ async fn leftovers_of_a_crashed_agent_are_reclaimed_and_orphans_destroyed() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    // Kill the agent mid-burst: once some of the burst's VMs have directories.
+    let vms_dir = hs[0].dir.join("vms");
+    eventually("the burst under way", Duration::from_secs(30), || async {
+        std::fs::read_dir(&vms_dir).map(|d| d.count()).unwrap_or(0) > 3
+    })
+    .await;
     hs[0].kill9_agent();
     for j in jobs {
         let _ = j.await;
@@ -530,7 +565,7 @@ async fn leftovers_of_a_crashed_agent_are_reclaimed_and_orphans_destroyed() {
     assert_eq!((fp.netns, fp.links, fp.procs), (n, n, n), "{fp:?}");
     assert!(fp.nat_vms.iter().all(|v| adopted.contains(v)), "{fp:?}");
     // A control plane that tracks none of them destroys them as orphans.
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let f = fuse_on(&db).await;
     register(&f, &hs).await;
     settled(&f, &[&hs[0]], &db, HEAL).await;

@@ -113,7 +113,10 @@ impl Host {
                 .unwrap(),
         };
         if !ok {
-            eprintln!("skipping: cannot create network namespaces here (needs root and iproute2)");
+            fuse_testkit::prereq::missing(
+                "network namespaces",
+                "the tests make them: run as root with iproute2",
+            );
         }
         ok.then_some(host)
     }

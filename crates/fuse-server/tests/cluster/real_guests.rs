@@ -70,7 +70,7 @@ fn guest_assets() -> Option<PathBuf> {
     match r {
         Ok(p) => Some(p.clone()),
         Err(e) => {
-            eprintln!("skipping: {e}");
+            fuse_testkit::prereq::missing("a real guest image", e);
             None
         }
     }
@@ -356,10 +356,10 @@ fn median(mut v: Vec<u64>) -> u64 {
 async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
     let Some(assets) = guest_assets() else { return };
     let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let host = Host::start(1, &assets, &assets.join("rootfs.ext4"));
     let fuse = spawn_patient_fuse(&db, &[("FUSE_GC_PERIOD_SECS", "1")]);
     fuse.ready().await;
@@ -633,6 +633,8 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
             .contains("SIGTERM received; exiting 0"),
         "{log}"
     );
+    // An absence over time cannot be waited for: watch a window longer than the
+    // supervisor's restart back-off (a crashed agent is restarted within it).
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         exec(&fuse, &id, "pidof fused").await["exit_code"],
@@ -685,10 +687,10 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
 async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
     let Some(assets) = guest_assets() else { return };
     let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     // A root disk that is not a filesystem at all.
     let broken = std::env::temp_dir().join(format!("fuse-broken-{}.ext4", std::process::id()));
     std::fs::write(&broken, vec![0u8; 4 << 20]).unwrap();
@@ -722,10 +724,10 @@ async fn a_guest_that_never_boots_fails_clearly_and_leaves_nothing() {
 async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
     let Some(assets) = guest_assets() else { return };
     let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     // A good image whose guest helper never starts: the guest boots and stays up, silent.
     let silent = std::env::temp_dir().join(format!("fuse-silent-{}.ext4", std::process::id()));
     std::fs::copy(assets.join("rootfs.ext4"), &silent).unwrap();

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn two_replicas_never_overcommit_one_host() {
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let a = spawn_fuse(&db, &[]);
     let b = spawn_fuse(&db, &[]);
     a.ready().await;
@@ -75,10 +75,10 @@ async fn two_replicas_never_overcommit_one_host() {
 
 #[tokio::test]
 async fn events_from_one_replica_reach_sse_on_the_other() {
-    let Some(admin) = fuse_store::testdb::admin_url() else {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
         return;
     };
-    let db = fuse_store::testdb::fresh(&admin).await;
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
     let a = spawn_fuse(&db, &[]);
     let b = spawn_fuse(&db, &[]);
     a.ready().await;
@@ -112,7 +112,7 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
         }
         text
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The stream on b subscribed before it answered: every change from here on is in it.
     a.post("/v1/environments/fuse-x?action=drain", json!({}))
         .await;
     a.delete("/v1/environments/fuse-x").await;

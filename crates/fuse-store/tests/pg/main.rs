@@ -1,15 +1,26 @@
-//! The conformance suite against a real Postgres, plus what only Postgres has: migrations,
-//! encryption at rest, replica liveness, leadership and NOTIFY.
+//! The store's tests: the conformance suite on both backends, one test per check
+//! (`conformance`), plus what only Postgres has: migrations, encryption at rest, replica
+//! liveness, leadership and NOTIFY. Every Postgres test has a database of its own, dropped
+//! when it ends.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use fuse_store::crypto::Cipher;
-use fuse_store::{conformance, testdb, PgOptions, PgStore, StateStore, VmPatch, VmSecrets};
+mod conformance;
+
+use fuse_store::{PgOptions, PgStore, StateStore, VmPatch, VmSecrets};
+use fuse_testkit::TestDb;
 use fuse_types::VmState;
 use sqlx::Row;
 use std::time::Duration;
 
 const KEY: &str = "8f1e6b0c2d3a4f5e6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b";
+
+/// A Postgres store on its own fresh database (the database is dropped with the guard).
+pub async fn fresh_store(key: Option<&str>) -> Option<(PgStore, TestDb)> {
+    let db = TestDb::create().await?;
+    Some((store(db.url(), key).await, db))
+}
 
 async fn store(url: &str, key: Option<&str>) -> PgStore {
     let cipher = key.map(|k| Cipher::from_hex(k).unwrap());
@@ -19,23 +30,11 @@ async fn store(url: &str, key: Option<&str>) -> PgStore {
 }
 
 #[tokio::test]
-async fn conformance_suite() {
-    let Some(admin) = testdb::admin_url() else {
-        return;
-    };
-    conformance::run_all(|| {
-        let admin = admin.clone();
-        async move { store(&testdb::fresh(&admin).await, Some(KEY)).await }
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn migrations_are_recorded_and_idempotent() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let a = PgStore::new(PgOptions::new(&url, None)).unwrap();
     assert!(a.ping().await.is_err(), "unavailable before migrations");
     assert_eq!(a.migrate().await.unwrap(), vec![1]);
@@ -51,12 +50,12 @@ async fn migrations_are_recorded_and_idempotent() {
 
 #[tokio::test]
 async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let s = store(&url, Some(KEY)).await;
-    let r = conformance::vm("enc", 1, 512);
+    let r = fuse_store::conformance::vm("enc", 1, 512);
     s.vm_create(r.clone()).await.unwrap();
     let secrets = VmSecrets {
         auth_token: "tok-".repeat(16),
@@ -75,7 +74,7 @@ async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
     )
     .await
     .unwrap();
-    let mut up = conformance::host("hh", 4, 4);
+    let mut up = fuse_store::conformance::host("hh", 4, 4);
     up.token = "host-token-secret".into();
     s.host_upsert(up).await.unwrap();
     // Round trip through the store.
@@ -122,7 +121,7 @@ async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
     assert_eq!(other.vm_get(&r.id).await.unwrap().unwrap().secrets, None);
     // Without a key nothing secret is written.
     let plain = store(&url, None).await;
-    let r2 = conformance::vm("noenc", 1, 512);
+    let r2 = fuse_store::conformance::vm("noenc", 1, 512);
     plain.vm_create(r2.clone()).await.unwrap();
     plain
         .vm_update(
@@ -145,10 +144,10 @@ async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
 
 #[tokio::test]
 async fn liveness_leadership_and_takeover() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let a = store(&url, None).await;
     let b = store(&url, None).await;
     a.replica_register("replica-a").await.unwrap();
@@ -173,10 +172,10 @@ async fn liveness_leadership_and_takeover() {
 
 #[tokio::test]
 async fn notify_reaches_every_listener() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let a = store(&url, None).await;
     let b = store(&url, None).await;
     let mut rx = b.listen().await.unwrap().unwrap();
@@ -197,16 +196,18 @@ async fn notify_reaches_every_listener() {
 
 #[tokio::test]
 async fn a_burst_of_creates_spreads_over_equal_hosts() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let s = std::sync::Arc::new(store(&url, None).await);
     for h in ["a", "b", "c"] {
-        s.host_upsert(conformance::host(h, 16, 100)).await.unwrap();
+        s.host_upsert(fuse_store::conformance::host(h, 16, 100))
+            .await
+            .unwrap();
     }
     // Warm the placement cache, then nine creates at once.
-    let warm = conformance::vm("warm", 1, 512);
+    let warm = fuse_store::conformance::vm("warm", 1, 512);
     let (w, _) = s
         .vm_create_placed(warm, fuse_scheduler::Policy::Spread, None)
         .await
@@ -217,7 +218,7 @@ async fn a_burst_of_creates_spreads_over_equal_hosts() {
             tokio::spawn(async move {
                 let (c, np) = s
                     .vm_create_placed(
-                        conformance::vm(&format!("burst-{i}"), 1, 512),
+                        fuse_store::conformance::vm(&format!("burst-{i}"), 1, 512),
                         fuse_scheduler::Policy::Spread,
                         None,
                     )
@@ -250,15 +251,17 @@ async fn a_burst_of_creates_spreads_over_equal_hosts() {
 
 #[tokio::test]
 async fn drifted_allocation_is_repaired_from_the_reservations() {
-    let Some(admin) = testdb::admin_url() else {
+    let Some(db) = TestDb::create().await else {
         return;
     };
-    let url = testdb::fresh(&admin).await;
+    let url = db.url().to_owned();
     let s = store(&url, None).await;
-    s.host_upsert(conformance::host("dr", 8, 10)).await.unwrap();
+    s.host_upsert(fuse_store::conformance::host("dr", 8, 10))
+        .await
+        .unwrap();
     let h = fuse_types::HostId::parse("dr").unwrap();
     s.vm_create_placed(
-        conformance::vm("dr-a", 2, 1024),
+        fuse_store::conformance::vm("dr-a", 2, 1024),
         fuse_scheduler::Policy::Spread,
         None,
     )
