@@ -152,7 +152,7 @@ impl Config {
             ));
         }
         if let Err(e) = crate::net::Pool::parse(&self.subnet) {
-            errs.push(e);
+            errs.push(e.to_string());
         }
         if self.forward_range().is_none() {
             errs.push(format!(
