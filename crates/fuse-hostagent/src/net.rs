@@ -12,8 +12,8 @@
 
 pub mod nft;
 pub mod ns;
+mod veth;
 
-use nlink::netlink::link::VethLink;
 use nlink::netlink::{namespace, Connection, Nftables, Route};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -21,6 +21,10 @@ use std::net::Ipv4Addr;
 
 /// Prefix of every device and namespace this agent creates.
 pub const PREFIX: &str = "fv";
+
+/// How long a destroy waits for a VM's veth to vanish with its namespace before it
+/// deletes the device itself.
+const DEVICE_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What one VM's network is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -345,30 +349,36 @@ impl Net {
         };
         if let Some(name) = info.netns.clone() {
             let n = name.clone();
+            let rt = tokio::runtime::Handle::current();
             let made = blocking("creating the network namespace", vm, move || {
-                namespace::create(&n).map(|()| ns::id_of(&ns::path(&n)))
+                namespace::create(&n)?;
+                let netns = namespace::Netns::open(&n)?;
+                // A socket made inside the namespace configures the VM's side; the thread
+                // that makes it then exits, so no thread of ours has to switch back.
+                let inside = netns.run(move || {
+                    let _rt = rt.enter();
+                    Connection::<Route>::new()
+                })??;
+                let fd = std::os::fd::AsFd::as_fd(&netns).try_clone_to_owned()?;
+                Ok::<_, nlink::Error>((ns::id_of(&ns::path(&n)), inside, fd))
             })
             .await?;
-            info.netns_id = made.map_err(|source| NetError::NamespaceCreate {
+            let (id, inside, peer_ns) = made.map_err(|source| NetError::NamespaceCreate {
                 vm: vm.to_owned(),
                 ns: name.clone(),
                 source,
             })?;
+            info.netns_id = id;
             let peer = peer_name(&dev);
-            let target =
-                std::fs::File::open(ns::path(&name)).map_err(|e| NetError::NamespaceCreate {
-                    vm: vm.to_owned(),
-                    ns: name.clone(),
-                    source: e.into(),
-                })?;
             self.route
-                .add_link(VethLink::new(&dev, &peer).peer_netns_fd(&target))
+                .add_link(veth::Veth {
+                    name: dev.clone(),
+                    peer: peer.clone(),
+                    peer_ns,
+                })
                 .await
                 .map_err(link("creating the veth pair", &dev))?;
-            self.host_side(vm, info).await?;
-            // The guest side, through a socket opened inside the VM's namespace.
-            let inside = Connection::<Route>::new_in(name.as_str())
-                .map_err(link("opening netlink in the namespace", &name))?;
+            self.host_side(vm, info, false).await?;
             let peer_index = inside
                 .get_link_by_name(peer.as_str())
                 .await
@@ -405,7 +415,7 @@ impl Net {
                 dev: dev.clone(),
                 source,
             })?;
-            self.host_side(vm, info).await?;
+            self.host_side(vm, info, true).await?;
         }
         // Forwarding is what makes the NAT route anything; one write, no command.
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
@@ -426,8 +436,8 @@ impl Net {
         })
     }
 
-    /// The host side of a VM's link: its address and up.
-    async fn host_side(&self, vm: &str, info: &NetInfo) -> Result<(), NetError> {
+    /// The host side of a VM's link: its address, and up unless it was created up.
+    async fn host_side(&self, vm: &str, info: &NetInfo, up: bool) -> Result<(), NetError> {
         let err = |step| {
             let (vm, dev) = (vm.to_owned(), info.dev.clone());
             move |source| NetError::Link {
@@ -448,10 +458,13 @@ impl Net {
             .add_address_by_index(index, info.host_ip.into(), 30)
             .await
             .map_err(err("adding the host address"))?;
-        self.route
-            .set_link_up_by_index(index)
-            .await
-            .map_err(err("bringing the host side up"))
+        if up {
+            self.route
+                .set_link_up_by_index(index)
+                .await
+                .map_err(err("bringing the host side up"))?;
+        }
+        Ok(())
     }
 
     /// Removes everything a VM's network owns: its nftables objects (one transaction),
@@ -484,32 +497,74 @@ impl Net {
                 }
             }
         }
-        if let Some(name) = &info.netns {
-            // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
-            let (path, known) = (ns::path(name), info.netns_id);
-            let killed = blocking("killing the namespace's processes", vm_id, move || {
-                ns::id_of(&path).or(known).map(ns::kill_all_in).unwrap_or(0)
-            })
-            .await;
-            if let Err(e) = killed {
-                first.get_or_insert(e);
+        match &info.netns {
+            Some(name) => {
+                // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
+                let (path, known) = (ns::path(name), info.netns_id);
+                let killed = blocking("killing the namespace's processes", vm_id, move || {
+                    ns::id_of(&path).or(known).map(ns::kill_all_in).unwrap_or(0)
+                })
+                .await;
+                if let Err(e) = killed {
+                    first.get_or_insert(e);
+                }
+                // The namespace goes once its processes have, and takes the veth pair
+                // with it: the kernel unregisters the devices of dying namespaces in
+                // batches, where deleting each pair here costs an RCU grace period under
+                // the RTNL lock. Destroy still returns only once the device is gone.
+                if let Err(e) = self.namespace_delete(vm_id, name.clone()).await {
+                    first.get_or_insert(e);
+                }
+                if let Err(e) = self.device_gone(vm_id, &info.dev).await {
+                    first.get_or_insert(e);
+                }
             }
-        }
-        // Deleting the host side of a veth deletes its peer too.
-        if let Err(source) = self.route.del_link_if_exists(info.dev.as_str()).await {
-            first.get_or_insert(NetError::Link {
-                step: "deleting the device",
-                vm: vm_id.to_owned(),
-                dev: info.dev.clone(),
-                source,
-            });
-        }
-        if let Some(name) = info.netns.clone() {
-            if let Err(e) = self.namespace_delete(vm_id, name).await {
-                first.get_or_insert(e);
+            None => {
+                if let Err(source) = self.route.del_link_if_exists(info.dev.as_str()).await {
+                    first.get_or_insert(NetError::Link {
+                        step: "deleting the device",
+                        vm: vm_id.to_owned(),
+                        dev: info.dev.clone(),
+                        source,
+                    });
+                }
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Waits (up to [`DEVICE_GONE_WAIT`]) for a VM's veth to go with its namespace, then
+    /// deletes it if it is still there (something kept the namespace alive).
+    async fn device_gone(&self, vm: &str, dev: &str) -> Result<(), NetError> {
+        let err = |step| {
+            let (vm, dev) = (vm.to_owned(), dev.to_owned());
+            move |source| NetError::Link {
+                step,
+                vm,
+                dev,
+                source,
+            }
+        };
+        let deadline = tokio::time::Instant::now() + DEVICE_GONE_WAIT;
+        let mut pause = std::time::Duration::from_millis(1);
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .route
+                .get_link_by_name(dev)
+                .await
+                .map_err(err("looking for the device"))?
+                .is_none()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+        self.route
+            .del_link_if_exists(dev)
+            .await
+            .map(|_| ())
+            .map_err(err("deleting the device"))
     }
 
     async fn namespace_delete(&self, vm: &str, name: String) -> Result<(), NetError> {
