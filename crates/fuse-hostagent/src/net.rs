@@ -231,6 +231,17 @@ pub fn dev_name(tag: &str, vm_id: &str) -> String {
     format!("{PREFIX}{tag}{}", &hex::encode(h)[..8])
 }
 
+/// The index of device `dev` in the agent's namespace, `None` when there is none.
+///
+/// Through `SIOCGIFINDEX` rather than an `RTM_GETLINK`: the kernel answers a getlink by
+/// first flushing the device's pending link-state events under the RTNL lock, and for a
+/// device that is up without carrier (a veth whose peer is not up yet, or is going away
+/// with its namespace) that flush is a `synchronize_net()`, which every other VM's
+/// netlink work then waits behind.
+fn ifindex(dev: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(dev).ok()
+}
+
 /// The guest side of a VM's veth pair (inside its namespace).
 fn peer_name(dev: &str) -> String {
     format!("{dev}g")
@@ -378,7 +389,7 @@ impl Net {
                 })
                 .await
                 .map_err(link("creating the veth pair", &dev))?;
-            self.host_side(vm, info, false).await?;
+            self.host_side(vm, info).await?;
             let peer_index = inside
                 .get_link_by_name(peer.as_str())
                 .await
@@ -415,7 +426,7 @@ impl Net {
                 dev: dev.clone(),
                 source,
             })?;
-            self.host_side(vm, info, true).await?;
+            self.host_side(vm, info).await?;
         }
         // Forwarding is what makes the NAT route anything; one write, no command.
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
@@ -436,8 +447,8 @@ impl Net {
         })
     }
 
-    /// The host side of a VM's link: its address, and up unless it was created up.
-    async fn host_side(&self, vm: &str, info: &NetInfo, up: bool) -> Result<(), NetError> {
+    /// The host side of a VM's link: its address, then up.
+    async fn host_side(&self, vm: &str, info: &NetInfo) -> Result<(), NetError> {
         let err = |step| {
             let (vm, dev) = (vm.to_owned(), info.dev.clone());
             move |source| NetError::Link {
@@ -447,24 +458,17 @@ impl Net {
                 source,
             }
         };
-        let index = self
-            .route
-            .get_link_by_name(info.dev.as_str())
-            .await
-            .and_then(|l| l.ok_or_else(|| nlink::Error::interface_not_found(&info.dev)))
-            .map_err(err("finding the host side"))?
-            .ifindex();
+        let index = ifindex(&info.dev)
+            .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
+            .map_err(err("finding the host side"))?;
         self.route
             .add_address_by_index(index, info.host_ip.into(), 30)
             .await
             .map_err(err("adding the host address"))?;
-        if up {
-            self.route
-                .set_link_up_by_index(index)
-                .await
-                .map_err(err("bringing the host side up"))?;
-        }
-        Ok(())
+        self.route
+            .set_link_up_by_index(index)
+            .await
+            .map_err(err("bringing the host side up"))
     }
 
     /// Removes everything a VM's network owns: its nftables objects (one transaction),
@@ -548,13 +552,7 @@ impl Net {
         let deadline = tokio::time::Instant::now() + DEVICE_GONE_WAIT;
         let mut pause = std::time::Duration::from_millis(1);
         while tokio::time::Instant::now() < deadline {
-            if self
-                .route
-                .get_link_by_name(dev)
-                .await
-                .map_err(err("looking for the device"))?
-                .is_none()
-            {
+            if ifindex(dev).is_none() {
                 return Ok(());
             }
             tokio::time::sleep(pause).await;

@@ -1,5 +1,7 @@
-//! The `process` backend's veth pair, as one `RTM_NEWLINK`: the host side up at once, the
-//! peer created directly in the VM's namespace, and one TX and one RX queue on each end.
+//! The `process` backend's veth pair, as one `RTM_NEWLINK`: the peer created directly in
+//! the VM's namespace, and one TX and one RX queue on each end. Both ends start down: a
+//! veth up without carrier (its peer still down) would make the next netlink look at it
+//! wait for an RCU grace period under the RTNL lock (see `super::ifindex`).
 //!
 //! Why not nlink's `VethLink`: it leaves the queue counts to the kernel, which then
 //! allocates one queue per CPU and trims each end to one after registering it
@@ -17,7 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// `VETH_INFO_PEER` (`include/uapi/linux/veth.h`).
 const VETH_INFO_PEER: u16 = 1;
 
-/// A veth pair `name` (here, up) / `peer` (in the namespace `peer_ns` names, down).
+/// A veth pair `name` (here) / `peer` (in the namespace `peer_ns` names).
 pub struct Veth {
     /// Host side.
     pub name: String,
@@ -45,10 +47,6 @@ impl LinkConfig for Veth {
         Some(&self.peer)
     }
 
-    fn up_at_create(&self) -> bool {
-        true
-    }
-
     fn write_to(&self, b: &mut MessageBuilder, _parent_index: Option<u32>) {
         b.append_attr_str(IflaAttr::Ifname as u16, &self.name);
         one_queue(b);
@@ -56,7 +54,6 @@ impl LinkConfig for Veth {
         b.append_attr_str(IflaInfo::Kind as u16, "veth");
         let data = b.nest_start(IflaInfo::Data as u16);
         let peer = b.nest_start(VETH_INFO_PEER);
-        // The peer cannot be created up: veth refuses to open before its pair exists.
         b.append(&IfInfoMsg::new());
         b.append_attr_str(IflaAttr::Ifname as u16, &self.peer);
         one_queue(b);
