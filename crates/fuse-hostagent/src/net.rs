@@ -524,7 +524,15 @@ impl Net {
                 }
             }
             None => {
-                if let Err(source) = self.route.del_link_if_exists(info.dev.as_str()).await {
+                // By index (see `ifindex`): a tap no VMM holds any more has no carrier.
+                let gone = match ifindex(&info.dev) {
+                    Some(i) => match self.route.del_link_by_index(i).await {
+                        Err(e) if e.is_not_found() => Ok(()),
+                        r => r,
+                    },
+                    None => Ok(()),
+                };
+                if let Err(source) = gone {
                     first.get_or_insert(NetError::Link {
                         step: "deleting the device",
                         vm: vm_id.to_owned(),
@@ -558,11 +566,13 @@ impl Net {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(20));
         }
-        self.route
-            .del_link_if_exists(dev)
-            .await
-            .map(|_| ())
-            .map_err(err("deleting the device"))
+        match ifindex(dev) {
+            Some(i) => match self.route.del_link_by_index(i).await {
+                Err(e) if !e.is_not_found() => Err(err("deleting the device")(e)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
     }
 
     async fn namespace_delete(&self, vm: &str, name: String) -> Result<(), NetError> {
