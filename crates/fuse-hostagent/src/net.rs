@@ -311,11 +311,6 @@ impl Net {
         })
     }
 
-    /// This agent's tag.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
     /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace
     /// (veth); otherwise a persistent tap is created for the VMM to open by name. On
     /// failure whatever was made is removed again.
