@@ -643,6 +643,20 @@ impl Net {
         Ok(r)
     }
 
+    /// Deletes the agent's table, if it exists. The agent never does (its VMs' NAT must
+    /// outlive it); this is for whoever is done with an agent for good, such as
+    /// `fc-agent-bench` once its agents have stopped.
+    pub async fn table_delete(&self) -> Result<(), NetError> {
+        match self.nft.del_table(self.table.as_str(), nft::FAMILY).await {
+            Err(e) if !e.is_not_found() => Err(NetError::Table {
+                step: "deleting",
+                table: self.table.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// What the agent's table holds now (nothing when it does not exist).
     async fn dump(&self) -> Result<nft::Dump, nlink::Error> {
         let exists = self
