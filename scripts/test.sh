@@ -18,13 +18,13 @@ done
 step "postgres"
 eval "$(./scripts/postgres.sh)"
 
-step "host tools (iproute2, iptables, gcc/binutils for the tiny test guests; lz4, zstd, e2fsprogs for the guest image)"
+step "host tools (iproute2 for the test namespaces, nftables to read the agents' tables, gcc/binutils for the tiny test guests; lz4, zstd, e2fsprogs for the guest image)"
 missing=""
-for t in ip iptables gcc ld python3 lz4 zstd mkfs.ext4 debugfs; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+for t in ip nft gcc ld python3 lz4 zstd mkfs.ext4 debugfs; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
 if [ -n "$missing" ]; then
   echo "installing:$missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq iproute2 iptables gcc binutils python3 lz4 zstd e2fsprogs >/dev/null
+  apt-get update -qq && apt-get install -y -qq iproute2 nftables gcc binutils python3 lz4 zstd e2fsprogs >/dev/null
 fi
 
 step "firecracker (real binary for the backend tests)"

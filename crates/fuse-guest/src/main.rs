@@ -6,18 +6,46 @@
 //!
 //! ```text
 //! fuse-guest --listen unix:/var/lib/fc-agent/vms/x/guest.sock --token-file T [--root DIR]
+//!            [--netns /run/netns/NAME]
 //! ```
+//!
+//! `--netns` (the `process` backend) joins that network namespace first thing, while the
+//! process has one thread: `setns` changes only the calling thread, and every thread
+//! started after it inherits it.
 
 use fuse_guest::{agent::Supervisor, Guest};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 fn usage() -> ! {
-    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT|vport:NAME|vport-dev:PATH (--token-file FILE | --token-env VAR) [--root DIR]");
+    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT|vport:NAME|vport-dev:PATH (--token-file FILE | --token-env VAR) [--root DIR] [--netns PATH]");
     std::process::exit(2);
 }
 
+/// Joins the network namespace named by `--netns PATH`, if given, before anything else.
+fn join_netns() {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a != "--netns" {
+            continue;
+        }
+        let path = args.next().unwrap_or_else(|| usage());
+        let joined = std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            eprintln!("fuse-guest: joining network namespace {path}: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+}
+
 fn main() {
+    join_netns();
     let mut listen = None;
     let mut token = None;
     let mut root = PathBuf::from("/");
@@ -42,6 +70,10 @@ fn main() {
                 std::env::remove_var(&v);
             }
             "--root" => root = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            // Joined already, by `join_netns`.
+            "--netns" => {
+                args.next();
+            }
             "--version" => {
                 println!("fuse-guest {}", env!("CARGO_PKG_VERSION"));
                 return;

@@ -92,13 +92,12 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
     let options = vms::Options {
         capacity: capacity(cfg),
         boot_timeout: std::time::Duration::from_secs(cfg.boot_timeout_secs),
-        pool: net_on
-            .then(|| net::Pool::parse(&cfg.subnet))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!(e))?,
+        pool: net_on.then(|| net::Pool::parse(&cfg.subnet)).transpose()?,
         forward_ports: cfg.forward_range().unwrap_or((20000, 29999)),
         public_host: cfg.public_host.clone(),
-        net_tag: net::agent_tag(&cfg.dir),
+        net: net_on
+            .then(|| net::Net::new(&net::agent_tag(&cfg.dir)).map(Arc::new))
+            .transpose()?,
     };
     let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, options).await?;
     let state = Arc::new(http::AgentState {

@@ -37,6 +37,9 @@ async fn main() -> std::process::ExitCode {
         dir = %cfg.dir.display(),
         adopted = report.adopted,
         reclaimed = report.reclaimed,
+        net_nft = report.net.nft,
+        net_devices = report.net.devices,
+        net_netns = report.net.netns,
         "fc-agent started on {addr}"
     );
     let shutdown = async {

@@ -1,15 +1,30 @@
-//! Per-VM networking: a /30 from `FC_AGENT_SUBNET` per VM (host side .1, guest side .2), a
-//! tap device (Firecracker) or a veth pair into the VM's own network namespace (`process`
-//! backend), NAT for egress, and an optional host-port forward to the agent's port. Every
-//! rule carries a `fuse:<vm>` comment and every device a `fv` prefix, so destroy removes
-//! exactly what a VM owns and the start-up reclaim finds what no VM owns.
+//! Per-VM networking, done in-process over netlink (`nlink`), with no command spawned: a
+//! /30 from `FC_AGENT_SUBNET` per VM (host side .1, guest side .2), a persistent tap
+//! (Firecracker, QEMU) or a veth pair into the VM's own network namespace (`process`
+//! backend), NAT of its egress and an optional host-port forward to its agent port in the
+//! agent's nftables table ([`nft`]).
+//!
+//! Invariants: every device and namespace is named `fv<agent tag><vm hash>`
+//! ([`dev_name`]), and every nftables object of a VM names that device and the VM
+//! ([`nft`]); so destroy removes exactly what a VM owns, and the start-up reclaim finds,
+//! by dumping links, `/run/netns` and the table, whatever no live VM owns. A VM's NAT and
+//! forward are added in one nftables transaction and removed in one.
 
+pub mod nft;
+pub mod ns;
+mod veth;
+
+use nlink::netlink::{namespace, Connection, Nftables, Route};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 /// Prefix of every device and namespace this agent creates.
 pub const PREFIX: &str = "fv";
+
+/// How long a destroy waits for a VM's veth to vanish with its namespace before it
+/// deletes the device itself.
+const DEVICE_GONE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What one VM's network is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,6 +36,11 @@ pub struct NetInfo {
     /// The VM's network namespace (`process` backend).
     #[serde(default)]
     pub netns: Option<String>,
+    /// That namespace's identity when it was made: its processes are found by it at
+    /// teardown even when the name no longer leads to it (an agent restarted in another
+    /// mount namespace sees only the marker file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_id: Option<ns::NsId>,
     /// Host side address.
     pub host_ip: Ipv4Addr,
     /// Guest address.
@@ -28,6 +48,134 @@ pub struct NetInfo {
     /// Host port forwarded to the agent port, if any.
     #[serde(default)]
     pub forward: Option<(u16, u16)>,
+}
+
+impl NetInfo {
+    fn nft(&self, vm_id: &str) -> nft::VmNft {
+        nft::VmNft {
+            key: self.dev.clone(),
+            vm_id: vm_id.to_owned(),
+            guest_ip: self.guest_ip,
+            forward: self.forward,
+        }
+    }
+}
+
+/// Networking failures: each names the step and the VM or device, and carries its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// `FC_AGENT_SUBNET` is not a usable pool.
+    #[error("FC_AGENT_SUBNET {subnet:?}: {reason}")]
+    Subnet {
+        /// The configured value.
+        subnet: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A netlink socket could not be opened.
+    #[error("opening a {protocol} netlink socket")]
+    Socket {
+        /// `route` or `nftables`.
+        protocol: &'static str,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// Creating a VM's network namespace failed.
+    #[error("creating network namespace {ns} for {vm}")]
+    NamespaceCreate {
+        /// VM id.
+        vm: String,
+        /// Namespace name.
+        ns: String,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// Deleting a network namespace failed.
+    #[error("deleting network namespace {ns}")]
+    NamespaceDelete {
+        /// Namespace name.
+        ns: String,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// Creating a VM's tap failed.
+    #[error("creating tap {dev} for {vm}")]
+    Tap {
+        /// VM id.
+        vm: String,
+        /// Device name.
+        dev: String,
+        /// The cause.
+        #[source]
+        source: nlink::tuntap::Error,
+    },
+    /// A link step (create, address, up, route, delete) failed.
+    #[error("{step} ({dev}) for {vm}")]
+    Link {
+        /// What was being done.
+        step: &'static str,
+        /// VM id (empty in the reclaim).
+        vm: String,
+        /// Device name.
+        dev: String,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// A VM's nftables transaction failed.
+    #[error("nftables: {step} for {vm}")]
+    Nft {
+        /// `adding its NAT` or `removing its NAT`.
+        step: &'static str,
+        /// VM id.
+        vm: String,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// Creating (or rebuilding) the agent's table failed.
+    #[error("nftables: {step} table {table}")]
+    Table {
+        /// What was being done.
+        step: &'static str,
+        /// Table name.
+        table: String,
+        /// The cause.
+        #[source]
+        source: nlink::Error,
+    },
+    /// Listing links for the reclaim failed.
+    #[error("listing links")]
+    LinkList(#[source] nlink::Error),
+    /// A blocking step's thread died.
+    #[error("{step} for {vm}: the worker thread failed")]
+    Worker {
+        /// What was being done.
+        step: &'static str,
+        /// VM id.
+        vm: String,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl NetError {
+    /// The error and its causes on one line (`step: cause: cause`), for messages that
+    /// cross the wire without the chain.
+    pub fn report(&self) -> String {
+        let mut s = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(e) = src {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    }
 }
 
 /// The pool of /30s.
@@ -39,18 +187,16 @@ pub struct Pool {
 
 impl Pool {
     /// Parses `a.b.c.d/len` (len ≤ 30).
-    pub fn parse(s: &str) -> Result<Pool, String> {
-        let (ip, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("FC_AGENT_SUBNET {s:?} is not a.b.c.d/len"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("FC_AGENT_SUBNET {s:?}: bad address"))?;
-        let len: u32 = len
-            .parse()
-            .map_err(|_| format!("FC_AGENT_SUBNET {s:?}: bad length"))?;
+    pub fn parse(s: &str) -> Result<Pool, NetError> {
+        let bad = |reason| NetError::Subnet {
+            subnet: s.to_owned(),
+            reason,
+        };
+        let (ip, len) = s.split_once('/').ok_or_else(|| bad("not a.b.c.d/len"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad("bad address"))?;
+        let len: u32 = len.parse().map_err(|_| bad("bad length"))?;
         if !(8..=30).contains(&len) {
-            return Err(format!("FC_AGENT_SUBNET {s:?}: length must be 8-30"));
+            return Err(bad("length must be 8-30"));
         }
         let mask = u32::MAX << (32 - len);
         Ok(Pool {
@@ -85,284 +231,464 @@ pub fn dev_name(tag: &str, vm_id: &str) -> String {
     format!("{PREFIX}{tag}{}", &hex::encode(h)[..8])
 }
 
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// The index of device `dev` in the agent's namespace, `None` when there is none.
+///
+/// Through `SIOCGIFINDEX` rather than an `RTM_GETLINK`: the kernel answers a getlink by
+/// first flushing the device's pending link-state events under the RTNL lock, and for a
+/// device that is up without carrier (a veth whose peer is not up yet, or is going away
+/// with its namespace) that flush is a `synchronize_net()`, which every other VM's
+/// netlink work then waits behind.
+fn ifindex(dev: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(dev).ok()
 }
 
-/// Runs a command with `input` on its standard input (batches: `ip -batch -`,
-/// `iptables-restore`), so one process does what would take many.
-fn run_stdin(args: &[&str], input: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if let Some(mut i) = child.stdin.take() {
-        i.write_all(input.as_bytes())
-            .map_err(|e| format!("{}: {e}", args[0]))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// The guest side of a VM's veth pair (inside its namespace).
+fn peer_name(dev: &str) -> String {
+    format!("{dev}g")
 }
 
-/// The comment on a VM's NAT rules: `fuse:<agent tag>:<vm id>`.
-fn comment(tag: &str, vm_id: &str) -> String {
-    format!("fuse:{tag}:{vm_id}")
-}
-
-/// The agent tag inside a device name (`fv` + tag + hash).
-fn tag_of(dev: &str) -> &str {
-    dev.get(PREFIX.len()..PREFIX.len() + 4).unwrap_or("")
-}
-
-/// Whether this host can do networking (root and `ip` present).
+/// Whether this host can do networking: root, and a netlink socket opens. Spawns nothing.
 pub fn available() -> bool {
-    nix::unistd::geteuid().is_root()
-        && Command::new("ip")
-            .arg("-V")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-}
-
-/// Sets up a VM's network. `with_netns` puts the guest side in its own namespace (veth);
-/// otherwise a tap is created for the VMM.
-pub fn setup(
-    tag: &str,
-    vm_id: &str,
-    index: u32,
-    pool: &Pool,
-    with_netns: bool,
-    forward: Option<(u16, u16)>,
-) -> Result<NetInfo, String> {
-    let (host_ip, guest_ip) = pool.addrs(index);
-    let dev = dev_name(tag, vm_id);
-    let info = NetInfo {
-        index,
-        dev: dev.clone(),
-        netns: with_netns.then(|| dev.clone()),
-        host_ip,
-        guest_ip,
-        forward,
-    };
-    let r = (|| -> Result<(), String> {
-        let host_cidr = format!("{host_ip}/30");
-        let mut host_side = String::new();
-        if let Some(ns) = &info.netns {
-            let peer = format!("{dev}g");
-            run(&["ip", "netns", "add", ns])?;
-            host_side.push_str(&format!(
-                "link add {dev} type veth peer name {peer}\nlink set {peer} netns {ns}\n"
-            ));
-            host_side.push_str(&format!(
-                "addr add {host_cidr} dev {dev}\nlink set {dev} up\n"
-            ));
-            run_stdin(&["ip", "-batch", "-"], &host_side)?;
-            let guest_side = format!(
-                "addr add {guest_ip}/30 dev {peer}\nlink set {peer} up\nlink set lo up\n\
-                 route add default via {host_ip}\n"
-            );
-            run_stdin(&["ip", "-n", ns, "-batch", "-"], &guest_side)?;
-        } else {
-            host_side.push_str(&format!(
-                "tuntap add {dev} mode tap\naddr add {host_cidr} dev {dev}\nlink set {dev} up\n"
-            ));
-            run_stdin(&["ip", "-batch", "-"], &host_side)?;
-        }
-        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
-        // Every NAT rule of the VM in one iptables-restore transaction.
-        let c = comment(tag, vm_id);
-        let mut rules = format!(
-            "*nat\n-A POSTROUTING -s {guest_ip}/32 ! -o {dev} -m comment --comment {c} -j MASQUERADE\n"
-        );
-        if let Some((hp, gp)) = forward {
-            for chain in ["PREROUTING", "OUTPUT"] {
-                rules.push_str(&format!(
-                    "-A {chain} -p tcp -m tcp --dport {hp} -m addrtype --dst-type LOCAL \
-                     -m comment --comment {c} -j DNAT --to-destination {guest_ip}:{gp}\n"
-                ));
-            }
-        }
-        rules.push_str("COMMIT\n");
-        run_stdin(&["iptables-restore", "-w", "--noflush"], &rules)?;
-        Ok(())
-    })();
-    if let Err(e) = r {
-        teardown(vm_id, &info);
-        return Err(format!("network setup for {vm_id}: {e}"));
-    }
-    Ok(info)
-}
-
-/// Kills every process in a network namespace.
-fn kill_namespace_processes(ns: &str) {
-    let pids = Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for pid in pids
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Removes everything a VM's network owns (idempotent).
-pub fn teardown(vm_id: &str, info: &NetInfo) {
-    remove_rules(&comment(tag_of(&info.dev), vm_id));
-    // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
-    if let Some(ns) = &info.netns {
-        kill_namespace_processes(ns);
-    }
-    let _ = run(&["ip", "link", "del", &info.dev]);
-    if let Some(ns) = &info.netns {
-        let _ = run(&["ip", "netns", "del", ns]);
-    }
-}
-
-fn nat_rules() -> Vec<String> {
-    Command::new("iptables")
-        .args(["-w", "-t", "nat", "-S"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Deletes every NAT rule whose comment matches `pred`, in one iptables-restore
-/// transaction; returns how many.
-fn remove_rules_where(pred: impl Fn(&str) -> bool) -> usize {
-    let mut batch = String::from("*nat\n");
-    let mut n = 0;
-    for rule in nat_rules() {
-        if !rule.starts_with("-A ") {
-            continue;
-        }
-        let Some(c) = rule
-            .split("--comment ")
-            .nth(1)
-            .and_then(|c| c.split_whitespace().next())
-            .map(|c| c.trim_matches('"').to_owned())
-        else {
-            continue;
-        };
-        if !c.starts_with("fuse:") || !pred(&c) {
-            continue;
-        }
-        batch.push_str(&format!("-D {}\n", &rule[3..]));
-        n += 1;
-    }
-    if n == 0 {
-        return 0;
-    }
-    batch.push_str("COMMIT\n");
-    match run_stdin(&["iptables-restore", "-w", "--noflush"], &batch) {
-        Ok(()) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "removing NAT rules");
-            0
-        }
-    }
-}
-
-fn remove_rules(c: &str) {
-    remove_rules_where(|x| x == c);
+    nix::unistd::geteuid().is_root() && Connection::<Route>::new().is_ok()
 }
 
 /// What the start-up reclaim removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reclaimed {
-    /// NAT rules.
-    pub rules: usize,
+    /// nftables elements and chains of VMs no live VM owns.
+    pub nft: usize,
     /// Devices (taps, veths).
     pub devices: usize,
     /// Network namespaces.
     pub netns: usize,
 }
 
-/// Removes rules, devices and namespaces that no live VM owns, in that order.
-pub fn reclaim(tag: &str, live_vms: &[String], live_devs: &[String]) -> Reclaimed {
-    let ours = format!("{PREFIX}{tag}");
-    let mut r = Reclaimed::default();
-    if !available() {
-        return r;
+/// The agent's networking: one rtnetlink and one nftables socket, shared by every VM's
+/// setup and teardown (nlink serializes requests on each).
+pub struct Net {
+    route: Connection<Route>,
+    nft: Connection<Nftables>,
+    tag: String,
+    table: String,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net").field("table", &self.table).finish()
     }
-    let mine = format!("fuse:{tag}:");
-    r.rules = remove_rules_where(|c| {
-        c.starts_with(&mine) && !live_vms.iter().any(|v| c == format!("{mine}{v}"))
-    });
-    let links = Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in links.lines() {
-        let name = line
-            .split(':')
-            .nth(1)
-            .unwrap_or("")
-            .trim()
-            .split('@')
-            .next()
-            .unwrap_or("")
-            .to_owned();
-        // A veth's peer (`…g`) lives in the VM's namespace; the host side carries the name.
-        if name.starts_with(&ours)
-            && !live_devs.contains(&name)
-            && run(&["ip", "link", "del", &name]).is_ok()
+}
+
+/// Runs blocking work (mounts, `/dev/net/tun`, `/proc` scans) off the async workers.
+async fn blocking<T: Send + 'static>(
+    step: &'static str,
+    vm: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| NetError::Worker {
+            step,
+            vm: vm.to_owned(),
+            source,
+        })
+}
+
+impl Net {
+    /// Opens the sockets of the agent with this tag (its table is `fuse_<tag>`). Call
+    /// [`Net::reclaim`] before the first VM: it creates the table.
+    pub fn new(tag: &str) -> Result<Net, NetError> {
+        Ok(Net {
+            route: Connection::<Route>::new().map_err(|source| NetError::Socket {
+                protocol: "route",
+                source,
+            })?,
+            nft: Connection::<Nftables>::new().map_err(|source| NetError::Socket {
+                protocol: "nftables",
+                source,
+            })?,
+            tag: tag.to_owned(),
+            table: nft::table_name(tag),
+        })
+    }
+
+    /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace
+    /// (veth); otherwise a persistent tap is created for the VMM to open by name. On
+    /// failure whatever was made is removed again.
+    pub async fn setup(
+        &self,
+        vm_id: &str,
+        index: u32,
+        pool: &Pool,
+        with_netns: bool,
+        forward: Option<(u16, u16)>,
+    ) -> Result<NetInfo, NetError> {
+        let (host_ip, guest_ip) = pool.addrs(index);
+        let dev = dev_name(&self.tag, vm_id);
+        let mut info = NetInfo {
+            index,
+            dev: dev.clone(),
+            netns: with_netns.then(|| dev.clone()),
+            netns_id: None,
+            host_ip,
+            guest_ip,
+            forward,
+        };
+        if let Err(e) = self.setup_steps(vm_id, &mut info).await {
+            if let Err(undo) = self.teardown(vm_id, &info).await {
+                tracing::warn!(vm_id, error = %undo.report(), "undoing a failed network setup");
+            }
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    async fn setup_steps(&self, vm: &str, info: &mut NetInfo) -> Result<(), NetError> {
+        let dev = info.dev.clone();
+        let link = |step: &'static str, dev: &str| {
+            let (vm, dev) = (vm.to_owned(), dev.to_owned());
+            move |source| NetError::Link {
+                step,
+                vm,
+                dev,
+                source,
+            }
+        };
+        if let Some(name) = info.netns.clone() {
+            let n = name.clone();
+            let rt = tokio::runtime::Handle::current();
+            let made = blocking("creating the network namespace", vm, move || {
+                namespace::create(&n)?;
+                let netns = namespace::Netns::open(&n)?;
+                // A socket made inside the namespace configures the VM's side; the thread
+                // that makes it then exits, so no thread of ours has to switch back.
+                let inside = netns.run(move || {
+                    let _rt = rt.enter();
+                    Connection::<Route>::new()
+                })??;
+                let fd = std::os::fd::AsFd::as_fd(&netns).try_clone_to_owned()?;
+                Ok::<_, nlink::Error>((ns::id_of(&ns::path(&n)), inside, fd))
+            })
+            .await?;
+            let (id, inside, peer_ns) = made.map_err(|source| NetError::NamespaceCreate {
+                vm: vm.to_owned(),
+                ns: name.clone(),
+                source,
+            })?;
+            info.netns_id = id;
+            let peer = peer_name(&dev);
+            self.route
+                .add_link(veth::Veth {
+                    name: dev.clone(),
+                    peer: peer.clone(),
+                    peer_ns,
+                })
+                .await
+                .map_err(link("creating the veth pair", &dev))?;
+            self.host_side(vm, info).await?;
+            let peer_index = inside
+                .get_link_by_name(peer.as_str())
+                .await
+                .and_then(|l| l.ok_or_else(|| nlink::Error::interface_not_found(&peer)))
+                .map_err(link("finding the guest side", &peer))?
+                .ifindex();
+            inside
+                .add_address_by_index(peer_index, info.guest_ip.into(), 30)
+                .await
+                .map_err(link("adding the guest address", &peer))?;
+            inside
+                .set_link_up_by_index(peer_index)
+                .await
+                .map_err(link("bringing the guest side up", &peer))?;
+            inside
+                .set_link_up("lo")
+                .await
+                .map_err(link("bringing loopback up", "lo"))?;
+            inside
+                .add_route(nlink::Ipv4Route::default_route().gateway(info.host_ip))
+                .await
+                .map_err(link("adding the default route", &peer))?;
+        } else {
+            let d = dev.clone();
+            blocking("creating the tap", vm, move || {
+                nlink::tuntap::TunTapBuilder::new()
+                    .name(d)
+                    .mode(nlink::tuntap::Mode::Tap)
+                    .create_persistent()
+            })
+            .await?
+            .map_err(|source| NetError::Tap {
+                vm: vm.to_owned(),
+                dev: dev.clone(),
+                source,
+            })?;
+            self.host_side(vm, info).await?;
+        }
+        // Forwarding is what makes the NAT route anything; one write, no command.
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+            tracing::warn!(error = %e, "enabling ip_forward");
+        }
+        let tx = info
+            .nft(vm)
+            .add(&self.table, self.nft.transaction())
+            .map_err(|source| NetError::Nft {
+                step: "adding its NAT",
+                vm: vm.to_owned(),
+                source,
+            })?;
+        tx.commit(&self.nft).await.map_err(|source| NetError::Nft {
+            step: "adding its NAT",
+            vm: vm.to_owned(),
+            source,
+        })
+    }
+
+    /// The host side of a VM's link: its address, then up.
+    async fn host_side(&self, vm: &str, info: &NetInfo) -> Result<(), NetError> {
+        let err = |step| {
+            let (vm, dev) = (vm.to_owned(), info.dev.clone());
+            move |source| NetError::Link {
+                step,
+                vm,
+                dev,
+                source,
+            }
+        };
+        let index = ifindex(&info.dev)
+            .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
+            .map_err(err("finding the host side"))?;
+        self.route
+            .add_address_by_index(index, info.host_ip.into(), 30)
+            .await
+            .map_err(err("adding the host address"))?;
+        self.route
+            .set_link_up_by_index(index)
+            .await
+            .map_err(err("bringing the host side up"))
+    }
+
+    /// Removes everything a VM's network owns: its nftables objects (one transaction),
+    /// the processes left in its namespace, its device, its namespace. Idempotent: what is
+    /// already gone is skipped. Every step is tried; the first failure is returned.
+    pub async fn teardown(&self, vm_id: &str, info: &NetInfo) -> Result<(), NetError> {
+        let mut first = None;
+        let vm = info.nft(vm_id);
+        let all = vm.remove(&self.table, self.nft.transaction());
+        if let Err(e) = all.commit(&self.nft).await {
+            // Some of it is gone (a setup that failed half-way, a table rebuilt since):
+            // remove what is left piece by piece, each gone piece being no error.
+            if !e.is_not_found() {
+                first = Some(NetError::Nft {
+                    step: "removing its NAT",
+                    vm: vm_id.to_owned(),
+                    source: e,
+                });
+            } else {
+                for piece in vm.remove_each(&self.table, || self.nft.transaction()) {
+                    if let Err(e) = piece.commit(&self.nft).await {
+                        if !e.is_not_found() && first.is_none() {
+                            first = Some(NetError::Nft {
+                                step: "removing its NAT",
+                                vm: vm_id.to_owned(),
+                                source: e,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        match &info.netns {
+            Some(name) => {
+                // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
+                let (path, known) = (ns::path(name), info.netns_id);
+                let killed = blocking("killing the namespace's processes", vm_id, move || {
+                    ns::id_of(&path).or(known).map(ns::kill_all_in).unwrap_or(0)
+                })
+                .await;
+                if let Err(e) = killed {
+                    first.get_or_insert(e);
+                }
+                // The namespace goes once its processes have, and takes the veth pair
+                // with it: the kernel unregisters the devices of dying namespaces in
+                // batches, where deleting each pair here costs an RCU grace period under
+                // the RTNL lock. Destroy still returns only once the device is gone.
+                if let Err(e) = self.namespace_delete(vm_id, name.clone()).await {
+                    first.get_or_insert(e);
+                }
+                if let Err(e) = self.device_gone(vm_id, &info.dev).await {
+                    first.get_or_insert(e);
+                }
+            }
+            None => {
+                // By index (see `ifindex`): a tap no VMM holds any more has no carrier.
+                let gone = match ifindex(&info.dev) {
+                    Some(i) => match self.route.del_link_by_index(i).await {
+                        Err(e) if e.is_not_found() => Ok(()),
+                        r => r,
+                    },
+                    None => Ok(()),
+                };
+                if let Err(source) = gone {
+                    first.get_or_insert(NetError::Link {
+                        step: "deleting the device",
+                        vm: vm_id.to_owned(),
+                        dev: info.dev.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Waits (up to [`DEVICE_GONE_WAIT`]) for a VM's veth to go with its namespace, then
+    /// deletes it if it is still there (something kept the namespace alive).
+    async fn device_gone(&self, vm: &str, dev: &str) -> Result<(), NetError> {
+        let err = |step| {
+            let (vm, dev) = (vm.to_owned(), dev.to_owned());
+            move |source| NetError::Link {
+                step,
+                vm,
+                dev,
+                source,
+            }
+        };
+        let deadline = tokio::time::Instant::now() + DEVICE_GONE_WAIT;
+        let mut pause = std::time::Duration::from_millis(1);
+        while tokio::time::Instant::now() < deadline {
+            if ifindex(dev).is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(20));
+        }
+        match ifindex(dev) {
+            Some(i) => match self.route.del_link_by_index(i).await {
+                Err(e) if !e.is_not_found() => Err(err("deleting the device")(e)),
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    async fn namespace_delete(&self, vm: &str, name: String) -> Result<(), NetError> {
+        let n = name.clone();
+        match blocking("deleting the network namespace", vm, move || {
+            namespace::delete(&n)
+        })
+        .await?
         {
-            r.devices += 1;
+            Err(e) if !e.is_not_found() => Err(NetError::NamespaceDelete {
+                ns: name,
+                source: e,
+            }),
+            _ => Ok(()),
         }
     }
-    let ns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    for line in ns.lines() {
-        let name = line.split_whitespace().next().unwrap_or("").to_owned();
-        if name.starts_with(&ours) && !live_devs.contains(&name) && {
-            kill_namespace_processes(&name);
-            run(&["ip", "netns", "del", &name]).is_ok()
-        } {
-            r.netns += 1;
+
+    /// At start, with the VMs that were adopted (`live`: id and network): rebuilds the
+    /// agent's table holding exactly their NAT and forwards (one transaction; what it held
+    /// for any other VM is counted as reclaimed), then removes the devices and namespaces
+    /// with this agent's prefix that no live VM owns, killing what runs in those namespaces.
+    pub async fn reclaim(&self, live: &[(String, NetInfo)]) -> Result<Reclaimed, NetError> {
+        let table_err = |step| {
+            let table = self.table.clone();
+            move |source| NetError::Table {
+                step,
+                table,
+                source,
+            }
+        };
+        let mut r = Reclaimed::default();
+        let keys: HashSet<&str> = live.iter().map(|(_, n)| n.dev.as_str()).collect();
+        let dump = self.dump().await.map_err(table_err("reading"))?;
+        r.nft = dump.stale(&keys);
+        let vms: Vec<nft::VmNft> = live.iter().map(|(id, n)| n.nft(id)).collect();
+        nft::table_create(&self.tag, dump.exists, &vms, self.nft.transaction())
+            .map_err(table_err("building"))?
+            .commit(&self.nft)
+            .await
+            .map_err(table_err("creating"))?;
+        let ours = format!("{PREFIX}{}", self.tag);
+        for l in self.route.get_links().await.map_err(NetError::LinkList)? {
+            let Some(name) = l.name() else { continue };
+            // A veth's peer (`…g`) lives in the VM's namespace; the host side carries the name.
+            if name.starts_with(&ours) && !keys.contains(name) {
+                // A leftover that cannot go is no reason not to start: the next start
+                // tries again.
+                match self.route.del_link_by_index(l.ifindex()).await {
+                    Ok(()) => r.devices += 1,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(dev = name, error = %e, "deleting a leftover device"),
+                }
+            }
+        }
+        let owned: HashSet<String> = live.iter().filter_map(|(_, n)| n.netns.clone()).collect();
+        let p = ours.clone();
+        let stray: Vec<String> = blocking("listing namespaces", "", move || ns::list(&p))
+            .await?
+            .into_iter()
+            .filter(|n| !owned.contains(n))
+            .collect();
+        for name in stray {
+            let path = ns::path(&name);
+            blocking("killing a leftover namespace's processes", "", move || {
+                ns::id_of(&path).map(ns::kill_all_in)
+            })
+            .await?;
+            match self.namespace_delete("", name).await {
+                Ok(()) => r.netns += 1,
+                Err(e) => tracing::warn!(error = %e.report(), "deleting a leftover namespace"),
+            }
+        }
+        Ok(r)
+    }
+
+    /// Deletes the agent's table, if it exists. The agent never does (its VMs' NAT must
+    /// outlive it); this is for whoever is done with an agent for good, such as
+    /// `fc-agent-bench` once its agents have stopped.
+    pub async fn table_delete(&self) -> Result<(), NetError> {
+        match self.nft.del_table(self.table.as_str(), nft::FAMILY).await {
+            Err(e) if !e.is_not_found() => Err(NetError::Table {
+                step: "deleting",
+                table: self.table.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
         }
     }
-    r
+
+    /// What the agent's table holds now (nothing when it does not exist).
+    async fn dump(&self) -> Result<nft::Dump, nlink::Error> {
+        let exists = self
+            .nft
+            .list_tables_in(nft::FAMILY)
+            .await?
+            .iter()
+            .any(|t| t.name == self.table);
+        if !exists {
+            return Ok(nft::Dump::default());
+        }
+        let mut elements = Vec::new();
+        for set in [nft::VMS_SET, nft::FORWARDS_MAP] {
+            match self
+                .nft
+                .list_set_elements(&self.table, set, nft::FAMILY)
+                .await
+            {
+                Ok(e) => elements.extend(e),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let chains = self
+            .nft
+            .list_chains_in(self.table.as_str(), nft::FAMILY)
+            .await?;
+        Ok(nft::Dump::new(
+            &elements,
+            chains.iter().map(|c| c.name.as_str()),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -386,12 +712,50 @@ mod tests {
         assert_eq!(tiny.first_free(&[0]), None);
         assert!(Pool::parse("10.0.0.0/31").is_err());
         assert!(Pool::parse("nope").is_err());
+        assert_eq!(
+            Pool::parse("10.0.0.0/x").unwrap_err().to_string(),
+            "FC_AGENT_SUBNET \"10.0.0.0/x\": bad length"
+        );
         assert_eq!(dev_name("abcd", "fuse-a").len(), 14);
+        assert_eq!(
+            peer_name(&dev_name("abcd", "fuse-a")).len(),
+            15,
+            "fits IFNAMSIZ"
+        );
         assert_ne!(dev_name("abcd", "fuse-a"), dev_name("abcd", "fuse-b"));
         assert_ne!(dev_name("abcd", "fuse-a"), dev_name("abce", "fuse-a"));
         assert_ne!(
             agent_tag(std::path::Path::new("/a")),
             agent_tag(std::path::Path::new("/b"))
+        );
+    }
+
+    #[test]
+    fn net_info_reads_state_written_before_the_namespace_id() {
+        let old = r#"{"index":1,"dev":"fvabcd12345678","netns":"fvabcd12345678",
+            "host_ip":"10.200.0.5","guest_ip":"10.200.0.6","forward":[20000,8000]}"#;
+        let n: NetInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(n.netns_id, None);
+        assert_eq!(n.nft("fuse-a").forward, Some((20000, 8000)));
+        assert_eq!(n.nft("fuse-a").key, "fvabcd12345678");
+    }
+
+    #[test]
+    fn report_carries_the_chain() {
+        let e = NetError::Link {
+            step: "adding the host address",
+            vm: "fuse-a".into(),
+            dev: "fvx".into(),
+            source: nlink::Error::interface_not_found("fvx"),
+        };
+        let r = e.report();
+        assert!(
+            r.starts_with("adding the host address (fvx) for fuse-a: "),
+            "{r}"
+        );
+        assert!(
+            r.len() > "adding the host address (fvx) for fuse-a: ".len(),
+            "{r}"
         );
     }
 }

@@ -52,8 +52,8 @@ pub enum VmError {
     #[error(transparent)]
     Link(#[from] LinkError),
     /// The VM's network could not be set up.
-    #[error("network: {0}")]
-    Network(String),
+    #[error("network")]
+    Network(#[source] crate::net::NetError),
     /// The VM's state on disk could not be read or written.
     #[error("{what}")]
     State {
@@ -250,8 +250,8 @@ pub struct Options {
     pub forward_ports: (u16, u16),
     /// Address put in VM URLs.
     pub public_host: String,
-    /// This agent's tag in device and namespace names.
-    pub net_tag: String,
+    /// The host's networking (netlink and nftables), when it does networking.
+    pub net: Option<Arc<crate::net::Net>>,
 }
 
 /// Every VM on this host.
@@ -343,8 +343,10 @@ impl Vms {
                 other => {
                     if let Some(m) = &other {
                         vms.backend.stop(&path, m.pid).await;
-                        if let Some(n) = &m.net {
-                            crate::net::teardown(&m.vm_id, n);
+                        if let (Some(n), Some(net)) = (&m.net, &vms.opts.net) {
+                            if let Err(e) = net.teardown(&m.vm_id, n).await {
+                                tracing::warn!(vm_id = %m.vm_id, error = %e.report(), "removing a dead VM's network");
+                            }
                         }
                     }
                     // Processes of a VM whose state was never written (or is unreadable).
@@ -358,21 +360,21 @@ impl Vms {
                 }
             }
         }
-        // Then network leftovers no adopted VM owns (rules, devices, namespaces).
-        if vms.opts.pool.is_some() {
-            let (ids, devs): (Vec<String>, Vec<String>) = vms
+        // Then network leftovers no adopted VM owns (nftables state, devices, namespaces).
+        if let Some(net) = &vms.opts.net {
+            let live: Vec<(String, crate::net::NetInfo)> = vms
                 .map
                 .read()
                 .values()
-                .map(|v| {
+                .filter_map(|v| {
                     let m = v.meta.read();
-                    (
-                        m.vm_id.clone(),
-                        m.net.as_ref().map(|n| n.dev.clone()).unwrap_or_default(),
-                    )
+                    m.net.clone().map(|n| (m.vm_id.clone(), n))
                 })
-                .unzip();
-            report.net = crate::net::reclaim(&vms.opts.net_tag, &ids, &devs);
+                .collect();
+            report.net = net
+                .reclaim(&live)
+                .await
+                .map_err(|e| std::io::Error::other(e.report()))?;
         }
         Ok((vms, report))
     }
@@ -521,9 +523,11 @@ impl Vms {
             token: token.clone(),
             net: net.clone(),
         };
-        let undo_net = || {
-            if let Some(n) = &net {
-                crate::net::teardown(id, n);
+        let undo_net = || async {
+            if let (Some(n), Some(h)) = (&net, &self.opts.net) {
+                if let Err(e) = h.teardown(id, n).await {
+                    tracing::warn!(vm_id = %id, error = %e.report(), "removing the network of a VM that did not boot");
+                }
             }
         };
         let mut meta = VmMeta {
@@ -541,7 +545,7 @@ impl Vms {
         };
         let link = Link::new(guest_socket(&dir), self.backend.transport());
         if let Err(e) = self.boot_until_ready(&spec, &mut meta, &link).await {
-            undo_net();
+            undo_net().await;
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
@@ -604,25 +608,22 @@ impl Vms {
         Ok(Some((index, forward)))
     }
 
-    /// Sets the planned network up (the `ip`/`iptables` calls run off the async workers).
+    /// Sets the planned network up.
     async fn net_setup(
         &self,
         id: &str,
         plan: Option<NetPlan>,
     ) -> Result<Option<crate::net::NetInfo>, VmError> {
-        let (Some(pool), Some((index, forward))) = (self.opts.pool, plan) else {
+        let (Some(pool), Some(net), Some((index, forward))) =
+            (self.opts.pool, &self.opts.net, plan)
+        else {
             return Ok(None);
         };
         let with_netns = self.backend.capabilities().netns;
-        let id = id.to_owned();
-        let tag = self.opts.net_tag.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::net::setup(&tag, &id, index, &pool, with_netns, forward)
-        })
-        .await
-        .map_err(|e| VmError::Network(e.to_string()))?
-        .map(Some)
-        .map_err(VmError::Network)
+        net.setup(id, index, &pool, with_netns, forward)
+            .await
+            .map(Some)
+            .map_err(VmError::Network)
     }
 
     /// Stops and removes a VM (its snapshots go with it).
@@ -646,9 +647,11 @@ impl Vms {
             (m.pid, m.net.clone())
         };
         self.backend.stop(&vm.dir, pid).await;
-        if let Some(n) = net {
-            let vm_id = id.to_owned();
-            let _ = tokio::task::spawn_blocking(move || crate::net::teardown(&vm_id, &n)).await;
+        if let (Some(n), Some(h)) = (net, &self.opts.net) {
+            // A leftover is not worth failing the destroy for: the next start reclaims it.
+            if let Err(e) = h.teardown(id, &n).await {
+                tracing::warn!(vm_id = %id, error = %e.report(), "removing the VM's network");
+            }
         }
         tokio::fs::remove_dir_all(&vm.dir)
             .await

@@ -317,3 +317,27 @@ fn agent_binary_is_fetched_once() {
     assert!(r["error"].as_str().unwrap().contains("fetching"), "{r}");
     call(&h, json!({"op": "stop_agent", "grace_ms": 1000}));
 }
+
+/// `--netns` is joined before anything else: a path that is not a namespace stops the
+/// helper at once with the reason, before it listens. (Joining a real one is exercised
+/// by fc-agent's tests, whose `process` backend starts every guest with it.)
+#[test]
+fn netns_that_cannot_be_joined_stops_the_helper() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fuse-guest"))
+        .args(["--netns", "/nonexistent/netns"])
+        .args([
+            "--listen",
+            "unix:/nonexistent/guest.sock",
+            "--token-env",
+            "NONE",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("joining network namespace /nonexistent/netns"),
+        "{err}"
+    );
+    assert!(!err.contains("ready on"), "{err}");
+}

@@ -158,7 +158,7 @@ pub fn process_alive(pid: i32, marker: &str) -> bool {
 
 /// Whether `pid` exists and is not a zombie. Without the command-line check of
 /// [`process_alive`]: for a process we started moments ago, whose command line reads empty
-/// while it is in the middle of an `exec` (`ip netns exec` → `fuse-guest`).
+/// while it is in the middle of its `exec`.
 pub fn pid_running(pid: i32) -> bool {
     if pid <= 0 {
         return false;

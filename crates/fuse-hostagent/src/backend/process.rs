@@ -95,16 +95,12 @@ impl VmmBackend for ProcessBackend {
         let sock = guest_socket(&spec.dir);
         let _ = tokio::fs::remove_file(&sock).await;
         // Its own process group and no kill-on-drop: the VM outlives an fc-agent restart.
-        // In its own network namespace when the host does networking (`ip netns exec`
-        // execs, so the pid is the helper's).
-        let mut cmd = match spec.net.as_ref().and_then(|n| n.netns.clone()) {
-            Some(ns) => {
-                let mut c = std::process::Command::new("ip");
-                c.args(["netns", "exec", &ns]).arg(&self.guest_bin);
-                c
-            }
-            None => std::process::Command::new(&self.guest_bin),
-        };
+        // In its own network namespace when the host does networking: the helper joins it
+        // itself (`--netns`) before it starts any thread, so no `ip netns exec` runs.
+        let mut cmd = std::process::Command::new(&self.guest_bin);
+        if let Some(ns) = spec.net.as_ref().and_then(|n| n.netns.as_deref()) {
+            cmd.arg("--netns").arg(crate::net::ns::path(ns));
+        }
         let child = cmd
             .arg("--listen")
             .arg(format!("unix:{}", sock.display()))

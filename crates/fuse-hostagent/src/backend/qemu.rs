@@ -627,6 +627,7 @@ mod tests {
                 index: 0,
                 dev: "fvtap0".into(),
                 netns: None,
+                netns_id: None,
                 host_ip: "10.200.0.1".parse().unwrap(),
                 guest_ip: "10.200.0.2".parse().unwrap(),
                 forward: None,

@@ -1,15 +1,19 @@
-//! `fc-agent-bench`: VM create→ready latency and creates per second against a real
-//! `fc-agent` (by default one it starts itself with the `process` backend, next to this
-//! binary). A create returns only once the VM's guest helper answers, so its latency is
-//! create→ready.
+//! `fc-agent-bench`: VM create→ready latency, creates and destroys per second against real
+//! `fc-agent`s with the `process` backend (next to this binary), with networking off and
+//! then on (two agents, one after the other), printed side by side. A create returns only
+//! once the VM's guest helper answers, so its latency is create→ready.
 //!
 //! ```text
 //! cargo build --release -p fuse-hostagent -p fuse-guest
-//! target/release/fc-agent-bench --vms 200 --clients 8 [--network on]
+//! target/release/fc-agent-bench --vms 400 --clients 8 [--network both|off|on]
 //! ```
+//!
+//! Networking on needs root; without it (or with `--network off`) only the first column is
+//! measured.
 
 use clap::Parser;
 use serde_json::json;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,15 +21,25 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// VMs to create (then destroy).
+    /// VMs to create (then destroy) per agent.
     #[arg(long, default_value_t = 200)]
     vms: u64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Networking of the started agent: on or off (on needs root).
-    #[arg(long, default_value = "off")]
+    /// Which agents to measure: `both` (networking off, then on), `off` or `on`.
+    #[arg(long, default_value = "both")]
     network: String,
+}
+
+/// What one agent measured.
+struct Figures {
+    created: usize,
+    creates_per_s: f64,
+    /// create→ready p50, p99, max in ms.
+    ready_ms: (f64, f64, f64),
+    destroys_per_s: f64,
+    destroyed: usize,
 }
 
 fn pct(v: &[u64], p: f64) -> f64 {
@@ -35,27 +49,23 @@ fn pct(v: &[u64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let exe = std::env::current_exe()?;
-    let bin_dir = exe
-        .parent()
-        .ok_or_else(|| anyhow::anyhow!("no directory"))?;
-    let dir = std::env::temp_dir().join(format!("fc-agent-bench-{}", std::process::id()));
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+/// Starts an agent with `network`, creates and destroys `args.vms` VMs through it, stops it.
+async fn measure(bin_dir: &Path, network: &str, args: &Args) -> anyhow::Result<Figures> {
+    let dir = std::env::temp_dir().join(format!("fc-agent-bench-{}-{network}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let token = "bench-token-0123456789abcdef";
     let mut agent = Command::new(bin_dir.join("fc-agent"))
         .env("FC_AGENT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("FC_AGENT_TOKEN", token)
+        .env("FC_AGENT_TOKEN", TOKEN)
         .env("FC_AGENT_BACKEND", "process")
         .env("FC_AGENT_DIR", &dir)
         .env("FC_AGENT_GUEST_BIN", bin_dir.join("fuse-guest"))
-        .env("FC_AGENT_NETWORK", &args.network)
+        .env("FC_AGENT_NETWORK", network)
         .env("FC_AGENT_MAX_VMS", (args.vms + 10).to_string())
         .env("FC_AGENT_CPUS", "100000")
         .env("FC_AGENT_RAM_MB", "100000000")
@@ -64,12 +74,25 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    let r = drive(port, args).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    if network == "on" {
+        // The agent leaves its nftables table for VMs that outlive it; this one is done.
+        let tag = fuse_hostagent::net::agent_tag(&dir);
+        fuse_hostagent::net::Net::new(&tag)?.table_delete().await?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+async fn drive(port: u16, args: &Args) -> anyhow::Result<Figures> {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while http
         .get(format!("{base}/healthz"))
-        .bearer_auth(token)
+        .bearer_auth(TOKEN)
         .send()
         .await
         .is_err()
@@ -92,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 let t = Instant::now();
                 let r = http
                     .post(format!("{base}/v1/vm"))
-                    .bearer_auth(token)
+                    .bearer_auth(TOKEN)
                     .json(&json!({"name": format!("bench-{i}"), "cpus": 1, "memory_mb": 128, "storage_gb": 1}))
                     .send()
                     .await;
@@ -108,29 +131,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    println!(
-        "backend          process (fuse-guest per VM), network {}",
-        args.network
-    );
-    println!("vms              {} created of {}", lat.len(), args.vms);
-    println!(
-        "creates/s        {:.0} ({} clients)",
-        lat.len() as f64 / secs,
-        args.clients
-    );
-    println!(
-        "create->ready ms p50 {:.2}  p99 {:.2}  max {:.2}",
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
-        pct(&lat, 1.0)
-    );
     let t = Instant::now();
     let mut dels = Vec::new();
+    let mut destroyed = 0;
     for i in 0..args.vms {
         let (http, base) = (http.clone(), base.clone());
         dels.push(tokio::spawn(async move {
             http.delete(format!("{base}/v1/vm/bench-{i}"))
-                .bearer_auth(token)
+                .bearer_auth(TOKEN)
                 .send()
                 .await
                 .map(|r| r.status().is_success())
@@ -138,19 +146,65 @@ async fn main() -> anyhow::Result<()> {
         }));
         if dels.len() >= args.clients {
             for d in dels.drain(..) {
-                d.await?;
+                destroyed += usize::from(d.await?);
             }
         }
     }
     for d in dels {
-        d.await?;
+        destroyed += usize::from(d.await?);
     }
+    Ok(Figures {
+        created: lat.len(),
+        creates_per_s: lat.len() as f64 / secs,
+        ready_ms: (pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0)),
+        destroys_per_s: args.vms as f64 / t.elapsed().as_secs_f64(),
+        destroyed,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe = std::env::current_exe()?;
+    let bin_dir = exe
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no directory"))?;
+    let root = nix::unistd::geteuid().is_root();
+    let modes: Vec<&str> = match args.network.as_str() {
+        "both" if root => vec!["off", "on"],
+        "both" => {
+            eprintln!("not root: measuring networking off only");
+            vec!["off"]
+        }
+        "off" => vec!["off"],
+        "on" => vec!["on"],
+        other => anyhow::bail!("--network {other}: expected both, off or on"),
+    };
+    let mut figs = Vec::new();
+    for m in &modes {
+        figs.push(measure(bin_dir, m, &args).await?);
+    }
+    let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = figs.iter().map(|x| format!("{:>22}", f(x))).collect();
+        println!("{name:<24}{}", cells.join(""));
+    };
     println!(
-        "destroys/s       {:.0}",
-        args.vms as f64 / t.elapsed().as_secs_f64()
+        "process backend (fuse-guest per VM), {} VMs, {} clients",
+        args.vms, args.clients
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    let heads: Vec<String> = modes
+        .iter()
+        .map(|m| format!("{:>22}", format!("network {m}")))
+        .collect();
+    println!("{:<24}{}", "", heads.join(""));
+    row("vms created", &|f| format!("{} of {}", f.created, args.vms));
+    row("creates/s", &|f| format!("{:.0}", f.creates_per_s));
+    row("create->ready p50 ms", &|f| format!("{:.2}", f.ready_ms.0));
+    row("create->ready p99 ms", &|f| format!("{:.2}", f.ready_ms.1));
+    row("create->ready max ms", &|f| format!("{:.2}", f.ready_ms.2));
+    row("destroys/s", &|f| format!("{:.0}", f.destroys_per_s));
+    row("vms destroyed", &|f| {
+        format!("{} of {}", f.destroyed, args.vms)
+    });
     Ok(())
 }

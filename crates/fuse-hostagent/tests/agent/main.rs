@@ -93,6 +93,38 @@ impl Ns {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// The nftables table of the agent with state directory `dir`, as `nft` (Debian's
+    /// `nftables`) lists it inside this namespace; empty when there is no such table.
+    fn nft_table(&self, dir: &Path) -> String {
+        let table = fuse_hostagent::net::nft::table_name(&fuse_hostagent::net::agent_tag(dir));
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "nft", "list", "table", "ip", &table,
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("No such file"),
+            "nft (Debian package nftables) failed: {err}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `nft` with these arguments inside this namespace.
+    fn nft(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 impl Drop for Ns {
@@ -121,8 +153,22 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // VM namespaces are global: remove this agent's, even after a failed test.
-        fuse_hostagent::net::reclaim(&fuse_hostagent::net::agent_tag(&self.dir), &[], &[]);
+        // VM namespaces are global: remove this agent's, and its VMs' processes (which
+        // outlive it), even after a failed test. Its devices and table live in the test's
+        // namespace and go with it.
+        let marker = format!("{}/", self.dir.join("vms").display());
+        let prefix = format!("fv{}", fuse_hostagent::net::agent_tag(&self.dir));
+        let _ = Command::new("pkill").args(["-9", "-f", &marker]).status();
+        for name in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = name.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
     }
 }
 
@@ -140,6 +186,7 @@ async fn spawn(ns: &Ns, dir: &Path, extra: &[(&str, &str)]) -> Agent {
         .env("FC_AGENT_GUEST_BIN", guest_bin())
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(std::fs::File::create(dir.with_extension("log")).unwrap())
         .stderr(std::process::Stdio::null());
     for (k, v) in extra {
@@ -435,15 +482,39 @@ async fn wire_and_vm_lifecycle() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ns
-        .in_ns(&["iptables", "-t", "nat", "-S"])
-        .contains(":fuse-web"));
+    // Its NAT and forward in the agent's table: the masqueraded address, the port's
+    // element in the forwards map, its chain with the DNAT; each names the VM.
+    let tag = fuse_hostagent::net::agent_tag(&a.dir);
+    let web_dev = fuse_hostagent::net::dev_name(&tag, "fuse-web");
+    let table = ns.nft_table(&a.dir);
+    let hp = url.rsplit(':').next().unwrap();
+    assert!(table.contains("masquerade"), "{table}");
+    assert!(table.contains("fib daddr type local"), "{table}");
+    assert!(
+        table.contains(&format!("comment \"{web_dev} fuse-web\"")),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "{hp} comment \"{web_dev} fuse-web\" : goto {web_dev}"
+        )),
+        "the forward's element: {table}"
+    );
+    assert!(table.contains(&format!("chain {web_dev}")), "{table}");
+    assert!(table.contains("dnat to 10.200.0."), "{table}");
     let (s, _) = a.delete("/v1/vm/fuse-web").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    let table = ns.nft_table(&a.dir);
     assert!(
-        !ns.in_ns(&["iptables", "-t", "nat", "-S"])
-            .contains(":fuse-web"),
-        "its NAT rules removed"
+        !table.contains("fuse-web") && !table.contains(&web_dev),
+        "its NAT and forward removed: {table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "\"{} fuse-a\"",
+            fuse_hostagent::net::dev_name(&tag, "fuse-a")
+        )),
+        "fuse-a's NAT is still there: {table}"
     );
     assert_eq!(
         ns.in_ns(&["ip", "-o", "link"]).matches(": fv").count(),
@@ -497,17 +568,18 @@ async fn wire_and_vm_lifecycle() {
     );
     let (_, l) = a.get("/v1/vm").await;
     assert!(l["vms"].as_array().unwrap().is_empty());
+    let table = ns.nft_table(&a.dir);
     assert!(
-        !ns.in_ns(&["iptables", "-t", "nat", "-S"]).contains("fuse:"),
-        "no NAT rule left"
+        table.contains("masquerade") && !table.contains(&format!("fv{tag}")),
+        "the table stays, with no VM's NAT left: {table}"
     );
     assert!(
         !ns.in_ns(&["ip", "-o", "link"]).contains(": fv"),
         "no device left"
     );
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let tag = fuse_hostagent::net::agent_tag(&a.dir);
-    let ours = ["fuse-a", "fuse-b", "fuse-web"].map(|v| fuse_hostagent::net::dev_name(&tag, v));
+    let ours = ["fuse-a", "fuse-b", "fuse-web", "fuse-dead"]
+        .map(|v| fuse_hostagent::net::dev_name(&tag, v));
     assert!(
         !String::from_utf8_lossy(&netns.stdout)
             .lines()
@@ -532,7 +604,7 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
         let (s, _) = a
             .post(
                 "/v1/vm",
-                json!({"name": id, "cpus": 1, "memory_mb": 128, "storage_gb": 1}),
+                json!({"name": id, "cpus": 1, "memory_mb": 128, "storage_gb": 1, "agent_port": 8000}),
             )
             .await;
         assert_eq!(s, StatusCode::CREATED);
@@ -568,13 +640,74 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
     while std::path::Path::new(&format!("/proc/{dead_pid}")).exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A stray device and namespace of ours that no VM owns.
-    let stray = format!("fv{}deadbeef", fuse_hostagent::net::agent_tag(&dir));
+    // A stray device, a stray namespace (something running in it) and the nftables
+    // state of a VM that no longer exists, all of ours.
+    let tag = fuse_hostagent::net::agent_tag(&dir);
+    let stray = format!("fv{tag}deadbeef");
     ns.in_ns(&["ip", "tuntap", "add", &stray, "mode", "tap"]);
+    let stray_ns = format!("fv{tag}cafebabe");
+    assert!(Command::new("ip")
+        .args(["netns", "add", &stray_ns])
+        .status()
+        .unwrap()
+        .success());
+    let mut in_stray = Command::new("ip")
+        .args(["netns", "exec", &stray_ns, "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let ghost = format!("fv{tag}0badf00d");
+    let table = fuse_hostagent::net::nft::table_name(&tag);
+    ns.nft(&[
+        "add",
+        "chain",
+        "ip",
+        &table,
+        &ghost,
+        "{ comment \"ghost\"; }",
+    ]);
+    ns.nft(&[
+        "add",
+        "element",
+        "ip",
+        &table,
+        "vms",
+        &format!("{{ 10.200.9.10 comment \"{ghost} ghost\" }}"),
+    ]);
+    ns.nft(&[
+        "add",
+        "element",
+        "ip",
+        &table,
+        "forwards",
+        &format!("{{ 29999 comment \"{ghost} ghost\" : goto {ghost} }}"),
+    ]);
+    assert!(ns.nft_table(&dir).contains(&ghost));
     let b = spawn(&ns, &dir, &[]).await;
     assert!(
-        !ns.in_ns(&["ip", "-o", "link"]).contains("fvdeadbeef00"),
+        !ns.in_ns(&["ip", "-o", "link"]).contains(&stray),
         "stray tap reclaimed"
+    );
+    assert!(
+        !Path::new("/run/netns").join(&stray_ns).exists(),
+        "stray namespace reclaimed"
+    );
+    let st = in_stray.wait().unwrap();
+    assert!(!st.success(), "what ran in the stray namespace was killed");
+    let t = ns.nft_table(&dir);
+    assert!(
+        !t.contains(&ghost) && !t.contains("ghost") && !t.contains("fuse-dies"),
+        "a dead VM's elements and chain reclaimed: {t}"
+    );
+    let keep_dev = fuse_hostagent::net::dev_name(&tag, "fuse-keep");
+    assert!(
+        t.contains(&format!("\"{keep_dev} fuse-keep\" : goto {keep_dev}"))
+            && t.contains(&format!("chain {keep_dev}")),
+        "the adopted VM keeps its NAT and forward: {t}"
+    );
+    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("net_nft=3") && log.contains("net_devices=1") && log.contains("net_netns=1"),
+        "reclaim counts logged: {log}"
     );
     let (_, l) = b.get("/v1/vm").await;
     let ids: Vec<&str> = l["vms"]
@@ -596,6 +729,10 @@ async fn vms_survive_an_agent_restart_and_leftovers_are_reclaimed() {
     let status = orphan.wait().unwrap();
     assert!(!status.success(), "the orphan helper was killed at start");
     b.delete("/v1/vm/fuse-keep").await;
+    assert!(
+        !ns.nft_table(&dir).contains(&keep_dev),
+        "destroy of an adopted VM removes its NAT"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{keep_pid}/cmdline")).exists()
             || !std::fs::read_to_string(format!("/proc/{keep_pid}/cmdline"))
@@ -713,9 +850,10 @@ async fn firecracker_backend_reports_a_guest_that_never_answers_and_leaves_nothi
         !ns.in_ns(&["ip", "-o", "link"]).contains(": fv"),
         "no tap left"
     );
+    let table = ns.nft_table(&state);
     assert!(
-        !ns.in_ns(&["iptables", "-t", "nat", "-S"]).contains("fuse:"),
-        "no NAT rule left"
+        !table.contains("fuse-fc") && !table.contains(": fv"),
+        "no NAT left: {table}"
     );
     let (_, l) = a.get("/v1/vm").await;
     assert!(l["vms"].as_array().unwrap().is_empty());

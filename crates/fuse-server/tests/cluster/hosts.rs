@@ -294,17 +294,7 @@ impl Host {
                 }
             }
         }
-        let rules = sh(&format!(
-            "ip netns exec {} iptables-save 2>/dev/null",
-            self.ns
-        ));
-        let mut nat_vms: Vec<String> = rules
-            .lines()
-            .filter_map(|l| l.split(&format!("fuse:{tag}:")).nth(1))
-            .map(|r| r.split(['"', ' ']).next().unwrap_or("").to_owned())
-            .collect();
-        nat_vms.sort();
-        nat_vms.dedup();
+        let nat_vms = nat_vm_ids(&self.ns, &tag);
         Footprint {
             dirs,
             netns: netns.len(),
@@ -313,6 +303,26 @@ impl Host {
             nat_vms,
         }
     }
+}
+
+/// The VMs that have NAT or forward state in the nftables table of the agent with `tag`
+/// running in namespace `ns` (`nft`, Debian's `nftables`): every per-VM element, chain
+/// and rule carries the comment `"<device> <vm id>"`, the device starting `fv<tag>`.
+pub fn nat_vm_ids(ns: &str, tag: &str) -> Vec<String> {
+    let table = fuse_hostagent::net::nft::table_name(tag);
+    let listed = sh(&format!(
+        "ip netns exec {ns} nft list table ip {table} 2>/dev/null"
+    ));
+    let mut ids: Vec<String> = listed
+        .split(&format!("comment \"fv{tag}"))
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter_map(|c| c.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// See [`Host::footprint`].

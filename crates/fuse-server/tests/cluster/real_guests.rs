@@ -225,7 +225,7 @@ impl Host {
     }
 
     /// What the VM left behind on this host: QEMU processes naming its directory, taps,
-    /// NAT rules, files.
+    /// NAT and forward state in the agent's nftables table, files.
     fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         let marker = format!("{}/", self.dir.display());
@@ -241,10 +241,9 @@ impl Host {
                 left.push(format!("device {l}"));
             }
         }
-        for l in ns_output(&self.ns, &["iptables", "-w", "-t", "nat", "-S"]).lines() {
-            if l.contains("fuse:") {
-                left.push(format!("rule {l}"));
-            }
+        let tag = fuse_hostagent::net::agent_tag(&self.dir);
+        for vm in crate::hosts::nat_vm_ids(&self.ns, &tag) {
+            left.push(format!("NAT of {vm}"));
         }
         if let Ok(rd) = std::fs::read_dir(self.dir.join("vms")) {
             for e in rd.flatten() {

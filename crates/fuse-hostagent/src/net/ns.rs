@@ -1,0 +1,105 @@
+//! VM network namespaces as files: where a named one lives, which namespace a file or a
+//! process is in (the nsfs device and inode, as `ip netns identify` compares them), and
+//! killing what still runs in one. Blocking filesystem work: callers run it off the async
+//! workers.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// Where named network namespaces are bind-mounted (as `ip netns` does).
+pub const RUN_DIR: &str = "/run/netns";
+
+/// The path of the named namespace `name`.
+pub fn path(name: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(name)
+}
+
+/// A network namespace's identity: the (device, inode) of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NsId {
+    /// The nsfs device.
+    pub dev: u64,
+    /// The namespace's inode.
+    pub ino: u64,
+}
+
+/// The identity of the namespace `file` is (a `/run/netns` entry, a `/proc/<pid>/ns/net`
+/// link). `None` when it is not a namespace: a marker file nothing is mounted on (seen
+/// from another mount namespace, or left by a crash) has the device of the filesystem it
+/// lies on, not nsfs's.
+pub fn id_of(file: &Path) -> Option<NsId> {
+    let m = std::fs::metadata(file).ok()?;
+    let nsfs = std::fs::metadata("/proc/self/ns/net").ok()?.dev();
+    (m.dev() == nsfs).then(|| NsId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+/// Kills (SIGKILL) every process in namespace `id`, found by their `/proc/<pid>/ns/net`;
+/// returns how many.
+pub fn kill_all_in(id: NsId) -> usize {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    // The link's text names the namespace's inode (`net:[4026532]`), and reading it is
+    // much cheaper than a `stat` through it (which opens the namespace's nsfs dentry):
+    // this runs over every process on the host for every destroy. All namespaces share
+    // the one nsfs device, so the inode alone identifies it.
+    let want = std::ffi::OsString::from(format!("net:[{}]", id.ino));
+    let mut n = 0;
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(link) = std::fs::read_link(e.path().join("ns/net")) else {
+            continue;
+        };
+        if link.as_os_str() == want
+            && nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The names of the namespaces under [`RUN_DIR`] that start with `prefix`.
+pub fn list(prefix: &str) -> Vec<String> {
+    std::fs::read_dir(RUN_DIR)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_namespace_is_found_and_a_plain_file_is_none() {
+        let me = id_of(Path::new("/proc/self/ns/net")).expect("nsfs");
+        // What `kill_all_in` compares: the link names the same inode `id_of` reads.
+        let link = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert_eq!(link.to_string_lossy(), format!("net:[{}]", me.ino));
+        assert_eq!(
+            id_of(Path::new(&format!("/proc/{}/ns/net", std::process::id()))),
+            Some(me)
+        );
+        assert_eq!(id_of(Path::new("/proc/self/cmdline")), None);
+        assert_eq!(id_of(Path::new("/nonexistent")), None);
+        assert_eq!(path("fvab"), Path::new("/run/netns/fvab"));
+    }
+}
