@@ -110,21 +110,6 @@ fn envelope_with(
     (status, Json(body)).into_response()
 }
 
-/// An error and its sources as one line (what a client of this wire reads).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.ends_with(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 impl IntoResponse for VmError {
     fn into_response(self) -> Response {
         use crate::link::LinkError;
@@ -143,7 +128,7 @@ impl IntoResponse for VmError {
             | VmError::SetupFailed { .. }
             | VmError::RestoreFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
-        let message = chain(&self);
+        let message = crate::error_chain(&self);
         if status.is_server_error() {
             tracing::warn!(error = %message, "request failed");
         }

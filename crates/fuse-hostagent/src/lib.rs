@@ -13,6 +13,22 @@ pub mod vms;
 use fuse_types::Resources;
 use std::sync::Arc;
 
+/// An error and its causes as one line (what a client of the wire and the log read).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        // A variant that quotes its source (`#[error(transparent)]`) is not repeated.
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Capacity: configured values, else detected from the host.
 pub fn capacity(cfg: &config::Config) -> Resources {
     let cpus = cfg.cpus.unwrap_or_else(|| {

@@ -167,14 +167,18 @@ impl NetError {
     /// The error and its causes on one line (`step: cause: cause`), for messages that
     /// cross the wire without the chain.
     pub fn report(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
+        crate::error_chain(self)
+    }
+
+    /// A link step of `vm`'s network on `dev` that failed.
+    fn link(step: &'static str, vm: &str, dev: &str) -> impl FnOnce(nlink::Error) -> NetError {
+        let (vm, dev) = (vm.to_owned(), dev.to_owned());
+        move |source| NetError::Link {
+            step,
+            vm,
+            dev,
+            source,
         }
-        s
     }
 }
 
@@ -344,36 +348,16 @@ impl Net {
 
     async fn setup_steps(&self, vm: &str, info: &mut NetInfo) -> Result<(), NetError> {
         let dev = info.dev.clone();
-        let link = |step: &'static str, dev: &str| {
-            let (vm, dev) = (vm.to_owned(), dev.to_owned());
-            move |source| NetError::Link {
-                step,
-                vm,
-                dev,
-                source,
-            }
-        };
+        let link = |step: &'static str, dev: &str| NetError::link(step, vm, dev);
         if let Some(name) = info.netns.clone() {
-            let n = name.clone();
-            let rt = tokio::runtime::Handle::current();
-            let made = blocking("creating the network namespace", vm, move || {
-                namespace::create(&n)?;
-                let netns = namespace::Netns::open(&n)?;
-                // A socket made inside the namespace configures the VM's side; the thread
-                // that makes it then exits, so no thread of ours has to switch back.
-                let inside = netns.run(move || {
-                    let _rt = rt.enter();
-                    Connection::<Route>::new()
-                })??;
-                let fd = std::os::fd::AsFd::as_fd(&netns).try_clone_to_owned()?;
-                Ok::<_, nlink::Error>((ns::id_of(&ns::path(&n)), inside, fd))
-            })
-            .await?;
-            let (id, inside, peer_ns) = made.map_err(|source| NetError::NamespaceCreate {
-                vm: vm.to_owned(),
-                ns: name.clone(),
-                source,
-            })?;
+            let made = ns::create(&name)
+                .await
+                .map_err(|source| NetError::NamespaceCreate {
+                    vm: vm.to_owned(),
+                    ns: name.clone(),
+                    source,
+                })?;
+            let (id, inside, peer_ns) = (made.id, made.inside, made.fd);
             info.netns_id = id;
             let peer = peer_name(&dev);
             self.route
@@ -399,10 +383,6 @@ impl Net {
                 .set_link_up_by_index(peer_index)
                 .await
                 .map_err(link("bringing the guest side up", &peer))?;
-            inside
-                .set_link_up("lo")
-                .await
-                .map_err(link("bringing loopback up", "lo"))?;
             inside
                 .add_route(nlink::Ipv4Route::default_route().gateway(info.host_ip))
                 .await
@@ -444,15 +424,7 @@ impl Net {
 
     /// The host side of a VM's link: its address, then up.
     async fn host_side(&self, vm: &str, info: &NetInfo) -> Result<(), NetError> {
-        let err = |step| {
-            let (vm, dev) = (vm.to_owned(), info.dev.clone());
-            move |source| NetError::Link {
-                step,
-                vm,
-                dev,
-                source,
-            }
-        };
+        let err = |step| NetError::link(step, vm, &info.dev);
         let index = ifindex(&info.dev)
             .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
             .map_err(err("finding the host side"))?;
@@ -528,12 +500,9 @@ impl Net {
                     None => Ok(()),
                 };
                 if let Err(source) = gone {
-                    first.get_or_insert(NetError::Link {
-                        step: "deleting the device",
-                        vm: vm_id.to_owned(),
-                        dev: info.dev.clone(),
+                    first.get_or_insert(NetError::link("deleting the device", vm_id, &info.dev)(
                         source,
-                    });
+                    ));
                 }
             }
         }
@@ -543,15 +512,7 @@ impl Net {
     /// Waits (up to [`DEVICE_GONE_WAIT`]) for a VM's veth to go with its namespace, then
     /// deletes it if it is still there (something kept the namespace alive).
     async fn device_gone(&self, vm: &str, dev: &str) -> Result<(), NetError> {
-        let err = |step| {
-            let (vm, dev) = (vm.to_owned(), dev.to_owned());
-            move |source| NetError::Link {
-                step,
-                vm,
-                dev,
-                source,
-            }
-        };
+        let err = |step| NetError::link(step, vm, dev);
         let deadline = tokio::time::Instant::now() + DEVICE_GONE_WAIT;
         let mut pause = std::time::Duration::from_millis(1);
         while tokio::time::Instant::now() < deadline {

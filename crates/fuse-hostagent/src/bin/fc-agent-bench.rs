@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Networking on needs root; without it (or with `--network off`) only the first column is
-//! measured.
+//! measured. The agents keep their state in `--dir` (default `/dev/shm`, a tmpfs, when it
+//! exists): every VM makes and removes a directory of files, and on a disk filesystem that
+//! churn (ext4's inode allocator, after thousands of creates and deletes) costs more than
+//! the agent's own work; `--dir /tmp` measures with it.
 
 use clap::Parser;
 use serde_json::json;
@@ -30,6 +33,23 @@ struct Args {
     /// Which agents to measure: `both` (networking off, then on), `off` or `on`.
     #[arg(long, default_value = "both")]
     network: String,
+    /// Where the agents keep their state (default: `/dev/shm` when it exists, else the
+    /// temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    fn state_root(&self) -> std::path::PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let shm = std::path::PathBuf::from("/dev/shm");
+            if shm.is_dir() {
+                shm
+            } else {
+                std::env::temp_dir()
+            }
+        })
+    }
 }
 
 /// What one agent measured.
@@ -53,7 +73,9 @@ const TOKEN: &str = "bench-token-0123456789abcdef";
 
 /// Starts an agent with `network`, creates and destroys `args.vms` VMs through it, stops it.
 async fn measure(bin_dir: &Path, network: &str, args: &Args) -> anyhow::Result<Figures> {
-    let dir = std::env::temp_dir().join(format!("fc-agent-bench-{}-{network}", std::process::id()));
+    let dir = args
+        .state_root()
+        .join(format!("fc-agent-bench-{}-{network}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -189,8 +211,10 @@ async fn main() -> anyhow::Result<()> {
         println!("{name:<24}{}", cells.join(""));
     };
     println!(
-        "process backend (fuse-guest per VM), {} VMs, {} clients",
-        args.vms, args.clients
+        "process backend (fuse-guest per VM), {} VMs, {} clients, state in {}",
+        args.vms,
+        args.clients,
+        args.state_root().display()
     );
     let heads: Vec<String> = modes
         .iter()

@@ -7,7 +7,7 @@
 
 use crate::harness::eventually;
 use crate::hosts::{Host, AGENT_TOKEN as TOKEN};
-use fuse_server::config::{Config, Flags};
+use fuse_server::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -24,28 +24,10 @@ async fn one_control_plane_three_hosts_thirty_environments() {
     for h in hosts.iter_mut() {
         h.start_agent();
     }
-    let flags = Flags {
-        listen: "127.0.0.1:0".into(),
-        require_auth: "false".into(),
-        vm_prefix: "fuse-".into(),
-        agent_profile: "fused".into(),
-        scheduler_policy: "spread".into(),
-        max_body_bytes: "1048576".into(),
-        sse_keepalive_secs: "15".into(),
-        host_poll_secs: "1".into(),
-        gc_period_secs: "3600".into(),
-        recovery_period_secs: "3600".into(),
-        reconcile_period_secs: "3600".into(),
-        orphan_grace_secs: "120".into(),
-        host_down_after_secs: "0".into(),
-        quarantine_after: "3".into(),
-        terminal_retention_secs: "86400".into(),
-        snapshot_retention_secs: "3600".into(),
-        drain_timeout_secs: "30".into(),
-        provision_timeout_secs: "60".into(),
-        log_format: "text".into(),
-        ..Flags::default()
-    };
+    let mut flags = fuse_testkit::server::test_flags();
+    flags.host_poll_secs = "1".into();
+    flags.orphan_grace_secs = "120".into();
+    flags.snapshot_retention_secs = "3600".into();
     let cfg = Config::from_flags(flags, |_| None).unwrap();
     let fuse = fuse_server::server::start(cfg).await.unwrap();
     let base = format!("http://{}", fuse.addr);

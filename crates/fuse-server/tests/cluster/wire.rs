@@ -4,42 +4,19 @@
 //! `/start-surfd` route gets its agent started there.
 
 use crate::harness::stub_host;
-use fuse_server::config::{Config, Flags};
+use fuse_server::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-fn flags() -> Flags {
-    Flags {
-        listen: "127.0.0.1:0".into(),
-        require_auth: "false".into(),
-        vm_prefix: "fuse-".into(),
-        agent_profile: "fused".into(),
-        scheduler_policy: "spread".into(),
-        max_body_bytes: "1048576".into(),
-        sse_keepalive_secs: "15".into(),
-        host_poll_secs: "3600".into(),
-        gc_period_secs: "3600".into(),
-        recovery_period_secs: "3600".into(),
-        reconcile_period_secs: "3600".into(),
-        orphan_grace_secs: "120".into(),
-        host_down_after_secs: "0".into(),
-        quarantine_after: "3".into(),
-        terminal_retention_secs: "86400".into(),
-        snapshot_retention_secs: "3600".into(),
-        drain_timeout_secs: "30".into(),
-        provision_timeout_secs: "60".into(),
-        log_format: "text".into(),
-        ..Flags::default()
-    }
-}
 
 #[tokio::test]
 async fn a_go_era_host_is_driven_call_by_call_with_the_start_surfd_fallback() {
     let (stub, addr, _serving) = stub_host().await;
     stub.set_surfd_only(true);
-    let fuse = fuse_server::server::start(Config::from_flags(flags(), |_| None).unwrap())
-        .await
-        .unwrap();
+    let fuse = fuse_server::server::start(
+        Config::from_flags(fuse_testkit::server::test_flags(), |_| None).unwrap(),
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", fuse.addr);
     let http = reqwest::Client::new();
     let r = http
