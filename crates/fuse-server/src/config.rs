@@ -195,6 +195,10 @@ pub struct Config {
     pub log_json: bool,
 }
 
+/// The shortest accepted `ORCH_AUTH_TOKEN` (the host agent's `FC_AGENT_TOKEN` has the same
+/// floor).
+pub const MIN_AUTH_TOKEN_CHARS: usize = 16;
+
 /// Every problem found in the configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -293,6 +297,14 @@ impl Config {
                     )),
                 },
             }
+        }
+        // The same floor as fc-agent's token: a short bearer token is guessable, and it is
+        // the only thing guarding `/v1` when set.
+        if !f.auth_token.is_empty() && f.auth_token.chars().count() < MIN_AUTH_TOKEN_CHARS {
+            errs.push(format!(
+                "ORCH_AUTH_TOKEN: must be at least {MIN_AUTH_TOKEN_CHARS} characters (got {})",
+                f.auth_token.chars().count()
+            ));
         }
         let require_auth = parse_bool(&f.require_auth).unwrap_or_else(|e| {
             errs.push(format!("ORCH_REQUIRE_AUTH: {e}"));
@@ -536,6 +548,8 @@ mod tests {
             "true",
             "--tls-cert",
             "/nonexistent.pem",
+            "--auth-token",
+            "short",
         ]);
         let err = Config::from_flags(f, |_| None).unwrap_err();
         let text = err.to_string();
@@ -547,12 +561,40 @@ mod tests {
             "FUSE_AGENT_PROFILE",
             "FUSE_SCHEDULER_POLICY",
             "ORCH_MAX_BODY_BYTES",
-            "missing: ORCH_AUTH_TOKEN, DATABASE_URL",
+            "missing: DATABASE_URL",
             "set together",
+            "ORCH_AUTH_TOKEN: must be at least 16 characters (got 5)",
         ] {
             assert!(text.contains(needle), "{needle:?} not in {text}");
         }
-        assert_eq!(err.0.len(), 9, "{text}");
+        assert_eq!(err.0.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_set_auth_token_needs_16_characters() {
+        for (token, ok) in [
+            ("", true),
+            ("a", false),
+            ("fifteen-chars-x", false),
+            ("sixteen-chars-xx", true),
+        ] {
+            let got = Config::from_flags(flags(&["--auth-token", token]), |_| None);
+            assert_eq!(got.is_ok(), ok, "{token:?}: {got:?}");
+        }
+        // Also with ORCH_REQUIRE_AUTH, which used to accept a single character.
+        let f = flags(&[
+            "--require-auth",
+            "true",
+            "--auth-token",
+            "x",
+            "--database-url",
+            "postgres://h/db",
+            "--token-encryption-key",
+            &"ab".repeat(32),
+        ]);
+        let err = Config::from_flags(f, |_| None).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("ORCH_AUTH_TOKEN"), "{err}");
     }
 
     #[test]
