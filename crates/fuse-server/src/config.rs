@@ -1,9 +1,10 @@
 //! The one typed configuration of `fuse`, built once at start from flags and environment
 //! variables (DESIGN §7). Every value is read here as text and validated together, so a bad
 //! configuration yields one error that lists every problem. No other module reads the
-//! environment.
+//! environment. `fuse` with no subcommand serves; `fuse rotate-key` re-seals the stored
+//! secrets under a new key ([`RotateKeyConfig`]).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fuse_scheduler::Policy;
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -18,11 +19,20 @@ use std::time::Duration;
     about = "Fuse control plane: Firecracker microVMs for AI agents"
 )]
 pub struct Flags {
+    /// What to do; none serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Listen address (`:8080` means every interface).
     #[arg(long, env = "ORCH_LISTEN", default_value = ":8080")]
     pub listen: String,
     /// Postgres URL; empty selects the in-memory store.
-    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Base URL of a single default host agent.
     #[arg(
@@ -39,12 +49,14 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub firecracker_token: String,
-    /// 64 hex characters (AES-256-GCM key) for secrets at rest.
+    /// 64 hex characters (AES-256-GCM key) for secrets at rest; with `rotate-key`, the key
+    /// the data is sealed with now.
     #[arg(
         long,
         env = "TOKEN_ENCRYPTION_KEY",
         default_value = "",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub token_encryption_key: String,
     /// `firecracker` or `stub`; empty chooses from the other settings.
@@ -124,6 +136,89 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+}
+
+/// Subcommands of `fuse`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Re-seal every stored secret (VM secrets, host tokens, the key check) under a new key,
+    /// in one transaction. Needs DATABASE_URL and the current TOKEN_ENCRYPTION_KEY; refused
+    /// while any fuse process is connected to the database (stop every replica first, then
+    /// start them with the new key).
+    RotateKey(RotateKeyFlags),
+}
+
+/// Flags of `fuse rotate-key`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RotateKeyFlags {
+    /// The new key: 64 hex characters, different from TOKEN_ENCRYPTION_KEY.
+    #[arg(
+        long,
+        env = "TOKEN_ENCRYPTION_KEY_NEW",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub new_key: String,
+}
+
+/// The validated configuration of `fuse rotate-key`.
+#[derive(Debug, Clone)]
+pub struct RotateKeyConfig {
+    /// Postgres URL.
+    pub database_url: String,
+    /// The key the data is sealed with now.
+    pub old_key: [u8; 32],
+    /// The key to seal it with.
+    pub new_key: [u8; 32],
+}
+
+impl RotateKeyConfig {
+    /// Validates the flags `rotate-key` uses (the serving flags are not looked at), listing
+    /// every problem.
+    pub fn from_flags(f: &Flags, r: &RotateKeyFlags) -> Result<RotateKeyConfig, ConfigError> {
+        let mut errs = Vec::new();
+        if f.database_url.is_empty() {
+            errs.push("DATABASE_URL: rotate-key needs the database".to_owned());
+        } else if !is_postgres_url(&f.database_url) {
+            errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
+        }
+        let mut key = |name: &str, v: &str| -> Option<[u8; 32]> {
+            if v.is_empty() {
+                errs.push(format!("{name}: rotate-key needs it (64 hex characters)"));
+                return None;
+            }
+            let k = parse_key(v);
+            if k.is_none() {
+                errs.push(format!(
+                    "{name}: must be exactly 64 hex characters (got {} characters)",
+                    v.len()
+                ));
+            }
+            k
+        };
+        let old = key("TOKEN_ENCRYPTION_KEY", &f.token_encryption_key);
+        let new = key("TOKEN_ENCRYPTION_KEY_NEW", &r.new_key);
+        if old.is_some() && old == new {
+            errs.push("TOKEN_ENCRYPTION_KEY_NEW: is the same key as TOKEN_ENCRYPTION_KEY".into());
+        }
+        match (old, new) {
+            (Some(old_key), Some(new_key)) if errs.is_empty() => Ok(RotateKeyConfig {
+                database_url: f.database_url.clone(),
+                old_key,
+                new_key,
+            }),
+            _ => Err(ConfigError(errs)),
+        }
+    }
+}
+
+/// 64 hex characters as a 32-byte key.
+fn parse_key(k: &str) -> Option<[u8; 32]> {
+    hex::decode(k).ok()?.try_into().ok()
+}
+
+fn is_postgres_url(u: &str) -> bool {
+    u.starts_with("postgres://") || u.starts_with("postgresql://")
 }
 
 /// Which provider serves VMs when no host is registered.
@@ -208,7 +303,13 @@ impl Config {
     /// Parses flags and environment; `env` resolves the legacy alias variables
     /// (`SURF_PROVIDER`, `SURFD_DOWNLOAD_URL`).
     pub fn load() -> Result<Config, ConfigError> {
-        Config::from_flags(Flags::parse(), |k| std::env::var(k).ok())
+        Config::from_env_flags(Flags::parse())
+    }
+
+    /// [`Config::from_flags`] with the process environment for the legacy aliases (for
+    /// a caller that parsed the flags itself, to look at the subcommand first).
+    pub fn from_env_flags(f: Flags) -> Result<Config, ConfigError> {
+        Config::from_flags(f, |k| std::env::var(k).ok())
     }
 
     /// Validates `f`, listing every problem.
@@ -251,13 +352,9 @@ impl Config {
         };
         let encryption_key = match f.token_encryption_key.as_str() {
             "" => None,
-            k => match hex::decode(k) {
-                Ok(b) if b.len() == 32 => {
-                    let mut key = [0u8; 32];
-                    key.copy_from_slice(&b);
-                    Some(key)
-                }
-                _ => {
+            k => match parse_key(k) {
+                Some(key) => Some(key),
+                None => {
                     errs.push(format!(
                         "TOKEN_ENCRYPTION_KEY: must be exactly 64 hex characters (got {} characters)",
                         k.len()
@@ -429,9 +526,7 @@ impl Config {
                 false
             }
         };
-        let db_ok = f.database_url.is_empty()
-            || f.database_url.starts_with("postgres://")
-            || f.database_url.starts_with("postgresql://");
+        let db_ok = f.database_url.is_empty() || is_postgres_url(&f.database_url);
         if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
         }
@@ -595,6 +690,48 @@ mod tests {
         let err = Config::from_flags(f, |_| None).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert!(err.0[0].starts_with("ORCH_AUTH_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn no_subcommand_serves_and_rotate_key_is_validated_on_its_own() {
+        assert!(flags(&[]).command.is_none());
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        // The global flags may come after the subcommand; serving flags are not validated.
+        let f = flags(&[
+            "--listen",
+            "nonsense",
+            "rotate-key",
+            "--database-url",
+            "postgres://h/db",
+            "--token-encryption-key",
+            &a,
+            "--new-key",
+            &b,
+        ]);
+        let Some(Command::RotateKey(r)) = &f.command else {
+            panic!("{f:?}");
+        };
+        let c = RotateKeyConfig::from_flags(&f, r).unwrap();
+        assert_eq!((c.old_key, c.new_key), ([0xaa; 32], [0xbb; 32]));
+        let same = flags(&["rotate-key", "--token-encryption-key", &a, "--new-key", &a]);
+        let Some(Command::RotateKey(r)) = &same.command else {
+            panic!("{same:?}");
+        };
+        let err = RotateKeyConfig::from_flags(&same, r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("DATABASE_URL: rotate-key needs the database"),
+            "{err}"
+        );
+        assert!(err.contains("same key"), "{err}");
+        let none = flags(&["rotate-key", "--new-key", "abc"]);
+        let Some(Command::RotateKey(r)) = &none.command else {
+            panic!("{none:?}");
+        };
+        let err = RotateKeyConfig::from_flags(&none, r).unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
     }
 
     #[test]

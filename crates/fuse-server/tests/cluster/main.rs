@@ -1,5 +1,6 @@
 //! Tests with real `fuse` processes on a real Postgres: replicas, crash recovery (`kill -9`),
-//! database faults (through a TCP proxy the test controls), secrets kept out of logs, and
+//! database faults (through a TCP proxy the test controls), secrets kept out of logs, the
+//! encryption key check and `fuse rotate-key` (`keys`), and
 //! real Linux guests under QEMU through a real `fc-agent` (`real_guests`).
 //! Hosts are stub hosts served over HTTP by the test process, so they outlive a killed
 //! `fuse`. Skipped with a printed reason when `FUSE_TEST_DATABASE_URL` is unset.
@@ -12,6 +13,7 @@ mod db_faults;
 mod faults;
 mod harness;
 mod hosts;
+mod keys;
 mod multihost;
 mod real_guests;
 mod replicas;
