@@ -136,6 +136,10 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Accept host URLs that are (or resolve to) link-local addresses (169.254.0.0/16,
+    /// fe80::/10), where cloud metadata services answer.
+    #[arg(long, env = "FUSE_ALLOW_LINK_LOCAL_HOSTS", default_value = "false")]
+    pub allow_link_local_hosts: String,
 }
 
 /// Subcommands of `fuse`.
@@ -288,6 +292,8 @@ pub struct Config {
     pub provision_timeout: Duration,
     /// Emit JSON logs.
     pub log_json: bool,
+    /// Accept link-local host URLs at registration.
+    pub allow_link_local_hosts: bool,
 }
 
 /// The shortest accepted `ORCH_AUTH_TOKEN` (the host agent's `FC_AGENT_TOKEN` has the same
@@ -526,6 +532,10 @@ impl Config {
                 false
             }
         };
+        let allow_link_local_hosts = parse_bool(&f.allow_link_local_hosts).unwrap_or_else(|e| {
+            errs.push(format!("FUSE_ALLOW_LINK_LOCAL_HOSTS: {e}"));
+            false
+        });
         let db_ok = f.database_url.is_empty() || is_postgres_url(&f.database_url);
         if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
@@ -559,6 +569,7 @@ impl Config {
             drain_timeout,
             provision_timeout,
             log_json,
+            allow_link_local_hosts,
         })
     }
 }
