@@ -97,6 +97,20 @@ pub struct Flags {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "ORCH_MAX_BODY_BYTES", default_value = "16777216")]
     pub max_body_bytes: String,
+    /// Seconds a client has to send a whole request head (and, over TLS, finish the
+    /// handshake) once it starts one; a new connection's clock starts at accept.
+    #[arg(long, env = "ORCH_HEADER_TIMEOUT_SECS", default_value = "10")]
+    pub header_timeout_secs: String,
+    /// Seconds a kept-alive connection may wait for its next request; never cuts a
+    /// request in progress (SSE streams, long exec calls).
+    #[arg(long, env = "ORCH_IDLE_TIMEOUT_SECS", default_value = "60")]
+    pub idle_timeout_secs: String,
+    /// Seconds a client has to send a whole request body, from the end of its head.
+    #[arg(long, env = "ORCH_BODY_TIMEOUT_SECS", default_value = "60")]
+    pub body_timeout_secs: String,
+    /// Most client connections open at once; one more is closed at once (and counted).
+    #[arg(long, env = "ORCH_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: String,
     /// Seconds between SSE keepalive comments.
     #[arg(long, env = "FUSE_SSE_KEEPALIVE_SECS", default_value = "15")]
     pub sse_keepalive_secs: String,
@@ -266,6 +280,14 @@ pub struct Config {
     pub policy: Policy,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// Time to send a request head (and the TLS handshake).
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Time to send a request body.
+    pub body_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// SSE keepalive period.
     pub sse_keepalive: Duration,
     /// Host poll period.
@@ -464,6 +486,26 @@ impl Config {
             }
         };
         let max_body_bytes = num("ORCH_MAX_BODY_BYTES", &f.max_body_bytes, 1024, 1 << 30) as usize;
+        let header_timeout = secs(num(
+            "ORCH_HEADER_TIMEOUT_SECS",
+            &f.header_timeout_secs,
+            1,
+            3600,
+        ));
+        let idle_timeout = secs(num(
+            "ORCH_IDLE_TIMEOUT_SECS",
+            &f.idle_timeout_secs,
+            1,
+            86400,
+        ));
+        let body_timeout = secs(num(
+            "ORCH_BODY_TIMEOUT_SECS",
+            &f.body_timeout_secs,
+            1,
+            86400,
+        ));
+        let max_connections =
+            num("ORCH_MAX_CONNECTIONS", &f.max_connections, 1, 1_000_000) as usize;
         let sse_keepalive = secs(num(
             "FUSE_SSE_KEEPALIVE_SECS",
             &f.sse_keepalive_secs,
@@ -556,6 +598,10 @@ impl Config {
             agent_profile: f.agent_profile,
             policy,
             max_body_bytes,
+            header_timeout,
+            idle_timeout,
+            body_timeout,
+            max_connections,
             sse_keepalive,
             host_poll,
             gc_period,
@@ -632,6 +678,38 @@ mod tests {
         assert_eq!(c.vm_prefix, "fuse-");
         assert_eq!(c.agent_profile, "fused");
         assert!(c.database_url.is_none());
+        assert_eq!(
+            (c.header_timeout, c.idle_timeout, c.body_timeout),
+            (secs(10), secs(60), secs(60))
+        );
+        assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn connection_limits_are_validated_with_the_rest() {
+        let f = flags(&[
+            "--header-timeout-secs",
+            "0",
+            "--idle-timeout-secs",
+            "x",
+            "--body-timeout-secs",
+            "5",
+            "--max-connections",
+            "0",
+            "--vm-prefix",
+            "Bad_",
+        ]);
+        let err = Config::from_flags(f, |_| None).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ORCH_HEADER_TIMEOUT_SECS",
+            "ORCH_IDLE_TIMEOUT_SECS",
+            "ORCH_MAX_CONNECTIONS",
+            "ORCH_VM_PREFIX",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        assert_eq!(err.0.len(), 4, "{text}");
     }
 
     #[test]

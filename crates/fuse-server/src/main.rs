@@ -8,6 +8,21 @@ use fuse_server::{rotate_key, server};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: after a burst of connections glibc kept the freed
+/// memory (a peak of idle connections stayed resident after they closed), jemalloc returns
+/// it to the system once its decay time passes (see `release_freed_memory`).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Lets jemalloc's background thread purge freed pages on its decay schedule (10 s by
+/// default); without it purging only happens when the process allocates again, so an idle
+/// `fuse` would keep a past peak.
+fn release_freed_memory() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "could not start jemalloc's background thread; freed memory is returned later");
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -22,6 +37,7 @@ async fn main() -> ExitCode {
         }
     };
     init_logs(config.log_json);
+    release_freed_memory();
     let running = match server::start(config).await {
         Ok(r) => r,
         Err(e) => {

@@ -23,9 +23,6 @@ pub enum ServerError {
     /// `TOKEN_ENCRYPTION_KEY`); retrying cannot help.
     #[error("the state store cannot be used with this configuration")]
     Store(#[source] StoreError),
-    /// Serving failed.
-    #[error("serving")]
-    Serve(#[source] anyhow::Error),
     /// The serving task panicked or was cancelled.
     #[error("the server task")]
     Task(#[source] tokio::task::JoinError),
@@ -36,7 +33,7 @@ impl ServerError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ServerError::Store(_) => 2,
-            ServerError::Serve(_) | ServerError::Task(_) => 1,
+            ServerError::Task(_) => 1,
         }
     }
 }
@@ -53,7 +50,7 @@ pub struct Running {
     /// The background tasks (`host_monitor`, `gc`, `recovery`, `reconcile`): activate
     /// them, run a pass now, read their statuses.
     pub tasks: Arc<Driver>,
-    join: JoinHandle<anyhow::Result<()>>,
+    join: JoinHandle<()>,
     fatal: Fatal,
 }
 
@@ -65,14 +62,14 @@ impl Running {
 
     /// Waits until the server has stopped.
     pub async fn wait(self) -> Result<(), ServerError> {
-        let served = self.join.await.map_err(ServerError::Task)?;
+        self.join.await.map_err(ServerError::Task)?;
         if !self.tasks.join(Duration::from_secs(10)).await {
             tracing::warn!("background tasks did not stop within 10 s");
         }
         if let Some(e) = Arc::into_inner(self.fatal).and_then(std::sync::OnceLock::into_inner) {
             return Err(ServerError::Store(e));
         }
-        served.map_err(ServerError::Serve)
+        Ok(())
     }
 }
 
@@ -187,42 +184,26 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
     let fatal = Fatal::default();
     tokio::spawn(store_bootstrap(app.clone(), tasks.clone(), fatal.clone()));
     let router = crate::http::router(app.clone(), tasks.clone());
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = app.shutdown.clone();
-    let join = match cfg.tls.clone() {
-        None => tokio::spawn(async move {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .context("serving HTTP")
-        }),
-        Some((cert, key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "loading TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                h2.graceful_shutdown(Some(Duration::from_secs(30)));
-            });
-            let std_listener = listener.into_std()?;
-            tokio::spawn(async move {
-                axum_server::from_tcp_rustls(std_listener, tls)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-                    .context("serving HTTPS")
-            })
-        }
+    let tls = match &cfg.tls {
+        None => None,
+        Some((cert, key)) => Some(crate::serve::tls_acceptor(cert, key).with_context(|| {
+            format!(
+                "loading TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })?),
     };
+    let limits = crate::serve::Limits::of(cfg);
+    crate::serve::ensure_fd_limit(limits.max_connections);
+    let join = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        tls,
+        limits,
+        app.metrics.clone(),
+        app.shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         app,
