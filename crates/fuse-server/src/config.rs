@@ -2,7 +2,7 @@
 //! variables (DESIGN §7). Every value is read here as text and validated together, so a bad
 //! configuration yields one error that lists every problem. No other module reads the
 //! environment. `fuse` with no subcommand serves; `fuse rotate-key` re-seals the stored
-//! secrets under a new key ([`RotateKeyConfig`]).
+//! secrets under a new key (its flags are validated by `rotate_key::RotateKeyConfig`).
 
 use clap::{Parser, Subcommand};
 use fuse_scheduler::Policy;
@@ -179,63 +179,13 @@ pub struct RotateKeyFlags {
     pub new_key: String,
 }
 
-/// The validated configuration of `fuse rotate-key`.
-#[derive(Debug, Clone)]
-pub struct RotateKeyConfig {
-    /// Postgres URL.
-    pub database_url: String,
-    /// The key the data is sealed with now.
-    pub old_key: [u8; 32],
-    /// The key to seal it with.
-    pub new_key: [u8; 32],
-}
-
-impl RotateKeyConfig {
-    /// Validates the flags `rotate-key` uses (the serving flags are not looked at), listing
-    /// every problem.
-    pub fn from_flags(f: &Flags, r: &RotateKeyFlags) -> Result<RotateKeyConfig, ConfigError> {
-        let mut errs = Vec::new();
-        if f.database_url.is_empty() {
-            errs.push("DATABASE_URL: rotate-key needs the database".to_owned());
-        } else if !is_postgres_url(&f.database_url) {
-            errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
-        }
-        let mut key = |name: &str, v: &str| -> Option<[u8; 32]> {
-            if v.is_empty() {
-                errs.push(format!("{name}: rotate-key needs it (64 hex characters)"));
-                return None;
-            }
-            let k = parse_key(v);
-            if k.is_none() {
-                errs.push(format!(
-                    "{name}: must be exactly 64 hex characters (got {} characters)",
-                    v.len()
-                ));
-            }
-            k
-        };
-        let old = key("TOKEN_ENCRYPTION_KEY", &f.token_encryption_key);
-        let new = key("TOKEN_ENCRYPTION_KEY_NEW", &r.new_key);
-        if old.is_some() && old == new {
-            errs.push("TOKEN_ENCRYPTION_KEY_NEW: is the same key as TOKEN_ENCRYPTION_KEY".into());
-        }
-        match (old, new) {
-            (Some(old_key), Some(new_key)) if errs.is_empty() => Ok(RotateKeyConfig {
-                database_url: f.database_url.clone(),
-                old_key,
-                new_key,
-            }),
-            _ => Err(ConfigError(errs)),
-        }
-    }
-}
-
 /// 64 hex characters as a 32-byte key.
-fn parse_key(k: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_key(k: &str) -> Option<[u8; 32]> {
     hex::decode(k).ok()?.try_into().ok()
 }
 
-fn is_postgres_url(u: &str) -> bool {
+/// Whether `u` names a Postgres database.
+pub(crate) fn is_postgres_url(u: &str) -> bool {
     u.starts_with("postgres://") || u.starts_with("postgresql://")
 }
 
@@ -779,48 +729,6 @@ mod tests {
         let err = Config::from_flags(f, |_| None).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert!(err.0[0].starts_with("ORCH_AUTH_TOKEN"), "{err}");
-    }
-
-    #[test]
-    fn no_subcommand_serves_and_rotate_key_is_validated_on_its_own() {
-        assert!(flags(&[]).command.is_none());
-        let a = "aa".repeat(32);
-        let b = "bb".repeat(32);
-        // The global flags may come after the subcommand; serving flags are not validated.
-        let f = flags(&[
-            "--listen",
-            "nonsense",
-            "rotate-key",
-            "--database-url",
-            "postgres://h/db",
-            "--token-encryption-key",
-            &a,
-            "--new-key",
-            &b,
-        ]);
-        let Some(Command::RotateKey(r)) = &f.command else {
-            panic!("{f:?}");
-        };
-        let c = RotateKeyConfig::from_flags(&f, r).unwrap();
-        assert_eq!((c.old_key, c.new_key), ([0xaa; 32], [0xbb; 32]));
-        let same = flags(&["rotate-key", "--token-encryption-key", &a, "--new-key", &a]);
-        let Some(Command::RotateKey(r)) = &same.command else {
-            panic!("{same:?}");
-        };
-        let err = RotateKeyConfig::from_flags(&same, r)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("DATABASE_URL: rotate-key needs the database"),
-            "{err}"
-        );
-        assert!(err.contains("same key"), "{err}");
-        let none = flags(&["rotate-key", "--new-key", "abc"]);
-        let Some(Command::RotateKey(r)) = &none.command else {
-            panic!("{none:?}");
-        };
-        let err = RotateKeyConfig::from_flags(&none, r).unwrap_err();
-        assert_eq!(err.0.len(), 3, "{err}");
     }
 
     #[test]

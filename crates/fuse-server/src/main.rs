@@ -3,7 +3,8 @@
 //! a new key and exits. Exit code 2: the configuration (or the key) is wrong.
 
 use clap::Parser as _;
-use fuse_server::config::{Command, Config, Flags, RotateKeyConfig};
+use fuse_server::config::{Command, Config, Flags};
+use fuse_server::rotate_key::RotateKeyConfig;
 use fuse_server::{rotate_key, server};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
