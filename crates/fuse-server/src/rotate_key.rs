@@ -1,7 +1,8 @@
-//! `fuse rotate-key`: re-seals every stored secret under a new key through the store's
-//! one-transaction rotation ([`fuse_store::rotate_key`]) and says what it did. The store
-//! refuses while any `fuse` process is connected, and when the old key does not open the
-//! data; then nothing has changed.
+//! `fuse rotate-key`: validates its flags ([`RotateKeyConfig`]), re-seals every stored
+//! secret under a new key through the store's one-transaction rotation
+//! ([`fuse_store::rotate_key`]) and says what it did. The store refuses while any `fuse`
+//! process is connected, and when the old key does not open the data; then nothing has
+//! changed.
 
 use crate::config::{is_postgres_url, parse_key, ConfigError, Flags, RotateKeyFlags};
 use fuse_store::crypto::Cipher;
