@@ -316,6 +316,7 @@ impl Conn {
                     }
                     return;
                 }
+                _ = clock.changed.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     if let Some(kind) = clock.expired(&self.limits, Instant::now()) {
                         self.metrics.http_connection_timeouts.with_label_values(&[kind]).inc();
@@ -335,9 +336,13 @@ impl Conn {
 }
 
 /// What a connection's limits look at. Reads stamp activity; a request is in progress from
-/// the service call until its response body is dropped.
+/// the service call until its response body is dropped. `changed` wakes the connection
+/// task when a deadline moves earlier (a kept-alive connection starts a head).
 #[derive(Debug)]
-struct Clock(Mutex<ClockState>);
+struct Clock {
+    state: Mutex<ClockState>,
+    changed: tokio::sync::Notify,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct ClockState {
@@ -351,29 +356,35 @@ struct ClockState {
 
 impl Clock {
     fn new(accepted: Instant) -> Self {
-        Clock(Mutex::new(ClockState {
-            in_flight: 0,
-            idle_since: accepted,
-            head_started: Some(accepted),
-        }))
+        Clock {
+            state: Mutex::new(ClockState {
+                in_flight: 0,
+                idle_since: accepted,
+                head_started: Some(accepted),
+            }),
+            changed: tokio::sync::Notify::new(),
+        }
     }
 
     fn bytes_read(&self, now: Instant) {
-        let mut s = self.0.lock();
+        let mut s = self.state.lock();
         if s.in_flight == 0 && s.head_started.is_none() {
             s.head_started = Some(now);
+            drop(s);
+            // The header deadline is sooner than the idle one being waited for.
+            self.changed.notify_one();
         }
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
-        let mut s = self.0.lock();
+        let mut s = self.state.lock();
         s.in_flight += 1;
         s.head_started = None;
         RequestGuard(self.clone())
     }
 
     fn request_done(&self, now: Instant) {
-        let mut s = self.0.lock();
+        let mut s = self.state.lock();
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
             s.idle_since = now;
@@ -383,12 +394,12 @@ impl Clock {
 
     /// When to look again (nothing can expire before).
     fn deadline(&self, l: &Limits, now: Instant) -> Instant {
-        self.0.lock().deadline(l, now)
+        self.state.lock().deadline(l, now)
     }
 
     /// Which limit, if any, has run out.
     fn expired(&self, l: &Limits, now: Instant) -> Option<&'static str> {
-        self.0.lock().expired(l, now)
+        self.state.lock().expired(l, now)
     }
 }
 

@@ -2,7 +2,8 @@
 //! half-sent requests are closed after the header timeout and the memory they took comes
 //! back; connections over the cap are closed at once while the cap holds; a kept-alive
 //! connection with nothing to do is closed after the idle timeout while an SSE stream and a
-//! slow request outlive it; a body sent slowly forever is cut at the body timeout; and over
+//! slow request outlive it; a kept-alive connection that stalls in its next head gets the
+//! header timeout; a body sent slowly forever is cut at the body timeout; and over
 //! HTTPS the same header timeout closes half-sent requests and silent handshakes.
 //! Counts and times are bounded; every wait polls a condition with a deadline.
 
@@ -318,15 +319,27 @@ async fn idle_timeout_closes_idle_connections_but_not_sse_or_slow_requests() {
 }
 
 #[tokio::test]
-async fn a_body_sent_slowly_forever_is_cut_at_the_body_timeout() {
+async fn a_stalled_head_on_a_kept_alive_connection_and_a_body_sent_slowly_forever_are_cut() {
     let p = spawn_fuse(
         "",
         &[
             ("ORCH_BODY_TIMEOUT_SECS", "2"),
+            ("ORCH_HEADER_TIMEOUT_SECS", "2"),
             ("ORCH_IDLE_TIMEOUT_SECS", "60"),
         ],
     );
     p.ready().await;
+    // A kept-alive connection that starts its next head and stalls gets the header
+    // timeout from its first byte, not the (longer) idle timeout.
+    let mut ka = keep_alive(&p).await;
+    ka.write_all(&half_head()).await.unwrap();
+    let t = Instant::now();
+    assert!(closed_within(&mut ka, Duration::from_secs(20)).await);
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(10)).contains(&t.elapsed()),
+        "closed after {:?}",
+        t.elapsed()
+    );
     let mut s = TcpStream::connect(addr(&p)).await.unwrap();
     s.write_all(
         b"POST /v1/environments HTTP/1.1\r\nHost: fuse\r\nContent-Type: application/json\r\n\
