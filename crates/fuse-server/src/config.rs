@@ -1,9 +1,10 @@
 //! The one typed configuration of `fuse`, built once at start from flags and environment
 //! variables (DESIGN §7). Every value is read here as text and validated together, so a bad
 //! configuration yields one error that lists every problem. No other module reads the
-//! environment.
+//! environment. `fuse` with no subcommand serves; `fuse rotate-key` re-seals the stored
+//! secrets under a new key (its flags are validated by `rotate_key::RotateKeyConfig`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use fuse_scheduler::Policy;
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -18,11 +19,20 @@ use std::time::Duration;
     about = "Fuse control plane: Firecracker microVMs for AI agents"
 )]
 pub struct Flags {
+    /// What to do; none serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Listen address (`:8080` means every interface).
     #[arg(long, env = "ORCH_LISTEN", default_value = ":8080")]
     pub listen: String,
     /// Postgres URL; empty selects the in-memory store.
-    #[arg(long, env = "DATABASE_URL", default_value = "")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Base URL of a single default host agent.
     #[arg(
@@ -39,12 +49,14 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub firecracker_token: String,
-    /// 64 hex characters (AES-256-GCM key) for secrets at rest.
+    /// 64 hex characters (AES-256-GCM key) for secrets at rest; with `rotate-key`, the key
+    /// the data is sealed with now.
     #[arg(
         long,
         env = "TOKEN_ENCRYPTION_KEY",
         default_value = "",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub token_encryption_key: String,
     /// `firecracker` or `stub`; empty chooses from the other settings.
@@ -85,6 +97,20 @@ pub struct Flags {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "ORCH_MAX_BODY_BYTES", default_value = "16777216")]
     pub max_body_bytes: String,
+    /// Seconds a client has to send a whole request head (and, over TLS, finish the
+    /// handshake) once it starts one; a new connection's clock starts at accept.
+    #[arg(long, env = "ORCH_HEADER_TIMEOUT_SECS", default_value = "10")]
+    pub header_timeout_secs: String,
+    /// Seconds a kept-alive connection may wait for its next request; never cuts a
+    /// request in progress (SSE streams, long exec calls).
+    #[arg(long, env = "ORCH_IDLE_TIMEOUT_SECS", default_value = "60")]
+    pub idle_timeout_secs: String,
+    /// Seconds a client has to send a whole request body, from the end of its head.
+    #[arg(long, env = "ORCH_BODY_TIMEOUT_SECS", default_value = "60")]
+    pub body_timeout_secs: String,
+    /// Most client connections open at once; one more is closed at once (and counted).
+    #[arg(long, env = "ORCH_MAX_CONNECTIONS", default_value = "4096")]
+    pub max_connections: String,
     /// Seconds between SSE keepalive comments.
     #[arg(long, env = "FUSE_SSE_KEEPALIVE_SECS", default_value = "15")]
     pub sse_keepalive_secs: String,
@@ -124,6 +150,43 @@ pub struct Flags {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FUSE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Accept host URLs that are (or resolve to) link-local addresses (169.254.0.0/16,
+    /// fe80::/10), where cloud metadata services answer.
+    #[arg(long, env = "FUSE_ALLOW_LINK_LOCAL_HOSTS", default_value = "false")]
+    pub allow_link_local_hosts: String,
+}
+
+/// Subcommands of `fuse`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Re-seal every stored secret (VM secrets, host tokens, the key check) under a new key,
+    /// in one transaction. Needs DATABASE_URL and the current TOKEN_ENCRYPTION_KEY; refused
+    /// while any fuse process is connected to the database (stop every replica first, then
+    /// start them with the new key).
+    RotateKey(RotateKeyFlags),
+}
+
+/// Flags of `fuse rotate-key`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RotateKeyFlags {
+    /// The new key: 64 hex characters, different from TOKEN_ENCRYPTION_KEY.
+    #[arg(
+        long,
+        env = "TOKEN_ENCRYPTION_KEY_NEW",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub new_key: String,
+}
+
+/// 64 hex characters as a 32-byte key.
+pub(crate) fn parse_key(k: &str) -> Option<[u8; 32]> {
+    hex::decode(k).ok()?.try_into().ok()
+}
+
+/// Whether `u` names a Postgres database.
+pub(crate) fn is_postgres_url(u: &str) -> bool {
+    u.starts_with("postgres://") || u.starts_with("postgresql://")
 }
 
 /// Which provider serves VMs when no host is registered.
@@ -167,6 +230,14 @@ pub struct Config {
     pub policy: Policy,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// Time to send a request head (and the TLS handshake).
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Time to send a request body.
+    pub body_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// SSE keepalive period.
     pub sse_keepalive: Duration,
     /// Host poll period.
@@ -193,7 +264,13 @@ pub struct Config {
     pub provision_timeout: Duration,
     /// Emit JSON logs.
     pub log_json: bool,
+    /// Accept link-local host URLs at registration.
+    pub allow_link_local_hosts: bool,
 }
+
+/// The shortest accepted `ORCH_AUTH_TOKEN` (the host agent's `FC_AGENT_TOKEN` has the same
+/// floor).
+pub const MIN_AUTH_TOKEN_CHARS: usize = 16;
 
 /// Every problem found in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +281,13 @@ impl Config {
     /// Parses flags and environment; `env` resolves the legacy alias variables
     /// (`SURF_PROVIDER`, `SURFD_DOWNLOAD_URL`).
     pub fn load() -> Result<Config, ConfigError> {
-        Config::from_flags(Flags::parse(), |k| std::env::var(k).ok())
+        Config::from_env_flags(Flags::parse())
+    }
+
+    /// [`Config::from_flags`] with the process environment for the legacy aliases (for
+    /// a caller that parsed the flags itself, to look at the subcommand first).
+    pub fn from_env_flags(f: Flags) -> Result<Config, ConfigError> {
+        Config::from_flags(f, |k| std::env::var(k).ok())
     }
 
     /// Validates `f`, listing every problem.
@@ -247,13 +330,9 @@ impl Config {
         };
         let encryption_key = match f.token_encryption_key.as_str() {
             "" => None,
-            k => match hex::decode(k) {
-                Ok(b) if b.len() == 32 => {
-                    let mut key = [0u8; 32];
-                    key.copy_from_slice(&b);
-                    Some(key)
-                }
-                _ => {
+            k => match parse_key(k) {
+                Some(key) => Some(key),
+                None => {
                     errs.push(format!(
                         "TOKEN_ENCRYPTION_KEY: must be exactly 64 hex characters (got {} characters)",
                         k.len()
@@ -293,6 +372,14 @@ impl Config {
                     )),
                 },
             }
+        }
+        // The same floor as fc-agent's token: a short bearer token is guessable, and it is
+        // the only thing guarding `/v1` when set.
+        if !f.auth_token.is_empty() && f.auth_token.chars().count() < MIN_AUTH_TOKEN_CHARS {
+            errs.push(format!(
+                "ORCH_AUTH_TOKEN: must be at least {MIN_AUTH_TOKEN_CHARS} characters (got {})",
+                f.auth_token.chars().count()
+            ));
         }
         let require_auth = parse_bool(&f.require_auth).unwrap_or_else(|e| {
             errs.push(format!("ORCH_REQUIRE_AUTH: {e}"));
@@ -349,6 +436,26 @@ impl Config {
             }
         };
         let max_body_bytes = num("ORCH_MAX_BODY_BYTES", &f.max_body_bytes, 1024, 1 << 30) as usize;
+        let header_timeout = secs(num(
+            "ORCH_HEADER_TIMEOUT_SECS",
+            &f.header_timeout_secs,
+            1,
+            3600,
+        ));
+        let idle_timeout = secs(num(
+            "ORCH_IDLE_TIMEOUT_SECS",
+            &f.idle_timeout_secs,
+            1,
+            86400,
+        ));
+        let body_timeout = secs(num(
+            "ORCH_BODY_TIMEOUT_SECS",
+            &f.body_timeout_secs,
+            1,
+            86400,
+        ));
+        let max_connections =
+            num("ORCH_MAX_CONNECTIONS", &f.max_connections, 1, 1_000_000) as usize;
         let sse_keepalive = secs(num(
             "FUSE_SSE_KEEPALIVE_SECS",
             &f.sse_keepalive_secs,
@@ -417,9 +524,11 @@ impl Config {
                 false
             }
         };
-        let db_ok = f.database_url.is_empty()
-            || f.database_url.starts_with("postgres://")
-            || f.database_url.starts_with("postgresql://");
+        let allow_link_local_hosts = parse_bool(&f.allow_link_local_hosts).unwrap_or_else(|e| {
+            errs.push(format!("FUSE_ALLOW_LINK_LOCAL_HOSTS: {e}"));
+            false
+        });
+        let db_ok = f.database_url.is_empty() || is_postgres_url(&f.database_url);
         if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
         }
@@ -439,6 +548,10 @@ impl Config {
             agent_profile: f.agent_profile,
             policy,
             max_body_bytes,
+            header_timeout,
+            idle_timeout,
+            body_timeout,
+            max_connections,
             sse_keepalive,
             host_poll,
             gc_period,
@@ -452,6 +565,7 @@ impl Config {
             drain_timeout,
             provision_timeout,
             log_json,
+            allow_link_local_hosts,
         })
     }
 }
@@ -514,6 +628,38 @@ mod tests {
         assert_eq!(c.vm_prefix, "fuse-");
         assert_eq!(c.agent_profile, "fused");
         assert!(c.database_url.is_none());
+        assert_eq!(
+            (c.header_timeout, c.idle_timeout, c.body_timeout),
+            (secs(10), secs(60), secs(60))
+        );
+        assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn connection_limits_are_validated_with_the_rest() {
+        let f = flags(&[
+            "--header-timeout-secs",
+            "0",
+            "--idle-timeout-secs",
+            "x",
+            "--body-timeout-secs",
+            "5",
+            "--max-connections",
+            "0",
+            "--vm-prefix",
+            "Bad_",
+        ]);
+        let err = Config::from_flags(f, |_| None).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "ORCH_HEADER_TIMEOUT_SECS",
+            "ORCH_IDLE_TIMEOUT_SECS",
+            "ORCH_MAX_CONNECTIONS",
+            "ORCH_VM_PREFIX",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        assert_eq!(err.0.len(), 4, "{text}");
     }
 
     #[test]
@@ -536,6 +682,8 @@ mod tests {
             "true",
             "--tls-cert",
             "/nonexistent.pem",
+            "--auth-token",
+            "short",
         ]);
         let err = Config::from_flags(f, |_| None).unwrap_err();
         let text = err.to_string();
@@ -547,12 +695,40 @@ mod tests {
             "FUSE_AGENT_PROFILE",
             "FUSE_SCHEDULER_POLICY",
             "ORCH_MAX_BODY_BYTES",
-            "missing: ORCH_AUTH_TOKEN, DATABASE_URL",
+            "missing: DATABASE_URL",
             "set together",
+            "ORCH_AUTH_TOKEN: must be at least 16 characters (got 5)",
         ] {
             assert!(text.contains(needle), "{needle:?} not in {text}");
         }
-        assert_eq!(err.0.len(), 9, "{text}");
+        assert_eq!(err.0.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn a_set_auth_token_needs_16_characters() {
+        for (token, ok) in [
+            ("", true),
+            ("a", false),
+            ("fifteen-chars-x", false),
+            ("sixteen-chars-xx", true),
+        ] {
+            let got = Config::from_flags(flags(&["--auth-token", token]), |_| None);
+            assert_eq!(got.is_ok(), ok, "{token:?}: {got:?}");
+        }
+        // Also with ORCH_REQUIRE_AUTH, which used to accept a single character.
+        let f = flags(&[
+            "--require-auth",
+            "true",
+            "--auth-token",
+            "x",
+            "--database-url",
+            "postgres://h/db",
+            "--token-encryption-key",
+            &"ab".repeat(32),
+        ]);
+        let err = Config::from_flags(f, |_| None).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("ORCH_AUTH_TOKEN"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,15 @@ pub struct Metrics {
     pub host_quarantines: IntCounterVec,
     /// `host_lost_vms_total`: VMs reported `lost` because their host stopped answering.
     pub lost_vms: IntCounter,
+    /// `http_connections_open`: client connections being served.
+    pub http_connections_open: IntGauge,
+    /// `http_connections_refused_total`: connections closed at once because
+    /// `ORCH_MAX_CONNECTIONS` were open.
+    pub http_connections_refused: IntCounter,
+    /// `http_connection_timeouts_total{kind}`: connections closed by a limit: `header` (a
+    /// request head, or the TLS handshake, too slow), `idle` (keep-alive with no request),
+    /// `body` (a request body too slow).
+    pub http_connection_timeouts: IntCounterVec,
 }
 
 const NS: &str = "orchestrator";
@@ -233,6 +242,19 @@ impl Metrics {
                 fast,
             ),
             http_in_flight: gauge("http_requests_in_flight", "HTTP requests being served."),
+            http_connections_open: gauge(
+                "http_connections_open",
+                "Client connections being served.",
+            ),
+            http_connections_refused: counter(
+                "http_connections_refused_total",
+                "Connections closed at once because ORCH_MAX_CONNECTIONS were open.",
+            ),
+            http_connection_timeouts: counter_vec(
+                "http_connection_timeouts_total",
+                "Connections closed by a time limit (header, idle, body).",
+                &["kind"],
+            ),
             fleet_tracked_vms: gauge(
                 "fleet_tracked_vms",
                 "Environments tracked by the control plane (not destroyed).",

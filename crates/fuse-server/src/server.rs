@@ -1,6 +1,8 @@
 //! Wiring, startup and graceful shutdown. [`start`] binds (port 0 in tests), spawns the
 //! background loops and serves until the app's shutdown token is cancelled; in-flight
-//! requests then finish before [`Running::wait`] returns.
+//! requests then finish before [`Running::wait`] returns. A store that can never work with
+//! this configuration (an encryption key that does not fit the data) stops the server by
+//! itself: [`Running::wait`] then answers [`ServerError::Store`].
 
 use crate::app::App;
 use crate::background::{self, Driver};
@@ -8,11 +10,36 @@ use crate::config::{Config, DefaultProvider};
 use crate::provider::{hostagent::HostAgentClient, Provider, Providers};
 use anyhow::Context as _;
 use fuse_store::crypto::Cipher;
-use fuse_store::{redact_url, MemoryStore, PgOptions, PgStore, StateStore};
+use fuse_store::{redact_url, MemoryStore, PgOptions, PgStore, StateStore, StoreError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+
+/// Why a server stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The state store refused this configuration for good (wrong or missing
+    /// `TOKEN_ENCRYPTION_KEY`); retrying cannot help.
+    #[error("the state store cannot be used with this configuration")]
+    Store(#[source] StoreError),
+    /// The serving task panicked or was cancelled.
+    #[error("the server task")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl ServerError {
+    /// The process exit code: 2 for a configuration problem (as a bad flag), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Store(_) => 2,
+            ServerError::Task(_) => 1,
+        }
+    }
+}
+
+/// Where the store bootstrap leaves a permanent failure for [`Running::wait`].
+type Fatal = Arc<std::sync::OnceLock<StoreError>>;
 
 /// A started server.
 pub struct Running {
@@ -23,7 +50,8 @@ pub struct Running {
     /// The background tasks (`host_monitor`, `gc`, `recovery`, `reconcile`): activate
     /// them, run a pass now, read their statuses.
     pub tasks: Arc<Driver>,
-    join: JoinHandle<anyhow::Result<()>>,
+    join: JoinHandle<()>,
+    fatal: Fatal,
 }
 
 impl Running {
@@ -33,12 +61,15 @@ impl Running {
     }
 
     /// Waits until the server has stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let served = self.join.await.context("server task")?;
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.join.await.map_err(ServerError::Task)?;
         if !self.tasks.join(Duration::from_secs(10)).await {
             tracing::warn!("background tasks did not stop within 10 s");
         }
-        served
+        if let Some(e) = Arc::into_inner(self.fatal).and_then(std::sync::OnceLock::into_inner) {
+            return Err(ServerError::Store(e));
+        }
+        Ok(())
     }
 }
 
@@ -55,9 +86,11 @@ pub async fn build_store(config: &Config) -> anyhow::Result<Arc<dyn StateStore>>
     }
 }
 
-/// Prepares the store (migrations) with back-off until it answers, then registers this
-/// replica. The server serves meanwhile; `/ready` says 503 until this is done.
-async fn store_bootstrap(app: Arc<App>, tasks: Arc<Driver>) {
+/// Prepares the store (migrations, key check) with back-off until it answers, then
+/// registers this replica. The server serves meanwhile; `/ready` says 503 until this is
+/// done. A permanent refusal (the encryption key does not fit the data) is not retried: it
+/// is left in `fatal` and the server shuts down.
+async fn store_bootstrap(app: Arc<App>, tasks: Arc<Driver>, fatal: Fatal) {
     let url = app
         .config
         .database_url
@@ -70,6 +103,12 @@ async fn store_bootstrap(app: Arc<App>, tasks: Arc<Driver>) {
             Ok(msg) => {
                 tracing::info!(store = %url, "{msg}");
                 break;
+            }
+            Err(StoreError::Key(e)) => {
+                tracing::error!(store = %url, "fuse cannot start: {e}");
+                let _ = fatal.set(StoreError::Key(e));
+                app.shutdown.cancel();
+                return;
             }
             Err(e) => {
                 tracing::warn!(store = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -142,49 +181,35 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         cfg.recovery_period,
         true,
     );
-    tokio::spawn(store_bootstrap(app.clone(), tasks.clone()));
+    let fatal = Fatal::default();
+    tokio::spawn(store_bootstrap(app.clone(), tasks.clone(), fatal.clone()));
     let router = crate::http::router(app.clone(), tasks.clone());
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = app.shutdown.clone();
-    let join = match cfg.tls.clone() {
-        None => tokio::spawn(async move {
-            axum::serve(listener, service)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .context("serving HTTP")
-        }),
-        Some((cert, key)) => {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "loading TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                h2.graceful_shutdown(Some(Duration::from_secs(30)));
-            });
-            let std_listener = listener.into_std()?;
-            tokio::spawn(async move {
-                axum_server::from_tcp_rustls(std_listener, tls)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-                    .context("serving HTTPS")
-            })
-        }
+    let tls = match &cfg.tls {
+        None => None,
+        Some((cert, key)) => Some(crate::serve::tls_acceptor(cert, key).with_context(|| {
+            format!(
+                "loading TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })?),
     };
+    let limits = crate::serve::Limits::of(cfg);
+    crate::serve::ensure_fd_limit(limits.max_connections);
+    let join = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        tls,
+        limits,
+        app.metrics.clone(),
+        app.shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         app,
         tasks,
         join,
+        fatal,
     })
 }
 

@@ -15,7 +15,9 @@ mod pg;
 mod records;
 
 pub use memory::MemoryStore;
-pub use pg::{redact_url, PgOptions, PgStore};
+pub use pg::{
+    redact_url, rotate_key, KeyCheck, KeyError, PgOptions, PgStore, RotateError, Rotated,
+};
 pub use records::*;
 
 use async_trait::async_trait;
@@ -73,6 +75,10 @@ pub enum StoreError {
         /// Number of children.
         children: u64,
     },
+    /// The encryption key does not fit the stored data (not retryable: the process needs
+    /// the right `TOKEN_ENCRYPTION_KEY`).
+    #[error("encryption key check failed")]
+    Key(#[from] KeyError),
     /// The backing database cannot be reached (retryable).
     #[error("state store unavailable: {0}")]
     Unavailable(String),
@@ -96,8 +102,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// A short name for logs and `/ready` (`memory`, `postgres`).
     fn kind(&self) -> &'static str;
 
-    /// Makes the backend usable (applies migrations); idempotent. Until it succeeds every
-    /// other call may answer `Unavailable`. Returns what it did, for the log.
+    /// Makes the backend usable (applies migrations, checks the encryption key against the
+    /// stored data); idempotent. Until it succeeds every other call may answer
+    /// `Unavailable`. `Key` is permanent (retrying cannot help); other errors are worth
+    /// retrying. Returns what it did, for the log.
     async fn prepare(&self) -> Result<String, StoreError>;
 
     /// Checks that the backend answers (for `/ready`).

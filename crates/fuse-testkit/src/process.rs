@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 
 pub const KEY: &str = "5a1c0e9d8b7a69584736251403f2e1d0c9b8a79685746352413f2e1d0c9b8a70";
 
+/// The key every `fuse` of these tests seals with, for a store the test opens itself (a
+/// store without it is refused on a database with sealed secrets).
+pub fn cipher() -> fuse_store::crypto::Cipher {
+    fuse_store::crypto::Cipher::from_hex(KEY).unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

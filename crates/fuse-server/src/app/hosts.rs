@@ -1,6 +1,8 @@
 //! Host registration, listing, cordon/uncordon and deletion (DESIGN §4). A host that does
 //! not answer at registration is accepted with a warning and stays `unreachable` (not
-//! schedulable) until the host monitor sees it answer.
+//! schedulable) until the host monitor sees it answer. Registration makes the control plane
+//! call the given URL with the given token, so link-local URLs (cloud metadata) are refused
+//! unless allowed (`host_addr`).
 
 use super::error::AppError;
 use super::App;
@@ -51,6 +53,11 @@ impl App {
         if let Some(c) = &req.capacity {
             if c.cpus == 0 || c.ram_mb == 0 || c.storage_gb == 0 || c.vm_count == 0 {
                 errs.push("capacity: cpus, ram_mb, storage_gb and vm_count must all be positive when capacity is given".into());
+            }
+        }
+        if errs.is_empty() && !url.starts_with("stub://") && !self.config.allow_link_local_hosts {
+            if let Err(e) = super::host_addr::check(&url).await {
+                errs.push(e.to_string());
             }
         }
         if !errs.is_empty() {

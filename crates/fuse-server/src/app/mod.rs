@@ -9,6 +9,7 @@ pub mod clock;
 pub mod credentials;
 pub mod environments;
 pub mod error;
+pub mod host_addr;
 pub mod hosts;
 pub mod lifecycle;
 pub mod snapshots;

@@ -244,6 +244,9 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// The encryption key of the in-process server on `--database-url` (bench data only).
+const BENCH_KEY: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -253,7 +256,9 @@ async fn main() -> anyhow::Result<()> {
         flags.listen = "127.0.0.1:0".into();
         if !args.database_url.is_empty() {
             flags.database_url = args.database_url.clone();
-            flags.token_encryption_key = fuse_server::app::random_token();
+            // A fixed key, so a second run on the same database passes the key check (a
+            // database sealed with another key is refused, as for `fuse`).
+            flags.token_encryption_key = BENCH_KEY.into();
         }
         let cfg = fuse_server::config::Config::from_flags(flags, |_| None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -123,6 +123,10 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => {
                 ApiError::unavailable("state store unavailable; retry").with_internal(e.to_string())
             }
+            StoreError::Key(k) => ApiError::unavailable(
+                "the state store's encryption key does not fit the stored data; see the server log",
+            )
+            .with_internal(k.to_string()),
             StoreError::Internal(_) => ApiError::internal(e.to_string()),
         }
     }

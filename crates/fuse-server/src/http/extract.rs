@@ -41,7 +41,13 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
             .await
             .map(ApiBytes)
             .map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if crate::serve::is_body_timeout(&r) {
+                    let mut e = ApiError::invalid(
+                        "the request body did not arrive in time (ORCH_BODY_TIMEOUT_SECS)",
+                    );
+                    e.status = StatusCode::REQUEST_TIMEOUT;
+                    e
+                } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     let mut e = ApiError::new(
                         ErrorCode::InvalidArgument,
                         "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",

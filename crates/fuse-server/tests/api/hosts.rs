@@ -242,3 +242,41 @@ async fn a_host_that_comes_back_becomes_active_with_its_own_capacity_and_a_cordo
     f.run_task("host_monitor").await.unwrap();
     assert_eq!(f.get("/v1/hosts/late").await.body["state"], "cordoned");
 }
+
+#[tokio::test]
+async fn link_local_host_urls_are_refused_unless_allowed() {
+    let f = start().await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fe80::1]:8090",
+        "http://[::ffff:169.254.169.254]:80",
+    ] {
+        let r = f
+            .post("/v1/hosts", json!({"id": "meta", "url": url, "token": "t"}))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}: {}", r.text);
+        assert_eq!(r.code(), "invalid_argument");
+        assert!(r.message().contains("link-local"), "{}", r.message());
+        assert!(
+            r.message().contains("FUSE_ALLOW_LINK_LOCAL_HOSTS"),
+            "{}",
+            r.message()
+        );
+    }
+    assert_eq!(f.get("/v1/hosts/meta").await.status, StatusCode::NOT_FOUND);
+    // With the flag the same registration is accepted (the address does not answer here,
+    // so the host is stored unreachable; fe80:: without a zone fails at once, nothing is
+    // sent anywhere).
+    let mut flags = crate::harness::test_flags();
+    flags.allow_link_local_hosts = "true".into();
+    let f = crate::harness::start_with(flags).await;
+    let r = f
+        .post(
+            "/v1/hosts",
+            json!({"id": "ll", "url": "http://[fe80::1]:9", "token": "t",
+                   "capacity": {"cpus": 1, "ram_mb": 1, "storage_gb": 1, "vm_count": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["state"], "unreachable", "{}", r.text);
+}

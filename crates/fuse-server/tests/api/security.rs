@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 #[tokio::test]
 async fn bearer_token_guards_v1_only() {
     let mut flags = test_flags();
-    flags.auth_token = "s3cret-token".into();
+    flags.auth_token = "s3cret-token-0123456789abcdef".into();
     let f = start_with(flags).await;
     let url = format!("{}/v1/environments", f.base);
     let none = f.http.get(&url).send().await.unwrap();
@@ -16,7 +16,7 @@ async fn bearer_token_guards_v1_only() {
     let wrong = f
         .http
         .get(&url)
-        .bearer_auth("s3cret-tokeN")
+        .bearer_auth("s3cret-token-0123456789abcdeF")
         .send()
         .await
         .unwrap();
@@ -26,7 +26,7 @@ async fn bearer_token_guards_v1_only() {
     let basic = f
         .http
         .get(&url)
-        .basic_auth("s3cret-token", None::<&str>)
+        .basic_auth("s3cret-token-0123456789abcdef", None::<&str>)
         .send()
         .await
         .unwrap();
@@ -34,7 +34,7 @@ async fn bearer_token_guards_v1_only() {
     let ok = f
         .http
         .get(&url)
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-0123456789abcdef")
         .send()
         .await
         .unwrap();
@@ -54,7 +54,7 @@ async fn bearer_token_guards_v1_only() {
 async fn cidr_allowlist_is_checked_before_the_token() {
     let mut flags = test_flags();
     flags.allowed_cidrs = "10.0.0.0/8, 192.168.1.1".into();
-    flags.auth_token = "tok".into();
+    flags.auth_token = "tok-0123456789abcdef".into();
     let f = start_with(flags).await;
     let r = f
         .http

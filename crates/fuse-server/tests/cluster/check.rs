@@ -146,7 +146,11 @@ fn tail(s: &str, lines: usize) -> String {
 
 /// Every environment's state is reached by an unbroken chain of audited transitions.
 pub async fn audit_explains(f: &FuseProc, db: &str) {
-    let store = fuse_store::PgStore::new(fuse_store::PgOptions::new(db, None)).unwrap();
+    let store = fuse_store::PgStore::new(fuse_store::PgOptions::new(
+        db,
+        Some(crate::harness::cipher()),
+    ))
+    .unwrap();
     store.prepare().await.unwrap();
     let envs = environments(f).await;
     let mut bad = BTreeMap::new();

@@ -207,7 +207,11 @@ async fn host_cut_off_past_the_liveness_limit_then_healed() {
     .await;
     let detected = cut_at.elapsed();
     // Its environments are reported lost (audit + metric), not running.
-    let store = fuse_store::PgStore::new(fuse_store::PgOptions::new(&db, None)).unwrap();
+    let store = fuse_store::PgStore::new(fuse_store::PgOptions::new(
+        &db,
+        Some(crate::harness::cipher()),
+    ))
+    .unwrap();
     store.prepare().await.unwrap();
     for id in &on_h1 {
         let ev = fuse_store::StateStore::audit_list(&store, id)

@@ -1,6 +1,8 @@
 //! Tests with real `fuse` processes on a real Postgres: replicas, crash recovery (`kill -9`),
-//! database faults (through a TCP proxy the test controls), secrets kept out of logs, and
+//! database faults (through a TCP proxy the test controls), secrets kept out of logs, the
+//! encryption key check and `fuse rotate-key` (`keys`), and
 //! real Linux guests under QEMU through a real `fc-agent` (`real_guests`).
+//! `hardening` runs `fuse` against slow and idle clients (no database needed).
 //! Hosts are stub hosts served over HTTP by the test process, so they outlive a killed
 //! `fuse`. Skipped with a printed reason when `FUSE_TEST_DATABASE_URL` is unset.
 
@@ -10,8 +12,10 @@ mod check;
 mod crash;
 mod db_faults;
 mod faults;
+mod hardening;
 mod harness;
 mod hosts;
+mod keys;
 mod multihost;
 mod real_guests;
 mod replicas;

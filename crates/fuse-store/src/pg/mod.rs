@@ -1,20 +1,26 @@
 //! The Postgres backend. Every trait method is one transaction; rules that must hold under
 //! concurrency use row locks (`SELECT … FOR UPDATE`) and conditional updates, so they hold
 //! across control-plane replicas too. Secrets are sealed with AES-256-GCM before they reach
-//! a row and are not written at all without a key. Until migrations have run, every call
-//! answers `Unavailable`, so the server can start (and say it is not ready) while the
+//! a row and are not written at all without a key; the key itself is checked against the
+//! database at start and on every new connection (`keys`). Until migrations have run, every
+//! call answers `Unavailable`, so the server can start (and say it is not ready) while the
 //! database is still coming up.
 
+mod keys;
 mod rows;
 mod schema;
 mod store;
 
+pub use keys::{rotate_key, KeyCheck, KeyError, RotateError, Rotated};
+
 use crate::crypto::Cipher;
 use crate::StoreError;
+use keys::KeyGuard;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Advisory-lock class for replica liveness (`'FUSE'`).
@@ -65,6 +71,8 @@ pub struct PgStore {
     pool: PgPool,
     connect: PgConnectOptions,
     cipher: Option<Cipher>,
+    /// The key check state, shared with the pool's connect hook.
+    key: Arc<KeyGuard>,
     migrated: AtomicBool,
     session: tokio::sync::Mutex<Session>,
     /// Recent host list for choosing a placement candidate (the reservation itself is
@@ -120,17 +128,24 @@ impl PgStore {
     pub fn new(opts: PgOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(&opts.url)
             .map_err(|e| StoreError::Internal(format!("DATABASE_URL does not parse: {e}")))?;
+        let key = Arc::new(KeyGuard::new(opts.cipher.clone()));
+        let hook = key.clone();
         // No ping before every acquire (a round trip per statement); a broken connection
         // fails its call as `Unavailable` and the pool drops it.
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
             .acquire_timeout(opts.acquire_timeout)
             .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                let hook = hook.clone();
+                Box::pin(async move { hook.on_connect(conn).await })
+            })
             .connect_lazy_with(connect.clone());
         Ok(PgStore {
             pool,
             connect,
             cipher: opts.cipher,
+            key,
             migrated: AtomicBool::new(false),
             session: tokio::sync::Mutex::new(Session::default()),
             hosts_cache: parking_lot::Mutex::new(None),
@@ -148,6 +163,7 @@ impl PgStore {
     }
 
     fn ready(&self) -> Result<&PgPool, StoreError> {
+        self.key.usable()?;
         if self.is_ready() {
             Ok(&self.pool)
         } else {
@@ -160,44 +176,26 @@ impl PgStore {
     /// Applies pending migrations; returns the versions applied now.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
-            .bind(LOCK_MIGRATE)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version integer PRIMARY KEY,
-                name text NOT NULL,
-                applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM schema_migrations")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let mut applied = Vec::new();
-        for (version, name, sql) in schema::MIGRATIONS {
-            if done.contains(version) {
-                continue;
-            }
-            let sql: &'static str = sql;
-            sqlx::Executor::execute(&mut *tx, sql)
-                .await
-                .map_err(db_err)?;
-            sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
-                .bind(version)
-                .bind(name)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-            applied.push(*version);
-        }
+        let applied = migrate_in(&mut tx).await?;
         tx.commit().await.map_err(db_err)?;
         self.migrated.store(true, Ordering::Release);
         Ok(applied)
+    }
+
+    /// Checks the configured key against the database (see `keys`): the key check must
+    /// open, a database without one gets one, and sealed data without a key is refused
+    /// with [`StoreError::Key`]. Run after [`PgStore::migrate`]; [`crate::StateStore::prepare`]
+    /// runs both.
+    pub async fn key_check(&self) -> Result<KeyCheck, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db_err)?;
+        self.key.check_at_start(&mut conn).await
+    }
+
+    /// Closes every connection (and so releases this process's locks) now rather than
+    /// when the pool notices it was dropped.
+    pub async fn close(&self) {
+        self.session.lock().await.conn = None;
+        self.pool.close().await;
     }
 
     /// The migration versions recorded in the database.
@@ -220,6 +218,12 @@ impl PgStore {
         let mut conn = PgConnection::connect_with(&self.connect)
             .await
             .map_err(db_err)?;
+        // The session outlives pooled connections, so it holds the shared key lock too: a
+        // registered replica blocks a rotation even while its pool is empty.
+        self.key
+            .on_connect(&mut conn)
+            .await
+            .map_err(|e| self.key.usable().err().unwrap_or_else(|| db_err(e)))?;
         if let Some(id) = &s.replica {
             sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
                 .bind(LOCK_REPLICA)
@@ -231,4 +235,45 @@ impl PgStore {
         s.conn = Some(conn);
         Ok(())
     }
+}
+
+/// Applies pending migrations inside the caller's transaction, under the migration lock;
+/// returns the versions applied.
+pub(crate) async fn migrate_in(conn: &mut PgConnection) -> Result<Vec<i32>, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+        .bind(LOCK_MIGRATE)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let done: Vec<i32> = sqlx::query_scalar("SELECT version FROM schema_migrations")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in schema::MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        let sql: &'static str = sql;
+        sqlx::Executor::execute(&mut *conn, sql)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        applied.push(*version);
+    }
+    Ok(applied)
 }

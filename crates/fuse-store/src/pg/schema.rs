@@ -3,10 +3,11 @@
 //! `schema_migrations`. Migrations are append-only: never edit one that has shipped.
 
 /// `(version, name, sql)`, in order.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial schema",
-    r#"
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "initial schema",
+        r#"
 CREATE TABLE hosts (
     id               text PRIMARY KEY,
     url              text NOT NULL,
@@ -97,4 +98,18 @@ CREATE TABLE dead_letters (
     PRIMARY KEY (kind, entity_id)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "store_meta: the encryption key check",
+        // Facts about the store itself, by name. `key_check` is a fixed text sealed with
+        // TOKEN_ENCRYPTION_KEY (see `keys.rs`).
+        r#"
+CREATE TABLE store_meta (
+    name       text PRIMARY KEY,
+    value      bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
+];

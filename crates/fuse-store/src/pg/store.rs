@@ -416,11 +416,18 @@ impl StateStore for PgStore {
     }
 
     async fn prepare(&self) -> Result<String, StoreError> {
-        let applied = self.migrate().await?;
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let applied = super::migrate_in(&mut tx).await?;
+        tx.commit().await.map_err(db_err)?;
+        // Before anything reads or seals a secret (the store serves only after this): a
+        // wrong key is found here, not when a host refuses a token that did not decrypt.
+        let key = self.key_check().await?;
+        self.migrated
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(if applied.is_empty() {
-            "postgres ready; schema up to date".into()
+            format!("postgres ready; schema up to date; {key}")
         } else {
-            format!("postgres ready; applied migrations {applied:?}")
+            format!("postgres ready; applied migrations {applied:?}; {key}")
         })
     }
 
