@@ -14,6 +14,7 @@ pub mod nft;
 pub mod ns;
 mod veth;
 
+use nlink::netlink::devconf::AddrGenMode;
 use nlink::netlink::{namespace, Connection, Nftables, Route};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -357,6 +358,7 @@ impl Net {
                     ns: name.clone(),
                     source,
                 })?;
+            info.netns = Some(made.name.clone());
             let (id, inside, peer_ns) = (made.id, made.inside, made.fd);
             info.netns_id = id;
             let peer = peer_name(&dev);
@@ -375,6 +377,10 @@ impl Net {
                 .and_then(|l| l.ok_or_else(|| nlink::Error::interface_not_found(&peer)))
                 .map_err(link("finding the guest side", &peer))?
                 .ifindex();
+            inside
+                .set_addr_gen_mode_by_index(peer_index, AddrGenMode::None)
+                .await
+                .map_err(link("turning IPv6 address generation off", &peer))?;
             inside
                 .add_address_by_index(peer_index, info.guest_ip.into(), 30)
                 .await
@@ -428,6 +434,13 @@ impl Net {
         let index = ifindex(&info.dev)
             .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
             .map_err(err("finding the host side"))?;
+        // A VM's network is IPv4 only. Without a link-local address, bringing the link up
+        // adds no IPv6 route: every VM's would go into one list of the host's IPv6 routing
+        // table (fe80::/64), making each link-up slower than the last.
+        self.route
+            .set_addr_gen_mode_by_index(index, AddrGenMode::None)
+            .await
+            .map_err(err("turning IPv6 address generation off"))?;
         self.route
             .add_address_by_index(index, info.host_ip.into(), 30)
             .await

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 /// Where named network namespaces are bind-mounted (as `ip netns` does).
 pub const RUN_DIR: &str = "/run/netns";
 
-/// What [`create`] made: the namespace's identity, a route socket inside it, and an open
-/// handle of it (for the veth's peer).
+/// What [`create`] made: the namespace's name and identity, a route socket inside it, and
+/// an open handle of it (for the veth's peer).
 pub struct Made {
+    /// Its name under [`RUN_DIR`].
+    pub name: String,
     /// Its identity.
     pub id: Option<NsId>,
     /// A netlink route socket bound inside it.
@@ -20,13 +22,11 @@ pub struct Made {
     pub fd: std::os::fd::OwnedFd,
 }
 
-/// Makes the named network namespace `name` (bound at [`path`]) on a thread of its own,
-/// configured for a VM: IPv6 off (a VM's network is IPv4 only, and IPv6 address
-/// configuration on every link-up runs under the kernel's network lock), loopback up. The
-/// thread makes the namespace's route socket and exits, so no thread of the agent ever has
-/// to switch back, and the work is one thread and one round trip instead of a create and a
-/// second thread to enter it.
-pub async fn create(name: &str) -> Result<Made, nlink::Error> {
+/// Makes the named network namespace `name` (bound at [`path`]) with its loopback up. The
+/// work happens on a short-lived thread of its own: it unshares, makes the namespace's
+/// route socket and exits, so no thread of the agent ever has to switch back. Blocking:
+/// call it off the async workers.
+pub fn make(name: &str, rt: &tokio::runtime::Handle) -> Result<Made, nlink::Error> {
     let file = path(name);
     std::fs::create_dir_all(RUN_DIR)?;
     // The bind-mount target; `create_new` fails if a namespace (or a stale marker) is there.
@@ -34,52 +34,50 @@ pub async fn create(name: &str) -> Result<Made, nlink::Error> {
         .write(true)
         .create_new(true)
         .open(&file)?;
-    let rt = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let target = file.clone();
-    let spawned = std::thread::Builder::new()
+    let (target, rt, n) = (file.clone(), rt.clone(), name.to_owned());
+    let made = std::thread::Builder::new()
         .name("fuse-netns".into())
-        .spawn(move || {
-            let made = (|| -> Result<Made, nlink::Error> {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                for k in ["all", "default", "lo"] {
-                    // Best effort: a kernel without IPv6 has no such files.
-                    let _ =
-                        std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1");
-                }
-                nix::mount::mount(
-                    Some("/proc/thread-self/ns/net"),
-                    &target,
-                    None::<&str>,
-                    nix::mount::MsFlags::MS_BIND,
-                    None::<&str>,
-                )
+        .spawn(move || -> Result<Made, nlink::Error> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)?;
-                let fd: std::os::fd::OwnedFd =
-                    std::fs::File::open("/proc/thread-self/ns/net")?.into();
-                let _rt = rt.enter();
-                let inside = nlink::netlink::Connection::<nlink::netlink::Route>::new()?;
-                rt.block_on(inside.set_link_up("lo"))?;
-                Ok(Made {
-                    id: id_of(&target),
-                    inside,
-                    fd,
-                })
-            })();
-            let _ = tx.send(made);
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            let fd: std::os::fd::OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")?.into();
+            let _rt = rt.enter();
+            let inside = nlink::netlink::Connection::<nlink::netlink::Route>::new()?;
+            rt.block_on(inside.set_link_up("lo"))?;
+            Ok(Made {
+                id: id_of(&target),
+                name: n,
+                inside,
+                fd,
+            })
+        })
+        .map_err(nlink::Error::from)
+        .and_then(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(std::io::Error::other("the namespace thread panicked").into())
+            })
         });
-    let made = match spawned {
-        Ok(_) => rx
-            .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread ended").into())),
-        Err(e) => Err(e.into()),
-    };
     if made.is_err() {
         let _ = nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_file(&file);
     }
     made
+}
+
+/// [`make`], off the async workers.
+pub async fn create(name: &str) -> Result<Made, nlink::Error> {
+    let (n, rt) = (name.to_owned(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || make(&n, &rt))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e).into()))
 }
 
 /// The path of the named namespace `name`.

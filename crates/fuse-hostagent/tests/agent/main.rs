@@ -85,7 +85,7 @@ impl Ns {
         }
     }
 
-    fn in_ns(&self, args: &[&str]) -> String {
+    pub fn in_ns(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)

@@ -109,6 +109,13 @@ async fn a_create_with_its_setup_is_one_call() {
     ] {
         assert_eq!(requests(&metrics, route, "POST"), 0, "{route}: {metrics}");
     }
+    // The VM's network is IPv4 only: its link has its address and no IPv6 one (a
+    // link-local address per VM would grow one list of the host's IPv6 routes).
+    let dev = fuse_hostagent::net::dev_name(&fuse_hostagent::net::agent_tag(&dir), "fuse-p");
+    let v4 = ns.in_ns(&["ip", "-4", "-o", "addr", "show", "dev", &dev]);
+    assert!(v4.contains("/30"), "{v4}");
+    let v6 = ns.in_ns(&["ip", "-6", "-o", "addr", "show", "dev", &dev]);
+    assert!(v6.trim().is_empty(), "no IPv6 address on {dev}: {v6}");
     // The agent's own files that hold the VM's token are private.
     let vm_dir = dir.join("vms/fuse-p");
     assert_eq!(mode(&dir), 0o700);
