@@ -26,6 +26,9 @@ struct State {
     wanted: bool,
     restarts: u32,
     last_exit: Option<i32>,
+    /// Launches so far (of any epoch): what `start` waits on, since an agent that exits at
+    /// once is gone again (no pid) by the time the waiter looks.
+    launches: u64,
 }
 
 /// Supervises at most one agent.
@@ -75,11 +78,11 @@ impl Supervisor {
         }
         // Replace a running agent (rotate-token restarts it with new credentials).
         self.stop(Duration::from_secs(10));
-        let epoch = {
+        let (epoch, launched) = {
             let mut s = self.lock();
             s.epoch += 1;
             s.wanted = true;
-            s.epoch
+            (s.epoch, s.launches)
         };
         let log = g.resolve(LOG_PATH)?;
         if let Some(d) = log.parent() {
@@ -88,12 +91,13 @@ impl Supervisor {
         let me = self.clone();
         let (cmd, root) = (command.to_owned(), g.root.clone());
         std::thread::spawn(move || me.supervise(epoch, cmd, env, root, log));
-        // Wait until the first launch happened, so `running` is true on return.
+        // Wait until the first launch happened (the agent may already have exited again:
+        // a crash is the supervisor's to restart, not a reason to wait for the restart).
         let s = self.lock();
         let _unused = self
             .changed
             .wait_timeout_while(s, Duration::from_secs(5), |s| {
-                s.epoch == epoch && s.pid.is_none() && s.wanted
+                s.epoch == epoch && s.launches == launched && s.wanted
             })
             .map_err(|_| GuestError::Poisoned)?;
         Ok(())
@@ -140,6 +144,7 @@ impl Supervisor {
                     return;
                 }
                 s.pid = Some(child.id() as i32);
+                s.launches += 1;
                 self.changed.notify_all();
             }
             let status = child.wait();
