@@ -574,37 +574,57 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// A configuration value that does not parse (the message names the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a listen address.
+    #[error("{0:?} is not an address like :8080 or 127.0.0.1:8080")]
+    Listen(String),
+    /// Not a boolean.
+    #[error("{0:?} is not a boolean (true/false)")]
+    Bool(String),
+    /// Not an http(s) URL.
+    #[error("{0:?} must start with http:// or https://")]
+    UrlScheme(String),
+    /// A URL without a host.
+    #[error("{0:?} has no host")]
+    UrlHost(String),
+    /// A URL with `user:password@`.
+    #[error("must not carry credentials (user:password@); pass tokens separately")]
+    UrlCredentials,
+}
+
 /// Accepts Go-style `:8080`, `host:port` and `[v6]:port`.
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+fn parse_listen(s: &str) -> Result<SocketAddr, ValueError> {
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
     } else {
         s.to_owned()
     };
     full.parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not an address like :8080 or 127.0.0.1:8080"))
+        .map_err(|_| ValueError::Listen(s.to_owned()))
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+fn parse_bool(s: &str) -> Result<bool, ValueError> {
     match s.to_ascii_lowercase().as_str() {
         "" | "0" | "false" | "no" | "off" => Ok(false),
         "1" | "true" | "yes" | "on" => Ok(true),
-        _ => Err(format!("{s:?} is not a boolean (true/false)")),
+        _ => Err(ValueError::Bool(s.to_owned())),
     }
 }
 
 /// Checks that `s` is an absolute http(s) URL.
-pub fn check_http_url(s: &str) -> Result<(), String> {
+pub fn check_http_url(s: &str) -> Result<(), ValueError> {
     let rest = s
         .strip_prefix("http://")
         .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+        .ok_or_else(|| ValueError::UrlScheme(s.to_owned()))?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{s:?} has no host"));
+        return Err(ValueError::UrlHost(s.to_owned()));
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
-        return Err("must not carry credentials (user:password@); pass tokens separately".into());
+        return Err(ValueError::UrlCredentials);
     }
     Ok(())
 }

@@ -7,13 +7,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn pass(f: &Fuse) -> Result<(), String> {
-    f.running
-        .tasks
-        .run_now("reconcile")
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+async fn pass(f: &Fuse) -> Result<serde_json::Value, fuse_server::background::TaskError> {
+    f.run_task("reconcile").await
 }
 
 async fn monitor(f: &Fuse) {
@@ -249,7 +244,7 @@ async fn failed_or_empty_reads_never_fail_or_destroy_anything() {
     });
     h1.inject("fuse-h1-leak", Duration::from_secs(600));
     h2.forget(&on["h2"][0]);
-    let err = pass(&f).await.unwrap_err();
+    let err = pass(&f).await.unwrap_err().to_string();
     assert!(err.contains("h1") && err.contains("disk full"), "{err}");
     assert_eq!(state(&f, &on["h2"][0]).await["state"], "failed");
     assert_eq!(state(&f, &on["h2"][1]).await["state"], "running");
