@@ -10,11 +10,14 @@
 //!   Postgres with `FUSE_API_STORE=postgres`);
 //! - [`process`]: `fuse` as a real process, stub hosts served over HTTP, and a TCP proxy in
 //!   front of Postgres that a test can cut;
+//! - [`netns`]: test hosts on one machine, each a network namespace linked to the root
+//!   namespace by a veth pair the test can cut;
 //! - [`wait`]: waits for a condition with a deadline (never a bare sleep).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod db;
+pub mod netns;
 pub mod prereq;
 pub mod process;
 pub mod server;

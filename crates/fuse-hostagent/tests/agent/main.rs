@@ -32,66 +32,32 @@ fn guest_bin() -> PathBuf {
     guest
 }
 
-/// A network namespace for one agent, linked to the root namespace by a veth pair.
+/// A network namespace for one agent, linked to the root namespace by a veth pair (the
+/// workspace's test host, `fuse_testkit::netns::Lab`).
 struct Ns {
+    lab: fuse_testkit::netns::Lab,
     name: String,
-    veth: String,
     ip: String,
 }
 
 impl Ns {
     fn new(tag: &str) -> Option<Ns> {
         let n = std::process::id() % 100_000;
-        let name = format!("fat-{n}-{tag}");
-        let veth = format!("fat{n}{}", &tag[..1]);
         let octet = 20 + (tag.bytes().map(u32::from).sum::<u32>() % 200);
-        let run = |a: &[&str]| {
-            Command::new("ip")
-                .args(a)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let peer = format!("{veth}p");
-        let ok = run(&["netns", "add", &name])
-            && run(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
-            && run(&["link", "set", &peer, "netns", &name])
-            && run(&["addr", "add", &format!("10.252.{octet}.1/30"), "dev", &veth])
-            && run(&["link", "set", &veth, "up"])
-            && run(&[
-                "-n",
-                &name,
-                "addr",
-                "add",
-                &format!("10.252.{octet}.2/30"),
-                "dev",
-                &peer,
-            ])
-            && run(&["-n", &name, "link", "set", &peer, "up"])
-            && run(&["-n", &name, "link", "set", "lo", "up"]);
-        let ns = Ns {
-            name,
-            veth,
-            ip: format!("10.252.{octet}.2"),
-        };
-        if ok {
-            Some(ns)
-        } else {
-            fuse_testkit::prereq::missing(
-                "network namespaces",
-                "the tests make them: run as root with iproute2",
-            );
-            None
-        }
+        let lab = fuse_testkit::netns::Lab::create(
+            &format!("fat-{n}-{tag}"),
+            &format!("fat{n}{}", &tag[..1]),
+            &format!("10.252.{octet}."),
+        )?;
+        Some(Ns {
+            name: lab.name.clone(),
+            ip: lab.ip(),
+            lab,
+        })
     }
 
     pub fn in_ns(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.lab.in_ns(args)
     }
 
     /// The nftables table of the agent with state directory `dir`, as `nft` (Debian's
@@ -124,21 +90,6 @@ impl Ns {
             "nft {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ip netns pids {} | xargs -r kill -9", self.name))
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.veth])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

@@ -39,7 +39,13 @@ fn requests(metrics: &str, route: &str, method: &str) -> u64 {
 async fn a_create_with_its_setup_is_one_call() {
     let Some(ns) = Ns::new("prov") else { return };
     let dir = tempdir("prov");
-    let a = spawn(&ns, &dir, &[("FC_AGENT_CPUS", "64")]).await;
+    // Capacity of its own: the machine's free disk must not decide whether three VMs fit.
+    let caps = [
+        ("FC_AGENT_CPUS", "64"),
+        ("FC_AGENT_RAM_MB", "65536"),
+        ("FC_AGENT_STORAGE_GB", "100"),
+    ];
+    let a = spawn(&ns, &dir, &caps).await;
     let (_, h) = a.get("/healthz").await;
     assert!(
         h["features"]

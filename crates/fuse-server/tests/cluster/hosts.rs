@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -30,15 +30,6 @@ pub fn target_bin(name: &str, package: &str) -> PathBuf {
     bin
 }
 
-pub fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
@@ -60,7 +51,7 @@ fn second_octet() -> u32 {
 pub struct Host {
     pub id: String,
     pub ns: String,
-    veth: String,
+    lab: fuse_testkit::netns::Lab,
     idx: usize,
     agent: Option<Child>,
     pub dir: PathBuf,
@@ -76,33 +67,15 @@ impl Host {
         let pid = std::process::id() % 100_000;
         let name = format!("fuse-t{pid}-{idx}");
         let veth = format!("ft{pid}x{idx}");
-        let peer = format!("{veth}p");
         let net = format!("10.{}.{idx}.", second_octet());
-        let ok = ip(&["netns", "add", &name])
-            && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
-            && ip(&["link", "set", &peer, "netns", &name])
-            && ip(&["addr", "add", &format!("{net}1/30"), "dev", &veth])
-            && ip(&["link", "set", &veth, "up"])
-            && ip(&[
-                "netns",
-                "exec",
-                &name,
-                "ip",
-                "addr",
-                "add",
-                &format!("{net}2/30"),
-                "dev",
-                &peer,
-            ])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", &peer, "up"])
-            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        let lab = fuse_testkit::netns::Lab::create(&name, &veth, &net)?;
         let dir = std::env::temp_dir().join(format!("{name}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let host = Host {
+        Some(Host {
             id: id.to_owned(),
             ns: name,
-            veth,
+            lab,
             idx,
             agent: None,
             dir,
@@ -111,14 +84,7 @@ impl Host {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-        };
-        if !ok {
-            fuse_testkit::prereq::missing(
-                "network namespaces",
-                "the tests make them: run as root with iproute2",
-            );
-        }
-        ok.then_some(host)
+        })
     }
 
     /// The agent's address.
@@ -197,12 +163,7 @@ impl Host {
 
     /// Brings the host's link down (cut off) or up.
     pub fn link(&self, up: bool) {
-        assert!(ip(&[
-            "link",
-            "set",
-            &self.veth,
-            if up { "up" } else { "down" }
-        ]));
+        self.lab.link(up);
     }
 
     /// VM ids the agent lists (under `fuse-`).
@@ -349,8 +310,7 @@ impl Drop for Host {
                 self.ns
             ))
             .status();
-        ip(&["link", "del", &self.veth]);
-        ip(&["netns", "del", &self.ns]);
+        // The namespace and its link go with `lab`.
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }

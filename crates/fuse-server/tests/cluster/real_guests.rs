@@ -83,14 +83,6 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn ns_output(ns: &str, args: &[&str]) -> String {
     Command::new("ip")
@@ -104,7 +96,8 @@ fn ns_output(ns: &str, args: &[&str]) -> String {
 /// An `fc-agent` (qemu backend) in its own network namespace, reached over a veth link.
 struct Host {
     ns: String,
-    veth: String,
+    /// The namespace and its link (removed with the host).
+    _lab: fuse_testkit::netns::Lab,
     addr: String,
     dir: PathBuf,
     log: PathBuf,
@@ -125,24 +118,8 @@ impl Host {
         let veth = format!("frg{pid}{i}");
         // Per test process, so two runs on one machine (two checkouts) do not collide.
         let net = format!("10.252.{}.", 10 + (pid % 60) * 4 + u32::from(i));
-        let peer = format!("{veth}p");
-        let ok = ip(&["netns", "add", &ns])
-            && ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer])
-            && ip(&["link", "set", &peer, "netns", &ns])
-            && ip(&["addr", "add", &format!("{net}1/30"), "dev", &veth])
-            && ip(&["link", "set", &veth, "up"])
-            && ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{net}2/30"),
-                "dev",
-                &peer,
-            ])
-            && ip(&["-n", &ns, "link", "set", &peer, "up"])
-            && ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        assert!(ok, "creating namespace {ns}");
+        let lab = fuse_testkit::netns::Lab::create(&ns, &veth, &net)
+            .unwrap_or_else(|| panic!("creating namespace {ns}"));
         let dir = std::env::temp_dir().join(format!("{ns}-dir"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -182,7 +159,7 @@ impl Host {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut host = Host {
             ns,
-            veth,
+            _lab: lab,
             addr,
             dir,
             log,
@@ -303,8 +280,6 @@ impl Drop for Host {
                 }
             }
         }
-        ip(&["link", "del", &self.veth]);
-        ip(&["netns", "del", &self.ns]);
         let _ = std::fs::remove_dir_all(&self.dir);
         // The agent's log stays for a failed test to be read.
         if !std::thread::panicking() {
