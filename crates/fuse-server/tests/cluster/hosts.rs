@@ -30,7 +30,6 @@ pub fn target_bin(name: &str, package: &str) -> PathBuf {
     bin
 }
 
-
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()

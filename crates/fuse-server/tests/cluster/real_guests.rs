@@ -83,7 +83,6 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-
 fn ns_output(ns: &str, args: &[&str]) -> String {
     Command::new("ip")
         .args(["netns", "exec", ns])
