@@ -203,6 +203,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         backend: s.vms.backend_name().into(),
+        arch: String::new(),
         acceleration: s.vms.acceleration(),
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),

@@ -179,6 +179,9 @@ impl Vm {
                 HostVmState::Stopped
             },
             setup: None,
+            endpoints: Vec::new(),
+            health: None,
+            net_bytes: None,
             age_seconds: now_unix().saturating_sub(m.created_unix),
             // A VM that died says why: the tail of its console / helper log.
             error: (!alive).then(|| {
@@ -717,6 +720,7 @@ impl Vms {
             snapshot_id: sid.to_owned(),
             size_bytes: size,
             mode,
+            digest: String::new(),
         })
     }
 
@@ -730,6 +734,7 @@ impl Vms {
                 snapshot_id: sid.clone(),
                 size_bytes: 0,
                 mode: mode.clone(),
+                digest: String::new(),
             })
             .collect())
     }

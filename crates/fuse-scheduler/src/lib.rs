@@ -2,12 +2,15 @@
 //!
 //! Invariants: only `active` hosts are candidates; a requested region must match exactly;
 //! every dimension of the free capacity (cpus, RAM, storage, VM slots) must cover the
-//! request; ties are broken by the smaller host id, so the result is deterministic. The
+//! request; a pinned host id, an architecture (a host that never said is `amd64`) and label
+//! selectors (every pair must equal one of the host's labels) narrow the candidates; ties
+//! are broken by the smaller host id, so the result is deterministic. The
 //! caller reserves the chosen host's capacity atomically in the store and, if that races
 //! and fails, calls [`place`] again without that host.
 
 use fuse_types::{HostState, Resources};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -49,6 +52,10 @@ pub struct HostView<'a> {
     pub id: &'a str,
     /// Region label.
     pub region: &'a str,
+    /// CPU architecture (`amd64` when the host never said).
+    pub arch: &'a str,
+    /// Operator labels.
+    pub labels: &'a BTreeMap<String, String>,
     /// Only `Active` hosts are candidates.
     pub state: HostState,
     /// Total resources.
@@ -71,7 +78,29 @@ pub struct Request<'a> {
     pub need: Resources,
     /// Required region; empty means any.
     pub region: &'a str,
+    /// Required architecture; empty means any.
+    pub arch: &'a str,
+    /// Label selectors; each pair must be among the host's labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Only this host; empty means any.
+    pub host_id: &'a str,
 }
+
+impl<'a> Request<'a> {
+    /// A request for `need` with no constraints.
+    pub fn any(need: Resources) -> Request<'static> {
+        Request {
+            need,
+            region: "",
+            arch: "",
+            labels: &NO_LABELS,
+            host_id: "",
+        }
+    }
+}
+
+/// An empty label set, for views and requests without labels.
+pub static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 /// Why no host was chosen: counts per reason, for a 503 message that helps an operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +119,18 @@ pub struct NoPlacement {
     pub short_storage: usize,
     /// Hosts at their VM limit.
     pub short_vm_slots: usize,
+    /// Hosts other than the pinned one.
+    pub not_pinned: usize,
+    /// Hosts of another architecture.
+    pub wrong_arch: usize,
+    /// Hosts whose labels do not match the selectors.
+    pub label_mismatch: usize,
+    /// Why each considered host was refused (`host: reason`), in host order.
+    pub reasons: Vec<String>,
 }
+
+/// How many per-host reasons a message names before it says "and N more".
+const REASONS_SHOWN: usize = 8;
 
 impl fmt::Display for NoPlacement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -99,7 +139,10 @@ impl fmt::Display for NoPlacement {
         }
         write!(f, "no host has room ({} considered", self.hosts)?;
         for (n, what) in [
+            (self.not_pinned, "not the pinned host"),
             (self.not_active, "not active"),
+            (self.wrong_arch, "of another architecture"),
+            (self.label_mismatch, "without the requested labels"),
             (self.wrong_region, "in another region"),
             (self.short_cpus, "short of cpus"),
             (self.short_ram, "short of ram"),
@@ -110,7 +153,20 @@ impl fmt::Display for NoPlacement {
                 write!(f, "; {n} {what}")?;
             }
         }
-        f.write_str(")")
+        f.write_str(")")?;
+        if !self.reasons.is_empty() {
+            f.write_str(": ")?;
+            for (i, r) in self.reasons.iter().take(REASONS_SHOWN).enumerate() {
+                if i > 0 {
+                    f.write_str("; ")?;
+                }
+                f.write_str(r)?;
+            }
+            if self.reasons.len() > REASONS_SHOWN {
+                write!(f, "; and {} more", self.reasons.len() - REASONS_SHOWN)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -125,34 +181,75 @@ pub fn place<'a>(
         ..NoPlacement::default()
     };
     let mut best: Option<(u128, &'a str)> = None;
+    if !req.host_id.is_empty() && !hosts.iter().any(|h| h.id == req.host_id) {
+        why.reasons
+            .push(format!("host {} (pinned) is not registered", req.host_id));
+    }
     for h in hosts {
+        if !req.host_id.is_empty() && h.id != req.host_id {
+            why.not_pinned += 1;
+            continue;
+        }
+        let mut refuse = |n: &mut usize, reason: String| {
+            *n += 1;
+            why_reason(&mut why.reasons, h.id, reason);
+        };
         if h.state != HostState::Active {
-            why.not_active += 1;
+            refuse(&mut why.not_active, format!("state {}", h.state));
             continue;
         }
         if !req.region.is_empty() && h.region != req.region {
-            why.wrong_region += 1;
+            refuse(
+                &mut why.wrong_region,
+                format!("region {:?}, not {:?}", h.region, req.region),
+            );
+            continue;
+        }
+        if !req.arch.is_empty() && h.arch != req.arch {
+            refuse(
+                &mut why.wrong_arch,
+                format!("arch {}, not {}", h.arch, req.arch),
+            );
+            continue;
+        }
+        if let Some((k, v)) = req
+            .labels
+            .iter()
+            .find(|(k, v)| h.labels.get(*k) != Some(*v))
+        {
+            let has = match h.labels.get(k) {
+                Some(x) => format!("{k}={x}"),
+                None => format!("no label {k}"),
+            };
+            refuse(&mut why.label_mismatch, format!("has {has}, wants {k}={v}"));
             continue;
         }
         let free = h.free();
-        let mut fits = true;
+        let mut short = Vec::new();
         if free.cpus < req.need.cpus {
             why.short_cpus += 1;
-            fits = false;
+            short.push(format!("{} cpus free, {} needed", free.cpus, req.need.cpus));
         }
         if free.ram_mb < req.need.ram_mb {
             why.short_ram += 1;
-            fits = false;
+            short.push(format!(
+                "{} MiB ram free, {} needed",
+                free.ram_mb, req.need.ram_mb
+            ));
         }
         if free.storage_gb < req.need.storage_gb {
             why.short_storage += 1;
-            fits = false;
+            short.push(format!(
+                "{} GiB storage free, {} needed",
+                free.storage_gb, req.need.storage_gb
+            ));
         }
         if free.vm_count < req.need.vm_count {
             why.short_vm_slots += 1;
-            fits = false;
+            short.push("at its vm limit".to_owned());
         }
-        if !fits {
+        if !short.is_empty() {
+            why_reason(&mut why.reasons, h.id, short.join(", "));
             continue;
         }
         let score = u128::from(free.cpus) * 10_000 + u128::from(free.ram_mb);
@@ -168,6 +265,10 @@ pub fn place<'a>(
         }
     }
     best.map(|(_, id)| id).ok_or(why)
+}
+
+fn why_reason(reasons: &mut Vec<String>, host: &str, reason: String) {
+    reasons.push(format!("{host}: {reason}"));
 }
 
 #[cfg(test)]
@@ -187,6 +288,8 @@ mod tests {
         HostView {
             id,
             region,
+            arch: "amd64",
+            labels: &NO_LABELS,
             state: HostState::Active,
             capacity: cap,
             allocated: alloc,
@@ -206,11 +309,19 @@ mod tests {
         vm_count: 0,
     };
 
+    static ZONE_A: std::sync::LazyLock<BTreeMap<String, String>> =
+        std::sync::LazyLock::new(|| [("zone".to_owned(), "a".to_owned())].into());
+    static ZONE_B_GPU: std::sync::LazyLock<BTreeMap<String, String>> =
+        std::sync::LazyLock::new(|| {
+            [
+                ("gpu".to_owned(), "yes".to_owned()),
+                ("zone".to_owned(), "b".to_owned()),
+            ]
+            .into()
+        });
+
     fn req(cpus: u32, ram_mb: u64, storage_gb: u64) -> Request<'static> {
-        Request {
-            need: res(cpus, ram_mb, storage_gb, 1),
-            region: "",
-        }
+        Request::any(res(cpus, ram_mb, storage_gb, 1))
     }
 
     #[test]
@@ -289,8 +400,8 @@ mod tests {
                 name: "region mismatch",
                 hosts: vec![host("a", "eu", BIG, NONE)],
                 req: Request {
-                    need: res(1, 512, 1, 1),
                     region: "us",
+                    ..Request::any(res(1, 512, 1, 1))
                 },
                 policy: Policy::Spread,
                 want: Err(|w| w.wrong_region == 1),
@@ -302,11 +413,134 @@ mod tests {
                     host("b", "us", res(2, 1024, 10, 2), NONE),
                 ],
                 req: Request {
-                    need: res(1, 512, 1, 1),
                     region: "us",
+                    ..Request::any(res(1, 512, 1, 1))
                 },
                 policy: Policy::Spread,
                 want: Ok("b"),
+            },
+            Case {
+                name: "pinned host is chosen over a bigger one",
+                hosts: vec![
+                    host("a", "", BIG, NONE),
+                    host("b", "", res(2, 1024, 10, 2), NONE),
+                ],
+                req: Request {
+                    host_id: "b",
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Ok("b"),
+            },
+            Case {
+                name: "pinned host without room: no fallback to another host",
+                hosts: vec![
+                    host("a", "", BIG, NONE),
+                    host("b", "", res(1, 1024, 10, 2), NONE),
+                ],
+                req: Request {
+                    host_id: "b",
+                    ..req(2, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Err(|w| {
+                    w.not_pinned == 1
+                        && w.short_cpus == 1
+                        && w.reasons == ["b: 1 cpus free, 2 needed"]
+                }),
+            },
+            Case {
+                name: "pinned host that is not registered",
+                hosts: vec![host("a", "", BIG, NONE)],
+                req: Request {
+                    host_id: "zz",
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Err(|w| {
+                    w.not_pinned == 1 && w.reasons == ["host zz (pinned) is not registered"]
+                }),
+            },
+            Case {
+                name: "arch: only hosts of that architecture",
+                hosts: vec![
+                    host("a", "", BIG, NONE),
+                    HostView {
+                        arch: "arm64",
+                        ..host("b", "", res(2, 1024, 10, 2), NONE)
+                    },
+                ],
+                req: Request {
+                    arch: "arm64",
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Ok("b"),
+            },
+            Case {
+                name: "arch nobody has: the reason per host",
+                hosts: vec![host("a", "", BIG, NONE), host("b", "", BIG, NONE)],
+                req: Request {
+                    arch: "arm64",
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Err(|w| {
+                    w.wrong_arch == 2
+                        && w.reasons == ["a: arch amd64, not arm64", "b: arch amd64, not arm64"]
+                }),
+            },
+            Case {
+                name: "labels: every selector must match",
+                hosts: vec![
+                    HostView {
+                        labels: &ZONE_A,
+                        ..host("a", "", BIG, NONE)
+                    },
+                    HostView {
+                        labels: &ZONE_B_GPU,
+                        ..host("b", "", res(2, 1024, 10, 2), NONE)
+                    },
+                ],
+                req: Request {
+                    labels: &ZONE_B_GPU,
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Ok("b"),
+            },
+            Case {
+                name: "labels: a host with other values or none is refused, saying which",
+                hosts: vec![
+                    HostView {
+                        labels: &ZONE_A,
+                        ..host("a", "", BIG, NONE)
+                    },
+                    host("c", "", BIG, NONE),
+                ],
+                req: Request {
+                    labels: &ZONE_B_GPU,
+                    ..req(1, 512, 1)
+                },
+                policy: Policy::Spread,
+                want: Err(|w| {
+                    w.label_mismatch == 2
+                        && w.reasons
+                            == [
+                                "a: has no label gpu, wants gpu=yes",
+                                "c: has no label gpu, wants gpu=yes",
+                            ]
+                }),
+            },
+            Case {
+                name: "no selectors: labels do not matter",
+                hosts: vec![HostView {
+                    labels: &ZONE_A,
+                    ..host("a", "", BIG, NONE)
+                }],
+                req: req(1, 512, 1),
+                policy: Policy::Spread,
+                want: Ok("a"),
             },
             Case {
                 name: "no region asked: any region",
@@ -396,7 +630,7 @@ mod tests {
         let err = place(&hosts, &req(1, 1, 1), Policy::Spread).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "no host has room (1 considered; 1 not active)"
+            "no host has room (1 considered; 1 not active): a: state cordoned"
         );
         assert_eq!(
             place(&[], &req(1, 1, 1), Policy::Spread)
@@ -417,6 +651,7 @@ mod tests {
             seed % m
         };
         let ids: Vec<String> = (0..8).map(|i| format!("h{i}")).collect();
+        let gpu: BTreeMap<String, String> = [("gpu".to_owned(), "a100".to_owned())].into();
         for _ in 0..2000 {
             let n = next(6) as usize;
             let hosts: Vec<HostView> = ids[..n]
@@ -424,6 +659,8 @@ mod tests {
                 .map(|id| HostView {
                     id,
                     region: if next(2) == 0 { "eu" } else { "us" },
+                    arch: if next(3) == 0 { "arm64" } else { "amd64" },
+                    labels: if next(2) == 0 { &gpu } else { &NO_LABELS },
                     state: if next(5) == 0 {
                         HostState::Cordoned
                     } else {
@@ -433,14 +670,21 @@ mod tests {
                     allocated: res(next(4) as u32, next(4) * 512, next(4), next(3) as u32),
                 })
                 .collect();
+            let pin = format!("h{}", next(10));
             let r = Request {
                 need: res(1 + next(2) as u32, 512, 1, 1),
                 region: if next(3) == 0 { "eu" } else { "" },
+                arch: ["", "amd64", "arm64"][next(3) as usize],
+                labels: if next(3) == 0 { &gpu } else { &NO_LABELS },
+                host_id: if next(4) == 0 { &pin } else { "" },
             };
             for policy in [Policy::Spread, Policy::Binpack] {
                 let fits = |h: &HostView| {
                     h.state == HostState::Active
                         && (r.region.is_empty() || h.region == r.region)
+                        && (r.arch.is_empty() || h.arch == r.arch)
+                        && (r.host_id.is_empty() || h.id == r.host_id)
+                        && r.labels.iter().all(|(k, v)| h.labels.get(k) == Some(v))
                         && h.free().covers(r.need)
                 };
                 match place(&hosts, &r, policy) {

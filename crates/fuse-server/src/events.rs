@@ -69,6 +69,7 @@ impl EventHub {
             // NOTIFY payloads are limited to 8000 bytes.
             error: rec.error.as_ref().map(|e| e.chars().take(2000).collect()),
             updated_at: rec.updated_at,
+            health: None,
         }
     }
 

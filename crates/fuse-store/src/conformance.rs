@@ -25,8 +25,8 @@ pub fn vm(task: &str, cpus: u32, ram_mb: u64) -> VmRecord {
             cpus,
             ram_mb,
             storage_gb: 1,
-            region: String::new(),
             max_runtime_seconds: 7200,
+            ..Spec::default()
         },
         request_hash: format!("hash-{task}"),
         agent: AgentSpec::default(),
@@ -37,6 +37,7 @@ pub fn vm(task: &str, cpus: u32, ram_mb: u64) -> VmRecord {
         running_since: None,
         owner: "replica-1".into(),
         secrets: None,
+        extras: Default::default(),
     }
 }
 
@@ -47,6 +48,10 @@ pub fn host(id: &str, cpus: u32, vm_count: u32) -> HostUpsert {
         url: format!("http://{id}.invalid:8090"),
         token: "t".into(),
         region: "r1".into(),
+        backend: "process".into(),
+        arch: String::new(),
+        labels: Default::default(),
+        declared: Resources::default(),
         capacity: Resources {
             cpus,
             ram_mb: u64::from(cpus) * 1024,
@@ -67,7 +72,7 @@ pub fn host(id: &str, cpus: u32, vm_count: u32) -> HostUpsert {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr) => {
-        $crate::conformance_suite!(@plain $factory; vm_create_get_and_idempotency, vm_update_generation_and_transitions, writes_that_keep_the_state_are_audited, vm_list_filters_and_pages, place_and_release, hosts_upsert_keeps_allocation_and_delete_refuses_busy, snapshots_children_and_lifecycle, purge_terminal, replicas_and_leadership, create_placed_and_release_with_a_transition, begin_destroy_from_any_state, dead_letters_count_and_clear, repair_allocation_agrees_with_reservations);
+        $crate::conformance_suite!(@plain $factory; vm_create_get_and_idempotency, vm_update_generation_and_transitions, writes_that_keep_the_state_are_audited, vm_list_filters_and_pages, place_and_release, hosts_upsert_keeps_allocation_and_delete_refuses_busy, snapshots_children_and_lifecycle, purge_terminal, replicas_and_leadership, create_placed_and_release_with_a_transition, begin_destroy_from_any_state, dead_letters_count_and_clear, repair_allocation_agrees_with_reservations, api_keys_by_hash_revoke_and_touch, placement_follows_pin_arch_and_labels, host_labels_backend_arch_round_trip, snapshot_fields_and_filters, vm_extras_round_trip);
         $crate::conformance_suite!(@shared $factory; concurrent_place_never_overcommits, concurrent_release_is_exactly_once);
     };
     (@plain $factory:expr; $($name:ident),*) => {$(
@@ -638,9 +643,15 @@ fn snap(id: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
         id: SnapshotId::parse(id).unwrap(),
         vm_id: vm.id.clone(),
         task_id: vm.task_id.clone(),
+        tenant_id: String::new(),
         host_id: None,
         parent_id: parent.map(|p| SnapshotId::parse(p).unwrap()),
         mode: "disk".into(),
+        kind: "disk".into(),
+        layer_key: String::new(),
+        arch: "amd64".into(),
+        digest: String::new(),
+        metadata: Default::default(),
         state: SnapshotState::Creating,
         comment: "c".into(),
         size_bytes: 0,
@@ -791,4 +802,277 @@ pub async fn repair_allocation_agrees_with_reservations<S: StateStore>(s: S) {
             .await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// Conformance check (see the module docs).
+pub async fn api_keys_by_hash_revoke_and_touch<S: StateStore>(s: S) {
+    let k = ApiKeyRecord {
+        id: "ak_0123456789abcdef".into(),
+        label: "ci".into(),
+        hash: [7u8; 32],
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.api_key_create(k.clone()).await.unwrap();
+    assert!(
+        s.api_key_create(ApiKeyRecord {
+            id: "ak_ffffffffffffffff".into(),
+            ..k.clone()
+        })
+        .await
+        .is_err(),
+        "a second key with the same hash is refused"
+    );
+    let found = s.api_key_by_hash(&[7u8; 32]).await.unwrap().unwrap();
+    assert_eq!(found, k);
+    assert!(s.api_key_by_hash(&[8u8; 32]).await.unwrap().is_none());
+    let at = now();
+    s.api_key_touch(&k.id, at).await.unwrap();
+    let listed = s.api_key_list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_used_at, Some(at));
+    let r1 = s.api_key_revoke(&k.id).await.unwrap();
+    let first = r1.revoked_at.expect("revoked");
+    let r2 = s.api_key_revoke(&k.id).await.unwrap();
+    assert_eq!(
+        r2.revoked_at,
+        Some(first),
+        "a second revoke keeps the first time"
+    );
+    assert!(s
+        .api_key_by_hash(&[7u8; 32])
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    assert!(matches!(
+        s.api_key_revoke("ak_nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Conformance check (see the module docs).
+pub async fn placement_follows_pin_arch_and_labels<S: StateStore>(s: S) {
+    let mut big = host("big", 16, 10);
+    big.labels = [("zone".to_owned(), "a".to_owned())].into();
+    let mut arm = host("arm", 2, 10);
+    arm.arch = "arm64".into();
+    s.host_upsert(big).await.unwrap();
+    s.host_upsert(arm).await.unwrap();
+    let place = |task: &'static str, f: fn(&mut Spec)| {
+        let s = &s;
+        async move {
+            let mut r = vm(task, 1, 512);
+            f(&mut r.spec);
+            let created = s.vm_create(r.clone()).await.unwrap();
+            let VmCreated::Created(c) = created else {
+                panic!("exists")
+            };
+            s.vm_place(&c.id, c.generation, Policy::Spread, None).await
+        }
+    };
+    // Spread picks the big amd64 host unless the spec says otherwise.
+    let r = place("p1", |_| {}).await.unwrap();
+    assert_eq!(r.host_id.unwrap().as_str(), "big");
+    let r = place("p2", |sp| sp.host_id = "arm".into()).await.unwrap();
+    assert_eq!(r.host_id.unwrap().as_str(), "arm", "pinned");
+    let r = place("p3", |sp| sp.arch = "arm64".into()).await.unwrap();
+    assert_eq!(r.host_id.unwrap().as_str(), "arm", "arch");
+    let r = place("p4", |sp| sp.arch = "amd64".into()).await.unwrap();
+    assert_eq!(
+        r.host_id.unwrap().as_str(),
+        "big",
+        "a host that never said its arch is amd64"
+    );
+    let r = place("p5", |sp| {
+        sp.labels = [("zone".to_owned(), "a".to_owned())].into()
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.host_id.unwrap().as_str(), "big", "labels");
+    match place("p6", |sp| {
+        sp.labels = [("zone".to_owned(), "b".to_owned())].into()
+    })
+    .await
+    {
+        Err(StoreError::NoCapacity(np)) => {
+            assert_eq!(np.label_mismatch, 2, "{np}");
+            assert!(np.to_string().contains("wants zone=b"), "{np}");
+        }
+        other => panic!("want NoCapacity, got {other:?}"),
+    }
+    match place("p7", |sp| sp.host_id = "gone".into()).await {
+        Err(StoreError::NoCapacity(np)) => {
+            assert!(
+                np.to_string().contains("gone (pinned) is not registered"),
+                "{np}"
+            )
+        }
+        other => panic!("want NoCapacity, got {other:?}"),
+    }
+    // The same through the one-step create.
+    let mut r = vm("p8", 1, 512);
+    r.spec.arch = "riscv64".into();
+    let (c, np) = s.vm_create_placed(r, Policy::Spread, None).await.unwrap();
+    let VmCreated::Created(c) = c else { panic!() };
+    assert_eq!(c.state, VmState::Failed);
+    assert_eq!(np.unwrap().wrong_arch, 2);
+}
+
+/// Conformance check (see the module docs).
+pub async fn host_labels_backend_arch_round_trip<S: StateStore>(s: S) {
+    let mut h = host("h", 4, 4);
+    h.labels = [("gpu".to_owned(), "none".to_owned())].into();
+    h.backend = "qemu".into();
+    h.arch = "arm64".into();
+    h.declared = Resources {
+        cpus: 2,
+        ..Resources::default()
+    };
+    let (rec, created) = s.host_upsert(h.clone()).await.unwrap();
+    assert!(created);
+    let got = s.host_get(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.labels, h.labels);
+    assert_eq!(got.backend, "qemu");
+    assert_eq!(got.arch, "arm64");
+    assert_eq!(got.declared.cpus, 2);
+    let w = got.to_wire();
+    assert_eq!(w.capacity.arch, "arm64");
+    assert_eq!(w.labels, h.labels);
+    // Re-registration replaces labels.
+    h.labels.clear();
+    s.host_upsert(h).await.unwrap();
+    assert!(s
+        .host_get(&rec.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .labels
+        .is_empty());
+}
+
+/// Conformance check (see the module docs).
+pub async fn snapshot_fields_and_filters<S: StateStore>(s: S) {
+    let r = vm("sf", 1, 512);
+    s.vm_create(r.clone()).await.unwrap();
+    let mut a = snap("snap_fa", &r, None);
+    a.layer_key = "L1".into();
+    a.tenant_id = "ak_0000000000000001".into();
+    a.metadata = [("k".to_owned(), "v".to_owned())].into();
+    let mut b = snap("snap_fb", &r, None);
+    b.layer_key = "L1".into();
+    b.arch = "arm64".into();
+    s.snapshot_insert(a.clone()).await.unwrap();
+    s.snapshot_insert(b).await.unwrap();
+    let got = s.snapshot_get(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.metadata, a.metadata);
+    assert_eq!(got.tenant_id, a.tenant_id);
+    assert_eq!(got.kind, "disk");
+    let f = |layer: Option<&str>, arch: Option<&str>, tenant: Option<&str>| SnapshotFilter {
+        layer_key: layer.map(str::to_owned),
+        arch: arch.map(str::to_owned),
+        tenant_id: tenant.map(str::to_owned),
+        ..SnapshotFilter::default()
+    };
+    let ids = |v: Vec<SnapshotRecord>| {
+        let mut v: Vec<String> = v.into_iter().map(|x| x.id.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(s.snapshot_list(&f(Some("L1"), None, None)).await.unwrap()),
+        ["snap_fa", "snap_fb"]
+    );
+    assert_eq!(
+        ids(s
+            .snapshot_list(&f(Some("L1"), Some("arm64"), None))
+            .await
+            .unwrap()),
+        ["snap_fb"]
+    );
+    assert_eq!(
+        ids(s.snapshot_list(&f(None, None, Some(""))).await.unwrap()),
+        ["snap_fb"]
+    );
+    assert!(s
+        .snapshot_list(&f(Some("L2"), None, None))
+        .await
+        .unwrap()
+        .is_empty());
+    let up = s
+        .snapshot_update(
+            &a.id,
+            SnapshotPatch {
+                state: Some(SnapshotState::Ready),
+                kind: Some("live".into()),
+                digest: Some("ab".repeat(32)),
+                ..SnapshotPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((up.kind.as_str(), up.digest.len()), ("live", 64));
+    let again = s.snapshot_get(&a.id).await.unwrap().unwrap();
+    assert_eq!(again.digest, "ab".repeat(32));
+    let w = again.to_wire();
+    assert_eq!(w.parent_snapshot_id, "", "absent is empty, never null");
+    assert_eq!(w.last_error, "");
+}
+
+/// Conformance check (see the module docs).
+pub async fn vm_extras_round_trip<S: StateStore>(s: S) {
+    let mut r = vm("ex", 1, 512);
+    r.extras.expose = vec![fuse_types::ExposeSpec {
+        port: 8080,
+        as_: Some("web".into()),
+        protocol: None,
+    }];
+    r.spec.labels = [("zone".to_owned(), "a".to_owned())].into();
+    s.vm_create(r.clone()).await.unwrap();
+    let got = s.vm_get(&r.id).await.unwrap().unwrap();
+    assert_eq!(got.extras, r.extras);
+    assert_eq!(got.spec.labels, r.spec.labels);
+    let mut x = got.extras.clone();
+    x.health = Some(fuse_types::Health {
+        state: fuse_types::HealthState::Passing,
+        since: Some(now()),
+        failures: 0,
+        message: String::new(),
+    });
+    x.net_bytes = Some(42);
+    let up = s
+        .vm_update(
+            &r.id,
+            got.generation,
+            VmPatch {
+                extras: Some(x.clone()),
+                ..VmPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.extras, x);
+    assert_eq!(s.vm_get(&r.id).await.unwrap().unwrap().extras, x);
+    // Activity is not a state change: no generation bump, never moves time backwards.
+    let t1 = now();
+    s.vm_note_activity(&r.id, t1, Some(99)).await.unwrap();
+    let a = s.vm_get(&r.id).await.unwrap().unwrap();
+    assert_eq!(a.generation, up.generation);
+    assert_eq!(a.extras.net_bytes, Some(99));
+    assert_eq!(
+        a.extras.last_active_at.map(|t| t.unix_timestamp()),
+        Some(t1.unix_timestamp())
+    );
+    assert_eq!(a.extras.health, x.health, "the rest of the extras is kept");
+    s.vm_note_activity(&r.id, t1 - time::Duration::hours(1), None)
+        .await
+        .unwrap();
+    let b = s.vm_get(&r.id).await.unwrap().unwrap();
+    assert_eq!(
+        b.extras.last_active_at.map(|t| t.unix_timestamp()),
+        Some(t1.unix_timestamp())
+    );
+    assert_eq!(b.extras.net_bytes, Some(99));
 }

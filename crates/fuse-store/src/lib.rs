@@ -173,6 +173,16 @@ pub trait StateStore: Send + Sync + 'static {
         patch: VmPatch,
     ) -> Result<VmRecord, StoreError>;
 
+    /// Records activity on a VM for its idle timeout: `extras.last_active_at` becomes `at`
+    /// (never earlier than it was) and `extras.net_bytes` the counter when given. Not a
+    /// state change: no generation bump, no audit event, so it never races a transition.
+    async fn vm_note_activity(
+        &self,
+        id: &VmId,
+        at: fuse_types::Timestamp,
+        net_bytes: Option<u64>,
+    ) -> Result<(), StoreError>;
+
     /// Moves a VM to `destroying` from whatever state it is in (no generation needed: a
     /// delete wins over everything). Returns the record and whether this call changed it; a
     /// VM already `destroying` or `destroyed` is returned unchanged.
@@ -265,6 +275,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// Removes a snapshot record (after the host deleted its files).
     async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError>;
 
+    /// Stores a new API key (its id and hash are unique).
+    async fn api_key_create(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// Every API key, revoked ones included, oldest first.
+    async fn api_key_list(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// The key whose raw value hashes to `hash`, revoked or not.
+    async fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Revokes a key (a second revoke keeps the first time); `NotFound` if unknown.
+    async fn api_key_revoke(&self, id: &str) -> Result<ApiKeyRecord, StoreError>;
+
+    /// Records that the key authenticated a request at `at`.
+    async fn api_key_touch(&self, id: &str, at: fuse_types::Timestamp) -> Result<(), StoreError>;
+
     /// Appends an audit event.
     async fn audit_append(&self, ev: AuditEvent) -> Result<(), StoreError>;
 
@@ -302,6 +327,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// Payloads sent by [`StateStore::notify`] from any replica, or `None` when the store
     /// is private to this process (nothing to listen to).
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError>;
+}
+
+/// The scheduler's request for a VM of `spec` needing `need`.
+pub fn request_for(spec: &fuse_types::Spec, need: Resources) -> fuse_scheduler::Request<'_> {
+    fuse_scheduler::Request {
+        need,
+        region: &spec.region,
+        arch: &spec.arch,
+        labels: &spec.labels,
+        host_id: &spec.host_id,
+    }
 }
 
 /// `destroying` through generation-checked updates (retried on a concurrent change); the

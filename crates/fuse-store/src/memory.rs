@@ -7,7 +7,7 @@ use crate::{
     SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
-use fuse_scheduler::{HostView, Policy, Request};
+use fuse_scheduler::{HostView, Policy};
 use fuse_types::{
     now, HostId, HostState, Resources, SnapshotId, SnapshotState, Timestamp, VmId, VmState,
 };
@@ -29,6 +29,7 @@ struct Inner {
     audit_seq: u64,
     replicas: std::collections::HashSet<String>,
     dead_letters: BTreeMap<(String, String), DeadLetter>,
+    api_keys: Vec<crate::ApiKeyRecord>,
 }
 
 impl MemoryStore {
@@ -157,6 +158,12 @@ pub(crate) fn apply_snapshot_patch(s: &mut SnapshotRecord, patch: SnapshotPatch,
     if let Some(m) = patch.mode {
         s.mode = m;
     }
+    if let Some(k) = patch.kind {
+        s.kind = k;
+    }
+    if let Some(d) = patch.digest {
+        s.digest = d;
+    }
     s.updated_at = at;
 }
 
@@ -182,6 +189,9 @@ pub(crate) fn apply_patch(rec: &mut VmRecord, patch: &VmPatch, at: Timestamp) {
     }
     if let Some(sec) = &patch.secrets {
         rec.secrets.clone_from(sec);
+    }
+    if let Some(x) = &patch.extras {
+        rec.extras = x.clone();
     }
     rec.generation += 1;
     rec.updated_at = at;
@@ -314,7 +324,7 @@ impl StateStore for MemoryStore {
             )));
         }
         let need = Resources::for_spec(&rec.spec);
-        let region = rec.spec.region.clone();
+        let spec = rec.spec.clone();
         if let (true, Some(fb)) = (g.hosts.is_empty(), fallback) {
             let rec = g.vm_mut(id, expected_generation)?;
             rec.host_id = Some(fb.clone());
@@ -322,26 +332,9 @@ impl StateStore for MemoryStore {
             rec.updated_at = now();
             return Ok(rec.clone());
         }
-        let views: Vec<HostView> = g
-            .hosts
-            .values()
-            .map(|h| HostView {
-                id: h.id.as_str(),
-                region: &h.region,
-                state: h.state,
-                capacity: h.capacity,
-                allocated: h.allocated,
-            })
-            .collect();
-        let chosen = fuse_scheduler::place(
-            &views,
-            &Request {
-                need,
-                region: &region,
-            },
-            policy,
-        )?
-        .to_owned();
+        let views: Vec<HostView> = g.hosts.values().map(HostRecord::view).collect();
+        let chosen =
+            fuse_scheduler::place(&views, &crate::request_for(&spec, need), policy)?.to_owned();
         let at = now();
         let host = g
             .hosts
@@ -402,6 +395,10 @@ impl StateStore for MemoryStore {
                 h.url = up.url;
                 h.token = up.token;
                 h.region = up.region;
+                h.backend = up.backend;
+                h.arch = up.arch;
+                h.labels = up.labels;
+                h.declared = up.declared;
                 h.capacity = up.capacity;
                 if up.seen {
                     h.last_seen = Some(at);
@@ -416,6 +413,10 @@ impl StateStore for MemoryStore {
                     url: up.url,
                     token: up.token,
                     region: up.region,
+                    backend: up.backend,
+                    arch: up.arch,
+                    labels: up.labels,
+                    declared: up.declared,
                     state: up.initial_state,
                     state_reason: up.initial_reason,
                     capacity: up.capacity,
@@ -545,6 +546,89 @@ impl StateStore for MemoryStore {
             event_type: "deleted".into(),
             payload: serde_json::json!({}),
         });
+        Ok(())
+    }
+
+    async fn vm_note_activity(
+        &self,
+        id: &VmId,
+        at: Timestamp,
+        net_bytes: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.inner.lock();
+        if let Some(v) = g.vms.get_mut(id.as_str()) {
+            let x = &mut v.extras;
+            x.last_active_at = Some(x.last_active_at.map_or(at, |t| t.max(at)));
+            if net_bytes.is_some() {
+                x.net_bytes = net_bytes;
+            }
+        }
+        Ok(())
+    }
+
+    async fn api_key_create(&self, key: crate::ApiKeyRecord) -> Result<(), StoreError> {
+        let mut g = self.inner.lock();
+        if g.api_keys
+            .iter()
+            .any(|k| k.id == key.id || k.hash == key.hash)
+        {
+            return Err(StoreError::Internal(format!("api key {} exists", key.id)));
+        }
+        g.audit(AuditEvent {
+            entity_kind: "api_key",
+            entity_id: key.id.clone(),
+            event_type: "created".into(),
+            payload: serde_json::json!({"label": key.label}),
+        });
+        g.api_keys.push(key);
+        Ok(())
+    }
+
+    async fn api_key_list(&self) -> Result<Vec<crate::ApiKeyRecord>, StoreError> {
+        Ok(self.inner.lock().api_keys.clone())
+    }
+
+    async fn api_key_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<crate::ApiKeyRecord>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .api_keys
+            .iter()
+            .find(|k| &k.hash == hash)
+            .cloned())
+    }
+
+    async fn api_key_revoke(&self, id: &str) -> Result<crate::ApiKeyRecord, StoreError> {
+        let mut g = self.inner.lock();
+        let k = g
+            .api_keys
+            .iter_mut()
+            .find(|k| k.id == id)
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "api key",
+                id: id.to_owned(),
+            })?;
+        let first = k.revoked_at.is_none();
+        k.revoked_at.get_or_insert_with(now);
+        let out = k.clone();
+        if first {
+            g.audit(AuditEvent {
+                entity_kind: "api_key",
+                entity_id: id.to_owned(),
+                event_type: "revoked".into(),
+                payload: serde_json::json!({}),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn api_key_touch(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        if let Some(k) = self.inner.lock().api_keys.iter_mut().find(|k| k.id == id) {
+            k.last_used_at = Some(at);
+        }
         Ok(())
     }
 

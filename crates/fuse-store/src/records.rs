@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use fuse_types::{
-    AgentSpec, Environment, Host, HostId, HostState, Resources, Snapshot, SnapshotId,
-    SnapshotState, Spec, TaskId, Timestamp, VmId, VmState,
+    AgentSpec, ApiKey, Endpoint, Environment, ExposeSpec, Health, HealthcheckSpec, Host,
+    HostCapacity, HostId, HostState, Resources, Snapshot, SnapshotId, SnapshotState, Spec, TaskId,
+    Timestamp, VmId, VmState,
 };
 
 /// Per-VM secrets the control plane keeps to (re)configure the agent: encrypted at rest by
@@ -83,6 +84,39 @@ pub struct VmRecord {
     pub owner: String,
     /// Secrets needed to re-configure the agent.
     pub secrets: Option<VmSecrets>,
+    /// What the request asked for beyond size and agent, and what the host reported back
+    /// (ports, health, activity); one JSON column.
+    pub extras: VmExtras,
+}
+
+/// The parts of an environment that only some environments have.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmExtras {
+    /// Ports asked to be published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<ExposeSpec>,
+    /// Ports published, as reported by the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// The readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthcheckSpec>,
+    /// Its last verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// The snapshot this environment was forked from (our id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
+    /// Last API call, exec or guest traffic seen (for the idle timeout).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_active_at: Option<Timestamp>,
+    /// The VM link's byte counter when it was last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_bytes: Option<u64>,
 }
 
 impl VmRecord {
@@ -101,8 +135,19 @@ impl VmRecord {
             spec: self.spec.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
-            error: self.error.clone(),
+            error: self.error.clone().unwrap_or_default(),
+            endpoints: self.extras.endpoints.clone(),
+            health: self.extras.health.clone(),
+            egress: fuse_types::EgressStatus {
+                mode: "direct".into(),
+                ..Default::default()
+            },
         }
+    }
+
+    /// When it ended (`destroyed` or `failed`): its last change.
+    pub fn ended_at(&self) -> Option<Timestamp> {
+        self.state.is_terminal().then_some(self.updated_at)
     }
 }
 
@@ -121,6 +166,8 @@ pub struct VmPatch {
     pub restored_from: Option<Option<SnapshotId>>,
     /// New secrets (`Some(None)` forgets them).
     pub secrets: Option<Option<VmSecrets>>,
+    /// New extras.
+    pub extras: Option<VmExtras>,
     /// Also return the VM's reservation to its host, in the same atomic step (exactly once,
     /// as [`crate::StateStore::vm_release`]).
     pub release: bool,
@@ -189,7 +236,15 @@ pub struct HostRecord {
     pub state: HostState,
     /// Why it is in that state.
     pub state_reason: Option<String>,
-    /// Total resources.
+    /// VMM backend.
+    pub backend: String,
+    /// CPU architecture (`amd64`, `arm64`; empty = amd64).
+    pub arch: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Capacity declared at registration (0 = not declared: the host's report counts).
+    pub declared: Resources,
+    /// Total resources: the host's last report, capped by what was declared.
     pub capacity: Resources,
     /// Reserved by live VMs.
     pub allocated: Resources,
@@ -209,13 +264,50 @@ impl HostRecord {
             url: self.url.clone(),
             region: self.region.clone(),
             state: self.state,
-            capacity: self.capacity,
-            allocated: self.allocated,
+            backend: self.backend.clone(),
+            labels: self.labels.clone(),
+            capacity: HostCapacity::of(self.capacity, self.arch_or_default()),
+            allocated: HostCapacity::of(self.allocated, ""),
             last_seen: self.last_seen,
             created_at: self.created_at,
             updated_at: self.updated_at,
             state_reason: self.state_reason.clone(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Its architecture, `amd64` when it never said.
+    pub fn arch_or_default(&self) -> &str {
+        if self.arch.is_empty() {
+            "amd64"
+        } else {
+            &self.arch
+        }
+    }
+
+    /// The scheduler's view of it.
+    pub fn view(&self) -> fuse_scheduler::HostView<'_> {
+        fuse_scheduler::HostView {
+            id: self.id.as_str(),
+            region: &self.region,
+            arch: self.arch_or_default(),
+            labels: &self.labels,
+            state: self.state,
+            capacity: self.capacity,
+            allocated: self.allocated,
+        }
+    }
+}
+
+/// The capacity a host has: what it reports, never above a declared (non-zero) value.
+pub fn capped(reported: Resources, declared: Resources) -> Resources {
+    let cap32 = |r: u32, d: u32| if d == 0 { r } else { r.min(d) };
+    let cap64 = |r: u64, d: u64| if d == 0 { r } else { r.min(d) };
+    Resources {
+        cpus: cap32(reported.cpus, declared.cpus),
+        ram_mb: cap64(reported.ram_mb, declared.ram_mb),
+        storage_gb: cap64(reported.storage_gb, declared.storage_gb),
+        vm_count: cap32(reported.vm_count, declared.vm_count),
     }
 }
 
@@ -230,6 +322,14 @@ pub struct HostUpsert {
     pub token: String,
     /// Region label.
     pub region: String,
+    /// VMM backend.
+    pub backend: String,
+    /// CPU architecture.
+    pub arch: String,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Declared capacity (0 fields: not declared).
+    pub declared: Resources,
     /// Total resources.
     pub capacity: Resources,
     /// State for a new host (an existing host keeps its state).
@@ -249,12 +349,24 @@ pub struct SnapshotRecord {
     pub vm_id: VmId,
     /// The VM's task.
     pub task_id: TaskId,
+    /// The API key it was taken with (empty: the master token).
+    pub tenant_id: String,
     /// The host holding it.
     pub host_id: Option<HostId>,
     /// Parent snapshot.
     pub parent_id: Option<SnapshotId>,
     /// `disk` or `full`.
     pub mode: String,
+    /// What was written: `disk` or `live`.
+    pub kind: String,
+    /// Build-layer cache key (empty: none).
+    pub layer_key: String,
+    /// Architecture of its host.
+    pub arch: String,
+    /// Hex sha256 of the disk image.
+    pub digest: String,
+    /// Free-form labels.
+    pub metadata: BTreeMap<String, String>,
     /// State.
     pub state: SnapshotState,
     /// Free text.
@@ -280,15 +392,27 @@ impl SnapshotRecord {
             id: self.id.to_string(),
             vm_id: self.vm_id.to_string(),
             task_id: self.task_id.to_string(),
-            parent_snapshot_id: self.parent_id.as_ref().map(ToString::to_string),
+            tenant_id: self.tenant_id.clone(),
+            parent_snapshot_id: self
+                .parent_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             mode: self.mode.clone(),
+            kind: self.kind.clone(),
+            layer_key: self.layer_key.clone(),
+            arch: self.arch.clone(),
+            digest: self.digest.clone(),
+            metadata: self.metadata.clone(),
             state: self.state,
             comment: self.comment.clone(),
             size_bytes: self.size_bytes,
             created_at: self.created_at,
             updated_at: self.updated_at,
             retention_until: self.retention_until,
-            last_error: self.last_error.clone(),
+            last_error: self.last_error.clone().unwrap_or_default(),
+            export_ref: String::new(),
+            exports: Vec::new(),
         }
     }
 }
@@ -306,6 +430,10 @@ pub struct SnapshotPatch {
     pub last_error: Option<Option<String>>,
     /// What the host actually took (`disk`, `full`), when it differs from the request.
     pub mode: Option<String>,
+    /// What was written (`disk`, `live`).
+    pub kind: Option<String>,
+    /// Hex sha256 of the disk image.
+    pub digest: Option<String>,
 }
 
 /// Filters of `GET /v1/snapshots`.
@@ -317,12 +445,21 @@ pub struct SnapshotFilter {
     pub task_id: Option<String>,
     /// Exact state.
     pub state: Option<SnapshotState>,
+    /// Exact build-layer key.
+    pub layer_key: Option<String>,
+    /// Exact architecture.
+    pub arch: Option<String>,
+    /// Exact tenant (API key id; empty = the master token's).
+    pub tenant_id: Option<String>,
 }
 
 impl SnapshotFilter {
     /// Whether `s` matches.
     pub fn matches(&self, s: &SnapshotRecord) -> bool {
-        self.vm_id.as_deref().is_none_or(|v| s.vm_id.as_str() == v)
+        self.layer_key.as_deref().is_none_or(|v| s.layer_key == v)
+            && self.arch.as_deref().is_none_or(|v| s.arch == v)
+            && self.tenant_id.as_deref().is_none_or(|v| s.tenant_id == v)
+            && self.vm_id.as_deref().is_none_or(|v| s.vm_id.as_str() == v)
             && self
                 .task_id
                 .as_deref()
@@ -377,4 +514,34 @@ pub struct DeadLetter {
     pub created_at: Timestamp,
     /// Last failure.
     pub updated_at: Timestamp,
+}
+
+/// One API key. The raw key is never stored: only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// `ak_` + 16 hex.
+    pub id: String,
+    /// Free text.
+    pub label: String,
+    /// SHA-256 of the raw key.
+    pub hash: [u8; 32],
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last time it authenticated a request.
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ApiKeyRecord {
+    /// The wire view (no hash).
+    pub fn to_wire(&self) -> ApiKey {
+        ApiKey {
+            id: self.id.clone(),
+            label: self.label.clone(),
+            created_at: self.created_at,
+            last_used_at: self.last_used_at,
+            revoked_at: self.revoked_at,
+        }
+    }
 }

@@ -113,6 +113,14 @@ impl Resp {
     pub fn message(&self) -> &str {
         self.body["error"]["message"].as_str().unwrap_or("")
     }
+    /// The resource's `state`; for an environment that ended (a 404 whose details keep
+    /// its last state), that state.
+    pub fn state(&self) -> Value {
+        match self.body.get("state") {
+            Some(s) => s.clone(),
+            None => self.body["error"]["details"]["state"].clone(),
+        }
+    }
 }
 
 impl Fuse {

@@ -20,8 +20,10 @@ pub enum ErrorCode {
     Internal,
     /// Missing or wrong bearer token (401).
     Unauthorized,
-    /// The client address is not allowed (403).
+    /// The client address is not allowed, or the credential may not do this (403).
     Forbidden,
+    /// The server or the host cannot do this (501).
+    Unimplemented,
 }
 
 impl ErrorCode {
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unimplemented => "unimplemented",
         }
     }
 
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::Unimplemented => 501,
         }
     }
 }

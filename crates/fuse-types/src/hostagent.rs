@@ -49,6 +49,64 @@ pub struct AgentVmCreate {
     /// (an older host would ignore it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup: Option<GuestSetup>,
+    /// Start the new VM's root disk as a copy of this snapshot's disk (a fork). The
+    /// snapshot is on this host. Hosts without [`FEATURE_FORK`] do not know the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<SnapshotSource>,
+    /// Guest ports to publish on host ports, one forward per entry (besides `agent_port`).
+    /// Answered in [`AgentVm::endpoints`]. Needs [`FEATURE_EXPOSE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<PortExpose>,
+    /// The environment's readiness probe, run by the host against the guest for the VM's
+    /// whole life; reported in [`AgentVm::health`]. Needs [`FEATURE_HEALTHCHECK`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::HealthcheckSpec>,
+    /// With a healthcheck: how long the create waits for the first `passing` before it
+    /// fails with step `healthcheck` and the last probe's message (0: do not wait).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub healthcheck_wait_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Feature of `/healthz`: `from_snapshot` on create.
+pub const FEATURE_FORK: &str = "fork";
+/// Feature of `/healthz`: `expose` on create, `endpoints` on VMs.
+pub const FEATURE_EXPOSE: &str = "expose";
+/// Feature of `/healthz`: `healthcheck` on create, `health` on VMs.
+pub const FEATURE_HEALTHCHECK: &str = "healthcheck";
+
+/// The snapshot a fork starts from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSource {
+    /// The VM the snapshot was taken of (it may be gone; its snapshot files are kept).
+    pub vm_id: String,
+    /// The host's id of the snapshot.
+    pub snapshot_id: String,
+}
+
+/// One guest port to publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortExpose {
+    /// Guest port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: crate::Protocol,
+}
+
+/// A published guest port, as the host made it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEndpoint {
+    /// Guest port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: crate::Protocol,
+    /// Host port that forwards to it.
+    pub host_port: u16,
+    /// `host:port` a client outside the host connects to (the host's public address).
+    pub address: String,
 }
 
 /// What a new VM's guest is set up with, in this order: files, startup script, agent.
@@ -97,6 +155,8 @@ pub enum SetupStep {
     StartupScript,
     /// The agent was started.
     StartAgent,
+    /// The healthcheck passed for the first time.
+    Healthcheck,
 }
 
 impl SetupStep {
@@ -107,6 +167,7 @@ impl SetupStep {
             SetupStep::Files => "files",
             SetupStep::StartupScript => "startup_script",
             SetupStep::StartAgent => "start_agent",
+            SetupStep::Healthcheck => "healthcheck",
         }
     }
 }
@@ -119,6 +180,7 @@ impl std::str::FromStr for SetupStep {
             SetupStep::Files,
             SetupStep::StartupScript,
             SetupStep::StartAgent,
+            SetupStep::Healthcheck,
         ]
         .into_iter()
         .find(|x| x.as_str() == s)
@@ -193,6 +255,15 @@ pub struct AgentVm {
     /// What a one-call create did, with timings (only in the answer to such a create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup: Option<SetupReport>,
+    /// The guest ports published on host ports ([`AgentVmCreate::expose`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<HostEndpoint>,
+    /// The healthcheck's current verdict; absent without a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::Health>,
+    /// Bytes received plus sent on the VM's network link (host side); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_bytes: Option<u64>,
 }
 
 /// `GET /v1/vm?prefix=` answer.
@@ -279,6 +350,9 @@ pub struct AgentSnapshot {
     /// `disk` or `full`.
     #[serde(default)]
     pub mode: String,
+    /// Hex sha256 of the snapshot's disk image, when the host computed it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
 }
 
 /// `POST /v1/vm/{id}/restore` body.
@@ -299,6 +373,9 @@ pub struct AgentHealth {
     /// VMM backend (`firecracker`, `qemu`, `process`).
     #[serde(default)]
     pub backend: String,
+    /// CPU architecture in Go's vocabulary (`amd64`, `arm64`); empty from older hosts.
+    #[serde(default)]
+    pub arch: String,
     /// How guests run (`kvm`, `tcg`), for backends that choose (`qemu`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceleration: Option<String>,

@@ -6,6 +6,7 @@
 //! deliberately separate; storage rows live in `fuse-store`.
 
 mod error;
+pub mod health;
 pub mod hostagent;
 mod ids;
 pub mod lifecycle;

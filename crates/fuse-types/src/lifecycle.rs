@@ -49,11 +49,16 @@ pub enum Event {
     HostLost,
     /// The VM's host answers again and still runs it (announced with its state).
     HostFound,
+    /// The healthcheck's verdict changed (kept on the record, sent as a `health` event).
+    HealthChanged,
+    /// Nothing touched the environment for its `idle_timeout_seconds` (announced as
+    /// `idle`; a destroy follows).
+    Idle,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 17] = [
+    pub const ALL: [Event; 19] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -71,6 +76,8 @@ impl Event {
         Event::Restored,
         Event::HostLost,
         Event::HostFound,
+        Event::HealthChanged,
+        Event::Idle,
     ];
 
     /// The spelling in audit events and logs (snake_case).
@@ -93,6 +100,8 @@ impl Event {
             Event::Restored => "restored",
             Event::HostLost => "lost",
             Event::HostFound => "found",
+            Event::HealthChanged => "health_changed",
+            Event::Idle => "idle",
         }
     }
 }
@@ -229,6 +238,13 @@ pub const TABLE: &[Row] = &[
     row(Some(Running), Event::Restored, Running, &[Persist, Audit]),
     row(Some(Running), Event::HostLost, Running, ANNOUNCE),
     row(Some(Running), Event::HostFound, Running, ANNOUNCE),
+    row(
+        Some(Running),
+        Event::HealthChanged,
+        Running,
+        &[Persist, Publish],
+    ),
+    row(Some(Running), Event::Idle, Running, ANNOUNCE),
     // A drain may be retried, e.g. after its command failed.
     row(
         Some(Draining),
@@ -248,6 +264,13 @@ pub const TABLE: &[Row] = &[
     row(Some(Draining), Event::Restored, Draining, &[Persist, Audit]),
     row(Some(Draining), Event::HostLost, Draining, ANNOUNCE),
     row(Some(Draining), Event::HostFound, Draining, ANNOUNCE),
+    row(
+        Some(Draining),
+        Event::HealthChanged,
+        Draining,
+        &[Persist, Publish],
+    ),
+    row(Some(Draining), Event::Idle, Draining, ANNOUNCE),
     row(Some(Failed), Event::Destroy, Destroying, DESTROY),
     row(Some(Failed), Event::HostConfirmedGone, Failed, &[Release]),
     // A repeated delete is a no-op, not an error.
@@ -328,6 +351,8 @@ mod tests {
             "running + restored -> running [Persist, Audit]",
             "running + lost -> running [Audit, Publish]",
             "running + found -> running [Audit, Publish]",
+            "running + health_changed -> running [Persist, Publish]",
+            "running + idle -> running [Audit, Publish]",
             "draining + drain -> draining [ClearError, Persist, Publish]",
             "draining + drain_failed -> draining [RecordError, Persist, Publish]",
             "draining + destroy -> destroying [Persist, Publish]",
@@ -336,6 +361,8 @@ mod tests {
             "draining + restored -> draining [Persist, Audit]",
             "draining + lost -> draining [Audit, Publish]",
             "draining + found -> draining [Audit, Publish]",
+            "draining + health_changed -> draining [Persist, Publish]",
+            "draining + idle -> draining [Audit, Publish]",
             "failed + destroy -> destroying [Persist, Publish]",
             "failed + host_confirmed_gone -> failed [Release]",
             "destroying + destroy -> destroying []",

@@ -56,6 +56,11 @@ impl VmState {
         }
     }
 
+    /// Whether the guest runs and serves (`running` or `draining`).
+    pub fn is_serving(self) -> bool {
+        matches!(self, VmState::Running | VmState::Draining)
+    }
+
     /// No further lifecycle work happens in a terminal state (a failed VM can still be deleted).
     pub fn is_terminal(self) -> bool {
         matches!(self, VmState::Destroyed | VmState::Failed)

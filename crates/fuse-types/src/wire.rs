@@ -63,7 +63,7 @@ impl Resources {
 }
 
 /// The resolved size and placement constraints of an environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Spec {
     /// Virtual CPUs.
     pub cpus: u32,
@@ -76,6 +76,34 @@ pub struct Spec {
     pub region: String,
     /// The reconciler fails the VM after this long in `running`.
     pub max_runtime_seconds: u64,
+    /// CPU architecture the host must have (`amd64`, `arm64`); empty = any.
+    #[serde(default)]
+    pub arch: String,
+    /// Destroy after this many seconds without API calls, exec or guest network traffic;
+    /// 0 = never.
+    #[serde(default)]
+    pub idle_timeout_seconds: u64,
+    /// The image asked for (recorded and echoed; hosts boot their configured rootfs).
+    #[serde(default)]
+    pub image: String,
+    /// Pin to this host id; empty = any.
+    #[serde(default)]
+    pub host_id: String,
+    /// Every pair must equal one of the host's labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Back guest memory with 2 MiB pages (recorded and echoed).
+    #[serde(default)]
+    pub huge_pages: bool,
+    /// GPUs (always 0 here: no GPU hosts yet).
+    #[serde(default)]
+    pub gpus: u32,
+    /// GPU model asked for.
+    #[serde(default)]
+    pub gpu_kind: String,
+    /// MIG profile asked for.
+    #[serde(default)]
+    pub gpu_profile: String,
 }
 
 /// `spec` as a client sends it: every field optional, defaults filled in by the server.
@@ -96,6 +124,208 @@ pub struct SpecInput {
     /// Maximum runtime (default 7200).
     #[serde(default)]
     pub max_runtime_seconds: Option<u64>,
+    /// Host CPU architecture (`amd64`, `arm64`).
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// Idle limit in seconds (0 = none).
+    #[serde(default)]
+    pub idle_timeout_seconds: Option<u64>,
+    /// Image name.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Host pin.
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// Label selectors.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Huge pages.
+    #[serde(default)]
+    pub huge_pages: Option<bool>,
+    /// GPUs.
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// GPU model.
+    #[serde(default)]
+    pub gpu_kind: Option<String>,
+    /// MIG profile.
+    #[serde(default)]
+    pub gpu_profile: Option<String>,
+}
+
+/// A transport of a published port.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("unknown protocol {s:?}; expected tcp or udp")),
+        }
+    }
+}
+
+/// A port to publish, as a client asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeSpec {
+    /// Guest port.
+    #[serde(default)]
+    pub port: u32,
+    /// A name for the endpoint.
+    #[serde(default, rename = "as")]
+    pub as_: Option<String>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A published port of an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The name it was asked with (empty when none).
+    #[serde(rename = "as")]
+    pub as_: String,
+    /// Where a client outside the host reaches it: `tcp://host:port` or `udp://host:port`.
+    pub url: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Guest port.
+    pub port: u16,
+}
+
+/// An HTTP probe inside the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthcheckHttp {
+    /// Guest port.
+    #[serde(default)]
+    pub port: u16,
+    /// Request path, starting with `/` (default `/`).
+    #[serde(default)]
+    pub path: String,
+}
+
+/// The environment's readiness probe: exactly one of `http` and `exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthcheckSpec {
+    /// GET against a guest port; 2xx and 3xx pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HealthcheckHttp>,
+    /// Argument vector run in the guest; exit 0 passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Seconds between attempts (0: 10).
+    #[serde(default)]
+    pub interval_seconds: u64,
+    /// Bound on one attempt (0: 2).
+    #[serde(default)]
+    pub timeout_seconds: u64,
+    /// Consecutive failures that make it `failing` (0: 3).
+    #[serde(default)]
+    pub retries: u32,
+    /// Failures before the first pass within this many seconds are not counted.
+    #[serde(default)]
+    pub start_period_seconds: u64,
+}
+
+/// A healthcheck verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// No verdict yet.
+    #[default]
+    Starting,
+    /// The last attempt passed.
+    Passing,
+    /// `retries` consecutive attempts failed.
+    Failing,
+}
+
+impl HealthState {
+    /// The wire word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Starting => "starting",
+            HealthState::Passing => "passing",
+            HealthState::Failing => "failing",
+        }
+    }
+}
+
+/// The last verdict of an environment's healthcheck.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `starting`, `passing` or `failing`.
+    pub state: HealthState,
+    /// When it entered this state.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub since: Option<Timestamp>,
+    /// Consecutive failed attempts (0 while passing).
+    pub failures: u32,
+    /// The last failure's detail (empty while passing).
+    pub message: String,
+}
+
+/// How outbound traffic is routed, as asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressSpec {
+    /// `direct` (default) or `proxy` (not available here).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Proxy provider.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Proxy protocol.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// How outbound traffic is routed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressStatus {
+    /// `direct`.
+    pub mode: String,
+    /// Proxy provider (empty for direct).
+    pub provider: String,
+    /// Proxy protocol (empty for direct).
+    pub protocol: String,
+    /// Proxy endpoint (empty for direct).
+    pub endpoint: String,
+}
+
+/// Geometry of a graphical session (accepted; no desktop images yet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesktopSpec {
+    /// Width in pixels.
+    #[serde(default)]
+    pub width: u32,
+    /// Height in pixels.
+    #[serde(default)]
+    pub height: u32,
+    /// Window manager.
+    #[serde(default)]
+    pub wm: Option<String>,
 }
 
 /// Per-environment override of the agent profile.
@@ -145,6 +375,18 @@ pub struct CreateEnvironment {
     /// Agent profile override.
     #[serde(default)]
     pub agent: Option<AgentOverride>,
+    /// Guest ports to publish on host ports.
+    #[serde(default)]
+    pub expose: Option<Vec<ExposeSpec>>,
+    /// Readiness probe; the create waits for `passing`.
+    #[serde(default)]
+    pub healthcheck: Option<HealthcheckSpec>,
+    /// Outbound routing (`direct` only here).
+    #[serde(default)]
+    pub egress: Option<EgressSpec>,
+    /// Desktop geometry (accepted; no desktop images yet).
+    #[serde(default)]
+    pub desktop: Option<DesktopSpec>,
 }
 
 /// An environment (a VM running an agent for a task).
@@ -168,9 +410,18 @@ pub struct Environment {
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: Timestamp,
-    /// The last failure, redacted.
+    /// The last failure, redacted (empty when none).
+    #[serde(default)]
+    pub error: String,
+    /// Published ports.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The healthcheck's last verdict; absent without a healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub health: Option<Health>,
+    /// Outbound routing.
+    #[serde(default)]
+    pub egress: EgressStatus,
 }
 
 /// `GET /v1/environments` body.
@@ -219,10 +470,16 @@ pub struct Host {
     pub region: String,
     /// Scheduling state.
     pub state: HostState,
+    /// VMM backend its agent reported (`firecracker`, `qemu`, `process`) or was declared.
+    #[serde(default)]
+    pub backend: String,
+    /// Operator-declared labels, matched by `spec.labels`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Total resources.
-    pub capacity: Resources,
+    pub capacity: HostCapacity,
     /// Resources reserved by live VMs.
-    pub allocated: Resources,
+    pub allocated: HostCapacity,
     /// Last time the host answered.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_seen: Option<Timestamp>,
@@ -235,6 +492,72 @@ pub struct Host {
     /// Why the host is in its state (e.g. unreachable at registration), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// Non-fatal notices of a registration (only on the answer to `POST /v1/hosts`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A host's resources as the wire carries them: [`Resources`] plus the architecture and
+/// the GPU fields of the Go original (always empty here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// Virtual CPUs.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub ram_mb: u64,
+    /// Disk in GiB.
+    #[serde(default)]
+    pub storage_gb: u64,
+    /// Number of VMs.
+    #[serde(default)]
+    pub vm_count: u32,
+    /// CPU architecture (`amd64`, `arm64`); empty means amd64.
+    #[serde(default)]
+    pub arch: String,
+    /// GPUs.
+    #[serde(default)]
+    pub gpus: u32,
+    /// GPU model.
+    #[serde(default)]
+    pub gpu_kind: String,
+    /// MIG instances by profile.
+    #[serde(default)]
+    pub mig_profiles: BTreeMap<String, u32>,
+    /// Per-instance MIG inventory.
+    #[serde(default)]
+    pub mig_instances: Vec<serde_json::Value>,
+    /// MIG instances bound to VMs.
+    #[serde(default)]
+    pub mig_instance_uuids: Vec<String>,
+    /// Per-device GPU detail.
+    #[serde(default)]
+    pub gpu_devices: Vec<serde_json::Value>,
+}
+
+impl HostCapacity {
+    /// The wire form of `r` on a host of `arch`.
+    pub fn of(r: Resources, arch: &str) -> HostCapacity {
+        HostCapacity {
+            cpus: r.cpus,
+            ram_mb: r.ram_mb,
+            storage_gb: r.storage_gb,
+            vm_count: r.vm_count,
+            arch: arch.to_owned(),
+            ..HostCapacity::default()
+        }
+    }
+
+    /// The schedulable part.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpus: self.cpus,
+            ram_mb: self.ram_mb,
+            storage_gb: self.storage_gb,
+            vm_count: self.vm_count,
+        }
+    }
 }
 
 /// `POST /v1/hosts` body: registers or updates a host by id.
@@ -252,16 +575,26 @@ pub struct RegisterHost {
     /// Region label.
     #[serde(default)]
     pub region: Option<String>,
-    /// Capacity; when absent it is read from the host's `/healthz`.
+    /// VMM backend; when absent it is read from the host's `/healthz`.
     #[serde(default)]
-    pub capacity: Option<Resources>,
+    pub backend: Option<String>,
+    /// Labels matched by `spec.labels` (never probed).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Capacity; zero fields are read from the host's `/healthz`, and the host's live
+    /// report never raises a declared value.
+    #[serde(default)]
+    pub capacity: Option<HostCapacity>,
 }
 
 /// `GET /v1/hosts` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostList {
-    /// Every host.
+    /// One page of hosts.
     pub hosts: Vec<Host>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A snapshot of an environment.
@@ -273,11 +606,29 @@ pub struct Snapshot {
     pub vm_id: String,
     /// That environment's task.
     pub task_id: String,
-    /// The snapshot the VM had been restored from when this one was taken, if any.
+    /// The API key the snapshot was taken with (empty: the master token).
     #[serde(default)]
-    pub parent_snapshot_id: Option<String>,
-    /// `disk` or `full` (disk and memory).
+    pub tenant_id: String,
+    /// The snapshot the VM had been restored from when this one was taken (empty if none).
+    #[serde(default)]
+    pub parent_snapshot_id: String,
+    /// `disk` or `full` (disk and memory), as asked.
     pub mode: String,
+    /// What was written: `disk`, or `live` when memory was captured too.
+    #[serde(default)]
+    pub kind: String,
+    /// The cache key of the setup step this snapshot is the artifact of (empty if none).
+    #[serde(default)]
+    pub layer_key: String,
+    /// CPU architecture of the host that took it.
+    #[serde(default)]
+    pub arch: String,
+    /// Hex sha256 of the disk image (empty until the host reported it).
+    #[serde(default)]
+    pub digest: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
     /// State.
     pub state: SnapshotState,
     /// Free text.
@@ -294,9 +645,15 @@ pub struct Snapshot {
     /// Garbage-collected after this time (unless it has children).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub retention_until: Option<Timestamp>,
-    /// The last failure, if any.
+    /// The last failure (empty if none).
     #[serde(default)]
-    pub last_error: Option<String>,
+    pub last_error: String,
+    /// Export reference (exports are not offered here: always empty).
+    #[serde(default)]
+    pub export_ref: String,
+    /// Exports (always empty here).
+    #[serde(default)]
+    pub exports: Vec<serde_json::Value>,
 }
 
 /// `POST /v1/environments/{id}/snapshots` body (every field optional).
@@ -311,13 +668,103 @@ pub struct CreateSnapshot {
     /// Keep at least this long; default from the server's configuration.
     #[serde(default)]
     pub retention_seconds: Option<u64>,
+    /// Capture memory too (the same as `mode: "full"`).
+    #[serde(default)]
+    pub live: Option<bool>,
+    /// Cache key of the setup step this is the artifact of.
+    #[serde(default)]
+    pub layer_key: Option<String>,
+    /// Free-form labels (at most 64 pairs).
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Export reference (not offered here; a non-empty value is refused).
+    #[serde(default)]
+    pub export_ref: Option<String>,
 }
 
 /// `GET /v1/snapshots` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotList {
-    /// Matching snapshots.
+    /// One page of matching snapshots.
     pub snapshots: Vec<Snapshot>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/snapshots/resolve` body: a miss is `found: false`, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResolve {
+    /// Whether a ready snapshot matched.
+    pub found: bool,
+    /// The newest one that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+}
+
+/// `POST /v1/environments/{id}?action=fork` body (every field optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkRequest {
+    /// Start from this ready disk snapshot of the source instead of taking one now.
+    #[serde(default)]
+    pub reuse_snapshot_id: Option<String>,
+    /// Comment of the snapshot taken for the fork.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// An API key's metadata; the raw key appears only in [`CreatedApiKey`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// `ak_` + 16 hex.
+    pub id: String,
+    /// Free text.
+    pub label: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    /// Last time it authenticated a request (to the minute or so).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_used_at: Option<Timestamp>,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// `POST /v1/api-keys` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    /// The metadata.
+    #[serde(flatten)]
+    pub meta: ApiKey,
+    /// The raw key: shown once, unrecoverable afterwards.
+    pub key: String,
+}
+
+/// `POST /v1/api-keys` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateApiKey {
+    /// Free text (≤ 256 bytes).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// `GET /v1/api-keys` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    /// Every key, revoked ones included, oldest first.
+    pub api_keys: Vec<ApiKey>,
+}
+
+/// `GET /v1/version` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// The server's version.
+    pub version: String,
+    /// The commit it was built from (`unknown` outside a git checkout).
+    pub commit: String,
+    /// The REST API version (`v1`).
+    pub api: String,
 }
 
 /// One SSE `data:` payload.
@@ -325,7 +772,7 @@ pub struct SnapshotList {
 pub struct StateEvent {
     /// Event id (32 hex), also sent as the SSE `id:` line.
     pub id: String,
-    /// Always `state`.
+    /// `state`, or `health` when the healthcheck's verdict changed.
     pub event: String,
     /// The environment.
     pub vm_id: String,
@@ -339,6 +786,9 @@ pub struct StateEvent {
     /// When the change happened.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: Timestamp,
+    /// The healthcheck verdict, on `health` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// `GET /health` body.

@@ -16,12 +16,13 @@ use crate::provider::{Provider, ProviderError, DEFAULT_HOST};
 use base64::Engine as _;
 use fuse_store::{VmCreated, VmFilter, VmRecord, VmSecrets};
 use fuse_types::hostagent::{
-    AgentStart, AgentVmCreate, GuestFile, GuestSetup, SetupReport, SetupStep, StartupScript,
+    AgentStart, AgentVmCreate, GuestFile, GuestSetup, HostEndpoint, PortExpose, SetupReport,
+    SetupStep, StartupScript,
 };
 use fuse_types::lifecycle::{self as table, Event};
 use fuse_types::{
-    now, AgentSpec, CreateEnvironment, Environment, EnvironmentList, ExecRequest, ExecResponse,
-    HostId, VmId, VmState,
+    now, AgentSpec, CreateEnvironment, Endpoint, Environment, EnvironmentList, ExecRequest,
+    ExecResponse, HostId, Protocol, VmId, VmState,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +95,7 @@ fn setup_step_name(step: SetupStep) -> &'static str {
         SetupStep::Files => "upload",
         SetupStep::StartupScript => "startup_script",
         SetupStep::StartAgent => "start_agent",
+        SetupStep::Healthcheck => "healthcheck",
     }
 }
 
@@ -147,13 +149,56 @@ fn allowed(rec: &VmRecord, event: Event) -> Result<(), AppError> {
 }
 
 impl App {
-    /// Reads one environment or 404.
-    pub async fn env_get(&self, id: &str) -> Result<VmRecord, AppError> {
+    /// Reads one environment in any state (also `destroyed` and `failed`) or 404.
+    pub async fn env_record(&self, id: &str) -> Result<VmRecord, AppError> {
         let id = parse_id(id)?;
         self.store
             .vm_get(&id)
             .await?
             .ok_or_else(|| AppError::not_found("environment", &id))
+    }
+
+    /// Reads one live environment, as the API shows it: an environment that ended
+    /// (`destroyed` or `failed`) is 404, as in the Go original (its clients poll until
+    /// 404), with its last state, error and end time in the details while the record is
+    /// kept. Counts as activity for the idle timeout.
+    pub async fn env_get(&self, id: &str) -> Result<VmRecord, AppError> {
+        let rec = self.env_record(id).await?;
+        if rec.state.is_terminal() {
+            let mut details = super::error::Details::new();
+            details.insert("state".into(), rec.state.as_str().into());
+            details.insert("error".into(), rec.error.clone().unwrap_or_default().into());
+            let ended = rec
+                .ended_at()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            details.insert("destroyed_at".into(), ended.into());
+            return Err(AppError::Ended {
+                id: rec.id.to_string(),
+                state: rec.state,
+                details,
+            });
+        }
+        self.touch(&rec).await;
+        Ok(rec)
+    }
+
+    /// Records an API call on `rec` for its idle timeout (only environments that have one
+    /// pay the write).
+    pub async fn touch(&self, rec: &VmRecord) {
+        if rec.spec.idle_timeout_seconds == 0 || !rec.state.is_serving() {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .vm_note_activity(&rec.id, self.clock.now(), None)
+            .await
+        {
+            tracing::debug!(vm_id = %rec.id, error = %e, "recording activity");
+        }
     }
 
     /// One page of environments.
@@ -188,12 +233,23 @@ impl App {
         wait: bool,
     ) -> Result<(Environment, CreateOutcome), AppError> {
         let valid = validate::create(&req).map_err(AppError::Invalid)?;
-        let id = VmId::for_task(&self.config.vm_prefix, &valid.task_id);
         let agent = self.profile.resolve(
             &self.config.agent_download_url,
             req.agent.as_ref(),
             &valid.gateway_url,
         );
+        self.create_valid(valid, agent, None, wait).await
+    }
+
+    /// Creates an environment from a validated request (a create, or a fork).
+    pub(super) async fn create_valid(
+        self: &Arc<Self>,
+        valid: ValidCreate,
+        agent: AgentSpec,
+        forked_from: Option<String>,
+        wait: bool,
+    ) -> Result<(Environment, CreateOutcome), AppError> {
+        let id = VmId::for_task(&self.config.vm_prefix, &valid.task_id);
         let at = now();
         let rec = VmRecord {
             id: id.clone(),
@@ -213,6 +269,12 @@ impl App {
             running_since: None,
             owner: self.replica_id.clone(),
             secrets: None,
+            extras: fuse_store::VmExtras {
+                expose: valid.expose.clone(),
+                healthcheck: valid.healthcheck.clone(),
+                forked_from,
+                ..Default::default()
+            },
         };
         let started = Instant::now();
         let fallback = HostId::parse(DEFAULT_HOST).map_err(|e| AppError::Internal(e.0))?;
@@ -438,6 +500,19 @@ impl App {
                 &secrets.gateway_token,
             )),
         };
+        let expose = valid
+            .expose
+            .iter()
+            .map(|e| PortExpose {
+                port: e.port as u16,
+                protocol: e
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("")
+                    .parse()
+                    .unwrap_or_default(),
+            })
+            .collect();
         let vm = provider
             .vm_provision(&AgentVmCreate {
                 name: rec.id.to_string(),
@@ -446,6 +521,14 @@ impl App {
                 storage_gb: rec.spec.storage_gb,
                 agent_port: rec.agent.port,
                 setup: Some(setup),
+                from_snapshot: valid.from_snapshot.clone(),
+                expose,
+                healthcheck: valid.healthcheck.clone(),
+                healthcheck_wait_ms: if valid.healthcheck.is_some() {
+                    self.config.provision_timeout.as_millis() as u64
+                } else {
+                    0
+                },
             })
             .await
             .map_err(Failure::host)?;
@@ -453,9 +536,14 @@ impl App {
             self.observe_setup(&rec.id, report);
         }
         let url = self.profile.public_url(&vm.url, &rec.agent.command);
+        let mut extras = rec.extras.clone();
+        extras.endpoints = endpoints(&valid.expose, &vm.endpoints);
+        extras.health = vm.health.clone();
+        extras.net_bytes = vm.net_bytes;
         let change = Change::new(Event::Provisioned)
             .url(url)
             .secrets(secrets)
+            .extras(extras)
             .retrying();
         self.transition(&rec, change)
             .await
@@ -510,7 +598,8 @@ impl App {
     /// Deletes an environment: persist `destroying`, destroy on its host, release, persist
     /// `destroyed`. A host that cannot be reached leaves it `destroying` for the reconciler.
     pub async fn env_delete(&self, id: &str) -> Result<(), AppError> {
-        let rec = self.env_get(id).await?;
+        // A repeated delete of a destroyed environment is a no-op, not a 404.
+        let rec = self.env_record(id).await?;
         let rec = self.transition(&rec, Change::new(Event::Destroy)).await?;
         match rec.state {
             VmState::Destroying => self.env_finish_destroy(rec).await,
@@ -644,7 +733,10 @@ impl App {
             )));
         }
         let provider = self.provider_of(&rec).await?;
-        Ok(provider.exec(rec.id.as_str(), &argv, timeout).await?)
+        let out = provider.exec(rec.id.as_str(), &argv, timeout).await?;
+        // The command ran for a while: it counts as activity at its end too.
+        self.touch(&rec).await;
+        Ok(out)
     }
 
     /// The provider of the VM's own host.
@@ -655,6 +747,25 @@ impl App {
             .ok_or_else(|| ProviderError::Unavailable(format!("{} is not placed", rec.id)))?;
         self.providers.for_host(&*self.store, h).await
     }
+}
+
+/// The published ports of an environment: what was asked, with the address the host made.
+pub fn endpoints(asked: &[fuse_types::ExposeSpec], made: &[HostEndpoint]) -> Vec<Endpoint> {
+    asked
+        .iter()
+        .filter_map(|e| {
+            let proto: Protocol = e.protocol.as_deref().unwrap_or("").parse().ok()?;
+            let m = made
+                .iter()
+                .find(|m| u32::from(m.port) == e.port && m.protocol == proto)?;
+            Some(Endpoint {
+                as_: e.as_.clone().unwrap_or_default(),
+                url: format!("{}://{}", proto.as_str(), m.address),
+                protocol: proto.as_str().into(),
+                port: m.port,
+            })
+        })
+        .collect()
 }
 
 fn agent_start(a: &AgentSpec, auth_token: &str, gateway_token: &str) -> AgentStart {
@@ -680,13 +791,7 @@ fn unreachable_record(id: &VmId) -> VmRecord {
         host_id: None,
         reserved: None,
         url: String::new(),
-        spec: fuse_types::Spec {
-            cpus: 0,
-            ram_mb: 0,
-            storage_gb: 0,
-            region: String::new(),
-            max_runtime_seconds: 0,
-        },
+        spec: fuse_types::Spec::default(),
         request_hash: String::new(),
         agent: AgentSpec::default(),
         error: Some("environment record lost".into()),
@@ -696,5 +801,124 @@ fn unreachable_record(id: &VmId) -> VmRecord {
         running_since: None,
         owner: String::new(),
         secrets: None,
+        extras: Default::default(),
+    }
+}
+
+/// Task id of a fork of `task`: the source's id (shortened to fit) and 8 random hex.
+fn fork_task_id(task: &str) -> Result<fuse_types::TaskId, AppError> {
+    let mut b = [0u8; 4];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    let head: String = task.chars().take(63 - 14).collect();
+    let head = head.trim_end_matches('-');
+    fuse_types::TaskId::parse(&format!("{head}-fork-{}", hex::encode(b)))
+        .map_err(|e| AppError::Internal(e.0))
+}
+
+impl App {
+    /// Forks a running environment: a new environment on the same host whose disk starts
+    /// from a disk snapshot of the source (taken now, or `reuse_snapshot_id`), with its own
+    /// id, network address, credentials and token. The source's published ports and
+    /// healthcheck carry over; its startup script does not run again (its effects are on
+    /// the disk). Returns the new environment once it runs.
+    pub async fn env_fork(
+        self: &Arc<Self>,
+        id: &str,
+        req: fuse_types::ForkRequest,
+        tenant: &str,
+    ) -> Result<Environment, AppError> {
+        let src = self.env_get(id).await?;
+        if !src.state.is_serving() {
+            return Err(AppError::conflict(format!(
+                "environment {} is {}; only a running or draining environment can be forked",
+                src.id, src.state
+            )));
+        }
+        let host = src
+            .host_id
+            .clone()
+            .ok_or_else(|| AppError::conflict(format!("environment {} is not placed", src.id)))?;
+        let snap = match req.reuse_snapshot_id.as_deref().filter(|s| !s.is_empty()) {
+            Some(sid) => {
+                let s = self.snapshot_get(sid).await?;
+                if s.vm_id != src.id {
+                    return Err(AppError::invalid(format!(
+                        "reuse_snapshot_id {sid} is a snapshot of {}, not of {}",
+                        s.vm_id, src.id
+                    )));
+                }
+                if s.state != fuse_types::SnapshotState::Ready {
+                    return Err(AppError::conflict(format!(
+                        "snapshot {sid} is {}; only a ready snapshot can seed a fork",
+                        s.state
+                    )));
+                }
+                if s.kind == "live" {
+                    return Err(AppError::conflict(format!(
+                        "snapshot {sid} is live (memory and disk); a fork starts from a disk \
+                         snapshot"
+                    )));
+                }
+                s
+            }
+            None => {
+                let comment = req
+                    .comment
+                    .clone()
+                    .unwrap_or_else(|| format!("fork of {}", src.id));
+                self.snapshot_create(
+                    src.id.as_str(),
+                    fuse_types::CreateSnapshot {
+                        mode: Some("disk".into()),
+                        comment: Some(comment),
+                        ..Default::default()
+                    },
+                    tenant,
+                )
+                .await?
+            }
+        };
+        let task_id = fork_task_id(src.task_id.as_str())?;
+        let mut spec = src.spec.clone();
+        spec.host_id = host.to_string();
+        let secrets = src
+            .secrets
+            .as_ref()
+            .map(|s| s.secrets.clone())
+            .unwrap_or_default();
+        let gateway_token = src
+            .secrets
+            .as_ref()
+            .map(|s| s.gateway_token.clone())
+            .unwrap_or_default();
+        let h = <sha2::Sha256 as sha2::Digest>::new_with_prefix(
+            format!("fork\0{}\0{}", snap.id, task_id).as_bytes(),
+        );
+        let valid = ValidCreate {
+            task_id,
+            spec,
+            manifest: None,
+            secrets,
+            files: Vec::new(),
+            startup_script: None,
+            gateway_url: src.agent.gateway.clone(),
+            gateway_token,
+            request_hash: hex::encode(sha2::Digest::finalize(h)),
+            expose: src.extras.expose.clone(),
+            healthcheck: src.extras.healthcheck.clone(),
+            from_snapshot: Some(fuse_types::hostagent::SnapshotSource {
+                vm_id: src.id.to_string(),
+                snapshot_id: if snap.host_snapshot_id.is_empty() {
+                    snap.id.to_string()
+                } else {
+                    snap.host_snapshot_id.clone()
+                },
+            }),
+        };
+        tracing::info!(source = %src.id, snapshot_id = %snap.id, task_id = %valid.task_id, "forking environment");
+        let (env, _) = self
+            .create_valid(valid, src.agent.clone(), Some(snap.id.to_string()), true)
+            .await?;
+        Ok(env)
     }
 }

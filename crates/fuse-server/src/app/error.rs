@@ -23,6 +23,22 @@ pub enum AppError {
         /// Its id as given.
         id: String,
     },
+    /// The environment ended (`destroyed` or `failed`): gone for the API, its record kept.
+    #[error("environment {id} not found ({state})")]
+    Ended {
+        /// Its id.
+        id: String,
+        /// Its last state.
+        state: fuse_types::VmState,
+        /// `state`, `error`, `destroyed_at`.
+        details: Details,
+    },
+    /// The caller's credential may not do this; safe to show.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Not offered by this server (or this host); safe to show.
+    #[error("{0}")]
+    Unimplemented(String),
     /// The request is invalid; every problem is listed, each safe to show.
     #[error("{}", .0.join("; "))]
     Invalid(Vec<String>),

@@ -7,16 +7,79 @@
 use super::error::AppError;
 use super::App;
 use crate::config::check_http_url;
-use fuse_store::{AuditEvent, HostRecord, HostUpsert};
-use fuse_types::{HostId, HostState, RegisterHost};
+use fuse_store::{capped, AuditEvent, HostRecord, HostUpsert};
+use fuse_types::{HostId, HostList, HostState, RegisterHost, Resources};
+use std::collections::BTreeMap;
+
+/// Most labels on one host (and selectors in one spec).
+pub const MAX_LABELS: usize = 64;
+
+/// Checks a label map: keys 1-63 bytes of `[A-Za-z0-9._/-]`, values at most 256 bytes.
+pub fn check_labels(what: &str, labels: &BTreeMap<String, String>, errs: &mut Vec<String>) {
+    if labels.len() > MAX_LABELS {
+        errs.push(format!("{what}: at most {MAX_LABELS} labels"));
+    }
+    for (k, v) in labels {
+        let ok = (1..=63).contains(&k.len())
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        if !ok {
+            errs.push(format!(
+                "{what}: key {:?} must be 1-63 characters of letters, digits, '.', '_', '/', '-'",
+                k.chars().take(70).collect::<String>()
+            ));
+        }
+        if v.len() > 256 {
+            errs.push(format!("{what}[{k:?}]: value must be at most 256 bytes"));
+        }
+    }
+}
+
+/// Checks an architecture name (Go's vocabulary: `amd64`, `arm64`, …).
+pub fn check_arch(what: &str, arch: &str, errs: &mut Vec<String>) {
+    let ok = arch.len() <= 16
+        && arch
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok {
+        errs.push(format!(
+            "{what} must be an architecture name such as amd64 or arm64 (got {:?})",
+            arch.chars().take(20).collect::<String>()
+        ));
+    }
+}
+
+/// Where a declared capacity is above what the host reports (the host's value is used).
+fn capacity_warnings(declared: Resources, reported: Resources) -> Vec<String> {
+    let mut w = Vec::new();
+    let mut over = |what: &str, d: u64, r: u64| {
+        if d > r {
+            w.push(format!(
+                "declared capacity.{what} {d} is above the {r} the host reports; {r} is used"
+            ));
+        }
+    };
+    over("cpus", declared.cpus.into(), reported.cpus.into());
+    over("ram_mb", declared.ram_mb, reported.ram_mb);
+    over("storage_gb", declared.storage_gb, reported.storage_gb);
+    over(
+        "vm_count",
+        declared.vm_count.into(),
+        reported.vm_count.into(),
+    );
+    w
+}
 
 fn parse_host_id(id: &str) -> Result<HostId, AppError> {
     HostId::parse(id).map_err(|e| AppError::invalid(e.0))
 }
 
 impl App {
-    /// Registers or updates a host.
-    pub async fn host_register(&self, req: RegisterHost) -> Result<HostRecord, AppError> {
+    /// Registers or updates a host; returns it with the registration's warnings.
+    pub async fn host_register(
+        &self,
+        req: RegisterHost,
+    ) -> Result<(HostRecord, Vec<String>), AppError> {
         let mut errs = Vec::new();
         let id = match req.id.as_deref() {
             None | Some("") => {
@@ -50,10 +113,25 @@ impl App {
         if region.len() > 64 {
             errs.push("region must be at most 64 characters".into());
         }
-        if let Some(c) = &req.capacity {
-            if c.cpus == 0 || c.ram_mb == 0 || c.storage_gb == 0 || c.vm_count == 0 {
-                errs.push("capacity: cpus, ram_mb, storage_gb and vm_count must all be positive when capacity is given".into());
-            }
+        let labels = req.labels.clone().unwrap_or_default();
+        check_labels("labels", &labels, &mut errs);
+        let declared = req
+            .capacity
+            .as_ref()
+            .map(|c| c.resources())
+            .unwrap_or_default();
+        let declared_arch = req
+            .capacity
+            .as_ref()
+            .map(|c| c.arch.clone())
+            .unwrap_or_default();
+        check_arch("capacity.arch", &declared_arch, &mut errs);
+        if req.capacity.as_ref().is_some_and(|c| c.gpus > 0) {
+            errs.push("capacity.gpus: GPU hosts are not supported yet".into());
+        }
+        let declared_backend = req.backend.clone().unwrap_or_default();
+        if declared_backend.len() > 32 {
+            errs.push("backend must be at most 32 characters".into());
         }
         if errs.is_empty() && !url.starts_with("stub://") && !self.config.allow_link_local_hosts {
             if let Err(e) = super::host_addr::check(&url).await {
@@ -68,26 +146,52 @@ impl App {
         let provider = self.providers.build(&url, &token);
         let health = provider.health().await;
         let existing = self.store.host_get(&id).await?;
-        let (capacity, state, reason, seen) = match &health {
-            Ok(h) => (
-                req.capacity.unwrap_or(h.capacity),
-                HostState::Active,
-                None,
-                true,
-            ),
+        let mut warnings = Vec::new();
+        let (capacity, state, reason, seen, backend, arch) = match &health {
+            Ok(h) => {
+                warnings.extend(capacity_warnings(declared, h.capacity));
+                if !declared_arch.is_empty() && !h.arch.is_empty() && declared_arch != h.arch {
+                    warnings.push(format!(
+                        "declared capacity.arch {declared_arch} differs from the host's {}; {} is used",
+                        h.arch, h.arch
+                    ));
+                }
+                (
+                    capped(h.capacity, declared),
+                    HostState::Active,
+                    None,
+                    true,
+                    if h.backend.is_empty() {
+                        declared_backend.clone()
+                    } else {
+                        h.backend.clone()
+                    },
+                    if h.arch.is_empty() {
+                        declared_arch.clone()
+                    } else {
+                        h.arch.clone()
+                    },
+                )
+            }
             Err(e) => {
                 tracing::warn!(host_id = %id, url = %url, error = %e,
                     "host did not answer at registration; accepted as unreachable");
+                let why = format!("did not answer at registration: {}", e.client_message());
+                warnings.push(format!(
+                    "host {why}; it stays unreachable (not schedulable) until it answers"
+                ));
+                let known = existing.as_ref().map(|h| h.capacity).unwrap_or_default();
                 (
-                    req.capacity
-                        .or(existing.as_ref().map(|h| h.capacity))
-                        .unwrap_or_default(),
+                    if declared == Resources::default() {
+                        known
+                    } else {
+                        declared
+                    },
                     HostState::Unreachable,
-                    Some(format!(
-                        "did not answer at registration: {}",
-                        e.client_message()
-                    )),
+                    Some(why),
                     false,
+                    declared_backend.clone(),
+                    declared_arch.clone(),
                 )
             }
         };
@@ -98,6 +202,10 @@ impl App {
                 url,
                 token,
                 region,
+                backend,
+                arch,
+                labels,
+                declared,
                 capacity,
                 initial_state: state,
                 initial_reason: reason,
@@ -105,8 +213,8 @@ impl App {
             })
             .await?;
         self.providers.install(&rec);
-        tracing::info!(host_id = %rec.id, created, state = %rec.state, "host registered");
-        Ok(rec)
+        tracing::info!(host_id = %rec.id, created, state = %rec.state, ?warnings, "host registered");
+        Ok((rec, warnings))
     }
 
     /// Reads one host or 404.
@@ -121,6 +229,20 @@ impl App {
     /// Every host.
     pub async fn host_list(&self) -> Result<Vec<HostRecord>, AppError> {
         Ok(self.store.host_list().await?)
+    }
+
+    /// One page of hosts, by id.
+    pub async fn host_page(
+        &self,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<HostList, AppError> {
+        let all = self.store.host_list().await?;
+        let (hosts, next_cursor) = super::paging::page(all, |h| h.id.to_string(), limit, cursor)?;
+        Ok(HostList {
+            hosts: hosts.iter().map(HostRecord::to_wire).collect(),
+            next_cursor,
+        })
     }
 
     /// Deletes a host; 409 while environments live there.

@@ -79,6 +79,7 @@ pub struct Change {
     redact_also: Vec<String>,
     payload: serde_json::Value,
     retry: bool,
+    extras: Option<fuse_store::VmExtras>,
 }
 
 impl Change {
@@ -95,7 +96,14 @@ impl Change {
             redact_also: Vec::new(),
             payload: serde_json::Value::Null,
             retry: false,
+            extras: None,
         }
+    }
+
+    /// The environment's extras afterwards (ports, health).
+    pub fn extras(mut self, x: fuse_store::VmExtras) -> Self {
+        self.extras = Some(x);
+        self
     }
 
     /// The reason recorded in the audit event.
@@ -230,6 +238,7 @@ impl App {
                 || (row.does(Effect::ReleaseIfGone) && change.gone_from_host),
             reason: Some(change.reason.clone()),
             audit: (!row.changes_state()).then(|| change.event.as_str().to_owned()),
+            extras: change.extras.clone(),
         };
         let written = if change.event == Event::Destroy {
             self.write(rec, &change, || async {
@@ -244,7 +253,13 @@ impl App {
             .await?
         };
         // 3. Publish.
-        if row.does(Effect::Publish) {
+        if row.does(Effect::Publish) && change.event == Event::HealthChanged {
+            let mut ev =
+                crate::events::EventHub::event_with_state(&written, written.state.as_str());
+            ev.event = "health".into();
+            ev.health = written.extras.health.clone();
+            self.events.publish_event(ev);
+        } else if row.does(Effect::Publish) {
             self.events.publish(&written);
         }
         if row.changes_state() {
@@ -288,6 +303,7 @@ impl App {
         if row.does(Effect::Publish) {
             let word = match change.event {
                 Event::HostLost => "lost",
+                Event::Idle => "idle",
                 _ => rec.state.as_str(),
             };
             let mut ev = crate::events::EventHub::event_with_state(rec, word);

@@ -5,6 +5,7 @@
 //! domain needs (configuration, store, providers, events, metrics) and nothing of the
 //! background tasks, which own their own state.
 
+pub mod api_keys;
 pub mod clock;
 pub mod credentials;
 pub mod environments;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod host_addr;
 pub mod hosts;
 pub mod lifecycle;
+pub mod paging;
 pub mod snapshots;
 mod validate;
 
@@ -51,6 +53,8 @@ pub struct App {
     pub boot_failures: parking_lot::Mutex<std::collections::HashMap<String, u32>>,
     /// "Now" for decisions on elapsed time (tests move it instead of sleeping).
     pub clock: clock::Clock,
+    /// When this replica last wrote each API key's `last_used_at`.
+    pub key_touches: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl App {
@@ -88,6 +92,7 @@ impl App {
             relay_ready: std::sync::atomic::AtomicBool::new(store_is_private),
             boot_failures: parking_lot::Mutex::default(),
             clock: clock::Clock::default(),
+            key_touches: parking_lot::Mutex::default(),
         });
         (app, frx)
     }

@@ -8,12 +8,30 @@ use super::lifecycle::{Change, LifecycleError};
 use super::App;
 use fuse_store::{SnapshotFilter, SnapshotPatch, SnapshotRecord};
 use fuse_types::lifecycle::Event;
-use fuse_types::{now, CreateSnapshot, SnapshotId, SnapshotState, VmState};
+use fuse_types::{now, CreateSnapshot, SnapshotId, SnapshotList, SnapshotState, VmState};
 use rand::RngCore;
 use std::time::Instant;
 
 fn parse_snapshot_id(id: &str) -> Result<SnapshotId, AppError> {
     SnapshotId::parse(id).map_err(|e| AppError::invalid(e.0))
+}
+
+/// What a snapshot of `mode` holds: `live` (memory too) or `disk`.
+fn kind_of(mode: &str) -> &'static str {
+    if mode == "full" {
+        "live"
+    } else {
+        "disk"
+    }
+}
+
+/// Sort key of the newest-first order (`created_at` descending, then id).
+fn newest_first_key(s: &SnapshotRecord) -> String {
+    let nanos = s
+        .created_at
+        .unix_timestamp_nanos()
+        .clamp(0, i128::from(u64::MAX)) as u64;
+    format!("{:020}:{}", u64::MAX - nanos, s.id)
 }
 
 /// Whether a VM in `state` can be snapshotted or restored into (its guest runs).
@@ -22,16 +40,43 @@ fn serving(state: VmState) -> bool {
 }
 
 impl App {
-    /// Takes a snapshot of a running environment.
+    /// Takes a snapshot of a running environment, filed under `tenant` (the API key it was
+    /// asked with; empty for the master token).
     pub async fn snapshot_create(
         &self,
         vm_id: &str,
         req: CreateSnapshot,
+        tenant: &str,
     ) -> Result<SnapshotRecord, AppError> {
         let mut errs = Vec::new();
-        let mode = req.mode.clone().unwrap_or_else(|| "disk".into());
+        let live = req.live.unwrap_or(false);
+        let mode = req
+            .mode
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| if live { "full" } else { "disk" }.into());
         if mode != "disk" && mode != "full" {
             errs.push(format!("mode must be disk or full (got {mode:?})"));
+        }
+        if live && mode == "disk" {
+            errs.push("live: true captures memory; it cannot be combined with mode disk".into());
+        }
+        let layer_key = req.layer_key.clone().unwrap_or_default();
+        if layer_key.len() > 256 {
+            errs.push("layer_key must be at most 256 bytes".into());
+        }
+        let metadata = req.metadata.clone().unwrap_or_default();
+        if metadata.len() > 64
+            || metadata
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 1024)
+        {
+            errs.push(
+                "metadata: at most 64 pairs, keys 1-128 bytes, values at most 1024 bytes".into(),
+            );
+        }
+        if req.export_ref.as_deref().is_some_and(|e| !e.is_empty()) {
+            errs.push("export_ref: snapshot exports are not offered by this control plane".into());
         }
         let comment = req.comment.clone().unwrap_or_default();
         if comment.len() > 1024 {
@@ -47,6 +92,15 @@ impl App {
             return Err(AppError::Invalid(errs));
         }
         let vm = self.env_get(vm_id).await?;
+        let arch = match &vm.host_id {
+            Some(h) => self
+                .store
+                .host_get(h)
+                .await?
+                .map(|h| h.arch_or_default().to_owned())
+                .unwrap_or_else(|| "amd64".into()),
+            None => "amd64".into(),
+        };
         if !serving(vm.state) {
             return Err(AppError::conflict(format!(
                 "environment {} is {}; only a running or draining environment can be snapshotted",
@@ -67,9 +121,15 @@ impl App {
             id: id.clone(),
             vm_id: vm.id.clone(),
             task_id: vm.task_id.clone(),
+            tenant_id: tenant.to_owned(),
             host_id: vm.host_id.clone(),
             parent_id,
             mode: mode.clone(),
+            kind: kind_of(&mode).into(),
+            layer_key,
+            arch,
+            digest: String::new(),
+            metadata,
             state: SnapshotState::Creating,
             comment,
             size_bytes: 0,
@@ -99,8 +159,12 @@ impl App {
                             size_bytes: Some(s.size_bytes),
                             host_snapshot_id: Some(s.snapshot_id),
                             last_error: Some(None),
-                            // A host may take more than asked (QEMU: always memory + disk).
+                            // What the host wrote is what counts (QEMU: always memory + disk).
+                            kind: Some(
+                                kind_of(if s.mode.is_empty() { &mode } else { &s.mode }).into(),
+                            ),
                             mode: (!s.mode.is_empty()).then_some(s.mode),
+                            digest: (!s.digest.is_empty()).then_some(s.digest),
                         },
                     )
                     .await?)
@@ -136,6 +200,49 @@ impl App {
         filter: SnapshotFilter,
     ) -> Result<Vec<SnapshotRecord>, AppError> {
         Ok(self.store.snapshot_list(&filter).await?)
+    }
+
+    /// One page of snapshots matching `filter`, newest first.
+    pub async fn snapshot_page(
+        &self,
+        filter: SnapshotFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<SnapshotList, AppError> {
+        let all = self.store.snapshot_list(&filter).await?;
+        let (page, next_cursor) = super::paging::page(all, newest_first_key, limit, cursor)?;
+        Ok(SnapshotList {
+            snapshots: page.iter().map(SnapshotRecord::to_wire).collect(),
+            next_cursor,
+        })
+    }
+
+    /// The newest ready snapshot with this build-layer key and architecture, in the
+    /// caller's tenant. A miss is `None`, not an error.
+    pub async fn snapshot_resolve(
+        &self,
+        layer_key: &str,
+        arch: &str,
+        tenant: &str,
+    ) -> Result<Option<SnapshotRecord>, AppError> {
+        let mut errs = Vec::new();
+        if layer_key.is_empty() {
+            errs.push("query parameter layer_key is required".to_owned());
+        }
+        if arch.is_empty() {
+            errs.push("query parameter arch is required (amd64, arm64, …)".to_owned());
+        }
+        if !errs.is_empty() {
+            return Err(AppError::Invalid(errs));
+        }
+        let filter = SnapshotFilter {
+            layer_key: Some(layer_key.to_owned()),
+            arch: Some(arch.to_owned()),
+            tenant_id: Some(tenant.to_owned()),
+            state: Some(SnapshotState::Ready),
+            ..SnapshotFilter::default()
+        };
+        Ok(self.store.snapshot_list(&filter).await?.into_iter().next())
     }
 
     /// Restores a ready snapshot into its (running) environment.
@@ -194,15 +301,16 @@ impl App {
         } else {
             before.host_snapshot_id.clone()
         };
-        let vm = self.store.vm_get(&before.vm_id).await?;
-        let result = match vm {
-            // The VM is gone (and its snapshots with it) or was never placed.
-            Some(vm) if vm.state != VmState::Destroyed && vm.host_id.is_some() => {
-                match self.provider_of(&vm).await {
-                    Ok(p) => p.snapshot_delete(vm.id.as_str(), &host_id).await,
-                    Err(e) => Err(e),
-                }
-            }
+        // The snapshot's files live on its host, beyond its VM's life: the host deletes
+        // them (one it no longer knows is already gone).
+        let result = match &before.host_id {
+            Some(h) => match self.providers.for_host(&*self.store, h).await {
+                Ok(p) => match p.snapshot_delete(before.vm_id.as_str(), &host_id).await {
+                    Err(crate::provider::ProviderError::NotFound(_)) => Ok(()),
+                    r => r,
+                },
+                Err(e) => Err(e),
+            },
             _ => Ok(()),
         };
         if let Err(e) = result {

@@ -44,6 +44,110 @@ pub struct ValidCreate {
     pub gateway_token: String,
     /// Fingerprint for idempotent create.
     pub request_hash: String,
+    /// Ports to publish, as asked (validated).
+    pub expose: Vec<fuse_types::ExposeSpec>,
+    /// The readiness probe (validated).
+    pub healthcheck: Option<fuse_types::HealthcheckSpec>,
+    /// For a fork: the snapshot whose disk the VM starts from.
+    pub from_snapshot: Option<fuse_types::hostagent::SnapshotSource>,
+}
+
+/// Most published ports of one environment.
+pub const MAX_EXPOSE: usize = 32;
+/// Longest idle timeout (30 days).
+pub const MAX_IDLE_SECS: u64 = 30 * 86_400;
+
+/// Checks `expose`; returns the entries with their protocol spelled out.
+fn check_expose(
+    expose: &[fuse_types::ExposeSpec],
+    errs: &mut Vec<String>,
+) -> Vec<fuse_types::ExposeSpec> {
+    if expose.len() > MAX_EXPOSE {
+        errs.push(format!("expose: at most {MAX_EXPOSE} ports"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, e) in expose.iter().enumerate() {
+        if !(1..=65535).contains(&e.port) {
+            errs.push(format!(
+                "expose[{i}].port must be from 1 to 65535 (got {})",
+                e.port
+            ));
+            continue;
+        }
+        let proto = match e
+            .protocol
+            .as_deref()
+            .unwrap_or("")
+            .parse::<fuse_types::Protocol>()
+        {
+            Ok(p) => p,
+            Err(m) => {
+                errs.push(format!("expose[{i}].protocol: {m}"));
+                continue;
+            }
+        };
+        if e.as_.as_deref().is_some_and(|a| a.len() > 63) {
+            errs.push(format!("expose[{i}].as must be at most 63 characters"));
+        }
+        if !seen.insert((e.port, proto)) {
+            errs.push(format!(
+                "expose[{i}]: port {} over {} is listed twice",
+                e.port,
+                proto.as_str()
+            ));
+        }
+        out.push(fuse_types::ExposeSpec {
+            port: e.port,
+            as_: e.as_.clone().filter(|a| !a.is_empty()),
+            protocol: Some(proto.as_str().into()),
+        });
+    }
+    out
+}
+
+/// Checks a healthcheck: exactly one of `http` and `exec`, sane timing.
+pub fn check_healthcheck(h: &fuse_types::HealthcheckSpec, errs: &mut Vec<String>) {
+    match (&h.http, &h.exec) {
+        (Some(_), Some(_)) => {
+            errs.push("healthcheck: set exactly one of http and exec, not both".into())
+        }
+        (None, None) => errs.push("healthcheck: set one of http or exec".into()),
+        (Some(http), None) => {
+            if http.port == 0 {
+                errs.push("healthcheck.http.port must be from 1 to 65535".into());
+            }
+            if !http.path.is_empty() && !http.path.starts_with('/') {
+                errs.push(format!(
+                    "healthcheck.http.path must start with '/' (got {:?})",
+                    http.path.chars().take(40).collect::<String>()
+                ));
+            }
+            if http.path.len() > 2048 || http.path.chars().any(char::is_control) {
+                errs.push("healthcheck.http.path must be at most 2048 printable bytes".into());
+            }
+        }
+        (None, Some(argv)) => {
+            if argv.is_empty() || argv[0].is_empty() {
+                errs.push("healthcheck.exec must be a non-empty argument vector".into());
+            }
+        }
+    }
+    let t = fuse_types::health::Timing::of(h);
+    if t.timeout > t.interval {
+        errs.push(format!(
+            "healthcheck.timeout_seconds ({}) must not be above interval_seconds ({})",
+            t.timeout.as_secs(),
+            t.interval.as_secs()
+        ));
+    }
+    if h.interval_seconds > 3600 || h.start_period_seconds > 86_400 || h.retries > 100 {
+        errs.push(
+            "healthcheck: interval_seconds at most 3600, start_period_seconds at most 86400, \
+             retries at most 100"
+                .into(),
+        );
+    }
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -101,6 +205,15 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         storage_gb: s.storage_gb.unwrap_or(1),
         region: s.region.clone().unwrap_or_default(),
         max_runtime_seconds: s.max_runtime_seconds.unwrap_or(7200),
+        arch: s.arch.clone().unwrap_or_default(),
+        idle_timeout_seconds: s.idle_timeout_seconds.unwrap_or(0),
+        image: s.image.clone().unwrap_or_default(),
+        host_id: s.host_id.clone().unwrap_or_default(),
+        labels: s.labels.clone().unwrap_or_default(),
+        huge_pages: s.huge_pages.unwrap_or(false),
+        gpus: s.gpus.unwrap_or(0),
+        gpu_kind: s.gpu_kind.clone().unwrap_or_default(),
+        gpu_profile: s.gpu_profile.clone().unwrap_or_default(),
     };
     if !(1..=64).contains(&spec.cpus) {
         errs.push(format!(
@@ -128,6 +241,44 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
     }
     if spec.region.len() > 64 {
         errs.push("spec.region must be at most 64 characters".into());
+    }
+    super::hosts::check_arch("spec.arch", &spec.arch, &mut errs);
+    super::hosts::check_labels("spec.labels", &spec.labels, &mut errs);
+    if !spec.host_id.is_empty() {
+        if let Err(e) = fuse_types::HostId::parse(&spec.host_id) {
+            errs.push(format!("spec.host_id: {}", e.0));
+        }
+    }
+    if spec.idle_timeout_seconds > MAX_IDLE_SECS {
+        errs.push(format!(
+            "spec.idle_timeout_seconds must be at most {MAX_IDLE_SECS} (got {})",
+            spec.idle_timeout_seconds
+        ));
+    }
+    if spec.image.len() > 256 {
+        errs.push("spec.image must be at most 256 characters".into());
+    }
+    if spec.gpus > 0 || !spec.gpu_kind.is_empty() || !spec.gpu_profile.is_empty() {
+        errs.push("spec.gpus: GPU environments are not supported by this control plane yet".into());
+    }
+    let expose = check_expose(req.expose.as_deref().unwrap_or(&[]), &mut errs);
+    if let Some(h) = &req.healthcheck {
+        check_healthcheck(h, &mut errs);
+    }
+    if let Some(e) = &req.egress {
+        match e.mode.as_deref().unwrap_or("") {
+            "" | "direct" => {}
+            "proxy" => errs.push(
+                "egress.mode proxy is not available on this control plane; use direct (the default)"
+                    .into(),
+            ),
+            m => errs.push(format!("egress.mode must be direct or proxy (got {m:?})")),
+        }
+    }
+    if let Some(d) = &req.desktop {
+        if !(320..=3840).contains(&d.width) || !(320..=3840).contains(&d.height) {
+            errs.push("desktop.width and desktop.height must each be from 320 to 3840".into());
+        }
     }
     let manifest = match req.manifest_inline.as_deref() {
         None | Some("") => None,
@@ -244,6 +395,9 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         gateway_url,
         gateway_token: req.gateway_token.clone().unwrap_or_default(),
         request_hash,
+        expose,
+        healthcheck: req.healthcheck.clone(),
+        from_snapshot: None,
     })
 }
 

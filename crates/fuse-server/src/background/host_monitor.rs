@@ -50,9 +50,13 @@ impl BackgroundTask for HostMonitor {
                 };
                 match provider.health().await {
                     Ok(health) => {
-                        // A host registered while silent has no capacity yet: take its own.
-                        let unknown = h.capacity == fuse_types::Resources::default();
-                        let cap = unknown.then_some(health.capacity);
+                        // The host's own report, every poll, never above what was
+                        // declared at registration (a Go-era host that reports none keeps
+                        // what it has).
+                        let reported = health.capacity;
+                        let cap = (reported != fuse_types::Resources::default())
+                            .then(|| fuse_store::capped(reported, h.declared))
+                            .filter(|c| *c != h.capacity);
                         if let Err(e) = app.store.host_seen(&h.id, cap).await {
                             tracing::warn!(host_id = %h.id, error = %e, "recording host heartbeat");
                             return Poll::Skipped;

@@ -14,6 +14,10 @@
 //!   within `suspicion_ttl` is forgotten, so a clock jump or a slow pass never kills at once.
 //! - **`destroying` and gone**: [`Action::Reap`]. **`failed` still holding capacity and
 //!   gone**: [`Action::ReleaseFailed`].
+//! - **Observations** of a serving VM: a healthcheck verdict that differs from the
+//!   record → [`Action::Health`]; a link byte counter that moved → [`Action::Activity`];
+//!   nothing (no API call, no exec, no traffic) for `idle_timeout_seconds` →
+//!   [`Action::Idle`] (announced, then destroyed).
 //! - **Untracked on the host**, older than the grace period, not dead-lettered:
 //!   [`Action::DestroyOrphan`] (the executor re-reads the record first: a VM created since
 //!   the store was read is never taken for an orphan).
@@ -76,6 +80,12 @@ pub enum Action {
     SuspectRuntime(VmRecord),
     /// Second pass past the maximum runtime: fail and destroy it.
     FailRuntime(VmRecord),
+    /// The host reports a healthcheck verdict other than the recorded one.
+    Health(VmRecord, fuse_types::Health),
+    /// The VM's network counter moved since it was last read: it was active.
+    Activity(VmRecord, u64),
+    /// Nothing touched the VM for its idle timeout: announce, then destroy it.
+    Idle(VmRecord),
     /// A VM nothing tracks: destroy it (counting failures toward the dead letter).
     DestroyOrphan {
         /// The VM as the host lists it.
@@ -92,6 +102,48 @@ pub fn past_runtime(rec: &VmRecord, now: Timestamp) -> bool {
     };
     let limit = Duration::from_secs(rec.spec.max_runtime_seconds.max(1));
     now > since && (now - since).unsigned_abs() > limit
+}
+
+/// Whether `rec` has been idle past its `idle_timeout_seconds` at `now` (its last
+/// activity, or when it started running when nothing was seen since).
+pub fn past_idle(rec: &VmRecord, now: Timestamp) -> bool {
+    let limit = rec.spec.idle_timeout_seconds;
+    if limit == 0 {
+        return false;
+    }
+    let Some(since) = [rec.extras.last_active_at, rec.running_since]
+        .into_iter()
+        .flatten()
+        .max()
+    else {
+        return false;
+    };
+    now > since && (now - since).unsigned_abs() > Duration::from_secs(limit)
+}
+
+/// The observation actions for a serving VM its host runs.
+fn observe(rec: &VmRecord, vm: &AgentVm, now: Timestamp, out: &mut Vec<Action>) {
+    if let Some(h) = &vm.health {
+        let cur = rec.extras.health.as_ref();
+        let differs = cur
+            .is_none_or(|c| (c.state, c.failures, &c.message) != (h.state, h.failures, &h.message));
+        if differs {
+            out.push(Action::Health(rec.clone(), h.clone()));
+        }
+    }
+    if rec.spec.idle_timeout_seconds == 0 {
+        return;
+    }
+    let moved = match (vm.net_bytes, rec.extras.net_bytes) {
+        (Some(now_b), Some(was)) => now_b != was,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if moved {
+        out.push(Action::Activity(rec.clone(), vm.net_bytes.unwrap_or(0)));
+    } else if past_idle(rec, now) {
+        out.push(Action::Idle(rec.clone()));
+    }
 }
 
 /// The plan for one host, and what to remember for the next pass.
@@ -132,8 +184,12 @@ pub fn plan(input: PlanInput<'_>, memory: &HostMemory) -> (Vec<Action>, HostMemo
                         actions.push(Action::SuspectRuntime(rec.clone()));
                     }
                 }
-                // Running within its limit, or a state this control plane does not know:
-                // nothing to do.
+                Some(HostVmState::Running) => {
+                    if let Some(vm) = here {
+                        observe(rec, vm, input.now, &mut actions);
+                    }
+                }
+                // A state this control plane does not know: nothing to do.
                 Some(_) => {}
             },
             VmState::Destroying if here.is_none() => actions.push(Action::Reap(rec.clone())),
@@ -225,6 +281,9 @@ mod tests {
                 Action::SuspectRuntime(r) => format!("suspect:{}", r.id),
                 Action::FailRuntime(r) => format!("fail-runtime:{}", r.id),
                 Action::DestroyOrphan { vm, .. } => format!("orphan:{}", vm.vm_id),
+                Action::Health(r, h) => format!("health:{}:{}", r.id, h.state.as_str()),
+                Action::Activity(r, b) => format!("activity:{}:{b}", r.id),
+                Action::Idle(r) => format!("idle:{}", r.id),
             })
             .collect()
     }
@@ -421,6 +480,132 @@ mod tests {
         let (got, next3) = run(&c3);
         assert!(got.is_empty());
         assert!(next3.suspected.is_empty());
+    }
+
+    fn health(state: fuse_types::HealthState, failures: u32) -> fuse_types::Health {
+        fuse_types::Health {
+            state,
+            since: Some(at(0)),
+            failures,
+            message: if failures > 0 {
+                "refused".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    /// A running environment with a 30 s idle timeout, last active at `active`.
+    fn idle_env(task: &str, active: Option<i64>, bytes: Option<u64>) -> VmRecord {
+        let mut r = env(task, VmState::Running);
+        r.spec.max_runtime_seconds = 10_000;
+        r.spec.idle_timeout_seconds = 30;
+        r.extras.last_active_at = active.map(at);
+        r.extras.net_bytes = bytes;
+        r
+    }
+
+    #[test]
+    fn observations_health_activity_and_idle() {
+        use fuse_types::HealthState::{Failing, Passing};
+        let listed = |bytes: Option<u64>, h: Option<fuse_types::Health>| AgentVm {
+            net_bytes: bytes,
+            health: h,
+            ..on_host("fuse-a", HostVmState::Running, 5)
+        };
+        let mut with_health = idle_env("a", None, None);
+        with_health.spec.idle_timeout_seconds = 0;
+        with_health.extras.health = Some(health(Passing, 0));
+        let cases: Vec<(&str, VmRecord, AgentVm, i64, Vec<&str>)> = vec![
+            (
+                "the same verdict is not news",
+                with_health.clone(),
+                listed(None, Some(health(Passing, 0))),
+                10,
+                vec![],
+            ),
+            (
+                "a new verdict is recorded",
+                with_health.clone(),
+                listed(None, Some(health(Failing, 3))),
+                10,
+                vec!["health:fuse-a:failing"],
+            ),
+            (
+                "a failure count that moved is recorded too",
+                with_health.clone(),
+                listed(None, Some(health(Passing, 1))),
+                10,
+                vec!["health:fuse-a:passing"],
+            ),
+            (
+                "a host that reports no health changes nothing",
+                with_health,
+                listed(None, None),
+                10,
+                vec![],
+            ),
+            (
+                "traffic is activity, even past the limit",
+                idle_env("a", Some(0), Some(100)),
+                listed(Some(150), None),
+                100,
+                vec!["activity:fuse-a:150"],
+            ),
+            (
+                "no traffic within the limit: nothing",
+                idle_env("a", Some(0), Some(100)),
+                listed(Some(100), None),
+                30,
+                vec![],
+            ),
+            (
+                "no traffic past the limit: idle",
+                idle_env("a", Some(0), Some(100)),
+                listed(Some(100), None),
+                31,
+                vec!["idle:fuse-a"],
+            ),
+            (
+                "never active: counted from when it started running",
+                idle_env("a", None, None),
+                listed(None, None),
+                31,
+                vec!["idle:fuse-a"],
+            ),
+            (
+                "an API call after the start moves the clock",
+                idle_env("a", Some(20), None),
+                listed(None, None),
+                31,
+                vec![],
+            ),
+        ];
+        for (name, rec, vm, now, want) in cases {
+            let c = Case {
+                name,
+                tracked: vec![rec],
+                listed: vec![vm],
+                dead: vec![],
+                now,
+                memory: HostMemory::default(),
+                want,
+            };
+            assert_eq!(run(&c).0, c.want, "{}", c.name);
+        }
+        // No idle timeout: traffic is not even recorded.
+        let mut r = idle_env("a", None, Some(1));
+        r.spec.idle_timeout_seconds = 0;
+        let c = Case {
+            name: "no limit",
+            tracked: vec![r],
+            listed: vec![listed(Some(9), None)],
+            dead: vec![],
+            now: 10_000,
+            memory: HostMemory::default(),
+            want: vec![],
+        };
+        assert_eq!(run(&c).0, c.want, "{}", c.name);
     }
 
     #[test]

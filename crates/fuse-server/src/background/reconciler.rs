@@ -239,6 +239,45 @@ async fn execute(app: &App, provider: &dyn Provider, host: &HostId, a: Action) -
             fail_runtime(app, provider, &rec).await;
             "fail_runtime"
         }
+        Action::Health(rec, health) => {
+            let mut extras = rec.extras.clone();
+            extras.health = Some(health.clone());
+            let change = Change::new(Event::HealthChanged)
+                .reason(format!("healthcheck {}", health.state.as_str()))
+                .extras(extras);
+            match app.transition(&rec, change).await {
+                Ok(_) => tracing::info!(vm_id = %rec.id, health = health.state.as_str(),
+                    failures = health.failures, message = %health.message, "healthcheck verdict"),
+                Err(e) => {
+                    tracing::debug!(vm_id = %rec.id, error = %e, "reconcile: recording health")
+                }
+            }
+            "health"
+        }
+        Action::Activity(rec, bytes) => {
+            if let Err(e) = app
+                .store
+                .vm_note_activity(&rec.id, app.clock.now(), Some(bytes))
+                .await
+            {
+                tracing::debug!(vm_id = %rec.id, error = %e, "reconcile: recording activity");
+            }
+            "activity"
+        }
+        Action::Idle(rec) => {
+            let limit = rec.spec.idle_timeout_seconds;
+            let change = Change::new(Event::Idle)
+                .reason(format!("idle for more than {limit} s"))
+                .payload(serde_json::json!({"idle_timeout_seconds": limit}));
+            if app.transition(&rec, change).await.is_ok() {
+                tracing::info!(vm_id = %rec.id, idle_timeout_seconds = limit,
+                    "reconcile: environment idle past its limit; destroying it");
+                if let Err(e) = app.env_delete(rec.id.as_str()).await {
+                    tracing::warn!(vm_id = %rec.id, error = %e, "reconcile: destroying an idle environment");
+                }
+            }
+            "idle"
+        }
         Action::DestroyOrphan { vm, key } => {
             // Re-read the record: it may have been created or changed since the list.
             if let Ok(id) = VmId::parse(&vm.vm_id) {

@@ -2,14 +2,17 @@
 
 use super::error::ApiError;
 use super::extract::{ApiBytes, ApiJson, Params};
+use crate::app::api_keys::Caller;
 use crate::app::environments::CreateOutcome;
+use crate::app::error::AppError;
 use crate::app::App;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use fuse_store::VmFilter;
-use fuse_types::{CreateEnvironment, ExecRequest, VmState};
+use fuse_types::{CreateEnvironment, ExecRequest, ForkRequest, VmState};
 use std::sync::Arc;
 
 /// Default page size.
@@ -68,9 +71,13 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/environments/{id}?action=drain|rotate-token|exec`.
+/// The actions of `POST /v1/environments/{id}`.
+const ACTIONS: &str = "drain, rotate-token, exec, fork or migrate";
+
+/// `POST /v1/environments/{id}?action=drain|rotate-token|exec|fork|migrate`.
 pub async fn action(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     q: Params,
     ApiBytes(body): ApiBytes,
@@ -82,14 +89,46 @@ pub async fn action(
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Some("exec") => {
+            caller.require_master("running commands in an environment")?;
             let req: ExecRequest = super::extract::parse_json(&body)?;
             Ok(Json(app.env_exec(&id, req).await?).into_response())
         }
+        Some("fork") => {
+            let req: ForkRequest = super::extract::parse_json(&body)?;
+            let app2 = app.clone();
+            let tenant = caller.tenant().to_owned();
+            // Its own task: a client that disconnects must not leave a half-made fork.
+            let env = tokio::spawn(async move { app2.env_fork(&id, req, &tenant).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("fork task: {e}")))??;
+            Ok((StatusCode::CREATED, Json(env)).into_response())
+        }
+        Some("migrate") => {
+            app.env_get(&id).await?;
+            Err(ApiError::from(AppError::Unimplemented(
+                "migrate is not available on this control plane yet; fork the environment \
+                 and destroy the source to move it"
+                    .into(),
+            )))
+        }
         Some(other) => Err(ApiError::invalid(format!(
-            "unknown action {other:?}; expected drain, rotate-token or exec"
+            "unknown action {other:?}; expected {ACTIONS}"
         ))),
-        None => Err(ApiError::invalid(
-            "query parameter action is required: drain, rotate-token or exec",
-        )),
+        None => Err(ApiError::invalid(format!(
+            "query parameter action is required: {ACTIONS}"
+        ))),
     }
+}
+
+/// `GET|POST /v1/environments/{id}/computer`: no desktop images exist yet.
+pub async fn computer(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = app.env_get(&id).await?;
+    Err(ApiError::from(AppError::Unavailable(format!(
+        "environment {} has no display: computer use needs a desktop image, and this control \
+         plane does not offer one yet",
+        rec.id
+    ))))
 }

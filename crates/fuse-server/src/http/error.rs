@@ -92,6 +92,13 @@ impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         match e {
             AppError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            AppError::Ended { id, state, details } => {
+                let mut a = ApiError::not_found(format!("environment {id} not found ({state})"));
+                a.details = details;
+                a
+            }
+            AppError::Forbidden(m) => ApiError::new(ErrorCode::Forbidden, m),
+            AppError::Unimplemented(m) => ApiError::new(ErrorCode::Unimplemented, m),
             AppError::Invalid(problems) => ApiError::invalid_all(problems),
             AppError::Conflict { message, details } => {
                 let mut a = ApiError::conflict(message);

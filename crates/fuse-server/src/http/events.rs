@@ -30,7 +30,7 @@ pub async fn stream(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut rx = app.events.subscribe();
-    let rec = app.env_get(&id).await?;
+    let rec = app.env_record(&id).await?;
     let vm_id: VmId = rec.id.clone();
     let first = EventHub::event_for(&rec);
     let keepalive = app.config.sse_keepalive;

@@ -7,23 +7,22 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fuse_types::{HostList, RegisterHost};
+use fuse_types::RegisterHost;
 use std::sync::Arc;
 
-pub async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let hosts = app.host_list().await?;
-    Ok(Json(HostList {
-        hosts: hosts.iter().map(|h| h.to_wire()).collect(),
-    })
-    .into_response())
+pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, ApiError> {
+    let limit = crate::app::paging::limit(q.parse::<usize>("limit")?)?;
+    Ok(Json(app.host_page(limit, q.str("cursor")).await?).into_response())
 }
 
 pub async fn register(
     State(app): State<Arc<App>>,
     ApiJson(req): ApiJson<RegisterHost>,
 ) -> Result<Response, ApiError> {
-    let h = app.host_register(req).await?;
-    Ok((StatusCode::CREATED, Json(h.to_wire())).into_response())
+    let (h, warnings) = app.host_register(req).await?;
+    let mut wire = h.to_wire();
+    wire.warnings = warnings;
+    Ok((StatusCode::CREATED, Json(wire)).into_response())
 }
 
 pub async fn get(

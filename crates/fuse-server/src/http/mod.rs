@@ -3,6 +3,7 @@
 //! request id (always echoed) → metrics and tracing span → for `/v1`: CIDR allowlist (403)
 //! → bearer token (401) → body limit → handler.
 
+mod api_keys;
 mod environments;
 pub mod error;
 mod events;
@@ -11,6 +12,7 @@ mod hosts;
 mod snapshots;
 mod system;
 
+use crate::app::api_keys::Caller;
 use crate::app::App;
 use crate::background::Driver;
 use axum::extract::FromRef;
@@ -97,6 +99,29 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
         (Method::DELETE, "/v1/hosts/{id}", delete(hosts::delete)),
         (Method::POST, "/v1/hosts/{id}", post(hosts::action)),
         (Method::GET, "/v1/debug/background", get(system::background)),
+        (Method::GET, "/v1/version", get(system::version)),
+        (Method::GET, "/v1/api-keys", get(api_keys::list)),
+        (Method::POST, "/v1/api-keys", post(api_keys::create)),
+        (
+            Method::DELETE,
+            "/v1/api-keys/{id}",
+            delete(api_keys::revoke),
+        ),
+        (
+            Method::GET,
+            "/v1/snapshots/resolve",
+            get(snapshots::resolve),
+        ),
+        (
+            Method::GET,
+            "/v1/environments/{id}/computer",
+            get(environments::computer),
+        ),
+        (
+            Method::POST,
+            "/v1/environments/{id}/computer",
+            post(environments::computer),
+        ),
     ]
 }
 
@@ -223,26 +248,49 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<R
             ));
         }
     }
-    if let Some(want) = &cfg.auth_token {
-        let got = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .unwrap_or("");
-        // Hash both sides so the comparison does not leak the token's length.
-        let a = Sha256::digest(got.as_bytes());
-        let b = Sha256::digest(want.as_bytes());
-        if got.is_empty() || !bool::from(a.ct_eq(&b)) {
-            return Err(ApiError::new(
-                fuse_types::ErrorCode::Unauthorized,
-                "missing or invalid bearer token",
-            ));
+    let got = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("")
+        .to_owned();
+    let caller = match &cfg.auth_token {
+        Some(want) => {
+            // Hash both sides so the comparison does not leak the token's length.
+            let a = Sha256::digest(got.as_bytes());
+            let b = Sha256::digest(want.as_bytes());
+            if !got.is_empty() && bool::from(a.ct_eq(&b)) {
+                Caller::Master
+            } else {
+                match app.api_key_authenticate(&got).await? {
+                    Some(c) => c,
+                    None => {
+                        return Err(ApiError::new(
+                            fuse_types::ErrorCode::Unauthorized,
+                            "missing or invalid bearer token",
+                        ))
+                    }
+                }
+            }
         }
-    }
+        // No token required: a key still names its caller, and a revoked key is refused.
+        None => match app.api_key_authenticate(&got).await? {
+            Some(c) => c,
+            None if app.api_key_is_revoked(&got).await => {
+                return Err(ApiError::new(
+                    fuse_types::ErrorCode::Unauthorized,
+                    "this API key was revoked",
+                ))
+            }
+            None => Caller::Master,
+        },
+    };
+    let mut req = req;
+    req.extensions_mut().insert(caller);
     Ok(next.run(req).await)
 }
 

@@ -20,6 +20,15 @@ pub async fn health() -> Json<HealthStatus> {
     })
 }
 
+/// `GET /v1/version`.
+pub async fn version() -> Json<fuse_types::Version> {
+    Json(fuse_types::Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("FUSE_BUILD_COMMIT").into(),
+        api: "v1".into(),
+    })
+}
+
 /// Last status of every background task of this replica, and the reconciler's dead letters.
 pub async fn background(
     State(app): State<Arc<App>>,

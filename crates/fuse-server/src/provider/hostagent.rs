@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
     AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
-    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, SetupStep, FEATURE_PROVISION,
+    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, SetupStep, FEATURE_EXPOSE,
+    FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION,
 };
 use fuse_types::{ErrorBody, ExecResponse};
 use reqwest::{Method, StatusCode};
@@ -196,6 +197,34 @@ impl Provider for HostAgentClient {
     }
 
     async fn vm_provision(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
+        // What an older agent would silently drop is refused instead.
+        for (asked, feature, what) in [
+            (
+                !req.expose.is_empty(),
+                FEATURE_EXPOSE,
+                "publish ports (expose)",
+            ),
+            (
+                req.healthcheck.is_some(),
+                FEATURE_HEALTHCHECK,
+                "run healthchecks",
+            ),
+            (
+                req.from_snapshot.is_some(),
+                FEATURE_FORK,
+                "fork from a snapshot",
+            ),
+        ] {
+            if asked && !self.supports(feature).await? {
+                return Err(ProviderError::Rejected {
+                    status: 501,
+                    message: format!(
+                        "this host's agent cannot {what}; upgrade its fc-agent (it does not \
+                         advertise the {feature:?} feature)"
+                    ),
+                });
+            }
+        }
         if req.setup.is_none() || !self.supports(FEATURE_PROVISION).await? {
             return super::provision_call_by_call(self, req).await;
         }

@@ -128,6 +128,7 @@ impl StubProvider {
                     storage_gb: 1,
                     agent_port: None,
                     setup: None,
+                    ..AgentVmCreate::default()
                 },
                 created: Some(created),
                 ..StubVm::default()
@@ -260,6 +261,7 @@ impl Provider for StubProvider {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             backend: "stub".into(),
+            arch: "amd64".into(),
             acceleration: None,
             capacity: self.capacity,
             allocated,
@@ -271,8 +273,52 @@ impl Provider for StubProvider {
     async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
         self.fault(|f| f.create.clone())?;
         let mut g = self.vms.lock();
-        g.entry(req.name.clone()).or_insert_with(|| StubVm {
+        // A fork starts with the files of the source's snapshot.
+        let files = match &req.from_snapshot {
+            Some(src) => g
+                .get(&src.vm_id)
+                .and_then(|v| v.snapshots.get(&src.snapshot_id))
+                .cloned()
+                .ok_or_else(|| {
+                    ProviderError::NotFound(format!(
+                        "snapshot {} of {}",
+                        src.snapshot_id, src.vm_id
+                    ))
+                })?,
+            None => BTreeMap::new(),
+        };
+        // The stub runs no probes: an exec probe of `false` fails, every other passes.
+        let health = req.healthcheck.as_ref().map(|h| {
+            let fails = h
+                .exec
+                .as_deref()
+                .is_some_and(|a| a.first().is_some_and(|c| c == "false"));
+            fuse_types::Health {
+                state: if fails {
+                    fuse_types::HealthState::Failing
+                } else {
+                    fuse_types::HealthState::Passing
+                },
+                since: Some(fuse_types::now()),
+                failures: u32::from(fails),
+                message: if fails {
+                    "exit status 1".into()
+                } else {
+                    String::new()
+                },
+            }
+        });
+        if let (Some(h), true) = (&health, req.healthcheck_wait_ms > 0) {
+            if h.state != fuse_types::HealthState::Passing {
+                return Err(ProviderError::SetupFailed {
+                    step: fuse_types::hostagent::SetupStep::Healthcheck,
+                    message: format!("healthcheck did not pass: {}", h.message),
+                });
+            }
+        }
+        let vm = g.entry(req.name.clone()).or_insert_with(|| StubVm {
             spec: req.clone(),
+            files,
             created: Some(Instant::now()),
             ..StubVm::default()
         });
@@ -283,6 +329,9 @@ impl Provider for StubProvider {
             age_seconds: 0,
             error: None,
             setup: None,
+            endpoints: stub_endpoints(&vm.spec),
+            health,
+            net_bytes: None,
         })
     }
 
@@ -312,6 +361,9 @@ impl Provider for StubProvider {
                 age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
                 error: None,
                 setup: None,
+                endpoints: stub_endpoints(&vm.spec),
+                health: None,
+                net_bytes: None,
             })
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
@@ -402,6 +454,7 @@ impl Provider for StubProvider {
                 snapshot_id: snapshot_id.to_owned(),
                 size_bytes: size as u64,
                 mode: mode.to_owned(),
+                digest: String::new(),
             }
         })
     }
@@ -425,4 +478,18 @@ impl Provider for StubProvider {
         }
         Ok(())
     }
+}
+
+/// The stub's forwards: host ports from 30000 on, in the order asked.
+fn stub_endpoints(spec: &AgentVmCreate) -> Vec<fuse_types::hostagent::HostEndpoint> {
+    spec.expose
+        .iter()
+        .enumerate()
+        .map(|(i, e)| fuse_types::hostagent::HostEndpoint {
+            port: e.port,
+            protocol: e.protocol,
+            host_port: 30000 + i as u16,
+            address: format!("stub.invalid:{}", 30000 + i),
+        })
+        .collect()
 }

@@ -21,7 +21,10 @@ async fn create_get_list_delete() {
     let url = env["url"].as_str().unwrap();
     assert!(url.contains("fuse-task-1"), "{url}");
     assert!(url.starts_with("https://"), "fused serves TLS: {url}");
-    assert!(env.get("error").is_none());
+    assert_eq!(env["error"], "", "no error is an empty string, never null");
+    assert_eq!(env["endpoints"], json!([]));
+    assert_eq!(env["egress"]["mode"], "direct");
+    assert!(env.get("health").is_none(), "no healthcheck: no health");
     for field in ["created_at", "updated_at"] {
         let t = env[field].as_str().unwrap();
         assert!(
@@ -31,7 +34,7 @@ async fn create_get_list_delete() {
     }
     let got = f.get("/v1/environments/fuse-task-1").await;
     assert_eq!(got.status, StatusCode::OK);
-    assert_eq!(got.body["state"], "running");
+    assert_eq!(got.state(), "running");
     let list = f.get("/v1/environments").await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.body["environments"].as_array().unwrap().len(), 1);
@@ -41,7 +44,7 @@ async fn create_get_list_delete() {
     let del = f.delete("/v1/environments/fuse-task-1").await;
     assert_eq!(del.status, StatusCode::NO_CONTENT);
     assert_eq!(
-        f.get("/v1/environments/fuse-task-1").await.body["state"],
+        f.get("/v1/environments/fuse-task-1").await.state(),
         "destroyed"
     );
     assert!(f.default_stub().is_empty(), "the VM is gone from its host");
@@ -279,7 +282,7 @@ async fn agent_override_replaces_the_profile_per_environment() {
         .post("/v1/environments/fuse-custom?action=drain", json!({}))
         .await;
     assert_eq!(d.status, StatusCode::OK);
-    assert_eq!(d.body["state"], "draining");
+    assert_eq!(d.state(), "draining");
     assert!(f.default_stub().vm("fuse-custom").unwrap().execs.is_empty());
 }
 
@@ -295,7 +298,7 @@ async fn failed_provision_is_failed_with_a_redacted_error_and_cleaned_up() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(r.body["state"], "failed");
+    assert_eq!(r.state(), "failed");
     let err = r.body["error"].as_str().unwrap();
     assert!(
         err.contains("startup script") && err.contains("exited with 3"),
@@ -310,7 +313,7 @@ async fn failed_provision_is_failed_with_a_redacted_error_and_cleaned_up() {
         .post("/v1/environments", json!({"task_id": "broken", "secrets": {"PW": "hunter2-secret"}, "startup_script": "exit 3"}))
         .await;
     assert_eq!(
-        (again.status, again.body["state"].as_str()),
+        (again.status, again.state().as_str()),
         (StatusCode::OK, Some("failed"))
     );
     assert_eq!(
@@ -318,7 +321,7 @@ async fn failed_provision_is_failed_with_a_redacted_error_and_cleaned_up() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        f.get("/v1/environments/fuse-broken").await.body["state"],
+        f.get("/v1/environments/fuse-broken").await.state(),
         "destroyed"
     );
     let host = f.get("/v1/hosts/h1").await;
@@ -340,10 +343,7 @@ async fn no_capacity_is_503_and_a_retry_works_once_there_is_room() {
     );
     assert!(r.message().contains("no host has room"), "{}", r.message());
     assert!(r.message().contains("at their vm limit"), "{}", r.message());
-    assert_eq!(
-        f.get("/v1/environments/fuse-two").await.body["state"],
-        "failed"
-    );
+    assert_eq!(f.get("/v1/environments/fuse-two").await.state(), "failed");
     f.delete("/v1/environments/fuse-one").await;
     // Same request again: the unplaced failure is replaced by a new attempt.
     let r = f.post("/v1/environments", json!({"task_id": "two"})).await;
@@ -359,11 +359,11 @@ async fn wait_false_returns_202_then_runs() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert!(matches!(
-        r.body["state"].as_str(),
+        r.state().as_str(),
         Some("provisioning" | "running")
     ));
     f.eventually("running", || async {
-        f.get("/v1/environments/fuse-async").await.body["state"] == "running"
+        f.get("/v1/environments/fuse-async").await.state() == "running"
     })
     .await;
     let bad = f
@@ -477,7 +477,7 @@ async fn exec_runs_commands_and_reports_exit_codes() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     f.delete("/v1/environments/fuse-ex").await;
     let r = f.post(path, json!({"shell": "true"})).await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "conflict"));
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
 }
 
 #[tokio::test]
@@ -488,7 +488,7 @@ async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
         .post("/v1/environments/fuse-dr?action=drain", json!({}))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(r.body["state"], "draining");
+    assert_eq!(r.state(), "draining");
     let vm = f.default_stub().vm("fuse-dr").unwrap();
     assert_eq!(
         vm.execs.last().unwrap(),
@@ -504,24 +504,19 @@ async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
         .post("/v1/environments/fuse-dr?action=drain", json!({}))
         .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text);
-    assert_eq!(again.body["state"], "draining");
+    assert_eq!(again.state(), "draining");
     let runs = f.default_stub().vm("fuse-dr").unwrap().execs.len();
     assert_eq!(runs, vm.execs.len() + 1, "the drain command ran again");
-    // Not from a state without a running guest.
+    // Not once it is gone: an environment that ended is 404, with its last state.
     f.delete("/v1/environments/fuse-dr").await;
     let gone = f
         .post("/v1/environments/fuse-dr?action=drain", json!({}))
         .await;
     assert_eq!(
         (gone.status, gone.code()),
-        (StatusCode::CONFLICT, "conflict")
+        (StatusCode::NOT_FOUND, "not_found")
     );
-    assert!(
-        gone.message()
-            .contains("drain is not allowed while destroyed"),
-        "{}",
-        gone.text
-    );
+    assert_eq!(gone.state(), "destroyed", "{}", gone.text);
     // A failing drain command keeps draining and records the error.
     let r = f
         .post(
@@ -534,14 +529,14 @@ async fn drain_runs_the_drain_command_and_keeps_draining_on_failure() {
         .post("/v1/environments/fuse-drfail?action=drain", json!({}))
         .await;
     assert_eq!(d.status, StatusCode::OK);
-    assert_eq!(d.body["state"], "draining");
+    assert_eq!(d.state(), "draining");
     assert!(
         d.body["error"].as_str().unwrap().contains("exited with 7"),
         "{}",
         d.text
     );
     assert_eq!(
-        f.get("/v1/environments/fuse-drfail").await.body["state"],
+        f.get("/v1/environments/fuse-drfail").await.state(),
         "draining",
         "drain never destroys"
     );
@@ -630,7 +625,7 @@ async fn delete_during_provisioning_wins_and_leaks_nothing() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        f.get("/v1/environments/fuse-race").await.body["state"],
+        f.get("/v1/environments/fuse-race").await.state(),
         "destroyed"
     );
     // The provision notices, removes its VM, and does not resurrect the record.
@@ -641,7 +636,7 @@ async fn delete_during_provisioning_wins_and_leaks_nothing() {
     })
     .await;
     assert_eq!(
-        f.get("/v1/environments/fuse-race").await.body["state"],
+        f.get("/v1/environments/fuse-race").await.state(),
         "destroyed"
     );
     assert!(f.stub("h").is_empty());
@@ -649,7 +644,7 @@ async fn delete_during_provisioning_wins_and_leaks_nothing() {
     // Recreating the same task while nothing is left over works and is not disturbed.
     let again = f.post("/v1/environments", json!({"task_id": "race"})).await;
     assert_eq!(
-        (again.status, again.body["state"].as_str()),
+        (again.status, again.state().as_str()),
         (StatusCode::CREATED, Some("running"))
     );
     assert_eq!(f.get("/v1/hosts/h").await.body["allocated"]["vm_count"], 1);
@@ -684,7 +679,7 @@ async fn a_recreate_is_not_disturbed_by_the_old_provision() {
     })
     .await;
     let cur = f.get("/v1/environments/fuse-reuse").await;
-    assert_eq!(cur.body["state"], "running");
+    assert_eq!(cur.state(), "running");
     assert_eq!(cur.body["spec"]["cpus"], 2);
     assert!(
         f.stub("h").vm("fuse-reuse").is_some(),
@@ -706,7 +701,7 @@ async fn guest_error_text_has_secret_values_redacted() {
                    "startup_script": "cat /run/hunter2-secret"}),
         )
         .await;
-    assert_eq!(r.body["state"], "failed", "{}", r.text);
+    assert_eq!(r.state(), "failed", "{}", r.text);
     let err = r.body["error"].as_str().unwrap();
     assert!(err.contains("[redacted]"), "{err}");
     assert!(!err.contains("hunter2-secret"), "{err}");

@@ -49,8 +49,16 @@ async fn registration_errors() {
         (json!({"id": "a/b", "url": "http://x"}), "host id must be"),
         (json!({"id": "default", "url": "http://x"}), "reserved"),
         (
-            json!({"id": "a", "url": "http://x", "capacity": {"cpus": 0}}),
-            "capacity",
+            json!({"id": "a", "url": "http://x", "capacity": {"arch": "x86 64"}}),
+            "capacity.arch must be an architecture name",
+        ),
+        (
+            json!({"id": "a", "url": "http://x", "labels": {"bad key": "v"}}),
+            "labels: key \"bad key\" must be",
+        ),
+        (
+            json!({"id": "a", "url": "http://x", "capacity": {"gpus": 2}}),
+            "GPU hosts are not supported yet",
         ),
         (
             json!({"id": "a", "url": "http://x", "capacity": {"cpus": "many"}}),

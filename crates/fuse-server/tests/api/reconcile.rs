@@ -15,8 +15,14 @@ async fn monitor(f: &Fuse) {
     f.running.tasks.run_now("host_monitor").await.unwrap();
 }
 
+/// The environment as the API shows it; one that ended is a 404 whose details carry its
+/// last state and error, returned here in the same shape.
 async fn state(f: &Fuse, id: &str) -> Value {
-    f.get(&format!("/v1/environments/{id}")).await.body
+    let r = f.get(&format!("/v1/environments/{id}")).await;
+    if r.status == reqwest::StatusCode::NOT_FOUND {
+        return r.body["error"]["details"].clone();
+    }
+    r.body
 }
 
 async fn allocated_vms(f: &Fuse, host: &str) -> u64 {
@@ -339,7 +345,7 @@ async fn a_silent_host_loses_its_vms_then_gets_them_back_or_fails_them() {
     stub.set_faults(StubFaults::default());
     let mut events = f.app().events.subscribe();
     monitor(&f).await;
-    assert_eq!(f.get("/v1/hosts/h1").await.body["state"], "active");
+    assert_eq!(f.get("/v1/hosts/h1").await.state(), "active");
     let mut back = Vec::new();
     while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_millis(300), events.recv()).await {
         if ev.state == "running" {
@@ -375,7 +381,7 @@ async fn repeated_boot_failures_quarantine_a_host_until_an_operator_uncordons_it
         let r = f
             .post("/v1/environments", json!({"task_id": format!("rc-q-{i}")}))
             .await;
-        assert_eq!(r.body["state"], "failed", "{}", r.text);
+        assert_eq!(r.state(), "failed", "{}", r.text);
     }
     let h = f.get("/v1/hosts/h1").await.body;
     assert_eq!(h["state"], "cordoned", "{h}");
@@ -411,7 +417,7 @@ async fn repeated_boot_failures_quarantine_a_host_until_an_operator_uncordons_it
     stub.set_faults(StubFaults::default());
     let u = f.post("/v1/hosts/h1?action=uncordon", json!({})).await;
     assert!(u.status.is_success(), "{}", u.text);
-    assert_eq!(f.get("/v1/hosts/h1").await.body["state"], "active");
+    assert_eq!(f.get("/v1/hosts/h1").await.state(), "active");
     f.create_running("rc-q-after").await;
 }
 
@@ -428,7 +434,7 @@ async fn capacity_errors_and_unreachable_hosts_do_not_count_as_boot_failures() {
         f.post("/v1/environments", json!({"task_id": format!("rc-nq-{i}")}))
             .await;
     }
-    assert_eq!(f.get("/v1/hosts/h1").await.body["state"], "active");
+    assert_eq!(f.get("/v1/hosts/h1").await.state(), "active");
     // Two boot failures, a success, two more: never three in a row.
     for (i, fail) in [true, true, false, true, true].into_iter().enumerate() {
         stub.set_faults(StubFaults {
@@ -441,5 +447,5 @@ async fn capacity_errors_and_unreachable_hosts_do_not_count_as_boot_failures() {
         )
         .await;
     }
-    assert_eq!(f.get("/v1/hosts/h1").await.body["state"], "active");
+    assert_eq!(f.get("/v1/hosts/h1").await.state(), "active");
 }

@@ -24,12 +24,22 @@ async fn snapshot_lifecycle() {
         )
         .await;
     assert_eq!(s.status, StatusCode::CREATED, "{}", s.text);
-    assert_eq!(s.body["state"], "ready");
+    assert_eq!(s.state(), "ready");
     assert_eq!(s.body["vm_id"], "fuse-snap");
     assert_eq!(s.body["task_id"], "snap");
     assert_eq!(s.body["mode"], "disk");
     assert_eq!(s.body["comment"], "before");
-    assert!(s.body["parent_snapshot_id"].is_null());
+    assert_eq!(
+        s.body["parent_snapshot_id"], "",
+        "absent is empty, never null"
+    );
+    assert_eq!(s.body["last_error"], "");
+    assert_eq!(
+        (s.body["kind"].as_str(), s.body["arch"].as_str()),
+        (Some("disk"), Some("amd64"))
+    );
+    assert_eq!(s.body["tenant_id"], "", "taken with the master token");
+    assert_eq!(s.body["exports"], json!([]));
     assert!(s.body["size_bytes"].as_u64().unwrap() > 0);
     assert!(s.body["retention_until"].is_string());
     let sid = s.body["id"].as_str().unwrap().to_owned();
@@ -104,11 +114,7 @@ async fn snapshot_lifecycle() {
         .post("/v1/environments/fuse-snap/snapshots", json!({}))
         .await;
     assert_eq!(orphan.status, StatusCode::CREATED, "{}", orphan.text);
-    assert!(
-        orphan.body["parent_snapshot_id"].is_null(),
-        "{}",
-        orphan.text
-    );
+    assert!(orphan.body["parent_snapshot_id"] == "", "{}", orphan.text);
 }
 
 #[tokio::test]
@@ -152,11 +158,11 @@ async fn snapshot_errors() {
     // Not once the environment is gone.
     f.delete("/v1/environments/fuse-s").await;
     let r = f.post("/v1/environments/fuse-s/snapshots", json!({})).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     let r = f
         .post(&format!("/v1/snapshots/{sid}?action=restore"), json!({}))
         .await;
-    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "its environment ended");
 }
 
 #[tokio::test]

@@ -74,6 +74,7 @@ pub(super) fn vm(row: &PgRow, cipher: Option<&Cipher>) -> Result<VmRecord, Store
         running_since: row.try_get("running_since").map_err(g)?,
         owner: row.try_get("owner").map_err(g)?,
         secrets: open_secrets(cipher, row.try_get("secrets_enc").map_err(g)?, &id),
+        extras: json(row.try_get("extras").map_err(g)?, "extras")?,
     })
 }
 
@@ -112,6 +113,10 @@ pub(super) fn host(row: &PgRow, cipher: Option<&Cipher>) -> Result<HostRecord, S
         region: row.try_get("region").map_err(g)?,
         state: state.parse().map_err(|e| bad("host state", e))?,
         state_reason: row.try_get("state_reason").map_err(g)?,
+        backend: row.try_get("backend").map_err(g)?,
+        arch: row.try_get("arch").map_err(g)?,
+        labels: json(row.try_get("labels").map_err(g)?, "host labels")?,
+        declared: json(row.try_get("declared").map_err(g)?, "declared capacity")?,
         capacity: res(row, "cap")?,
         allocated: res(row, "alloc")?,
         last_seen: row.try_get("last_seen").map_err(g)?,
@@ -133,6 +138,12 @@ pub(super) fn snapshot(row: &PgRow) -> Result<SnapshotRecord, StoreError> {
         id: SnapshotId::parse(&id).map_err(|e| bad("snapshot id", e))?,
         vm_id: VmId::parse(&vm).map_err(|e| bad("vm id", e))?,
         task_id: TaskId::parse(&task).map_err(|e| bad("task id", e))?,
+        tenant_id: row.try_get("tenant_id").map_err(g)?,
+        kind: row.try_get("kind").map_err(g)?,
+        layer_key: row.try_get("layer_key").map_err(g)?,
+        arch: row.try_get("arch").map_err(g)?,
+        digest: row.try_get("digest").map_err(g)?,
+        metadata: json(row.try_get("metadata").map_err(g)?, "snapshot metadata")?,
         host_id: host
             .map(|h| HostId::parse(&h))
             .transpose()
@@ -150,5 +161,20 @@ pub(super) fn snapshot(row: &PgRow) -> Result<SnapshotRecord, StoreError> {
         updated_at: row.try_get("updated_at").map_err(g)?,
         retention_until: row.try_get("retention_until").map_err(g)?,
         last_error: row.try_get("last_error").map_err(g)?,
+    })
+}
+
+pub(super) fn api_key(row: &PgRow) -> Result<crate::ApiKeyRecord, StoreError> {
+    let g = |e: sqlx::Error| db_err(e);
+    let hash: Vec<u8> = row.try_get("key_hash").map_err(g)?;
+    Ok(crate::ApiKeyRecord {
+        id: row.try_get("id").map_err(g)?,
+        label: row.try_get("label").map_err(g)?,
+        hash: hash
+            .try_into()
+            .map_err(|_| bad("api key hash", "not 32 bytes"))?,
+        created_at: row.try_get("created_at").map_err(g)?,
+        last_used_at: row.try_get("last_used_at").map_err(g)?,
+        revoked_at: row.try_get("revoked_at").map_err(g)?,
     })
 }

@@ -112,4 +112,33 @@ CREATE TABLE store_meta (
 );
 "#,
     ),
+    (
+        3,
+        "parity with the Go original: environment extras, host labels/backend/arch, snapshot \
+         kind/layer/arch/digest/tenant/metadata, api keys",
+        r#"
+ALTER TABLE vms ADD COLUMN extras jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE hosts ADD COLUMN backend text NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN arch text NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE hosts ADD COLUMN declared jsonb NOT NULL
+    DEFAULT '{"cpus":0,"ram_mb":0,"storage_gb":0,"vm_count":0}';
+ALTER TABLE snapshots ADD COLUMN tenant_id text NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN kind text NOT NULL DEFAULT 'disk';
+ALTER TABLE snapshots ADD COLUMN layer_key text NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN arch text NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN digest text NOT NULL DEFAULT '';
+ALTER TABLE snapshots ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}';
+CREATE INDEX snapshots_layer_idx ON snapshots (layer_key, arch) WHERE layer_key <> '';
+
+CREATE TABLE api_keys (
+    id           text PRIMARY KEY,
+    label        text NOT NULL DEFAULT '',
+    key_hash     bytea NOT NULL UNIQUE,
+    created_at   timestamptz NOT NULL,
+    last_used_at timestamptz,
+    revoked_at   timestamptz
+);
+"#,
+    ),
 ];

@@ -10,7 +10,7 @@ use crate::{
     SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
-use fuse_scheduler::{HostView, Policy, Request};
+use fuse_scheduler::{HostView, Policy};
 use fuse_types::{
     now, HostId, HostState, Resources, SnapshotId, SnapshotState, Timestamp, VmId, VmState,
 };
@@ -21,7 +21,7 @@ type Tx<'a> = Transaction<'a, Postgres>;
 
 const VM_COLS: &str =
     "id, task_id, state, generation, host_id, reserved, url, spec, request_hash, \
-    agent, error, restored_from, owner, secrets_enc, created_at, updated_at, running_since";
+    agent, error, restored_from, owner, secrets_enc, created_at, updated_at, running_since, extras";
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Internal(e.to_string()))
@@ -62,12 +62,12 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let sql = if insert {
             format!(
-                "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)"
+                "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
             )
         } else {
             "UPDATE vms SET task_id=$2, state=$3, generation=$4, host_id=$5, reserved=$6, url=$7, \
              spec=$8, request_hash=$9, agent=$10, error=$11, restored_from=$12, owner=$13, \
-             secrets_enc=$14, created_at=$15, updated_at=$16, running_since=$17 WHERE id=$1"
+             secrets_enc=$14, created_at=$15, updated_at=$16, running_since=$17, extras=$18 WHERE id=$1"
                 .to_owned()
         };
         self.bind_vm(sqlx::query(&sql), r)?
@@ -77,7 +77,7 @@ impl PgStore {
         Ok(())
     }
 
-    /// Binds every column of a VM row, in `VM_COLS` order, as `$1…$17`.
+    /// Binds every column of a VM row, in `VM_COLS` order, as `$1…$18`.
     fn bind_vm<'q>(
         &self,
         q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -99,14 +99,15 @@ impl PgStore {
             .bind(seal_secrets(self.cipher.as_ref(), r.secrets.as_ref()))
             .bind(r.created_at)
             .bind(r.updated_at)
-            .bind(r.running_since))
+            .bind(r.running_since)
+            .bind(to_json(&r.extras)?))
     }
 
     async fn create_in(&self, tx: &mut Tx<'_>, rec: VmRecord) -> Result<VmCreated, StoreError> {
         let mut rec = rec;
         // The common case first: a new id, one INSERT.
         let sql = format!(
-            "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17) \
+            "INSERT INTO vms ({VM_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18) \
              ON CONFLICT (id) DO NOTHING"
         );
         let inserted = self
@@ -174,29 +175,17 @@ impl PgStore {
             let views: Vec<HostView> = hosts
                 .iter()
                 .filter(|h| !excluded.iter().any(|x| x == h.id.as_str()))
-                .map(|h| HostView {
-                    id: h.id.as_str(),
-                    region: &h.region,
-                    state: h.state,
-                    capacity: h.capacity,
-                    allocated: h.allocated,
-                })
+                .map(HostRecord::view)
                 .collect();
-            let candidate = match fuse_scheduler::place(
-                &views,
-                &Request {
-                    need,
-                    region: &rec.spec.region,
-                },
-                policy,
-            ) {
-                Ok(c) => c.to_owned(),
-                Err(mut why) => {
-                    // Report against every host, not only those left after races.
-                    why.hosts = hosts.len();
-                    return Err(StoreError::NoCapacity(why));
-                }
-            };
+            let candidate =
+                match fuse_scheduler::place(&views, &crate::request_for(&rec.spec, need), policy) {
+                    Ok(c) => c.to_owned(),
+                    Err(mut why) => {
+                        // Report against every host, not only those left after races.
+                        why.hosts = hosts.len();
+                        return Err(StoreError::NoCapacity(why));
+                    }
+                };
             // Reserve only if it still fits now: the row lock makes this atomic against
             // every other replica's reservation on the same host.
             let done = sqlx::query(
@@ -333,7 +322,8 @@ impl PgStore {
                 secrets_enc = CASE WHEN $10 THEN $11 ELSE v.secrets_enc END, \
                 reserved = CASE WHEN $12 THEN NULL ELSE v.reserved END, \
                 generation = v.generation + 1, updated_at = $13, \
-                running_since = CASE WHEN $3 = 'running' AND old.state <> 'running' THEN $13 ELSE v.running_since END \
+                running_since = CASE WHEN $3 = 'running' AND old.state <> 'running' THEN $13 ELSE v.running_since END, \
+                extras = COALESCE($17, v.extras) \
               FROM old WHERE v.id = old.id AND ($2::bigint IS NULL OR old.generation = $2) AND ($3::text IS NULL OR old.state = ANY($14)) \
               RETURNING v.*, old.state AS from_state, old.reserved AS old_reserved), \
              ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
@@ -377,6 +367,7 @@ impl PgStore {
         .bind(&allowed)
         .bind(patch.reason.as_deref())
         .bind(patch.audit.as_deref())
+        .bind(patch.extras.as_ref().map(to_json).transpose()?)
         .fetch_optional(self.ready()?)
         .await
         .map_err(db_err)?;
@@ -462,20 +453,8 @@ impl StateStore for PgStore {
                 if hosts.is_empty() && fallback.is_some() {
                     return (fallback.map(|h| h.to_string()), false, None);
                 }
-                let views: Vec<HostView> = hosts
-                    .iter()
-                    .map(|h| HostView {
-                        id: h.id.as_str(),
-                        region: &h.region,
-                        state: h.state,
-                        capacity: h.capacity,
-                        allocated: h.allocated,
-                    })
-                    .collect();
-                let req = Request {
-                    need,
-                    region: &rec.spec.region,
-                };
+                let views: Vec<HostView> = hosts.iter().map(HostRecord::view).collect();
+                let req = crate::request_for(&rec.spec, need);
                 match fuse_scheduler::place(&views, &req, policy) {
                     Ok(id) => (Some(id.to_owned()), true, None),
                     Err(np) => (None, false, Some(np)),
@@ -533,16 +512,16 @@ impl StateStore for PgStore {
         }
         let at = out.updated_at;
         let row = sqlx::query(&format!(
-            "WITH res AS (UPDATE hosts SET alloc_cpus = alloc_cpus + $18, alloc_ram_mb = alloc_ram_mb + $19, \
-                alloc_storage_gb = alloc_storage_gb + $20, alloc_vm_count = alloc_vm_count + 1, updated_at = $16 \
-              WHERE $21 AND id = $5 AND state = 'active' AND alloc_cpus + $18 <= cap_cpus \
-                AND alloc_ram_mb + $19 <= cap_ram_mb AND alloc_storage_gb + $20 <= cap_storage_gb \
+            "WITH res AS (UPDATE hosts SET alloc_cpus = alloc_cpus + $19, alloc_ram_mb = alloc_ram_mb + $20, \
+                alloc_storage_gb = alloc_storage_gb + $21, alloc_vm_count = alloc_vm_count + 1, updated_at = $16 \
+              WHERE $22 AND id = $5 AND state = 'active' AND alloc_cpus + $19 <= cap_cpus \
+                AND alloc_ram_mb + $20 <= cap_ram_mb AND alloc_storage_gb + $21 <= cap_storage_gb \
                 AND alloc_vm_count + 1 <= cap_vm_count AND NOT EXISTS (SELECT 1 FROM vms WHERE id = $1) \
               RETURNING id), \
              ins AS (INSERT INTO vms ({VM_COLS}) \
-              SELECT $1,$2,$3,$4, CASE WHEN $21 THEN (SELECT id FROM res) ELSE $5 END, \
+              SELECT $1,$2,$3,$4, CASE WHEN $22 THEN (SELECT id FROM res) ELSE $5 END, \
                 CASE WHEN EXISTS (SELECT 1 FROM res) THEN $6::jsonb END, \
-                $7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17 \
+                $7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18 \
               ON CONFLICT (id) DO NOTHING RETURNING id, host_id), \
              t AS (INSERT INTO tasks (task_id, vm_id, request_hash, created_at, updated_at) \
               SELECT $2, id, $9, $15, $15 FROM ins \
@@ -551,7 +530,7 @@ impl StateStore for PgStore {
              ev AS (INSERT INTO events (entity_kind, entity_id, event_type, payload) \
               SELECT 'environment', id, t, p FROM ( \
                 SELECT 1 AS k, ins.id, 'created' AS t, jsonb_build_object('state', 'provisioning', 'task_id', $2::text) AS p FROM ins \
-                UNION ALL SELECT 2, ins.id, 'placed', jsonb_build_object('host_id', ins.host_id, 'policy', $22::text) \
+                UNION ALL SELECT 2, ins.id, 'placed', jsonb_build_object('host_id', ins.host_id, 'policy', $23::text) \
                   FROM ins WHERE EXISTS (SELECT 1 FROM res) \
                 UNION ALL SELECT 3, ins.id, 'state', jsonb_build_object('from', 'provisioning', 'to', 'failed', 'reason', 'placement') \
                   FROM ins WHERE $3 = 'failed') x ORDER BY k) \
@@ -574,6 +553,7 @@ impl StateStore for PgStore {
         .bind(out.created_at)
         .bind(at)
         .bind(out.running_since)
+        .bind(to_json(&out.extras)?)
         .bind(i64::from(need.cpus))
         .bind(need.ram_mb as i64)
         .bind(need.storage_gb as i64)
@@ -794,9 +774,11 @@ impl StateStore for PgStore {
         let at = now();
         let row = sqlx::query(
             "INSERT INTO hosts (id, url, token_enc, region, state, state_reason, cap_cpus, cap_ram_mb, \
-             cap_storage_gb, cap_vm_count, last_seen, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12) \
+             cap_storage_gb, cap_vm_count, last_seen, created_at, updated_at, backend, arch, labels, declared) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12,$13,$14,$15,$16) \
              ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, token_enc = EXCLUDED.token_enc, \
+             backend = EXCLUDED.backend, arch = EXCLUDED.arch, labels = EXCLUDED.labels, \
+             declared = EXCLUDED.declared, \
              region = EXCLUDED.region, cap_cpus = EXCLUDED.cap_cpus, cap_ram_mb = EXCLUDED.cap_ram_mb, \
              cap_storage_gb = EXCLUDED.cap_storage_gb, cap_vm_count = EXCLUDED.cap_vm_count, \
              last_seen = COALESCE(EXCLUDED.last_seen, hosts.last_seen), updated_at = EXCLUDED.updated_at \
@@ -814,6 +796,10 @@ impl StateStore for PgStore {
         .bind(i64::from(up.capacity.vm_count))
         .bind(up.seen.then_some(at))
         .bind(at)
+        .bind(&up.backend)
+        .bind(&up.arch)
+        .bind(to_json(&up.labels)?)
+        .bind(to_json(&up.declared)?)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -1047,12 +1033,125 @@ impl StateStore for PgStore {
         Ok(())
     }
 
+    async fn vm_note_activity(
+        &self,
+        id: &VmId,
+        at: fuse_types::Timestamp,
+        net_bytes: Option<u64>,
+    ) -> Result<(), StoreError> {
+        // RFC 3339 in UTC sorts as text, so GREATEST keeps the later time.
+        let at_text = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        sqlx::query(
+            "UPDATE vms SET extras = jsonb_set( \
+               CASE WHEN $3::bigint IS NULL THEN extras \
+                    ELSE jsonb_set(extras, '{net_bytes}', to_jsonb($3::bigint)) END, \
+               '{last_active_at}', \
+               to_jsonb(GREATEST(COALESCE(extras->>'last_active_at', ''), $2::text))) \
+             WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(at_text)
+        .bind(net_bytes.map(|b| b as i64))
+        .execute(self.ready()?)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn api_key_create(&self, key: crate::ApiKeyRecord) -> Result<(), StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, label, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&key.id)
+        .bind(&key.label)
+        .bind(&key.hash[..])
+        .bind(key.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "api_key",
+                entity_id: key.id.clone(),
+                event_type: "created".into(),
+                payload: serde_json::json!({"label": key.label}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn api_key_list(&self) -> Result<Vec<crate::ApiKeyRecord>, StoreError> {
+        let rs = sqlx::query("SELECT * FROM api_keys ORDER BY created_at, id")
+            .fetch_all(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        rs.iter().map(rows::api_key).collect()
+    }
+
+    async fn api_key_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<crate::ApiKeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1")
+            .bind(&hash[..])
+            .fetch_optional(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| rows::api_key(&r)).transpose()
+    }
+
+    async fn api_key_revoke(&self, id: &str) -> Result<crate::ApiKeyRecord, StoreError> {
+        let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        let row = sqlx::query(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 \
+             RETURNING *",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "api key",
+            id: id.to_owned(),
+        })?;
+        let key = rows::api_key(&row)?;
+        audit(
+            &mut tx,
+            &AuditEvent {
+                entity_kind: "api_key",
+                entity_id: id.to_owned(),
+                event_type: "revoked".into(),
+                payload: serde_json::json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(key)
+    }
+
+    async fn api_key_touch(&self, id: &str, at: fuse_types::Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(self.ready()?)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
     async fn snapshot_insert(&self, s: SnapshotRecord) -> Result<(), StoreError> {
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
         sqlx::query(
             "INSERT INTO snapshots (id, vm_id, task_id, host_id, parent_id, mode, state, comment, size_bytes, \
-             host_snapshot_id, created_at, updated_at, retention_until, last_error) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+             host_snapshot_id, created_at, updated_at, retention_until, last_error, tenant_id, kind, \
+             layer_key, arch, digest, metadata) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)",
         )
         .bind(s.id.as_str())
         .bind(s.vm_id.as_str())
@@ -1068,6 +1167,12 @@ impl StateStore for PgStore {
         .bind(s.updated_at)
         .bind(s.retention_until)
         .bind(&s.last_error)
+        .bind(&s.tenant_id)
+        .bind(&s.kind)
+        .bind(&s.layer_key)
+        .bind(&s.arch)
+        .bind(&s.digest)
+        .bind(to_json(&s.metadata)?)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -1101,11 +1206,16 @@ impl StateStore for PgStore {
         let rs = sqlx::query(
             "SELECT * FROM snapshots WHERE ($1::text IS NULL OR vm_id = $1) \
              AND ($2::text IS NULL OR task_id = $2) AND ($3::text IS NULL OR state = $3) \
+             AND ($4::text IS NULL OR layer_key = $4) AND ($5::text IS NULL OR arch = $5) \
+             AND ($6::text IS NULL OR tenant_id = $6) \
              ORDER BY created_at DESC, id",
         )
         .bind(filter.vm_id.as_deref())
         .bind(filter.task_id.as_deref())
         .bind(filter.state.map(SnapshotState::as_str))
+        .bind(filter.layer_key.as_deref())
+        .bind(filter.arch.as_deref())
+        .bind(filter.tenant_id.as_deref())
         .fetch_all(self.ready()?)
         .await
         .map_err(db_err)?;
@@ -1132,7 +1242,7 @@ impl StateStore for PgStore {
         apply_snapshot_patch(&mut s, patch, now());
         sqlx::query(
             "UPDATE snapshots SET state = $2, size_bytes = $3, host_snapshot_id = $4, last_error = $5, \
-             updated_at = $6, mode = $7 WHERE id = $1",
+             updated_at = $6, mode = $7, kind = $8, digest = $9 WHERE id = $1",
         )
         .bind(id.as_str())
         .bind(s.state.as_str())
@@ -1141,6 +1251,8 @@ impl StateStore for PgStore {
         .bind(&s.last_error)
         .bind(s.updated_at)
         .bind(&s.mode)
+        .bind(&s.kind)
+        .bind(&s.digest)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
