@@ -123,9 +123,94 @@ impl Resp {
     }
 }
 
+/// A client of a running [`Fuse`] with a token of its own (an API key, say).
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Client {
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        send(
+            self.http
+                .request(method, format!("{}{}", self.base, path))
+                .bearer_auth(&self.token),
+            body,
+        )
+        .await
+    }
+    pub async fn get(&self, path: &str) -> Resp {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(body)).await
+    }
+}
+
+async fn send(mut req: reqwest::RequestBuilder, body: Option<Value>) -> Resp {
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request sent");
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Resp {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+/// The live events of one environment, as the SSE stream carries them (JSON).
+pub struct Events {
+    rx: tokio::sync::broadcast::Receiver<Arc<fuse_types::StateEvent>>,
+    vm_id: String,
+}
+
+impl Events {
+    /// The next event of this environment for which `f` holds (ten seconds at most).
+    pub async fn next_matching(&mut self, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => panic!("no matching event for {} within 10 s", self.vm_id),
+                Ok(Err(e)) => panic!("event stream of {}: {e}", self.vm_id),
+                Ok(Ok(ev)) if ev.vm_id == self.vm_id => {
+                    let v = serde_json::to_value(&*ev).unwrap();
+                    if f(&v) {
+                        return v;
+                    }
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
 impl Fuse {
     pub fn app(&self) -> &Arc<fuse_server::app::App> {
         &self.running.app
+    }
+
+    /// A client that sends `token` as its bearer token.
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Subscribes to the events of environment `vm_id` from now on.
+    pub async fn events(&self, vm_id: &str) -> Events {
+        Events {
+            rx: self.app().events.subscribe(),
+            vm_id: vm_id.to_owned(),
+        }
     }
 
     /// Runs a fresh pass of the background task `name` and returns its outcome.
@@ -151,20 +236,7 @@ impl Fuse {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.expect("request sent");
-        let status = r.status();
-        let headers = r.headers().clone();
-        let text = r.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            headers,
-            body,
-            text,
-        }
+        send(req, body).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {

@@ -36,6 +36,10 @@ pub struct StubVm {
     pub agent_starts: u32,
     /// Snapshots: id → files at that time.
     pub snapshots: BTreeMap<String, BTreeMap<String, (Vec<u8>, u32)>>,
+    /// The healthcheck verdict the host reports.
+    pub health: Option<fuse_types::Health>,
+    /// The link byte counter the host reports.
+    pub net_bytes: Option<u64>,
     created: Option<Instant>,
 }
 
@@ -43,7 +47,7 @@ pub struct StubVm {
 #[derive(Debug)]
 pub struct StubProvider {
     vms: Mutex<HashMap<String, StubVm>>,
-    capacity: Resources,
+    capacity: Mutex<Resources>,
     destroy_delay: Mutex<Duration>,
     faults: Mutex<StubFaults>,
     surfd_only: std::sync::atomic::AtomicBool,
@@ -76,12 +80,12 @@ impl StubProvider {
     pub fn new() -> Self {
         StubProvider {
             vms: Mutex::new(HashMap::new()),
-            capacity: Resources {
+            capacity: Mutex::new(Resources {
                 cpus: 4096,
                 ram_mb: 16 << 20,
                 storage_gb: 1 << 20,
                 vm_count: 1_000_000,
-            },
+            }),
             destroy_delay: Mutex::new(Duration::ZERO),
             faults: Mutex::new(StubFaults::default()),
             surfd_only: std::sync::atomic::AtomicBool::new(false),
@@ -98,6 +102,24 @@ impl StubProvider {
     /// Whether [`StubProvider::set_surfd_only`] is on.
     pub fn surfd_only(&self) -> bool {
         self.surfd_only.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The capacity the host reports from now on.
+    pub fn set_capacity(&self, c: Resources) {
+        *self.capacity.lock() = c;
+    }
+
+    /// What the host reports for one VM's healthcheck and link counter from now on.
+    pub fn set_observed(
+        &self,
+        id: &str,
+        health: Option<fuse_types::Health>,
+        net_bytes: Option<u64>,
+    ) {
+        if let Some(v) = self.vms.lock().get_mut(id) {
+            v.health = health;
+            v.net_bytes = net_bytes;
+        }
     }
 
     /// Makes every destroy take this long (to stage a crash in the middle of one).
@@ -261,9 +283,10 @@ impl Provider for StubProvider {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             backend: "stub".into(),
-            arch: "amd64".into(),
+            // Says nothing, as a Go-era agent: the registration's declared arch counts.
+            arch: String::new(),
             acceleration: None,
-            capacity: self.capacity,
+            capacity: *self.capacity.lock(),
             allocated,
             // The Go-era wire: no one-call provisioning (a provision is driven call by call).
             features: Vec::new(),
@@ -319,6 +342,7 @@ impl Provider for StubProvider {
         let vm = g.entry(req.name.clone()).or_insert_with(|| StubVm {
             spec: req.clone(),
             files,
+            health: health.clone(),
             created: Some(Instant::now()),
             ..StubVm::default()
         });
@@ -362,8 +386,8 @@ impl Provider for StubProvider {
                 error: None,
                 setup: None,
                 endpoints: stub_endpoints(&vm.spec),
-                health: None,
-                net_bytes: None,
+                health: vm.health.clone(),
+                net_bytes: vm.net_bytes,
             })
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));

@@ -7,6 +7,7 @@ mod environments;
 mod events;
 mod harness;
 mod hosts;
+mod parity;
 mod reconcile;
 mod security;
 mod snapshots;

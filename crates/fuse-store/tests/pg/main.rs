@@ -41,7 +41,7 @@ async fn migrations_are_recorded_and_idempotent() {
     let url = db.url().to_owned();
     let a = PgStore::new(PgOptions::new(&url, None)).unwrap();
     assert!(a.ping().await.is_err(), "unavailable before migrations");
-    assert_eq!(a.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(a.migrate().await.unwrap(), vec![1, 2, 3]);
     let b = PgStore::new(PgOptions::new(&url, None)).unwrap();
     assert_eq!(
         b.migrate().await.unwrap(),
