@@ -135,3 +135,58 @@ async fn events_from_one_replica_reach_sse_on_the_other() {
         "{text}"
     );
 }
+
+/// An API key made on one replica works on the other, and its revoke is refused by both
+/// from the next request on (every request looks the key up in the shared store).
+#[tokio::test]
+async fn an_api_key_is_revoked_at_once_on_every_replica() {
+    let Some(admin) = fuse_testkit::db::admin_url() else {
+        return;
+    };
+    const MASTER: &str = "replica-master-token-0123456789";
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
+    let a = spawn_fuse(&db, &[("ORCH_AUTH_TOKEN", MASTER)]);
+    let b = spawn_fuse(&db, &[("ORCH_AUTH_TOKEN", MASTER)]);
+    a.ready().await;
+    b.ready().await;
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{}/v1/api-keys", a.base))
+        .bearer_auth(MASTER)
+        .json(&json!({"label": "shared"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let status = |base: String, token: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/v1/environments"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(b.base.clone(), key.clone()).await, StatusCode::OK);
+    assert_eq!(status(a.base.clone(), key.clone()).await, StatusCode::OK);
+    let r = http
+        .delete(format!("{}/v1/api-keys/{id}", a.base))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        status(b.base.clone(), key.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "the other replica refuses it on the very next request"
+    );
+    assert_eq!(status(a.base.clone(), key).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(b.base.clone(), MASTER.into()).await, StatusCode::OK);
+}
