@@ -776,7 +776,8 @@ pub struct StateEvent {
     pub event: String,
     /// The environment.
     pub vm_id: String,
-    /// A lifecycle state, or `lost` when the host stopped answering.
+    /// A lifecycle state; `lost` when the host stopped answering (`running` or `draining`
+    /// again when it came back); `idle` when the idle timeout passed (a destroy follows).
     pub state: String,
     /// The agent URL.
     pub url: String,

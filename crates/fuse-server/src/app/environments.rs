@@ -369,7 +369,7 @@ impl App {
         redact_list.push(valid.gateway_token.clone());
         let result = tokio::time::timeout(
             self.config.provision_timeout,
-            self.provision_steps(rec, &valid),
+            self.provision_steps(rec, &valid, started),
         )
         .await;
         let failure = match result {
@@ -476,6 +476,7 @@ impl App {
         &self,
         rec: VmRecord,
         valid: &ValidCreate,
+        started: Instant,
     ) -> Result<VmRecord, Failure> {
         let host_id = rec
             .host_id
@@ -525,7 +526,7 @@ impl App {
                 expose,
                 healthcheck: valid.healthcheck.clone(),
                 healthcheck_wait_ms: if valid.healthcheck.is_some() {
-                    self.config.provision_timeout.as_millis() as u64
+                    healthcheck_wait(self.config.provision_timeout, started.elapsed())
                 } else {
                     0
                 },
@@ -749,6 +750,21 @@ impl App {
     }
 }
 
+/// How long the host waits for a first `passing`: what is left of the provision's time,
+/// less a margin for the answer to come back, so a probe that never passes fails the create
+/// with its own message rather than with the provision's timeout.
+fn healthcheck_wait(limit: std::time::Duration, elapsed: std::time::Duration) -> u64 {
+    let margin = (limit / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
+    limit
+        .saturating_sub(elapsed)
+        .saturating_sub(margin)
+        .max(std::time::Duration::from_secs(1))
+        .as_millis() as u64
+}
+
 /// The published ports of an environment: what was asked, with the address the host made.
 pub fn endpoints(asked: &[fuse_types::ExposeSpec], made: &[HostEndpoint]) -> Vec<Endpoint> {
     asked
@@ -862,6 +878,20 @@ impl App {
                 s
             }
             None => {
+                // What the guest wrote but has not flushed would be missing from the disk.
+                if let Ok(p) = self.provider_of(&src).await {
+                    let sync = ["sync".to_owned()];
+                    match p
+                        .exec(src.id.as_str(), &sync, std::time::Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(r) if r.exit_code == 0 => {}
+                        other => {
+                            tracing::warn!(vm_id = %src.id, result = ?other.map(|r| r.exit_code),
+                            "sync before the fork's snapshot did not succeed; snapshotting anyway")
+                        }
+                    }
+                }
                 let comment = req
                     .comment
                     .clone()
@@ -878,19 +908,17 @@ impl App {
                 .await?
             }
         };
+        let Some(kept) = src.secrets.clone() else {
+            return Err(AppError::Unavailable(format!(
+                "environment {}'s secrets were not persisted (no TOKEN_ENCRYPTION_KEY when it \
+                 was created, or the control plane restarted); a fork would start without them",
+                src.id
+            )));
+        };
         let task_id = fork_task_id(src.task_id.as_str())?;
         let mut spec = src.spec.clone();
         spec.host_id = host.to_string();
-        let secrets = src
-            .secrets
-            .as_ref()
-            .map(|s| s.secrets.clone())
-            .unwrap_or_default();
-        let gateway_token = src
-            .secrets
-            .as_ref()
-            .map(|s| s.gateway_token.clone())
-            .unwrap_or_default();
+        let (secrets, gateway_token) = (kept.secrets, kept.gateway_token);
         let h = <sha2::Sha256 as sha2::Digest>::new_with_prefix(
             format!("fork\0{}\0{}", snap.id, task_id).as_bytes(),
         );

@@ -307,6 +307,9 @@ impl App {
                 _ => rec.state.as_str(),
             };
             let mut ev = crate::events::EventHub::event_with_state(rec, word);
+            // An announcement is news of now: stamped with the time it was made, so a stream
+            // that already sent a later change of the record does not drop it as stale.
+            ev.updated_at = fuse_types::now().max(rec.updated_at);
             if error.is_some() {
                 ev.error = error;
             }

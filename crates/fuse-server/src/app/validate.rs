@@ -441,14 +441,14 @@ pub fn exec(req: &ExecRequest) -> Result<(Vec<String>, Duration), Vec<String>> {
             errs.push("shell must not be empty".into());
             vec![]
         }
-        (None, Some(s)) => vec!["sh".into(), "-c".into(), s.clone()],
+        // As the Go original: a login shell, so the image's profile sets PATH.
+        (None, Some(s)) => vec!["sh".into(), "-lc".into(), s.clone()],
     };
-    let ms = req.timeout_ms.unwrap_or(EXEC_DEFAULT_MS);
-    if !(1..=EXEC_MAX_MS).contains(&ms) {
-        errs.push(format!(
-            "timeout_ms must be from 1 to {EXEC_MAX_MS} (got {ms})"
-        ));
-    }
+    // As the Go original: unset or 0 is the default, anything above the ceiling is clamped.
+    let ms = match req.timeout_ms {
+        None | Some(0) => EXEC_DEFAULT_MS,
+        Some(ms) => ms.min(EXEC_MAX_MS),
+    };
     if errs.is_empty() {
         Ok((argv, Duration::from_millis(ms)))
     } else {
@@ -612,17 +612,24 @@ mod tests {
             shell: Some("b".into()),
             ..ExecRequest::default()
         }));
-        assert!(!ok(ExecRequest {
-            shell: Some("ls".into()),
-            timeout_ms: Some(0),
-            ..ExecRequest::default()
-        }));
+        let limit = |ms| {
+            exec(&ExecRequest {
+                shell: Some("ls".into()),
+                timeout_ms: ms,
+                ..ExecRequest::default()
+            })
+            .unwrap()
+            .1
+        };
+        assert_eq!(limit(Some(0)), Duration::from_secs(30), "0 is the default");
+        assert_eq!(limit(Some(5)), Duration::from_millis(5));
+        assert_eq!(limit(Some(10_000_000)), Duration::from_secs(600), "clamped");
         let (argv, t) = exec(&ExecRequest {
             shell: Some("echo hi".into()),
             ..ExecRequest::default()
         })
         .unwrap();
-        assert_eq!(argv, ["sh", "-c", "echo hi"]);
+        assert_eq!(argv, ["sh", "-lc", "echo hi"]);
         assert_eq!(t, Duration::from_secs(30));
     }
 
