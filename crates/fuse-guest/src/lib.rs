@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod error;
 pub mod ops;
+pub mod probe;
 pub mod proto;
 pub mod vport;
 

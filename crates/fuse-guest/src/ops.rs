@@ -1,4 +1,5 @@
-//! The operations: upload, exec (buffered or streamed), agent start/stop, health.
+//! The operations: upload, exec (buffered or streamed), agent start/stop, health, the
+//! healthcheck's HTTP probe.
 
 use crate::error::GuestError;
 use crate::proto::{Op, Response};
@@ -62,6 +63,20 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
             Ok(()) => Response::default(),
             Err(e) => Response::err(e.message()),
         },
+        Op::HttpGet {
+            port,
+            path,
+            timeout_ms,
+        } => {
+            let limit = Duration::from_millis(timeout_ms.unwrap_or(2_000).clamp(1, 600_000));
+            match crate::probe::http_get(port, &path, limit) {
+                Ok(code) => Response {
+                    http_status: Some(code),
+                    ..Response::default()
+                },
+                Err(e) => Response::err(e),
+            }
+        }
         Op::StopAgent { grace_ms } => {
             let code = g
                 .agent

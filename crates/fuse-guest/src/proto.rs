@@ -73,6 +73,18 @@ pub enum Op {
         #[serde(default)]
         grace_ms: Option<u64>,
     },
+    /// A healthcheck's HTTP probe: `GET http://127.0.0.1:{port}{path}` from inside the
+    /// guest (HTTP/1.0, plain TCP); answers the status code, or an error when there is none.
+    HttpGet {
+        /// Guest port.
+        port: u16,
+        /// Request path (`/` when empty).
+        #[serde(default)]
+        path: String,
+        /// Bound on connect, send and the status line together (default 2 s).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// A response line.
@@ -99,6 +111,9 @@ pub struct Response {
     /// Health: agent restarts so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_restarts: Option<u32>,
+    /// HTTP probe: the status code of the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
 }
 
 impl Response {
