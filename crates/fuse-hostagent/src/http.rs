@@ -1,8 +1,10 @@
 //! The host-agent wire (DESIGN §6): bearer token on every route, the JSON error envelope,
 //! a body limit, and `/start-surfd` as an alias of `/start-agent` for the original wire.
 //! `POST /v1/vm` with a `setup` does the whole guest setup before it answers (advertised as
-//! the `provision` feature in `/healthz`). Every request is counted by route, method and
-//! status in `/metrics` (`fc_agent_http_requests_total`).
+//! the `provision` feature in `/healthz`), and with a `healthcheck_wait_ms` waits for the
+//! first passing healthcheck (`healthcheck`); forks (`fork`) and published ports (`expose`)
+//! are advertised the same way. Every request is counted by route, method and status in
+//! `/metrics` (`fc_agent_http_requests_total`).
 
 use crate::vms::{VmError, Vms};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -198,16 +200,36 @@ async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// The host's CPU architecture in Go's vocabulary (what the control plane matches
+/// `spec.arch` against).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
 async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
+    use fuse_types::hostagent::{
+        FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION,
+    };
+    let mut features = vec![FEATURE_PROVISION, FEATURE_FORK, FEATURE_HEALTHCHECK];
+    if s.vms.can_expose() {
+        features.push(FEATURE_EXPOSE);
+    }
     Json(AgentHealth {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         backend: s.vms.backend_name().into(),
-        arch: String::new(),
+        arch: go_arch().into(),
         acceleration: s.vms.acceleration(),
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
-        features: vec![fuse_types::hostagent::FEATURE_PROVISION.to_owned()],
+        features: features.into_iter().map(str::to_owned).collect(),
     })
 }
 
@@ -215,15 +237,34 @@ async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<R
     // In its own task: a caller that goes away must not leave a half-built VM behind.
     let (vm, created) = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let (mut vm, created) = s
-            .vms
-            .create(&b.name, b.cpus, b.memory_mb, b.storage_gb, b.agent_port)
-            .await?;
+        let (mut vm, created) = s.vms.create(&b).await?;
+        let boot = started.elapsed();
+        let guest = s.vms.get(&b.name)?;
+        let mut steps = Vec::new();
         if let Some(setup) = &b.setup {
-            let boot = started.elapsed();
-            let guest = s.vms.get(&b.name)?;
             let _permit = guest.admit()?;
-            let steps = crate::vms::setup::run(&guest, setup).await?;
+            steps = crate::vms::setup::run(&guest, setup).await?;
+        }
+        // The healthcheck probes what the setup started: it starts after it.
+        s.vms.health_start(&guest);
+        let wait = std::time::Duration::from_millis(b.healthcheck_wait_ms);
+        if let (Some(check), false) = (&guest.health, wait.is_zero()) {
+            let t = std::time::Instant::now();
+            check
+                .wait_passing(wait)
+                .await
+                .map_err(|message| VmError::SetupFailed {
+                    step: fuse_types::hostagent::SetupStep::Healthcheck,
+                    message,
+                })?;
+            steps.push(fuse_types::hostagent::StepTiming {
+                step: fuse_types::hostagent::SetupStep::Healthcheck,
+                ms: t.elapsed().as_millis() as u64,
+            });
+            // The answer carries the verdict it waited for.
+            vm = s.vms.describe(&b.name)?;
+        }
+        if b.setup.is_some() || !steps.is_empty() {
             vm.setup = Some(crate::vms::setup::report(boot, steps));
         }
         Ok::<_, VmError>((vm, created))

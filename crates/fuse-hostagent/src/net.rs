@@ -1,8 +1,8 @@
 //! Per-VM networking, done in-process over netlink (`nlink`), with no command spawned: a
 //! /30 from `FC_AGENT_SUBNET` per VM (host side .1, guest side .2), a persistent tap
 //! (Firecracker, QEMU) or a veth pair into the VM's own network namespace (`process`
-//! backend), NAT of its egress and an optional host-port forward to its agent port in the
-//! agent's nftables table ([`nft`]).
+//! backend), NAT of its egress and host-port forwards (to its agent port, and to each
+//! exposed guest port, TCP or UDP) in the agent's nftables table ([`nft`]).
 //!
 //! Invariants: every device and namespace is named `fv<agent tag><vm hash>`
 //! ([`dev_name`]), and every nftables object of a VM names that device and the VM
@@ -37,9 +37,8 @@ pub struct NetInfo {
     /// The VM's network namespace (`process` backend).
     #[serde(default)]
     pub netns: Option<String>,
-    /// That namespace's identity when it was made: its processes are found by it at
-    /// teardown even when the name no longer leads to it (an agent restarted in another
-    /// mount namespace sees only the marker file).
+    /// That namespace's identity when it was made (a record: teardown does not kill by it,
+    /// since a namespace that is gone leaves its inode number to the next one made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_id: Option<ns::NsId>,
     /// Host side address.
@@ -49,16 +48,61 @@ pub struct NetInfo {
     /// Host port forwarded to the agent port, if any.
     #[serde(default)]
     pub forward: Option<(u16, u16)>,
+    /// Guest ports published on host ports (`expose`), besides the agent port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exposed: Vec<Exposed>,
+}
+
+/// A guest port published on a host port.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exposed {
+    /// Guest port.
+    pub port: u16,
+    /// Transport.
+    pub protocol: fuse_types::Protocol,
+    /// Host port forwarded to it.
+    pub host_port: u16,
 }
 
 impl NetInfo {
     fn nft(&self, vm_id: &str) -> nft::VmNft {
+        let agent = self.forward.map(|(host_port, guest_port)| nft::Forward {
+            host_port,
+            guest_port,
+            protocol: fuse_types::Protocol::Tcp,
+        });
+        let exposed = self.exposed.iter().map(|e| nft::Forward {
+            host_port: e.host_port,
+            guest_port: e.port,
+            protocol: e.protocol,
+        });
         nft::VmNft {
             key: self.dev.clone(),
             vm_id: vm_id.to_owned(),
             guest_ip: self.guest_ip,
-            forward: self.forward,
+            forwards: agent.into_iter().chain(exposed).collect(),
         }
+    }
+
+    /// Every host port it holds.
+    pub fn host_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.forward
+            .map(|f| f.0)
+            .into_iter()
+            .chain(self.exposed.iter().map(|e| e.host_port))
+    }
+
+    /// Bytes received plus sent on its host-side device (`None` when the device is not
+    /// there).
+    pub fn bytes(&self) -> Option<u64> {
+        let stat = |what: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{what}", self.dev))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        Some(stat("rx_bytes")?.saturating_add(stat("tx_bytes")?))
     }
 }
 
@@ -317,8 +361,9 @@ impl Net {
     }
 
     /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace
-    /// (veth); otherwise a persistent tap is created for the VMM to open by name. On
-    /// failure whatever was made is removed again.
+    /// (veth); otherwise a persistent tap is created for the VMM to open by name. The
+    /// agent port's `forward` and the `exposed` ports are installed in the same nftables
+    /// transaction as its NAT. On failure whatever was made is removed again.
     pub async fn setup(
         &self,
         vm_id: &str,
@@ -326,6 +371,7 @@ impl Net {
         pool: &Pool,
         with_netns: bool,
         forward: Option<(u16, u16)>,
+        exposed: Vec<Exposed>,
     ) -> Result<NetInfo, NetError> {
         let (host_ip, guest_ip) = pool.addrs(index);
         let dev = dev_name(&self.tag, vm_id);
@@ -337,9 +383,10 @@ impl Net {
             host_ip,
             guest_ip,
             forward,
+            exposed,
         };
         if let Err(e) = self.setup_steps(vm_id, &mut info).await {
-            if let Err(undo) = self.teardown(vm_id, &info).await {
+            if let Err(undo) = self.teardown(vm_id, &info, None).await {
                 tracing::warn!(vm_id, error = %undo.report(), "undoing a failed network setup");
             }
             return Err(e);
@@ -454,7 +501,18 @@ impl Net {
     /// Removes everything a VM's network owns: its nftables objects (one transaction),
     /// the processes left in its namespace, its device, its namespace. Idempotent: what is
     /// already gone is skipped. Every step is tried; the first failure is returned.
-    pub async fn teardown(&self, vm_id: &str, info: &NetInfo) -> Result<(), NetError> {
+    ///
+    /// The processes are found by the namespace its name leads to, else by `pin` (the
+    /// namespace held open from the VM's live process before it was stopped: an agent
+    /// restarted in another mount namespace sees only the name's marker file). Never by the
+    /// identity recorded at setup alone: once that namespace is gone its inode number is
+    /// reused by the next namespace made on the machine, whose processes are not ours.
+    pub async fn teardown(
+        &self,
+        vm_id: &str,
+        info: &NetInfo,
+        pin: Option<ns::Pin>,
+    ) -> Result<(), NetError> {
         let mut first = None;
         let vm = info.nft(vm_id);
         let all = vm.remove(&self.table, self.nft.transaction());
@@ -484,13 +542,26 @@ impl Net {
         match &info.netns {
             Some(name) => {
                 // Whatever still runs in the VM's namespace (an agent, commands) goes with it.
-                let (path, known) = (ns::path(name), info.netns_id);
+                let path = ns::path(name);
                 let killed = blocking("killing the namespace's processes", vm_id, move || {
-                    ns::id_of(&path).or(known).map(ns::kill_all_in).unwrap_or(0)
+                    let id = ns::id_of(&path).or_else(|| pin.as_ref().and_then(ns::Pin::id));
+                    let n = id.map(ns::kill_all_in);
+                    // Released before the namespace is deleted: it must be able to go.
+                    drop(pin);
+                    n
                 })
                 .await;
-                if let Err(e) = killed {
-                    first.get_or_insert(e);
+                match killed {
+                    Err(e) => {
+                        first.get_or_insert(e);
+                    }
+                    Ok(None) => {
+                        tracing::debug!(
+                            vm_id,
+                            "no handle on the VM's namespace: nothing in it was killed"
+                        );
+                    }
+                    Ok(Some(_)) => {}
                 }
                 // The namespace goes once its processes have, and takes the veth pair
                 // with it: the kernel unregisters the devices of dying namespaces in
@@ -643,7 +714,7 @@ impl Net {
             return Ok(nft::Dump::default());
         }
         let mut elements = Vec::new();
-        for set in [nft::VMS_SET, nft::FORWARDS_MAP] {
+        for set in [nft::VMS_SET, nft::FORWARDS_MAP, nft::UDP_FORWARDS_MAP] {
             match self
                 .nft
                 .list_set_elements(&self.table, set, nft::FAMILY)
@@ -710,7 +781,15 @@ mod tests {
             "host_ip":"10.200.0.5","guest_ip":"10.200.0.6","forward":[20000,8000]}"#;
         let n: NetInfo = serde_json::from_str(old).unwrap();
         assert_eq!(n.netns_id, None);
-        assert_eq!(n.nft("fuse-a").forward, Some((20000, 8000)));
+        assert_eq!(
+            n.nft("fuse-a").forwards,
+            [nft::Forward {
+                host_port: 20000,
+                guest_port: 8000,
+                protocol: fuse_types::Protocol::Tcp
+            }]
+        );
+        assert!(n.exposed.is_empty());
         assert_eq!(n.nft("fuse-a").key, "fvabcd12345678");
     }
 

@@ -1,5 +1,6 @@
 //! The VMs of this host: their on-disk state (`<dir>/vms/<id>/vm.json`, written atomically),
-//! adoption of running VMs at start, reclaim of leftovers, and the lifecycle operations.
+//! adoption of running VMs at start, reclaim of leftovers, and the lifecycle operations
+//! (snapshots in [`snapshots`], healthchecks in [`health`]).
 //!
 //! Each VM admits a bounded number of pending operations (`MAX_PENDING`); beyond it a
 //! request is answered 503 at once instead of queueing without bound. Lifecycle operations
@@ -9,7 +10,7 @@
 use crate::backend::{guest_socket, process_alive, BackendError, BootSpec, VmmBackend};
 use crate::link::{Link, LinkError};
 use fuse_guest::proto::{Op, Response};
-use fuse_types::hostagent::{AgentSnapshot, AgentVm, HostVmState};
+use fuse_types::hostagent::{AgentVm, AgentVmCreate, HostEndpoint, HostVmState};
 use fuse_types::Resources;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 mod boot;
+pub mod health;
 pub mod setup;
+pub mod snapshots;
 
 /// Pending operations admitted per VM.
 pub const MAX_PENDING: usize = 32;
@@ -111,8 +114,9 @@ pub struct VmMeta {
     pub created_unix: u64,
     /// Token of the private link.
     pub token: String,
-    /// Snapshots: id → mode.
-    #[serde(default)]
+    /// Snapshots an older agent kept in the VM's directory (id → mode); moved into the
+    /// snapshot store when the VM is adopted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, String>,
     /// Its network.
     #[serde(default)]
@@ -120,6 +124,9 @@ pub struct VmMeta {
     /// Its URL.
     #[serde(default)]
     pub url: String,
+    /// Its healthcheck, run for its whole life (again after an agent restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<fuse_types::HealthcheckSpec>,
 }
 
 /// One VM.
@@ -131,9 +138,25 @@ pub struct Vm {
     link: Link,
     lifecycle: Mutex<()>,
     admission: Arc<Semaphore>,
+    /// Its healthcheck, when it has one.
+    pub health: Option<Arc<health::Check>>,
 }
 
 impl Vm {
+    fn new(meta: VmMeta, dir: PathBuf, link: Link) -> Vm {
+        Vm {
+            health: meta
+                .healthcheck
+                .clone()
+                .map(|h| Arc::new(health::Check::new(h))),
+            meta: RwLock::new(meta),
+            link,
+            dir,
+            lifecycle: Mutex::new(()),
+            admission: Arc::new(Semaphore::new(MAX_PENDING)),
+        }
+    }
+
     /// Admits one operation, or says the VM is too busy.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, VmError> {
         self.admission.clone().try_acquire_owned().map_err(|_| {
@@ -167,10 +190,25 @@ impl Vm {
             .await?)
     }
 
-    fn wire(&self) -> AgentVm {
+    /// Its wire view; endpoint addresses name `public_host`.
+    fn wire(&self, public_host: &str) -> AgentVm {
         let m = self.meta.read();
         let alive = process_alive(m.pid, &marker(&self.dir));
+        let endpoints = m
+            .net
+            .iter()
+            .flat_map(|n| &n.exposed)
+            .map(|e| HostEndpoint {
+                port: e.port,
+                protocol: e.protocol,
+                host_port: e.host_port,
+                address: format!("{public_host}:{}", e.host_port),
+            })
+            .collect();
         AgentVm {
+            endpoints,
+            health: self.health.as_ref().map(|h| h.health()),
+            net_bytes: m.net.as_ref().and_then(|n| n.bytes()),
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
             state: if alive {
@@ -179,9 +217,6 @@ impl Vm {
                 HostVmState::Stopped
             },
             setup: None,
-            endpoints: Vec::new(),
-            health: None,
-            net_bytes: None,
             age_seconds: now_unix().saturating_sub(m.created_unix),
             // A VM that died says why: the tail of its console / helper log.
             error: (!alive).then(|| {
@@ -260,6 +295,7 @@ pub struct Options {
 /// Every VM on this host.
 pub struct Vms {
     root: PathBuf,
+    snaps: snapshots::SnapshotStore,
     backend: Arc<dyn VmmBackend>,
     map: RwLock<HashMap<String, Arc<Vm>>>,
     /// Offered capacity.
@@ -269,15 +305,21 @@ pub struct Vms {
     opts: Options,
 }
 
-/// A VM's address slot and optional (host port, agent port) forward.
-type NetPlan = (u32, Option<(u16, u16)>);
+/// A VM's address slot, its optional (host port, agent port) forward and its exposed
+/// ports with their host ports.
+#[derive(Debug, Clone)]
+struct NetPlan {
+    index: u32,
+    forward: Option<(u16, u16)>,
+    exposed: Vec<crate::net::Exposed>,
+}
 
-/// A create admitted but not finished: its resources, address slot and port are taken.
-#[derive(Debug, Clone, Copy)]
+/// A create admitted but not finished: its resources, address slot and ports are taken.
+#[derive(Debug, Clone)]
 struct Pending {
     need: Resources,
     index: Option<u32>,
-    port: Option<u16>,
+    ports: Vec<u16>,
 }
 
 /// Removes a pending entry when the create ends, however it ends.
@@ -309,8 +351,12 @@ impl Vms {
     ) -> Result<(Vms, StartReport), std::io::Error> {
         let dir = root.join("vms");
         crate::files::create_private_dir(&dir)?;
+        let snaps = snapshots::SnapshotStore::new(root.join("snapshots"));
+        crate::files::create_private_dir(&root.join("snapshots"))?;
+        snaps.clean_partial();
         let vms = Vms {
             root: dir.clone(),
+            snaps,
             backend,
             map: RwLock::new(HashMap::new()),
             capacity: opts.capacity,
@@ -329,25 +375,30 @@ impl Vms {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match meta {
-                Some(m) if process_alive(m.pid, &marker(&path)) => {
+                Some(mut m) if process_alive(m.pid, &marker(&path)) => {
                     tracing::info!(vm_id = %m.vm_id, pid = m.pid, "adopted a running VM");
-                    vms.map.write().insert(
-                        m.vm_id.clone(),
-                        Arc::new(Vm {
-                            meta: RwLock::new(m),
-                            link: Link::new(guest_socket(&path), vms.backend.transport()),
-                            dir: path,
-                            lifecycle: Mutex::new(()),
-                            admission: Arc::new(Semaphore::new(MAX_PENDING)),
-                        }),
-                    );
+                    if !m.snapshots.is_empty() {
+                        vms.snaps.adopt_legacy(&m.vm_id, &path, &m.snapshots);
+                        m.snapshots.clear();
+                        if let Err(e) = write_meta(&path, &m) {
+                            tracing::warn!(vm_id = %m.vm_id, error = %crate::error_chain(&e), "saving VM state");
+                        }
+                    }
+                    let link = Link::new(guest_socket(&path), vms.backend.transport());
+                    let vm = Arc::new(Vm::new(m, path, link));
+                    if let Some(h) = &vm.health {
+                        h.start(vm.clone());
+                    }
+                    vms.map
+                        .write()
+                        .insert(vm.meta.read().vm_id.clone(), vm.clone());
                     report.adopted += 1;
                 }
                 other => {
                     if let Some(m) = &other {
                         vms.backend.stop(&path, m.pid).await;
                         if let (Some(n), Some(net)) = (&m.net, &vms.opts.net) {
-                            if let Err(e) = net.teardown(&m.vm_id, n).await {
+                            if let Err(e) = net.teardown(&m.vm_id, n, None).await {
                                 tracing::warn!(vm_id = %m.vm_id, error = %e.report(), "removing a dead VM's network");
                             }
                         }
@@ -403,7 +454,12 @@ impl Vms {
 
     /// The wire view of one VM.
     pub fn describe(&self, id: &str) -> Result<AgentVm, VmError> {
-        Ok(self.get(id)?.wire())
+        Ok(self.get(id)?.wire(&self.opts.public_host))
+    }
+
+    /// Whether this host publishes guest ports (it does per-VM networking).
+    pub fn can_expose(&self) -> bool {
+        self.opts.pool.is_some() && self.opts.net.is_some()
     }
 
     /// VMs whose id starts with `prefix`, by id.
@@ -413,7 +469,7 @@ impl Vms {
             .read()
             .values()
             .filter(|vm| vm.meta.read().vm_id.starts_with(prefix))
-            .map(|vm| vm.wire())
+            .map(|vm| vm.wire(&self.opts.public_host))
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
         v
@@ -435,22 +491,38 @@ impl Vms {
             })
     }
 
-    /// Creates and boots a VM, waiting until its guest helper answers. Idempotent: an
-    /// existing VM with this id is returned as it is.
-    pub async fn create(
-        &self,
-        id: &str,
-        cpus: u32,
-        memory_mb: u64,
-        storage_gb: u64,
-        agent_port: Option<u16>,
-    ) -> Result<(AgentVm, bool), VmError> {
+    /// Creates and boots a VM (its root disk a copy of a snapshot's for a fork, its ports
+    /// published, its healthcheck recorded: [`Vms::health_start`] starts it), waiting until
+    /// its guest helper answers. Idempotent: an existing VM with this id is returned as it
+    /// is.
+    pub async fn create(&self, req: &AgentVmCreate) -> Result<(AgentVm, bool), VmError> {
+        let (id, cpus, memory_mb, storage_gb) =
+            (req.name.as_str(), req.cpus, req.memory_mb, req.storage_gb);
         check_id(id)?;
         if cpus == 0 || memory_mb == 0 || storage_gb == 0 {
             return Err(VmError::Invalid(
                 "cpus, memory_mb and storage_gb must be positive".into(),
             ));
         }
+        if let Some(h) = &req.healthcheck {
+            health::validate(h)?;
+        }
+        if !req.expose.is_empty() && !self.can_expose() {
+            return Err(VmError::Invalid(
+                "expose needs per-VM networking, which is off on this host".into(),
+            ));
+        }
+        if let Some(p) = req.expose.iter().find(|e| e.port == 0) {
+            return Err(VmError::Invalid(format!(
+                "expose: guest port {} must be 1-65535",
+                p.port
+            )));
+        }
+        let base = req
+            .from_snapshot
+            .as_ref()
+            .map(|src| self.fork_source(src))
+            .transpose()?;
         let need = Resources {
             cpus,
             ram_mb: memory_mb,
@@ -462,7 +534,7 @@ impl Vms {
         let plan = {
             let _g = self.creating.lock().await;
             if let Ok(vm) = self.get(id) {
-                return Ok((vm.wire(), false));
+                return Ok((vm.wire(&self.opts.public_host), false));
             }
             let mut pending = self.pending.lock();
             if pending.contains_key(id) {
@@ -478,13 +550,21 @@ impl Vms {
                     used.vm_count, self.capacity.vm_count
                 )));
             }
-            let plan = self.net_plan(agent_port, &pending)?;
+            let plan = self.net_plan(req.agent_port, &req.expose, &pending)?;
             pending.insert(
                 id.to_owned(),
                 Pending {
                     need,
-                    index: plan.map(|p| p.0),
-                    port: plan.and_then(|p| p.1.map(|f| f.0)),
+                    index: plan.as_ref().map(|p| p.index),
+                    ports: plan
+                        .iter()
+                        .flat_map(|p| {
+                            p.forward
+                                .map(|f| f.0)
+                                .into_iter()
+                                .chain(p.exposed.iter().map(|e| e.host_port))
+                        })
+                        .collect(),
                 },
             );
             plan
@@ -510,7 +590,7 @@ impl Vms {
                 return Err(e);
             }
         };
-        let url = match (&net, agent_port) {
+        let url = match (&net, req.agent_port) {
             (Some(n), Some(_)) => n
                 .forward
                 .map(|(hp, _)| format!("http://{}:{hp}", self.opts.public_host))
@@ -525,10 +605,11 @@ impl Vms {
             storage_gb,
             token: token.clone(),
             net: net.clone(),
+            base,
         };
         let undo_net = || async {
             if let (Some(n), Some(h)) = (&net, &self.opts.net) {
-                if let Err(e) = h.teardown(id, n).await {
+                if let Err(e) = h.teardown(id, n, None).await {
                     tracing::warn!(vm_id = %id, error = %e.report(), "removing the network of a VM that did not boot");
                 }
             }
@@ -545,6 +626,7 @@ impl Vms {
             snapshots: BTreeMap::new(),
             net: net.clone(),
             url,
+            healthcheck: req.healthcheck.clone(),
         };
         let link = Link::new(guest_socket(&dir), self.backend.transport());
         if let Err(e) = self.boot_until_ready(&spec, &mut meta, &link).await {
@@ -552,17 +634,18 @@ impl Vms {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-        let vm = Arc::new(Vm {
-            meta: RwLock::new(meta),
-            link,
-            dir,
-            lifecycle: Mutex::new(()),
-            admission: Arc::new(Semaphore::new(MAX_PENDING)),
-        });
-        let wire = vm.wire();
+        let vm = Arc::new(Vm::new(meta, dir, link));
+        let wire = vm.wire(&self.opts.public_host);
         self.map.write().insert(id.to_owned(), vm);
-        tracing::info!(vm_id = %id, "VM created");
+        tracing::info!(vm_id = %id, forked = req.from_snapshot.is_some(), "VM created");
         Ok((wire, true))
+    }
+
+    /// Starts the VM's healthcheck task, if it has a healthcheck (idempotent).
+    pub fn health_start(&self, vm: &Arc<Vm>) {
+        if let Some(h) = &vm.health {
+            h.start(vm.clone());
+        }
     }
 
     /// Whether `vm` is still the VM registered under `id` (not destroyed, not replaced by a
@@ -574,41 +657,58 @@ impl Vms {
             .is_some_and(|cur| Arc::ptr_eq(cur, vm))
     }
 
-    /// Chooses a /30 slot (and a forward port) not used by live or pending VMs.
+    /// Chooses a /30 slot and the host ports (the agent port's forward, one per exposed
+    /// port) not used by live or pending VMs. One host port is never used twice, whatever
+    /// the protocol.
     fn net_plan(
         &self,
         agent_port: Option<u16>,
+        expose: &[fuse_types::hostagent::PortExpose],
         pending: &HashMap<String, Pending>,
     ) -> Result<Option<NetPlan>, VmError> {
         let Some(pool) = self.opts.pool else {
             return Ok(None);
         };
         let mut used: Vec<u32> = Vec::new();
-        let mut ports: Vec<u16> = Vec::new();
+        let mut ports: std::collections::HashSet<u16> = std::collections::HashSet::new();
         for v in self.map.read().values() {
             if let Some(n) = &v.meta.read().net {
                 used.push(n.index);
-                ports.extend(n.forward.map(|f| f.0));
+                ports.extend(n.host_ports());
             }
         }
         for p in pending.values() {
             used.extend(p.index);
-            ports.extend(p.port);
+            ports.extend(p.ports.iter().copied());
         }
         let index = pool
             .first_free(&used)
             .ok_or_else(|| VmError::Busy("the VM address pool is exhausted".into()))?;
+        let (lo, hi) = self.opts.forward_ports;
+        let mut next = lo..=hi;
+        let mut take = || {
+            next.find(|p| !ports.contains(p))
+                .ok_or_else(|| VmError::Busy("no forward port left".into()))
+        };
         let forward = match agent_port {
-            Some(ap) => {
-                let (lo, hi) = self.opts.forward_ports;
-                let hp = (lo..=hi)
-                    .find(|p| !ports.contains(p))
-                    .ok_or_else(|| VmError::Busy("no forward port left".into()))?;
-                Some((hp, ap))
-            }
+            Some(ap) => Some((take()?, ap)),
             None => None,
         };
-        Ok(Some((index, forward)))
+        let exposed = expose
+            .iter()
+            .map(|e| {
+                Ok(crate::net::Exposed {
+                    port: e.port,
+                    protocol: e.protocol,
+                    host_port: take()?,
+                })
+            })
+            .collect::<Result<Vec<_>, VmError>>()?;
+        Ok(Some(NetPlan {
+            index,
+            forward,
+            exposed,
+        }))
     }
 
     /// Sets the planned network up.
@@ -617,19 +717,25 @@ impl Vms {
         id: &str,
         plan: Option<NetPlan>,
     ) -> Result<Option<crate::net::NetInfo>, VmError> {
-        let (Some(pool), Some(net), Some((index, forward))) =
-            (self.opts.pool, &self.opts.net, plan)
-        else {
+        let (Some(pool), Some(net), Some(plan)) = (self.opts.pool, &self.opts.net, plan) else {
             return Ok(None);
         };
         let with_netns = self.backend.capabilities().netns;
-        net.setup(id, index, &pool, with_netns, forward)
-            .await
-            .map(Some)
-            .map_err(VmError::Network)
+        net.setup(
+            id,
+            plan.index,
+            &pool,
+            with_netns,
+            plan.forward,
+            plan.exposed,
+        )
+        .await
+        .map(Some)
+        .map_err(VmError::Network)
     }
 
-    /// Stops and removes a VM (its snapshots go with it).
+    /// Stops and removes a VM: its healthcheck, its process, its network and its
+    /// directory. Its snapshots stay (in the snapshot store) until deleted.
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
         let vm = match self.get(id) {
             Ok(vm) => vm,
@@ -645,14 +751,23 @@ impl Vms {
         if !self.still_current(id, &vm) {
             return Ok(());
         }
+        if let Some(h) = &vm.health {
+            h.stop();
+        }
         let (pid, net) = {
             let m = vm.meta.read();
             (m.pid, m.net.clone())
         };
+        // The VM's namespace, held while its process (ours: checked by its command line)
+        // still runs, so the teardown finds what else runs in it after the stop.
+        let pin = net
+            .as_ref()
+            .filter(|n| n.netns.is_some() && process_alive(pid, &marker(&vm.dir)))
+            .and_then(|_| crate::net::ns::Pin::of_pid(pid));
         self.backend.stop(&vm.dir, pid).await;
         if let (Some(n), Some(h)) = (net, &self.opts.net) {
             // A leftover is not worth failing the destroy for: the next start reclaims it.
-            if let Err(e) = h.teardown(id, &n).await {
+            if let Err(e) = h.teardown(id, &n, pin).await {
                 tracing::warn!(vm_id = %id, error = %e.report(), "removing the VM's network");
             }
         }
@@ -669,135 +784,5 @@ impl Vms {
         self.map.write().remove(id);
         tracing::info!(vm_id = %id, "VM destroyed");
         Ok(())
-    }
-
-    /// Takes a snapshot of the VM's disk state.
-    pub async fn snapshot(
-        &self,
-        id: &str,
-        sid: &str,
-        mode: &str,
-    ) -> Result<AgentSnapshot, VmError> {
-        check_id(sid)?;
-        let vm = self.get(id)?;
-        let _permit = vm.admit()?;
-        let _l = vm.lifecycle.lock().await;
-        if !self.still_current(id, &vm) {
-            return Err(VmError::NotFound(format!("vm {id}")));
-        }
-        let dest = vm.dir.join("snapshots").join(sid);
-        let _ = tokio::fs::remove_dir_all(&dest).await;
-        crate::files::create_private_dir(&vm.dir.join("snapshots"))
-            .map_err(VmError::state("creating the snapshot directory"))?;
-        if self.backend.capabilities().guest_page_cache {
-            // A real guest: flush its page cache so the disk copy is consistent on its own.
-            let sync = Op::Exec {
-                cmd: vec!["sync".into()],
-                shell: None,
-                env: BTreeMap::new(),
-                cwd: None,
-                timeout_ms: Some(30_000),
-                stream: false,
-            };
-            if let Err(e) = vm.guest(sync, Duration::from_secs(40)).await {
-                tracing::warn!(vm_id = %id, error = %e, "sync before the snapshot failed");
-            }
-        }
-        let pid = vm.meta.read().pid;
-        let size = self
-            .backend
-            .snapshot(&vm.dir, pid, &dest)
-            .await
-            .map_err(VmError::backend("taking the snapshot"))?;
-        let mode = self.backend.snapshot_mode(mode);
-        let meta = {
-            let mut m = vm.meta.write();
-            m.snapshots.insert(sid.to_owned(), mode.clone());
-            m.clone()
-        };
-        write_meta(&vm.dir, &meta)?;
-        Ok(AgentSnapshot {
-            snapshot_id: sid.to_owned(),
-            size_bytes: size,
-            mode,
-            digest: String::new(),
-        })
-    }
-
-    /// The VM's snapshots.
-    pub fn snapshots(&self, id: &str) -> Result<Vec<AgentSnapshot>, VmError> {
-        let vm = self.get(id)?;
-        let m = vm.meta.read();
-        Ok(m.snapshots
-            .iter()
-            .map(|(sid, mode)| AgentSnapshot {
-                snapshot_id: sid.clone(),
-                size_bytes: 0,
-                mode: mode.clone(),
-                digest: String::new(),
-            })
-            .collect())
-    }
-
-    /// Restores a snapshot into its VM.
-    pub async fn restore(&self, id: &str, sid: &str) -> Result<(), VmError> {
-        check_id(sid)?;
-        let vm = self.get(id)?;
-        let _permit = vm.admit()?;
-        let _l = vm.lifecycle.lock().await;
-        if !self.still_current(id, &vm) {
-            return Err(VmError::NotFound(format!("vm {id}")));
-        }
-        if !vm.meta.read().snapshots.contains_key(sid) {
-            return Err(VmError::NotFound(format!("snapshot {sid}")));
-        }
-        let pid = vm.meta.read().pid;
-        let replaced = self
-            .backend
-            .restore(&vm.dir, pid, &vm.dir.join("snapshots").join(sid))
-            .await
-            .map_err(VmError::backend("restoring the snapshot"))?;
-        if let Some(b) = replaced {
-            // A new VMM process runs the restored VM: record it, reconnect, wait for the
-            // guest helper (restored with the memory) to answer again.
-            let meta = {
-                let mut m = vm.meta.write();
-                m.pid = b.pid;
-                m.clone()
-            };
-            write_meta(&vm.dir, &meta)?;
-            vm.link.reset().await;
-            vm.link
-                .wait_ready(&meta.token, self.opts.boot_timeout, || {
-                    crate::backend::pid_running(b.pid)
-                })
-                .await
-                .map_err(|e| {
-                    VmError::RestoreFailed(format!(
-                        "the restored VM did not answer ({e}); log: {}",
-                        log_tail(&vm.dir)
-                    ))
-                })?;
-            tracing::info!(vm_id = %id, snapshot_id = %sid, pid = b.pid, "snapshot restored");
-        }
-        Ok(())
-    }
-
-    /// Deletes a snapshot (idempotent).
-    pub async fn snapshot_delete(&self, id: &str, sid: &str) -> Result<(), VmError> {
-        check_id(sid)?;
-        let vm = self.get(id)?;
-        let _permit = vm.admit()?;
-        let _l = vm.lifecycle.lock().await;
-        if !self.still_current(id, &vm) {
-            return Err(VmError::NotFound(format!("vm {id}")));
-        }
-        let _ = tokio::fs::remove_dir_all(vm.dir.join("snapshots").join(sid)).await;
-        let meta = {
-            let mut m = vm.meta.write();
-            m.snapshots.remove(sid);
-            m.clone()
-        };
-        write_meta(&vm.dir, &meta)
     }
 }

@@ -119,7 +119,11 @@ impl VmmBackend for FirecrackerBackend {
 
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let disk = spec.dir.join("rootfs.ext4");
-        clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
+        let base = match &spec.base {
+            Some(snap) => self.snapshot_disk(snap),
+            None => self.rootfs.clone(),
+        };
+        clone_rootfs(&base, &disk, spec.storage_gb).await?;
         let fail = BackendError::Firecracker;
         let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
             .await

@@ -82,6 +82,9 @@ pub struct BootSpec {
     pub token: String,
     /// The VM's network, when the host does networking.
     pub net: Option<crate::net::NetInfo>,
+    /// A fork: the snapshot directory whose disk the root disk starts as a copy of (instead
+    /// of the base image).
+    pub base: Option<PathBuf>,
 }
 
 /// A booted VM's process.
@@ -125,6 +128,11 @@ pub trait VmmBackend: Send + Sync + 'static {
     /// one attempt of the whole boot timeout).
     fn boot_watchdog(&self) -> Option<std::time::Duration> {
         None
+    }
+    /// The disk image inside a snapshot directory this backend wrote (what its digest is
+    /// of, and what a fork's root disk starts from).
+    fn snapshot_disk(&self, snap: &Path) -> PathBuf {
+        snap.join("rootfs.ext4")
     }
     /// What a snapshot requested as `mode` actually holds.
     fn snapshot_mode(&self, requested: &str) -> String {

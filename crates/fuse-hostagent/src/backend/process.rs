@@ -2,6 +2,9 @@
 //! root is the VM's `root/` directory, reached over the same private link (a Unix socket
 //! with the vsock handshake) a real VM has. No hypervisor and no isolation; documented as
 //! such. It exists for tests of everything above the hypervisor and for scale runs.
+//!
+//! Its disk is the guest root directory: a snapshot archives it (`root.tar`, the image its
+//! digest is of), a restore and a fork unpack it.
 
 use super::{guest_socket, BackendError, BootSpec, Booted, VmmBackend};
 use async_trait::async_trait;
@@ -24,46 +27,70 @@ impl ProcessBackend {
     }
 }
 
-async fn copy_tree(src: &Path, dest: &Path) -> Result<u64, BackendError> {
-    let (s, d) = (src.to_owned(), dest.to_owned());
-    tokio::task::spawn_blocking(move || -> Result<u64, BackendError> {
-        let out = std::process::Command::new("cp")
-            .arg("-a")
-            .arg("--reflink=auto")
-            .arg(&s)
-            .arg(&d)
+/// A process VM's "disk" in a snapshot: its guest root as one tar archive (a single image
+/// file, so it has a digest like any other backend's disk).
+pub const ROOT_ARCHIVE: &str = "root.tar";
+
+/// Runs a host tool on a VM's files off the async workers.
+async fn tool(what: &'static str, cmd: std::process::Command) -> Result<(), BackendError> {
+    let mut cmd = cmd;
+    tokio::task::spawn_blocking(move || -> Result<(), BackendError> {
+        let out = cmd
             .output()
-            .map_err(BackendError::io("running cp"))?;
+            .map_err(BackendError::io(format!("running {what}")))?;
         if !out.status.success() {
             return Err(BackendError::Tool {
-                tool: "cp",
-                stderr: format!(
-                    "copying {}: {}",
-                    s.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
+                tool: what,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
-        Ok(dir_size(&d))
+        Ok(())
     })
     .await
     .map_err(|e| BackendError::Io {
-        what: "copying a VM's files".into(),
+        what: format!("running {what}"),
         source: std::io::Error::other(e),
     })?
 }
 
-fn dir_size(p: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+/// Archives the guest root `root` into `dest/root.tar` (names sorted, owners and modes
+/// kept); returns its size.
+async fn archive_root(root: &Path, dest: &Path) -> Result<u64, BackendError> {
+    std::fs::create_dir_all(dest).map_err(BackendError::io("creating the snapshot directory"))?;
+    let file = dest.join(ROOT_ARCHIVE);
+    let mut cmd = std::process::Command::new("tar");
+    cmd.arg("--create")
+        .arg("--sort=name")
+        .arg("--numeric-owner")
+        .arg("--file")
+        .arg(&file)
+        .arg("--directory")
+        .arg(root)
+        .arg(".");
+    tool("tar", cmd).await?;
+    Ok(std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0))
+}
+
+/// Fills the (new, empty) guest root `root` from the snapshot in `snap`: its archive, or
+/// the plain copy of the root an older agent's snapshot is.
+async fn unpack_root(snap: &Path, root: &Path) -> Result<(), BackendError> {
+    let archive = snap.join(ROOT_ARCHIVE);
+    if !archive.is_file() {
+        let _ = tokio::fs::remove_dir(root).await;
+        let mut cmd = std::process::Command::new("cp");
+        cmd.arg("-a").arg("--reflink=auto").arg(snap).arg(root);
+        return tool("cp", cmd).await;
+    }
+    std::fs::create_dir_all(root).map_err(BackendError::io("creating the guest root"))?;
+    let mut cmd = std::process::Command::new("tar");
+    cmd.arg("--extract")
+        .arg("--same-permissions")
+        .arg("--numeric-owner")
+        .arg("--file")
+        .arg(&archive)
+        .arg("--directory")
+        .arg(root);
+    tool("tar", cmd).await
 }
 
 #[async_trait]
@@ -79,11 +106,19 @@ impl VmmBackend for ProcessBackend {
         }
     }
 
+    fn snapshot_disk(&self, snap: &Path) -> PathBuf {
+        snap.join(ROOT_ARCHIVE)
+    }
+
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let root = spec.dir.join("root");
-        tokio::fs::create_dir_all(&root)
-            .await
-            .map_err(BackendError::io("creating the guest root"))?;
+        match &spec.base {
+            // A fork: its root starts as the snapshot's.
+            Some(snap) if !root.exists() => unpack_root(snap, &root).await?,
+            _ => tokio::fs::create_dir_all(&root)
+                .await
+                .map_err(BackendError::io("creating the guest root"))?,
+        }
         let token_file = spec.dir.join("guest.token");
         crate::files::write_private(&token_file, spec.token.as_bytes())
             .map_err(BackendError::io("writing the guest token"))?;
@@ -141,7 +176,7 @@ impl VmmBackend for ProcessBackend {
     }
 
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
-        copy_tree(&dir.join("root"), dest).await
+        archive_root(&dir.join("root"), dest).await
     }
 
     async fn restore(
@@ -156,7 +191,8 @@ impl VmmBackend for ProcessBackend {
         tokio::fs::rename(&root, &old)
             .await
             .map_err(BackendError::io("moving the current root aside"))?;
-        if let Err(e) = copy_tree(src, &root).await {
+        if let Err(e) = unpack_root(src, &root).await {
+            let _ = tokio::fs::remove_dir_all(&root).await;
             let _ = tokio::fs::rename(&old, &root).await;
             return Err(e);
         }

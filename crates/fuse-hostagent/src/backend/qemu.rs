@@ -483,7 +483,11 @@ impl VmmBackend for QemuBackend {
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let disk = spec.dir.join("rootfs.ext4");
         if !disk.exists() {
-            clone_rootfs(&self.rootfs, &disk, spec.storage_gb).await?;
+            let base = match &spec.base {
+                Some(snap) => self.snapshot_disk(snap),
+                None => self.rootfs.clone(),
+            };
+            clone_rootfs(&base, &disk, spec.storage_gb).await?;
         }
         let args = qemu_args(self, spec, &disk);
         // A list of strings always serialises.
@@ -631,7 +635,9 @@ mod tests {
                 host_ip: "10.200.0.1".parse().unwrap(),
                 guest_ip: "10.200.0.2".parse().unwrap(),
                 forward: None,
+                exposed: vec![],
             }),
+            base: None,
         }
     }
 

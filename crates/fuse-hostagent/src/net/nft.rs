@@ -6,10 +6,12 @@
 //! machine never touch each other's table):
 //! - set `vms` (`ipv4_addr`): the guest address of every VM; `postrouting` (nat, srcnat)
 //!   masquerades `ip saddr @vms`, the VM's egress;
-//! - verdict map `forwards` (`inet_service : verdict`): host port → `goto <vm chain>`;
-//!   `prerouting` and `output` (nat, dstnat) send TCP to a local address
-//!   (`fib daddr type local`, iptables' `--dst-type LOCAL`) through it;
-//! - one regular chain per VM with a forward, named by the VM's key, holding its `dnat`.
+//! - verdict maps `forwards` (TCP) and `udp_forwards` (UDP) (`inet_service : verdict`):
+//!   host port → `goto <vm chain>`; `prerouting` and `output` (nat, dstnat) send TCP and UDP
+//!   to a local address (`fib daddr type local`, iptables' `--dst-type LOCAL`) through them;
+//! - one regular chain per VM with a forward, named by the VM's key, holding one
+//!   `<proto> dport <host port> dnat to <guest>:<port>` per forward (the agent port's and
+//!   each exposed port's).
 //!
 //! Every per-VM element, chain and rule names its VM: element and rule comments are
 //! `<key> <vm id>` (cut to the kernel's 127 bytes), the chain is named `<key>` with the VM
@@ -29,8 +31,10 @@ use std::net::Ipv4Addr;
 pub const FAMILY: Family = Family::Ip;
 /// The set of VM addresses that are masqueraded.
 pub const VMS_SET: &str = "vms";
-/// The verdict map of host-port forwards.
+/// The verdict map of TCP host-port forwards.
 pub const FORWARDS_MAP: &str = "forwards";
+/// The verdict map of UDP host-port forwards.
+pub const UDP_FORWARDS_MAP: &str = "udp_forwards";
 /// The table's base chains (everything else in it is a VM's chain).
 pub const BASE_CHAINS: [&str; 3] = ["prerouting", "output", "postrouting"];
 /// The kernel's limit on a comment (`NFT_USERDATA_MAXLEN` less libnftnl's framing).
@@ -51,8 +55,28 @@ pub struct VmNft {
     pub vm_id: String,
     /// Its guest address (masqueraded).
     pub guest_ip: Ipv4Addr,
-    /// (host port, agent port) forwarded to it.
-    pub forward: Option<(u16, u16)>,
+    /// Host ports forwarded to it (the agent port first, then the exposed ports).
+    pub forwards: Vec<Forward>,
+}
+
+/// One host port forwarded to a guest port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// Host port.
+    pub host_port: u16,
+    /// Guest port.
+    pub guest_port: u16,
+    /// Transport.
+    pub protocol: fuse_types::Protocol,
+}
+
+impl Forward {
+    fn map(&self) -> &'static str {
+        match self.protocol {
+            fuse_types::Protocol::Tcp => FORWARDS_MAP,
+            fuse_types::Protocol::Udp => UDP_FORWARDS_MAP,
+        }
+    }
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
@@ -84,35 +108,44 @@ impl VmNft {
             &vms_set(table),
             &[SetElement::ipv4(self.guest_ip).with_comment(c.clone())],
         );
-        if let Some((hp, gp)) = self.forward {
-            tx = tx
-                .add_chain(
-                    Chain::new(table, self.chain_name()?)?
-                        .family(FAMILY)
-                        .comment(cut(&self.vm_id, COMMENT_MAX)),
-                )
-                .add_rule(
-                    Rule::new(table, &self.key)
-                        .family(FAMILY)
-                        .dnat(self.guest_ip, Some(gp))
-                        .comment(&c),
-                )
-                .add_set_elements(
-                    &forwards_map(table),
-                    &[SetElement::port(hp)
+        if !self.forwards.is_empty() {
+            tx = tx.add_chain(
+                Chain::new(table, self.chain_name()?)?
+                    .family(FAMILY)
+                    .comment(cut(&self.vm_id, COMMENT_MAX)),
+            );
+            for f in &self.forwards {
+                let rule = Rule::new(table, &self.key).family(FAMILY);
+                let rule = match f.protocol {
+                    fuse_types::Protocol::Tcp => rule.match_tcp_dport(f.host_port),
+                    fuse_types::Protocol::Udp => rule.match_udp_dport(f.host_port),
+                };
+                tx = tx.add_rule(rule.dnat(self.guest_ip, Some(f.guest_port)).comment(&c));
+            }
+            // The map elements last: they refer to the chain.
+            for f in &self.forwards {
+                tx = tx.add_set_elements(
+                    &forwards_map(table, f.map()),
+                    &[SetElement::port(f.host_port)
                         .verdict(Verdict::GotoTo(self.chain_name()?))
-                        .with_comment(c)],
+                        .with_comment(c.clone())],
                 );
+            }
         }
         Ok(tx)
     }
 
-    /// Queues the removal of its objects (the map element before the chain it refers to).
+    /// Queues the removal of its objects (the map elements before the chain they refer to).
     pub fn remove(&self, table: &str, tx: Transaction) -> Transaction {
         let mut tx = tx.del_set_elements(&vms_set(table), &[SetElement::ipv4(self.guest_ip)]);
-        if let Some((hp, _)) = self.forward {
+        if !self.forwards.is_empty() {
+            for f in &self.forwards {
+                tx = tx.del_set_elements(
+                    &forwards_map(table, f.map()),
+                    &[SetElement::port(f.host_port)],
+                );
+            }
             tx = tx
-                .del_set_elements(&forwards_map(table), &[SetElement::port(hp)])
                 .flush_chain(table, &self.key, FAMILY)
                 .del_chain(table, &self.key, FAMILY);
         }
@@ -123,8 +156,13 @@ impl VmNft {
     pub fn remove_each(&self, table: &str, new: impl Fn() -> Transaction) -> Vec<Transaction> {
         let mut v =
             vec![new().del_set_elements(&vms_set(table), &[SetElement::ipv4(self.guest_ip)])];
-        if let Some((hp, _)) = self.forward {
-            v.push(new().del_set_elements(&forwards_map(table), &[SetElement::port(hp)]));
+        if !self.forwards.is_empty() {
+            for f in &self.forwards {
+                v.push(new().del_set_elements(
+                    &forwards_map(table, f.map()),
+                    &[SetElement::port(f.host_port)],
+                ));
+            }
             v.push(
                 new()
                     .flush_chain(table, &self.key, FAMILY)
@@ -142,9 +180,9 @@ pub fn vms_set(table: &str) -> Set {
         .key_type(SetKeyType::Ipv4Addr)
 }
 
-/// The verdict map of forwards.
-pub fn forwards_map(table: &str) -> Set {
-    Set::new(table, FORWARDS_MAP)
+/// A verdict map of forwards ([`FORWARDS_MAP`] or [`UDP_FORWARDS_MAP`]).
+pub fn forwards_map(table: &str, name: &str) -> Set {
+    Set::new(table, name)
         .family(FAMILY)
         .key_type(SetKeyType::InetService)
         .vmap()
@@ -169,27 +207,31 @@ pub fn table_create(
             .base(BaseChain::nat(hook, prio)))
     };
     // A forward is for traffic to this host only (not to whatever it routes).
-    let forward = |chain: &str| {
+    let forward = |chain: &str, field: PacketField, map: &str| {
         Rule::new(t, chain)
             .family(FAMILY)
             .match_fib_type(FibFlags::DADDR, RouteType::Local)
-            .vmap(PacketField::TcpDport, FORWARDS_MAP)
+            .vmap(field, map)
     };
     tx = tx
         .add_table_with_comment(t, FAMILY, 0, Some(&format!("fc-agent {tag}")))
         .add_set(vms_set(t))
-        .add_set(forwards_map(t))
+        .add_set(forwards_map(t, FORWARDS_MAP))
+        .add_set(forwards_map(t, UDP_FORWARDS_MAP))
         .add_chain(base("prerouting", NatHook::Prerouting, Priority::DstNat)?)
         .add_chain(base("output", NatHook::Output, Priority::DstNat)?)
-        .add_chain(base("postrouting", NatHook::Postrouting, Priority::SrcNat)?)
-        .add_rule(forward("prerouting"))
-        .add_rule(forward("output"))
-        .add_rule(
-            Rule::new(t, "postrouting")
-                .family(FAMILY)
-                .match_in_set(PacketField::Ip4Saddr, VMS_SET)
-                .masquerade(),
-        );
+        .add_chain(base("postrouting", NatHook::Postrouting, Priority::SrcNat)?);
+    for chain in ["prerouting", "output"] {
+        tx = tx
+            .add_rule(forward(chain, PacketField::TcpDport, FORWARDS_MAP))
+            .add_rule(forward(chain, PacketField::UdpDport, UDP_FORWARDS_MAP));
+    }
+    tx = tx.add_rule(
+        Rule::new(t, "postrouting")
+            .family(FAMILY)
+            .match_in_set(PacketField::Ip4Saddr, VMS_SET)
+            .masquerade(),
+    );
     for vm in live {
         tx = vm.add(t, tx)?;
     }
@@ -206,7 +248,8 @@ pub fn key_of(comment: &str) -> &str {
 pub struct Dump {
     /// Whether the table exists at all.
     pub exists: bool,
-    /// The key of each element of `vms` and `forwards` (empty for one without a comment).
+    /// The key of each element of `vms` and the forward maps (empty for one without a
+    /// comment).
     pub element_keys: Vec<String>,
     /// The chains that are not base chains.
     pub vm_chains: Vec<String>,
@@ -259,7 +302,14 @@ mod tests {
             key: format!("fvabcd{:0>8}", id.len()),
             vm_id: id.into(),
             guest_ip: Ipv4Addr::new(10, 200, 0, 2),
-            forward,
+            forwards: forward
+                .map(|(host_port, guest_port)| Forward {
+                    host_port,
+                    guest_port,
+                    protocol: fuse_types::Protocol::Tcp,
+                })
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -107,6 +107,31 @@ pub fn id_of(file: &Path) -> Option<NsId> {
     })
 }
 
+/// A process's network namespace held open: while it is, the namespace cannot go away and
+/// its inode cannot be handed to a new namespace (nsfs reuses freed inode numbers at once,
+/// so a recorded identity of a namespace that is gone may name someone else's).
+#[derive(Debug)]
+pub struct Pin(std::fs::File);
+
+impl Pin {
+    /// Holds the network namespace process `pid` is in.
+    pub fn of_pid(pid: i32) -> Option<Pin> {
+        std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .map(Pin)
+    }
+
+    /// The held namespace's identity.
+    pub fn id(&self) -> Option<NsId> {
+        let m = self.0.metadata().ok()?;
+        let nsfs = std::fs::metadata("/proc/self/ns/net").ok()?.dev();
+        (m.dev() == nsfs).then(|| NsId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
 /// Kills (SIGKILL) every process in namespace `id`, found by their `/proc/<pid>/ns/net`;
 /// returns how many.
 pub fn kill_all_in(id: NsId) -> usize {

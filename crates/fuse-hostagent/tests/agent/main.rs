@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod expose;
+mod healthcheck;
 mod provision;
+mod snapshots;
 mod tools;
 
 use base64::Engine as _;
@@ -842,6 +845,7 @@ async fn firecracker_backend_full_snapshot_and_restore() {
         storage_gb: 0,
         token: "t".repeat(32),
         net: None,
+        base: None,
     };
     let booted = backend.boot(&spec).await.unwrap();
     let ctl = fuse_firecracker::Control::attach(&vm_dir);
