@@ -134,9 +134,11 @@ pub trait VmmBackend: Send + Sync + 'static {
     fn snapshot_disk(&self, snap: &Path) -> PathBuf {
         snap.join("rootfs.ext4")
     }
-    /// What a snapshot requested as `mode` actually holds.
-    fn snapshot_mode(&self, requested: &str) -> String {
-        requested.to_owned()
+    /// What a snapshot requested as `mode` actually holds: the disk alone, unless the
+    /// backend captures memory too (it overrides this). A `full` request answered `disk`
+    /// tells the control plane, which reports `kind: disk`.
+    fn snapshot_mode(&self, _requested: &str) -> String {
+        "disk".into()
     }
     /// The acceleration in use (`kvm`, `tcg`), for `/healthz`.
     fn acceleration(&self) -> Option<String> {
