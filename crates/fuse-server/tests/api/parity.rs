@@ -11,6 +11,23 @@ use std::time::Duration;
 
 const MASTER: &str = "master-token-0123456789abcdef";
 
+/// The ids of every item of a paged list, following `next_cursor` to the end.
+async fn walk(f: &Fuse, first: &str, key: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut path = first.to_owned();
+    loop {
+        let p = f.get(&path).await;
+        assert_eq!(p.status, StatusCode::OK, "{}", p.text);
+        for item in p.body[key].as_array().unwrap() {
+            seen.push(item["id"].as_str().unwrap().to_owned());
+        }
+        match p.body["next_cursor"].as_str() {
+            Some(c) => path = format!("{first}&cursor={c}"),
+            None => return seen,
+        }
+    }
+}
+
 fn as_client(f: &Fuse, token: &str) -> Client {
     f.with_token(token)
 }
@@ -269,25 +286,10 @@ async fn hosts_keep_labels_and_backend_warn_and_refresh_capacity() {
     for id in ["h2", "h3"] {
         f.stub_host(id, 2, 2).await;
     }
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let q = if cursor.is_empty() {
-            String::new()
-        } else {
-            format!("&cursor={cursor}")
-        };
-        let p = f.get(&format!("/v1/hosts?limit=2{q}")).await;
-        assert_eq!(p.status, StatusCode::OK, "{}", p.text);
-        for h in p.body["hosts"].as_array().unwrap() {
-            seen.push(h["id"].as_str().unwrap().to_owned());
-        }
-        match p.body["next_cursor"].as_str() {
-            Some(c) => cursor = c.to_owned(),
-            None => break,
-        }
-    }
-    assert_eq!(seen, ["h1", "h2", "h3"]);
+    assert_eq!(
+        walk(&f, "/v1/hosts?limit=2", "hosts").await,
+        ["h1", "h2", "h3"]
+    );
     assert_eq!(
         f.get("/v1/hosts?limit=0").await.status,
         StatusCode::BAD_REQUEST
@@ -379,25 +381,7 @@ async fn snapshots_carry_every_field_filter_page_and_resolve() {
         .collect();
     assert_eq!(got, [ids[1].as_str(), ids[0].as_str()], "newest first");
     // Paging walks all four once, newest first.
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let q = if cursor.is_empty() {
-            String::new()
-        } else {
-            format!("&cursor={cursor}")
-        };
-        let p = f
-            .get(&format!("/v1/snapshots?vm_id=fuse-snaps&limit=3{q}"))
-            .await;
-        for s in p.body["snapshots"].as_array().unwrap() {
-            seen.push(s["id"].as_str().unwrap().to_owned());
-        }
-        match p.body["next_cursor"].as_str() {
-            Some(c) => cursor = c.to_owned(),
-            None => break,
-        }
-    }
+    let seen = walk(&f, "/v1/snapshots?vm_id=fuse-snaps&limit=3", "snapshots").await;
     assert_eq!(seen.len(), 4, "{seen:?}");
     assert_eq!(seen[1..], [ids[2].clone(), ids[1].clone(), ids[0].clone()]);
     let hit = f.get("/v1/snapshots/resolve?layer_key=L1&arch=amd64").await;
