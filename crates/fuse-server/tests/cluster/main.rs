@@ -19,5 +19,6 @@ mod keys;
 mod multihost;
 mod real_guests;
 mod replicas;
+mod sdk;
 mod soak;
 mod wire;
