@@ -18,13 +18,15 @@ done
 step "postgres"
 eval "$(./scripts/postgres.sh)"
 
-step "host tools (iproute2 for the test namespaces, nftables to read the agents' tables, gcc/binutils for the tiny test guests; lz4, zstd, e2fsprogs for the guest image)"
+step "host tools (iproute2 for the test namespaces, nftables to read the agents' tables, gcc/binutils for the tiny test guests; lz4, zstd, e2fsprogs for the guest image; python3 with venv for the SDK compatibility test)"
 missing=""
 for t in ip nft gcc ld python3 lz4 zstd mkfs.ext4 debugfs; do command -v "$t" >/dev/null 2>&1 || missing="$missing $t"; done
+# Debian's python3 makes venvs with pip only with python3-venv (ensurepip).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then
   echo "installing:$missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq iproute2 nftables gcc binutils python3 lz4 zstd e2fsprogs >/dev/null
+  apt-get update -qq && apt-get install -y -qq iproute2 nftables gcc binutils python3 python3-venv lz4 zstd e2fsprogs >/dev/null
 fi
 
 step "firecracker (real binary for the backend tests)"
