@@ -146,6 +146,10 @@ pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            app.config.max_body_bytes,
+            whole_body,
+        ))
         .layer(middleware::from_fn(request_id))
         .with_state(HttpState { app, tasks })
 }
@@ -175,6 +179,60 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// Reads the whole request body (up to the body limit) before anything answers. An answer
+/// given before the body was read (a 401, a 404, a handler that takes no body) would make
+/// the connection close without `Connection: close` once the late body arrives, and a
+/// client that reuses kept-alive connections would see "server disconnected" on its next
+/// request. A body over the limit, or one that does not arrive, is answered here, with
+/// `Connection: close` since the rest of it is not read.
+async fn whole_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let no_body = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_none()
+        && req
+            .headers()
+            .get(axum::http::header::TRANSFER_ENCODING)
+            .is_none();
+    if no_body {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            let inner = std::error::Error::source(&e);
+            let mut err = if inner.is_some_and(crate::serve::is_body_timeout) {
+                let mut a = ApiError::invalid(
+                    "the request body did not arrive in time (ORCH_BODY_TIMEOUT_SECS)",
+                );
+                a.status = axum::http::StatusCode::REQUEST_TIMEOUT;
+                a
+            } else if inner.is_some_and(|i| i.is::<http_body_util::LengthLimitError>()) {
+                let mut a = ApiError::new(
+                    fuse_types::ErrorCode::InvalidArgument,
+                    "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
+                );
+                a.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+                a
+            } else {
+                ApiError::invalid(format!("could not read the request body: {e}"))
+            };
+            err.details.clear();
+            let mut resp = err.into_response();
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            resp
+        }
+    }
 }
 
 /// Counts and times every routed request, inside a span carrying the request id.

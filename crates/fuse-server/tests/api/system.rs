@@ -184,3 +184,41 @@ fn quick_start_binary_serves_with_memory_store_and_stub() {
     assert!(line.contains("store=memory"), "{line}");
     assert!(line.contains("stub provider"), "{line}");
 }
+
+/// An answer that needs no body (here a 404 for an unknown environment) still reads the
+/// body that arrives after the head, so the kept-alive connection serves the next request.
+#[tokio::test]
+async fn a_late_body_does_not_break_a_kept_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = start().await;
+    let addr = f.base.trim_start_matches("http://").to_owned();
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = r#"{"action":"screenshot"}"#;
+    let head = format!(
+        "POST /v1/environments/fuse-nope/computer HTTP/1.1\r\nhost: x\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    c.write_all(body.as_bytes()).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !String::from_utf8_lossy(&got).contains(r#"{"status":"ok"}"#) {
+        match tokio::time::timeout_at(deadline, c.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => panic!("{e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(
+        text.contains(r#"{"status":"ok"}"#),
+        "the second request on the connection is answered: {text}"
+    );
+}
