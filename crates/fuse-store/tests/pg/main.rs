@@ -48,7 +48,7 @@ async fn migrations_are_recorded_and_idempotent() {
         Vec::<i32>::new(),
         "nothing left to apply"
     );
-    assert_eq!(b.migrations_applied().await.unwrap(), vec![1, 2]);
+    assert_eq!(b.migrations_applied().await.unwrap(), vec![1, 2, 3]);
     b.ping().await.unwrap();
 }
 
