@@ -344,7 +344,7 @@ async fn wire_and_vm_lifecycle() {
         .post("/v1/vm/fuse-a/start-agent", json!({"command": "echo $FUSE_AUTH_TOKEN > seen; exec sleep 60", "binary_path": "", "auth_token": "tok-123"}))
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let seen = a.dir.join("vms/fuse-a/root/seen");
+    let seen = a.dir.join("vms").join("fuse-a").join("root").join("seen");
     fuse_testkit::eventually(
         "the agent wrote its token",
         Duration::from_secs(10),

@@ -42,6 +42,17 @@ impl Caller {
     }
 }
 
+/// What a token that is not the master token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLookup {
+    /// A live key.
+    Live(Caller),
+    /// A key that was revoked (refused even where no token is required).
+    Revoked,
+    /// Not a key this control plane made.
+    Unknown,
+}
+
 /// Raw keys start with this, so they are recognisable in a secret scanner.
 const KEY_PREFIX: &str = "fuse_ak_";
 /// How often `last_used_at` is written per key.
@@ -102,18 +113,17 @@ impl App {
         Ok(())
     }
 
-    /// The caller a bearer token names: `None` when it is neither the master token nor a
-    /// live key. `master` says whether it matched the master token (checked by the caller
-    /// in constant time).
-    pub async fn api_key_authenticate(&self, token: &str) -> Result<Option<Caller>, AppError> {
+    /// What a bearer token that is not the master token names (one store read, and only
+    /// for a token shaped like a key).
+    pub async fn api_key_lookup(&self, token: &str) -> Result<KeyLookup, AppError> {
         if !token.starts_with(KEY_PREFIX) {
-            return Ok(None);
+            return Ok(KeyLookup::Unknown);
         }
         let Some(k) = self.store.api_key_by_hash(&hash(token)).await? else {
-            return Ok(None);
+            return Ok(KeyLookup::Unknown);
         };
         if k.revoked_at.is_some() {
-            return Ok(None);
+            return Ok(KeyLookup::Revoked);
         }
         let due = {
             let mut g = self.key_touches.lock();
@@ -128,15 +138,6 @@ impl App {
                 tracing::debug!(api_key_id = %k.id, error = %e, "recording api key use");
             }
         }
-        Ok(Some(Caller::Key(k.id)))
-    }
-
-    /// Whether `token` names a revoked key (refused even where no token is required).
-    pub async fn api_key_is_revoked(&self, token: &str) -> bool {
-        if !token.starts_with(KEY_PREFIX) {
-            return false;
-        }
-        matches!(self.store.api_key_by_hash(&hash(token)).await,
-            Ok(Some(k)) if k.revoked_at.is_some())
+        Ok(KeyLookup::Live(Caller::Key(k.id)))
     }
 }

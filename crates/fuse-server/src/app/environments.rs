@@ -119,19 +119,6 @@ fn parse_id(id: &str) -> Result<VmId, AppError> {
     VmId::parse(id).map_err(|e| AppError::invalid(e.0))
 }
 
-/// Opaque pagination cursor: the last id of the previous page, base64url.
-fn cursor_encode(id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
-}
-
-fn cursor_decode(c: &str) -> Result<String, AppError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| AppError::invalid("cursor is not a value returned as next_cursor"))
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -208,14 +195,16 @@ impl App {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<EnvironmentList, AppError> {
-        let after = cursor.map(cursor_decode).transpose()?;
+        // Paged in the store (by id), with the cursor of `paging`.
+        let after = cursor.map(super::paging::cursor_decode).transpose()?;
         let mut rows = self
             .store
             .vm_list(&filter, after.as_deref(), limit + 1)
             .await?;
         let next_cursor = if rows.len() > limit {
             rows.truncate(limit);
-            rows.last().map(|r| cursor_encode(r.id.as_str()))
+            rows.last()
+                .map(|r| super::paging::cursor_encode(r.id.as_str()))
         } else {
             None
         };

@@ -15,19 +15,9 @@ use fuse_store::VmFilter;
 use fuse_types::{CreateEnvironment, ExecRequest, ForkRequest, VmState};
 use std::sync::Arc;
 
-/// Default page size.
-const DEFAULT_LIMIT: usize = 50;
-/// Largest page size.
-const MAX_LIMIT: usize = 200;
-
 pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, ApiError> {
     let state = q.parse::<VmState>("state")?;
-    let limit = q.parse::<usize>("limit")?.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::invalid(format!(
-            "query parameter limit must be from 1 to {MAX_LIMIT} (got {limit})"
-        )));
-    }
+    let limit = crate::app::paging::limit(q.parse::<usize>("limit")?)?;
     let filter = VmFilter {
         task_id: q.str("task_id").map(str::to_owned),
         state,

@@ -41,23 +41,29 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
             .await
             .map(ApiBytes)
             .map_err(|r| {
-                if crate::serve::is_body_timeout(&r) {
-                    let mut e = ApiError::invalid(
-                        "the request body did not arrive in time (ORCH_BODY_TIMEOUT_SECS)",
-                    );
-                    e.status = StatusCode::REQUEST_TIMEOUT;
-                    e
-                } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    let mut e = ApiError::new(
-                        ErrorCode::InvalidArgument,
-                        "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
-                    );
-                    e.status = StatusCode::PAYLOAD_TOO_LARGE;
-                    e
-                } else {
-                    ApiError::invalid(format!("could not read the request body: {r}"))
-                }
+                let too_large = r.status() == StatusCode::PAYLOAD_TOO_LARGE;
+                body_error(&r, too_large)
             })
+    }
+}
+
+/// The API's answer to a request body that could not be read: 408 when it did not arrive
+/// in time, 413 when it is over the limit, else 400.
+pub fn body_error(e: &(dyn std::error::Error + 'static), too_large: bool) -> ApiError {
+    if crate::serve::is_body_timeout(e) {
+        let mut a =
+            ApiError::invalid("the request body did not arrive in time (ORCH_BODY_TIMEOUT_SECS)");
+        a.status = StatusCode::REQUEST_TIMEOUT;
+        a
+    } else if too_large {
+        let mut a = ApiError::new(
+            ErrorCode::InvalidArgument,
+            "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
+        );
+        a.status = StatusCode::PAYLOAD_TOO_LARGE;
+        a
+    } else {
+        ApiError::invalid(format!("could not read the request body: {e}"))
     }
 }
 

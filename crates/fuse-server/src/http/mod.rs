@@ -12,7 +12,7 @@ mod hosts;
 mod snapshots;
 mod system;
 
-use crate::app::api_keys::Caller;
+use crate::app::api_keys::{Caller, KeyLookup};
 use crate::app::App;
 use crate::background::Driver;
 use axum::extract::FromRef;
@@ -207,23 +207,9 @@ async fn whole_body(State(limit): State<usize>, req: Request, next: Next) -> Res
                 .await
         }
         Err(e) => {
-            let inner = std::error::Error::source(&e);
-            let mut err = if inner.is_some_and(crate::serve::is_body_timeout) {
-                let mut a = ApiError::invalid(
-                    "the request body did not arrive in time (ORCH_BODY_TIMEOUT_SECS)",
-                );
-                a.status = axum::http::StatusCode::REQUEST_TIMEOUT;
-                a
-            } else if inner.is_some_and(|i| i.is::<http_body_util::LengthLimitError>()) {
-                let mut a = ApiError::new(
-                    fuse_types::ErrorCode::InvalidArgument,
-                    "request body is larger than the server accepts (ORCH_MAX_BODY_BYTES)",
-                );
-                a.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-                a
-            } else {
-                ApiError::invalid(format!("could not read the request body: {e}"))
-            };
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|i| i.is::<http_body_util::LengthLimitError>());
+            let mut err = extract::body_error(&e, too_large);
             err.details.clear();
             let mut resp = err.into_response();
             resp.headers_mut().insert(
@@ -316,35 +302,21 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<R
         })
         .unwrap_or("")
         .to_owned();
-    let caller = match &cfg.auth_token {
-        Some(want) => {
-            // Hash both sides so the comparison does not leak the token's length.
-            let a = Sha256::digest(got.as_bytes());
-            let b = Sha256::digest(want.as_bytes());
-            if !got.is_empty() && bool::from(a.ct_eq(&b)) {
-                Caller::Master
-            } else {
-                match app.api_key_authenticate(&got).await? {
-                    Some(c) => c,
-                    None => {
-                        return Err(ApiError::new(
-                            fuse_types::ErrorCode::Unauthorized,
-                            "missing or invalid bearer token",
-                        ))
-                    }
-                }
-            }
-        }
-        // No token required: a key still names its caller, and a revoked key is refused.
-        None => match app.api_key_authenticate(&got).await? {
-            Some(c) => c,
-            None if app.api_key_is_revoked(&got).await => {
-                return Err(ApiError::new(
-                    fuse_types::ErrorCode::Unauthorized,
-                    "this API key was revoked",
-                ))
-            }
-            None => Caller::Master,
+    let refused = |m: &str| ApiError::new(fuse_types::ErrorCode::Unauthorized, m);
+    let master = cfg.auth_token.as_ref().map(|want| {
+        // Hash both sides so the comparison does not leak the token's length.
+        let a = Sha256::digest(got.as_bytes());
+        let b = Sha256::digest(want.as_bytes());
+        !got.is_empty() && bool::from(a.ct_eq(&b))
+    });
+    let caller = match master {
+        Some(true) => Caller::Master,
+        required => match (app.api_key_lookup(&got).await?, required) {
+            (KeyLookup::Live(c), _) => c,
+            (KeyLookup::Revoked, None) => return Err(refused("this API key was revoked")),
+            // No token required: an unknown token is the open API's caller.
+            (KeyLookup::Unknown, None) => Caller::Master,
+            (_, _) => return Err(refused("missing or invalid bearer token")),
         },
     };
     let mut req = req;

@@ -727,3 +727,34 @@ async fn version_computer_and_migrate_answer_clearly() {
         r.text
     );
 }
+
+#[tokio::test]
+async fn without_a_master_token_a_revoked_key_is_still_refused() {
+    let f = start().await;
+    let r = f.post("/v1/api-keys", json!({"label": "open"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let (id, raw) = (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["key"].as_str().unwrap().to_owned(),
+    );
+    let k = as_client(&f, &raw);
+    assert_eq!(k.get("/v1/environments").await.status, StatusCode::OK);
+    let r = k.get("/v1/api-keys").await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a key is a key even on an open API"
+    );
+    f.delete(&format!("/v1/api-keys/{id}")).await;
+    let r = k.get("/v1/environments").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let other = as_client(&f, "anything-at-all");
+    assert_eq!(
+        other.get("/v1/environments").await.status,
+        StatusCode::OK,
+        "the API is open"
+    );
+}
