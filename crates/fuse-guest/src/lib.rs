@@ -8,9 +8,12 @@
 
 pub mod agent;
 pub mod error;
+pub mod files;
+pub mod inbox;
 pub mod ops;
 pub mod probe;
 pub mod proto;
+pub mod pty;
 pub mod vport;
 
 use std::io::{BufRead, BufReader, Write};
@@ -41,9 +44,10 @@ impl Guest {
         Ok(self.root.join(guest_path.trim_start_matches('/')))
     }
 
-    /// Serves one connection: reads one request line, writes the response line(s).
-    pub fn serve<S: std::io::Read + Write>(&self, stream: S) {
-        let mut reader = BufReader::new(stream);
+    /// Serves one connection: reads one request line, then hands what follows it to an
+    /// [`inbox::Inbox`] and writes the response line(s) to `out`.
+    pub fn serve<R: std::io::Read + Send + 'static, W: Write>(&self, input: R, mut out: W) {
+        let mut reader = BufReader::new(input);
         let mut line = String::new();
         if reader.read_line(&mut line).is_err() {
             return;
@@ -52,8 +56,7 @@ impl Guest {
         // side first says `CONNECT <port>` and expects `OK <port>`.
         if let Some(port) = line.strip_prefix("CONNECT ") {
             let reply = format!("OK {}", port.trim());
-            let w = reader.get_mut();
-            if writeln!(w, "{reply}").is_err() {
+            if writeln!(out, "{reply}").and_then(|_| out.flush()).is_err() {
                 return;
             }
             line.clear();
@@ -61,7 +64,6 @@ impl Guest {
                 return;
             }
         }
-        let mut out = reader.into_inner();
         let req: proto::Request = match serde_json::from_str(line.trim_end()) {
             Ok(r) => r,
             Err(e) => {
@@ -73,7 +75,8 @@ impl Guest {
             let _ = write_line(&mut out, &proto::Response::err("unauthorized"));
             return;
         }
-        ops::handle(self, req.op, &mut out);
+        let inbox = inbox::Inbox::start(reader);
+        ops::handle(self, req.op, &inbox, &mut out);
     }
 }
 

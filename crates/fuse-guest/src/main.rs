@@ -108,7 +108,8 @@ fn main() {
         );
         for conn in l.incoming().flatten() {
             let g = guest.clone();
-            std::thread::spawn(move || g.serve(conn));
+            let Ok(out) = conn.try_clone() else { continue };
+            std::thread::spawn(move || g.serve(conn, out));
         }
     } else if let Some(port) = listen.strip_prefix("vsock:") {
         let port: u32 = port.parse().unwrap_or_else(|_| usage());
@@ -169,7 +170,10 @@ fn serve_vsock(guest: Arc<Guest>, port: u32) {
         };
         let stream = owned_stream(raw);
         let g = guest.clone();
-        std::thread::spawn(move || g.serve(stream));
+        let Ok(out) = stream.try_clone() else {
+            continue;
+        };
+        std::thread::spawn(move || g.serve(stream, out));
     }
 }
 

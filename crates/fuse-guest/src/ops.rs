@@ -1,24 +1,25 @@
 //! The operations: upload, exec (buffered or streamed), agent start/stop, health, the
-//! healthcheck's HTTP probe.
+//! healthcheck's HTTP probe; files (`files`) and terminals (`pty`) have their own modules.
 
 use crate::error::GuestError;
+use crate::inbox::{Inbox, Outbox};
 use crate::proto::{Op, Response};
 use crate::{write_line, Guest};
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-fn b64() -> base64::engine::GeneralPurpose {
+/// The base64 of the protocol.
+pub fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
 /// Dispatches one operation and writes its response(s).
-pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
+pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
     let resp = match op {
         Op::Health => Response {
             version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -41,6 +42,8 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
             cwd,
             timeout_ms,
             stream,
+            stdin_b64,
+            window,
         } => {
             let argv = match (cmd.is_empty(), shell) {
                 (false, None) => cmd,
@@ -50,8 +53,44 @@ pub fn handle<W: Write>(g: &Guest, op: Op, out: &mut W) {
                     return;
                 }
             };
+            let stdin = match stdin_b64.map(|s| b64().decode(s)).transpose() {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = write_line(out, &Response::err("stdin_b64 is not valid base64"));
+                    return;
+                }
+            };
             let limit = Duration::from_millis(timeout_ms.unwrap_or(30_000).clamp(1, 3_600_000));
-            exec(g, &argv, &env, cwd.as_deref(), limit, stream, out);
+            let job = Job {
+                argv: &argv,
+                env: &env,
+                cwd: cwd.as_deref(),
+                stdin,
+                limit,
+                stream,
+            };
+            exec(g, job, &mut Outbox::new(out, inbox, window));
+            return;
+        }
+        Op::WriteFile { path, mode } => {
+            let mode = mode.unwrap_or(0o644);
+            crate::files::write(g, &path, mode, &mut Outbox::new(out, inbox, None));
+            return;
+        }
+        Op::ReadFile { path, window } => {
+            crate::files::read(g, &path, &mut Outbox::new(out, inbox, window));
+            return;
+        }
+        Op::ListDir { path, limit } => crate::files::list(g, &path, limit),
+        Op::Remove { path, recursive } => crate::files::remove(g, &path, recursive),
+        Op::Pty {
+            cmd,
+            env,
+            cwd,
+            size,
+            window,
+        } => {
+            crate::pty::run(g, cmd, env, cwd, size, &mut Outbox::new(out, inbox, window));
             return;
         }
         Op::StartAgent {
@@ -95,43 +134,21 @@ fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), Gue
     let bytes = b64()
         .decode(content_b64)
         .map_err(|_| GuestError::NotBase64)?;
-    let dir = target
-        .parent()
-        .ok_or_else(|| GuestError::NoFile(path.to_owned()))?;
-    std::fs::create_dir_all(dir).map_err(GuestError::io("creating", dir))?;
-    let name = target
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| GuestError::NoFile(path.to_owned()))?;
-    // An unpredictable temp name, created exclusively, never through a symlink, with its
-    // final mode from the start (a key is never readable by others, not even briefly).
-    let tmp = dir.join(format!(
-        ".{name}.fuse-tmp-{}-{:016x}",
-        std::process::id(),
-        random_u64()
-    ));
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        // The umask may have narrowed the mode given at creation.
-        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        GuestError::io("writing", std::path::Path::new(path))(e)
-    })
+    if target.file_name().is_none() {
+        return Err(GuestError::NoFile(path.to_owned()));
+    }
+    let io = GuestError::io("writing", std::path::Path::new(path));
+    let (mut f, tmp) = crate::files::create_temp(&target, mode).map_err(io)?;
+    f.write_all(&bytes)
+        .and_then(|_| crate::files::commit(f, &tmp, &target, mode))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            GuestError::io("writing", std::path::Path::new(path))(e)
+        })
 }
 
 /// 64 random bits from the kernel (no RNG crate in the helper).
-fn random_u64() -> u64 {
+pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = f.read_exact(&mut b);
@@ -162,23 +179,27 @@ fn pump<R: Read + Send + 'static>(mut r: R, tx: mpsc::Sender<Chunk>, is_err: boo
     });
 }
 
-/// Output kept for a buffered exec (each stream); the tail is kept beyond it.
-const MAX_OUTPUT: usize = 4 << 20;
+/// Output kept for a buffered exec (each stream); what comes after it is read and dropped,
+/// and the answer says `truncated`.
+pub const MAX_OUTPUT: usize = 4 << 20;
 
-fn exec<W: Write>(
-    g: &Guest,
-    argv: &[String],
-    env: &BTreeMap<String, String>,
-    cwd: Option<&str>,
+/// One command to run.
+struct Job<'a> {
+    argv: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    cwd: Option<&'a str>,
+    stdin: Option<Vec<u8>>,
     limit: Duration,
     stream: bool,
-    out: &mut W,
-) {
-    let dir = match cwd {
+}
+
+fn exec<W: Write>(g: &Guest, job: Job<'_>, out: &mut Outbox<'_, W>) {
+    let argv = job.argv;
+    let dir = match job.cwd {
         Some(c) => match g.resolve(c) {
             Ok(d) => d,
             Err(e) => {
-                let _ = write_line(out, &Response::err(e.message()));
+                out.send(&Response::err(e.message()));
                 return;
             }
         },
@@ -186,9 +207,13 @@ fn exec<W: Write>(
     };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
-        .envs(env)
+        .envs(job.env)
         .current_dir(&dir)
-        .stdin(Stdio::null())
+        .stdin(if job.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -202,18 +227,21 @@ fn exec<W: Write>(
             } else {
                 (126, format!("{}: {e}\n", argv[0]))
             };
-            let _ = write_line(
-                out,
-                &Response {
-                    exit_code: Some(code),
-                    stdout_b64: Some(String::new()),
-                    stderr_b64: Some(b64().encode(msg)),
-                    ..Response::default()
-                },
-            );
+            out.send(&Response {
+                exit_code: Some(code),
+                stdout_b64: Some(String::new()),
+                stderr_b64: Some(b64().encode(msg)),
+                ..Response::default()
+            });
             return;
         }
     };
+    if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), job.stdin) {
+        // Its own thread: a command that does not read its input must not block us.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        });
+    }
     let (tx, rx) = mpsc::channel();
     if let Some(o) = child.stdout.take() {
         pump(o, tx.clone(), false);
@@ -221,58 +249,65 @@ fn exec<W: Write>(
     if let Some(e) = child.stderr.take() {
         pump(e, tx, true);
     }
+    let limit = job.limit;
     let deadline = Instant::now() + limit;
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
+    let mut truncated = false;
     let mut timed_out = false;
+    let mut hung_up = false;
     let mut exit: Option<std::process::ExitStatus> = None;
+    let keep = |buf: &mut Vec<u8>, c: &[u8], truncated: &mut bool| {
+        let room = MAX_OUTPUT.saturating_sub(buf.len());
+        if c.len() > room {
+            *truncated = true;
+        }
+        buf.extend_from_slice(&c[..c.len().min(room)]);
+    };
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Chunk::Out(c)) => {
-                if stream {
-                    let _ = write_line(
-                        out,
-                        &Response {
-                            stdout_b64: Some(b64().encode(&c)),
-                            ..Response::default()
-                        },
-                    );
-                } else if stdout.len() < MAX_OUTPUT {
-                    stdout.extend_from_slice(&c);
-                }
+            Ok(Chunk::Out(c)) if job.stream => {
+                hung_up = !out.send(&Response {
+                    stdout_b64: Some(b64().encode(&c)),
+                    ..Response::default()
+                });
             }
-            Ok(Chunk::Err(c)) => {
-                if stream {
-                    let _ = write_line(
-                        out,
-                        &Response {
-                            stderr_b64: Some(b64().encode(&c)),
-                            ..Response::default()
-                        },
-                    );
-                } else if stderr.len() < MAX_OUTPUT {
-                    stderr.extend_from_slice(&c);
-                }
+            Ok(Chunk::Err(c)) if job.stream => {
+                hung_up = !out.send(&Response {
+                    stderr_b64: Some(b64().encode(&c)),
+                    ..Response::default()
+                });
             }
+            Ok(Chunk::Out(c)) => keep(&mut stdout, &c, &mut truncated),
+            Ok(Chunk::Err(c)) => keep(&mut stderr, &c, &mut truncated),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // Both pipes closed: wait for the exit (bounded by the deadline).
                 if exit.is_none() {
-                    exit = wait_until(&mut child, deadline);
-                    timed_out = exit.is_none();
+                    exit = wait_until(&mut child, deadline, out.inbox());
+                    timed_out = exit.is_none() && !out.inbox().hung_up();
+                    hung_up = exit.is_none() && !timed_out;
                 }
                 break;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        hung_up = hung_up || out.inbox().hung_up();
+        if hung_up {
+            break;
         }
         if Instant::now() >= deadline {
             timed_out = true;
             break;
         }
     }
-    if timed_out {
+    if timed_out || hung_up {
         // Kill the whole process group so grandchildren holding the pipes die too.
         kill_group(child.id() as i32, nix::sys::signal::Signal::SIGKILL);
         let _ = child.wait();
+    }
+    if hung_up {
+        // Nobody is listening for the answer.
+        return;
     }
     let code = if timed_out {
         124
@@ -290,25 +325,30 @@ fn exec<W: Write>(
     }
     let last = Response {
         exit_code: Some(code),
-        stdout_b64: (!stream).then(|| b64().encode(&stdout)),
-        stderr_b64: Some(b64().encode(if stream && !timed_out {
+        stdout_b64: (!job.stream).then(|| b64().encode(&stdout)),
+        stderr_b64: Some(b64().encode(if job.stream && !timed_out {
             &[][..]
         } else {
             &stderr[..]
         })),
+        truncated,
         ..Response::default()
     };
-    let _ = write_line(out, &last);
+    out.send(&last);
 }
 
-fn wait_until(
+/// Waits for the exit until `deadline` or a hang-up (`None` then).
+pub fn wait_until(
     child: &mut std::process::Child,
     deadline: Instant,
+    inbox: &Inbox,
 ) -> Option<std::process::ExitStatus> {
     loop {
         match child.try_wait() {
             Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) if Instant::now() < deadline && !inbox.hung_up() => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             _ => return None,
         }
     }

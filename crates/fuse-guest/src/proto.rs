@@ -1,7 +1,18 @@
 //! The private-link protocol between `fc-agent` and `fuse-guest`: one request per
-//! connection, one JSON line in; one JSON line out (or, for a streaming exec, several lines
-//! ending with the one that carries `exit_code`). Every request carries the per-VM token.
-//! Byte payloads are standard base64.
+//! connection, one JSON line in; one JSON line out, or several ending with the last one (a
+//! line is the last unless it carries data — `stdout_b64`, `stderr_b64`, `data_b64` — or
+//! says `more`). Every request carries the per-VM token. Byte payloads are standard base64.
+//!
+//! After the request line the host may send [`Input`] lines on the same connection: the
+//! bytes of a file being written, a command's standard input, a terminal's keystrokes and
+//! size, and acknowledgements. The host closing the connection (or, on a multiplexed port,
+//! ending its channel) is a hang-up: a command or terminal still running is killed.
+//!
+//! Flow control: a request that names a `window` gets at most that many data lines ahead
+//! of the host's acknowledgements (`{"ack": N}`: N data lines consumed so far), so a slow
+//! reader on the host slows the guest down on every transport (a multiplexed serial port
+//! has no per-request back-pressure of its own). Without `window` the guest sends freely,
+//! as older hosts expect.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -52,6 +63,12 @@ pub enum Op {
         /// Stream output lines as they come.
         #[serde(default)]
         stream: bool,
+        /// Standard input, base64 (closed after it; none when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdin_b64: Option<String>,
+        /// Flow-control window (data lines ahead of the host's acks).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
     },
     /// Fetch (once) and launch the agent, restarting it when it crashes.
     StartAgent {
@@ -85,6 +102,118 @@ pub enum Op {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Write a file from [`Input`] lines (`data_b64`… then `eof` with the `sha256`):
+    /// atomically (a temp file renamed at the end; nothing changes if the host hangs up or
+    /// the checksum differs), parents created. Answers `size` and `sha256`.
+    WriteFile {
+        /// Absolute guest path.
+        path: String,
+        /// Mode (default 0644).
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    /// Read a file: a header (`more`, `size`, `sha256`, `mode`), `data_b64` lines, then a
+    /// last line with `size` and `sha256` of what was sent.
+    ReadFile {
+        /// Absolute guest path.
+        path: String,
+        /// Flow-control window.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
+    },
+    /// List a directory (`entries`, sorted by name, at most `limit`).
+    ListDir {
+        /// Absolute guest path.
+        path: String,
+        /// Most entries answered (default and ceiling 10 000).
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// Remove a file, or a directory with everything in it when `recursive`.
+    Remove {
+        /// Absolute guest path.
+        path: String,
+        /// Remove a directory tree.
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Run a command on a new pseudo-terminal: [`Input`] lines carry keystrokes
+    /// (`data_b64`) and sizes (`resize`); the answer is `data_b64` lines of terminal output,
+    /// then `exit_code`. The default command is the login shell.
+    Pty {
+        /// Argument vector (the login shell when empty).
+        #[serde(default)]
+        cmd: Vec<String>,
+        /// Extra environment (`TERM` defaults to `xterm-256color`).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        /// Working directory (guest path; default `/`).
+        #[serde(default)]
+        cwd: Option<String>,
+        /// Initial size.
+        #[serde(default)]
+        size: Option<WinSize>,
+        /// Flow-control window.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
+    },
+}
+
+/// A line the host sends after its request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Input {
+    /// Bytes (a file's content, standard input, keystrokes), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// The end of the input (a file's last byte was sent; standard input closes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
+    /// With `eof` of a file write: the SHA-256 (hex) of every byte sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// A terminal's new size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<WinSize>,
+    /// Data lines the host has consumed so far (flow control).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
+}
+
+/// A terminal size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WinSize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name.
+    pub name: String,
+    /// The guest path.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Last modification, seconds since the epoch.
+    pub modified_unix: i64,
+}
+
+/// What kind of failure an `error` is, when the host should tell them apart.
+pub mod code {
+    /// The path does not exist.
+    pub const NOT_FOUND: &str = "not_found";
+    /// The path names a directory where a file was expected, or the reverse.
+    pub const WRONG_TYPE: &str = "wrong_type";
+    /// The request is invalid (a relative path, a bad checksum, bad base64).
+    pub const INVALID: &str = "invalid";
 }
 
 /// A response line.
@@ -114,6 +243,30 @@ pub struct Response {
     /// HTTP probe: the status code of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// With `error`: its kind (see [`code`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Bytes of a file being read, or a terminal's output, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_b64: Option<String>,
+    /// More lines follow this one (a file read's header).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// A file's size (read: before the data; write: what was written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// A file's SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// A file's permission bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// A directory listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<DirEntry>>,
+    /// A buffered exec's output, or a listing, was cut at its limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl Response {
@@ -123,5 +276,24 @@ impl Response {
             error: Some(msg.into()),
             ..Response::default()
         }
+    }
+
+    /// A failure of a kind the host tells apart ([`code`]).
+    pub fn err_code(code: &str, msg: impl Into<String>) -> Self {
+        Response {
+            error: Some(msg.into()),
+            code: Some(code.to_owned()),
+            ..Response::default()
+        }
+    }
+
+    /// Whether the line carries data (more lines follow it).
+    pub fn is_data(&self) -> bool {
+        self.stdout_b64.is_some() || self.stderr_b64.is_some() || self.data_b64.is_some()
+    }
+
+    /// Whether it is the last line of its request.
+    pub fn is_last(&self) -> bool {
+        self.error.is_some() || self.exit_code.is_some() || !(self.is_data() || self.more)
     }
 }

@@ -6,15 +6,25 @@
 //! payload (`<channel> ` alone), which ends the channel. Channels run concurrently (one
 //! thread each), so a long command never blocks a health check.
 //!
+//! Further frames of an open channel are its [`crate::proto::Input`] lines (a file's bytes,
+//! keystrokes, acks); the host's empty payload on an open channel is its hang-up. Channel
+//! numbers only grow within one host's connection, so a late frame of a finished channel
+//! is ignored rather than taken for a new request.
+//!
 //! Invariants: a response line is written whole under one lock, so channels never
 //! interleave inside a line; a host that disconnects (agent restart, VM restore) loses its
 //! open channels and nothing else: the guest keeps the port open and serves the next host.
 
 use crate::Guest;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Cursor, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Input frames queued per channel before the port's reader waits.
+const CHANNEL_QUEUE: usize = 64;
 
 /// Finds the device of the port named `name` (`/sys/class/virtio-ports/*/name`).
 pub fn find_port(name: &str) -> Option<PathBuf> {
@@ -25,10 +35,9 @@ pub fn find_port(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// One channel as a stream for [`Guest::serve`]: reads its request line, frames its writes.
+/// The writing side of one channel: frames its writes.
 struct Channel {
     id: u64,
-    input: Cursor<Vec<u8>>,
     pending: Vec<u8>,
     out: Output,
 }
@@ -47,9 +56,25 @@ impl Channel {
     }
 }
 
-impl Read for Channel {
+/// The reading side of one channel: its request line, then its input frames as lines;
+/// end of input when the host ends the channel or disconnects.
+struct ChannelIn {
+    current: Cursor<Vec<u8>>,
+    rx: Receiver<Vec<u8>>,
+}
+
+impl Read for ChannelIn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.input.read(buf)
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.recv() {
+                Ok(next) => self.current = Cursor::new(next),
+                Err(_) => return Ok(0),
+            }
+        }
     }
 }
 
@@ -117,12 +142,20 @@ fn run<R: Read>(guest: Arc<Guest>, reader: R, out: Box<dyn Write + Send>, stop_a
     let out: Output = Arc::new(Mutex::new(out));
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
+    // The open channels' input queues, and the newest channel number of this host.
+    let mut open: HashMap<u64, SyncSender<Vec<u8>>> = HashMap::new();
+    let mut newest = 0u64;
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
-            Ok(0) if stop_at_eof => return,
-            // No host connected (reads end at once): wait for one; drop any partial frame.
             Ok(0) | Err(_) => {
+                // The host is gone: its channels hang up, the next host numbers afresh.
+                open.clear();
+                newest = 0;
+                if stop_at_eof {
+                    return;
+                }
+                // No host connected (reads end at once): wait for one.
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -136,18 +169,37 @@ fn run<R: Read>(guest: Arc<Guest>, reader: R, out: Box<dyn Write + Send>, stop_a
             continue;
         };
         if payload.is_empty() {
+            // The host ends (hangs up) a channel.
+            open.remove(&id);
             continue;
         }
         let mut input = payload.as_bytes().to_vec();
         input.push(b'\n');
+        if let Some(tx) = open.get(&id) {
+            // An input frame of an open channel (waits while the channel's queue is full).
+            if tx.send(input).is_err() {
+                open.remove(&id);
+            }
+            continue;
+        }
+        if id <= newest {
+            // A late frame of a finished channel.
+            continue;
+        }
+        newest = id;
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_QUEUE);
+        open.insert(id, tx);
+        let ch_in = ChannelIn {
+            current: Cursor::new(input),
+            rx,
+        };
         let ch = Channel {
             id,
-            input: Cursor::new(input),
             pending: Vec::new(),
             out: out.clone(),
         };
         let g = guest.clone();
-        std::thread::spawn(move || g.serve(ch));
+        std::thread::spawn(move || g.serve(ch_in, ch));
     }
 }
 
@@ -173,15 +225,21 @@ mod tests {
         let p = dir.join("out");
         let f = std::fs::File::create(&p).unwrap();
         {
+            let (tx, rx) = mpsc::sync_channel(4);
+            let mut ch_in = ChannelIn {
+                current: Cursor::new(b"req\n".to_vec()),
+                rx,
+            };
+            tx.send(b"more\n".to_vec()).unwrap();
+            drop(tx);
+            let mut s = String::new();
+            ch_in.read_to_string(&mut s).unwrap();
+            assert_eq!(s, "req\nmore\n");
             let mut ch = Channel {
                 id: 5,
-                input: Cursor::new(b"req\n".to_vec()),
                 pending: Vec::new(),
                 out: Arc::new(Mutex::new(Box::new(f))),
             };
-            let mut s = String::new();
-            ch.read_to_string(&mut s).unwrap();
-            assert_eq!(s, "req\n");
             ch.write_all(b"{\"a\":").unwrap();
             ch.write_all(b"1}\n{\"b\":2}\n").unwrap();
         }

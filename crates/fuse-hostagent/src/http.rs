@@ -20,7 +20,7 @@ use fuse_types::hostagent::{
 };
 use fuse_types::{ErrorBody, ErrorCode, ErrorDetail};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -116,7 +116,9 @@ impl IntoResponse for VmError {
     fn into_response(self) -> Response {
         use crate::link::LinkError;
         let (status, code) = match &self {
-            VmError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            VmError::NotFound(_) | VmError::Link(LinkError::NotFound(_)) => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+            }
             VmError::Invalid(_) | VmError::Link(LinkError::Guest(_)) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument)
             }
@@ -217,7 +219,12 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
     use fuse_types::hostagent::{
         FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION,
     };
-    let mut features = vec![FEATURE_PROVISION, FEATURE_FORK, FEATURE_HEALTHCHECK];
+    let mut features = vec![
+        FEATURE_PROVISION,
+        FEATURE_FORK,
+        FEATURE_HEALTHCHECK,
+        fuse_types::hostagent::FEATURE_RUNTIME,
+    ];
     if s.vms.can_expose() {
         features.push(FEATURE_EXPOSE);
     }
@@ -332,10 +339,12 @@ async fn exec(
     let op = Op::Exec {
         cmd: b.cmd,
         shell: None,
-        env: BTreeMap::new(),
-        cwd: None,
+        env: b.env,
+        cwd: b.cwd,
         timeout_ms: Some(ms),
         stream,
+        stdin_b64: b.stdin,
+        window: stream.then_some(crate::link::WINDOW),
     };
     if stream {
         // NDJSON: one line per output chunk as it arrives, then the exit code. Each line is
@@ -351,6 +360,8 @@ async fn exec(
             let result = loop {
                 tokio::select! {
                     r = &mut call => break r,
+                    // The client left: dropping the call hangs up, which kills the command.
+                    _ = tx.closed() => return,
                     Some(resp) = rrx.recv() => {
                         let json = serde_json::to_string(&resp).unwrap_or_default();
                         if tx.send(line(json)).await.is_err() {
@@ -380,6 +391,7 @@ async fn exec(
         exit_code: last.exit_code.unwrap_or(-1),
         stdout: last.stdout_b64.unwrap_or_default(),
         stderr: last.stderr_b64.unwrap_or_default(),
+        truncated: last.truncated,
     })
     .into_response())
 }
@@ -465,6 +477,13 @@ pub fn router(state: S) -> Router {
         .route("/v1/vm/{id}", get(vm_get).delete(vm_delete))
         .route("/v1/vm/{id}/upload", post(upload))
         .route("/v1/vm/{id}/exec", post(exec))
+        .route(
+            "/v1/vm/{id}/files",
+            get(crate::runtime::get)
+                .put(crate::runtime::put)
+                .delete(crate::runtime::delete),
+        )
+        .route("/v1/vm/{id}/attach", get(crate::runtime::attach))
         .route("/v1/vm/{id}/start-agent", post(start_agent))
         .route("/v1/vm/{id}/start-surfd", post(start_agent))
         .route("/v1/vm/{id}/stop-agent", post(stop_agent))

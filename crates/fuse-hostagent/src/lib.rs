@@ -8,6 +8,7 @@ pub mod files;
 pub mod http;
 pub mod link;
 pub mod net;
+pub mod runtime;
 pub mod vms;
 
 use fuse_types::Resources;

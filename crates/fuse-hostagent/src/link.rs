@@ -12,14 +12,14 @@
 //! Either way a request is the same `proto` line with the per-VM token, and the answers are
 //! the same lines, so everything above this module is transport-agnostic.
 
-use fuse_guest::proto::{Op, Request, Response};
+use fuse_guest::proto::{code, Input, Op, Request, Response};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -28,6 +28,10 @@ pub const GUEST_PORT: u32 = 1024;
 
 /// The name of the virtio-serial port `fuse-guest` serves (`fuse.link=vport:fuse`).
 pub const SERIAL_PORT_NAME: &str = "fuse";
+
+/// The flow-control window asked of the guest for streamed answers (data lines in flight;
+/// 64 KiB of base64 each at most, so a few MiB per request).
+pub const WINDOW: u32 = 32;
 
 /// Private-link failures.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ pub enum LinkError {
     /// The guest answered with an error.
     #[error("{0}")]
     Guest(String),
+    /// The guest says the path does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// The answer was not understood, or did not come in time.
     #[error("guest helper protocol error: {0}")]
     Protocol(String),
@@ -78,49 +85,116 @@ fn request_line(token: &str, op: Op) -> Result<String, LinkError> {
     Ok(body)
 }
 
-/// Where a request's response lines go: collected, or forwarded one by one as they arrive
-/// (a streamed exec: the caller's channel gives back-pressure, nothing is held here).
-struct Sink<'a> {
-    out: Vec<Response>,
-    forward: Option<&'a mpsc::Sender<Response>>,
-    seen: usize,
+/// One open request: the guest's answer lines come out of [`Conn::recv`], input lines go
+/// in with [`Conn::send`]. Data lines are acknowledged as they are taken (the guest keeps
+/// at most the request's window ahead). Dropping it hangs up: the guest kills what the
+/// request still runs.
+pub struct Conn {
+    tx: ConnSender,
+    rx: ConnRx,
+    window: Option<u32>,
+    taken: u64,
+    acked: u64,
+    done: bool,
 }
 
-impl<'a> Sink<'a> {
-    fn collect() -> Sink<'a> {
-        Sink {
-            out: Vec::new(),
-            forward: None,
-            seen: 0,
+enum ConnTx {
+    Vsock(OwnedWriteHalf),
+    Serial { mux: Arc<Mux>, ch: u64 },
+}
+
+impl Drop for ConnTx {
+    fn drop(&mut self) {
+        if let ConnTx::Serial { mux, ch } = self {
+            mux.end(*ch);
         }
     }
+}
 
-    fn forward(tx: &'a mpsc::Sender<Response>) -> Sink<'a> {
-        Sink {
-            out: Vec::new(),
-            forward: Some(tx),
-            seen: 0,
+/// The sending side of a [`Conn`], for a task that feeds input while another reads.
+#[derive(Clone)]
+pub struct ConnSender(Arc<tokio::sync::Mutex<ConnTx>>);
+
+impl ConnSender {
+    /// Sends one input line.
+    pub async fn send(&self, input: &Input) -> Result<(), LinkError> {
+        let mut line =
+            serde_json::to_string(input).map_err(|e| LinkError::Protocol(e.to_string()))?;
+        line.push('\n');
+        match &mut *self.0.lock().await {
+            ConnTx::Vsock(w) => w
+                .write_all(line.as_bytes())
+                .await
+                .map_err(|e| LinkError::Unreachable(e.to_string())),
+            ConnTx::Serial { mux, ch } => mux.write(format!("{ch} {line}")).await,
         }
     }
+}
 
-    /// Takes one response line; `Ok(true)` when it is the last of its request.
-    async fn take(&mut self, line: &str) -> Result<bool, LinkError> {
+enum ConnRx {
+    Vsock(BufReader<OwnedReadHalf>),
+    Serial(mpsc::UnboundedReceiver<String>),
+}
+
+impl Conn {
+    /// Sends one input line.
+    pub async fn send(&mut self, input: &Input) -> Result<(), LinkError> {
+        self.tx.send(input).await
+    }
+
+    /// A sender for another task.
+    pub fn sender(&self) -> ConnSender {
+        self.tx.clone()
+    }
+
+    /// The next answer line; `None` after the last one. A guest error is an `Err`.
+    pub async fn recv(&mut self) -> Result<Option<Response>, LinkError> {
+        if self.done {
+            return Ok(None);
+        }
+        let line = match &mut self.rx {
+            ConnRx::Vsock(r) => {
+                let mut line = String::new();
+                let n = r
+                    .read_line(&mut line)
+                    .await
+                    .map_err(|e| LinkError::Protocol(e.to_string()))?;
+                (n > 0).then_some(line)
+            }
+            ConnRx::Serial(rx) => rx.recv().await,
+        };
+        let Some(line) = line else {
+            self.done = true;
+            return Err(LinkError::Unreachable(
+                "the guest ended the request without an answer (VM stopped or replaced)".into(),
+            ));
+        };
         let resp: Response = serde_json::from_str(line.trim_end())
             .map_err(|e| LinkError::Protocol(e.to_string()))?;
+        if resp.is_last() {
+            self.done = true;
+        }
         if let Some(e) = &resp.error {
-            return Err(LinkError::Guest(e.clone()));
+            return Err(match resp.code.as_deref() {
+                Some(code::NOT_FOUND) => LinkError::NotFound(e.clone()),
+                _ => LinkError::Guest(e.clone()),
+            });
         }
-        let last =
-            resp.exit_code.is_some() || (resp.stdout_b64.is_none() && resp.stderr_b64.is_none());
-        self.seen += 1;
-        match self.forward {
-            Some(tx) => tx
-                .send(resp)
-                .await
-                .map_err(|_| LinkError::Protocol("the caller stopped reading".into()))?,
-            None => self.out.push(resp),
+        if resp.is_data() {
+            self.taken += 1;
+            if let Some(w) = self.window {
+                if self.taken - self.acked >= u64::from(w / 2).max(1) {
+                    self.acked = self.taken;
+                    let ack = Input {
+                        ack: Some(self.taken),
+                        ..Input::default()
+                    };
+                    // A guest that finished meanwhile needs no ack.
+                    let _ = self.send(&ack).await;
+                }
+            }
         }
-        Ok(last)
+        Ok(Some(resp))
     }
 }
 
@@ -139,6 +213,35 @@ impl Link {
         &self.sock
     }
 
+    /// Opens a request; `window` is the one the op asked the guest for (if any), so its
+    /// data lines are acknowledged.
+    pub async fn open(&self, token: &str, op: Op, window: Option<u32>) -> Result<Conn, LinkError> {
+        let line = request_line(token, op)?;
+        let (tx, rx) = match self.transport {
+            Transport::Vsock => {
+                let (r, w) = connect_vsock(&self.sock).await?;
+                let mut w = w;
+                w.write_all(line.as_bytes())
+                    .await
+                    .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+                (ConnTx::Vsock(w), ConnRx::Vsock(r))
+            }
+            Transport::Serial => {
+                let mux = self.connected().await?;
+                let (ch, rx) = mux.open(line).await?;
+                (ConnTx::Serial { mux, ch }, ConnRx::Serial(rx))
+            }
+        };
+        Ok(Conn {
+            tx: ConnSender(Arc::new(tokio::sync::Mutex::new(tx))),
+            rx,
+            window,
+            taken: 0,
+            acked: 0,
+            done: false,
+        })
+    }
+
     /// Sends one request and collects every response line (streamed exec output first).
     pub async fn call(
         &self,
@@ -146,9 +249,13 @@ impl Link {
         op: Op,
         limit: Duration,
     ) -> Result<Vec<Response>, LinkError> {
-        let mut sink = Sink::collect();
-        self.run(token, op, limit, &mut sink).await?;
-        Ok(sink.out)
+        let mut out = Vec::new();
+        self.run(token, op, limit, |r| {
+            out.push(r);
+            std::future::ready(Ok(()))
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Sends one request and forwards each response line to `tx` as it arrives (a
@@ -160,32 +267,41 @@ impl Link {
         limit: Duration,
         tx: &mpsc::Sender<Response>,
     ) -> Result<(), LinkError> {
-        self.run(token, op, limit, &mut Sink::forward(tx)).await
+        self.run(token, op, limit, |r| async move {
+            tx.send(r)
+                .await
+                .map_err(|_| LinkError::Protocol("the caller stopped reading".into()))
+        })
+        .await
     }
 
-    async fn run(
+    async fn run<F, Fut>(
         &self,
         token: &str,
         op: Op,
         limit: Duration,
-        sink: &mut Sink<'_>,
-    ) -> Result<(), LinkError> {
-        let run = async {
-            match self.transport {
-                Transport::Vsock => call_vsock(&self.sock, token, op, sink).await,
-                Transport::Serial => {
-                    let mux = self.connected().await?;
-                    mux.call(request_line(token, op)?, sink).await
-                }
+        mut sink: F,
+    ) -> Result<(), LinkError>
+    where
+        F: FnMut(Response) -> Fut,
+        Fut: std::future::Future<Output = Result<(), LinkError>>,
+    {
+        let window = match &op {
+            Op::Exec { window, .. } | Op::ReadFile { window, .. } | Op::Pty { window, .. } => {
+                *window
             }
+            _ => None,
+        };
+        let run = async {
+            let mut conn = self.open(token, op, window).await?;
+            while let Some(r) = conn.recv().await? {
+                sink(r).await?;
+            }
+            Ok::<_, LinkError>(())
         };
         tokio::time::timeout(limit, run).await.map_err(|_| {
             LinkError::Protocol(format!("no answer within {} ms", limit.as_millis()))
-        })??;
-        if sink.seen == 0 {
-            return Err(LinkError::Protocol("no answer".into()));
-        }
-        Ok(())
+        })?
     }
 
     /// The open multiplexed connection, (re)connecting when there is none.
@@ -239,12 +355,10 @@ impl Link {
     }
 }
 
-async fn call_vsock(
+/// Connects with the vsock-muxer handshake.
+async fn connect_vsock(
     sock: &Path,
-    token: &str,
-    op: Op,
-    sink: &mut Sink<'_>,
-) -> Result<(), LinkError> {
+) -> Result<(BufReader<OwnedReadHalf>, OwnedWriteHalf), LinkError> {
     let stream = UnixStream::connect(sock)
         .await
         .map_err(|e| LinkError::Unreachable(e.to_string()))?;
@@ -263,40 +377,25 @@ async fn call_vsock(
             line.trim()
         )));
     }
-    w.write_all(request_line(token, op)?.as_bytes())
-        .await
-        .map_err(|e| LinkError::Unreachable(e.to_string()))?;
-    loop {
-        line.clear();
-        let n = r
-            .read_line(&mut line)
-            .await
-            .map_err(|e| LinkError::Protocol(e.to_string()))?;
-        if n == 0 || sink.take(&line).await? {
-            return Ok(());
-        }
-    }
+    Ok((r, w))
 }
 
 /// Channel numbers, unique for the agent's lifetime (a guest may still answer a channel of
 /// an earlier connection; such answers are ignored).
 static NEXT_CHANNEL: AtomicU64 = AtomicU64::new(1);
 
-/// One multiplexed connection to a virtio-serial chardev.
+/// Frames queued for the port before a sender waits.
+const WRITE_QUEUE: usize = 64;
+
+type Channels = Arc<parking_lot::Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>>;
+
+/// One multiplexed connection to a virtio-serial chardev: a reader task that routes answer
+/// frames to their channels, a writer task that owns the socket's writing half.
 struct Mux {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
-    chans: Arc<parking_lot::Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>>,
+    writer: mpsc::Sender<String>,
+    chans: Channels,
     dead: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
-}
-
-/// Removes a channel however its call ends (answered, failed, timed out).
-struct ChannelGuard<'a>(&'a Mux, u64);
-
-impl Drop for ChannelGuard<'_> {
-    fn drop(&mut self) {
-        self.0.chans.lock().remove(&self.1);
-    }
 }
 
 impl Mux {
@@ -304,9 +403,8 @@ impl Mux {
         let stream = UnixStream::connect(sock)
             .await
             .map_err(|e| LinkError::Unreachable(e.to_string()))?;
-        let (r, w) = stream.into_split();
-        let chans: Arc<parking_lot::Mutex<HashMap<u64, mpsc::UnboundedSender<String>>>> =
-            Arc::default();
+        let (r, mut w) = stream.into_split();
+        let chans: Channels = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         let (c2, d2) = (chans.clone(), dead.clone());
         let reader = tokio::spawn(async move {
@@ -333,8 +431,18 @@ impl Mux {
             // Every open request ends now.
             c2.lock().clear();
         });
+        let (writer, mut frames) = mpsc::channel::<String>(WRITE_QUEUE);
+        let d3 = dead.clone();
+        tokio::spawn(async move {
+            while let Some(f) = frames.recv().await {
+                if w.write_all(f.as_bytes()).await.is_err() {
+                    d3.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
         Ok(Arc::new(Mux {
-            writer: tokio::sync::Mutex::new(w),
+            writer,
             chans,
             dead,
             reader,
@@ -347,38 +455,47 @@ impl Mux {
         self.chans.lock().clear();
     }
 
-    async fn call(&self, request: String, sink: &mut Sink<'_>) -> Result<(), LinkError> {
+    fn closed_error() -> LinkError {
+        LinkError::Unreachable("the link closed (VM stopped or replaced)".into())
+    }
+
+    async fn write(&self, frame: String) -> Result<(), LinkError> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(Self::closed_error());
+        }
+        self.writer
+            .send(frame)
+            .await
+            .map_err(|_| Self::closed_error())
+    }
+
+    /// Opens a channel with its request line.
+    async fn open(
+        &self,
+        request: String,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<String>), LinkError> {
         let ch = NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         self.chans.lock().insert(ch, tx);
-        let _guard = ChannelGuard(self, ch);
         // The reader marks the connection dead before it drops every channel: a channel
         // added after that would wait for nothing.
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(LinkError::Unreachable(
-                "the link closed (VM stopped or replaced)".into(),
-            ));
+        if let Err(e) = self.write(format!("{ch} {request}")).await {
+            self.chans.lock().remove(&ch);
+            return Err(e);
         }
-        {
-            let mut w = self.writer.lock().await;
-            let frame = format!("{ch} {request}");
-            if let Err(e) = w.write_all(frame.as_bytes()).await {
-                self.dead.store(true, Ordering::SeqCst);
-                return Err(LinkError::Unreachable(e.to_string()));
-            }
+        Ok((ch, rx))
+    }
+
+    /// Ends a channel from the host's side (its request is over, or abandoned: a hang-up).
+    fn end(&self, ch: u64) {
+        self.chans.lock().remove(&ch);
+        let frame = format!("{ch} \n");
+        if let Err(mpsc::error::TrySendError::Full(f)) = self.writer.try_send(frame) {
+            let w = self.writer.clone();
+            tokio::spawn(async move {
+                let _ = w.send(f).await;
+            });
         }
-        while let Some(line) = rx.recv().await {
-            if sink.take(&line).await? {
-                return Ok(());
-            }
-        }
-        Err(LinkError::Unreachable(
-            if self.dead.load(Ordering::SeqCst) {
-                "the link closed (VM stopped or replaced)".into()
-            } else {
-                "the guest ended the request without an answer".into()
-            },
-        ))
     }
 }
 
@@ -423,6 +540,8 @@ mod tests {
             cwd: None,
             timeout_ms: Some(5000),
             stream: false,
+            stdin_b64: None,
+            window: None,
         };
         let t0 = std::time::Instant::now();
         let (a, b) = tokio::join!(link.call(&token, slow, Duration::from_secs(10)), async {

@@ -176,6 +176,11 @@ impl Vm {
         Ok(self.link.call(&self.token(), op, limit).await?)
     }
 
+    /// Opens a request on the guest link whose lines are exchanged by the caller.
+    pub async fn open(&self, op: Op, window: Option<u32>) -> Result<crate::link::Conn, VmError> {
+        Ok(self.link.open(&self.token(), op, window).await?)
+    }
+
     /// Sends one request to the guest helper and forwards each response line to `tx` as it
     /// arrives (streamed exec).
     pub async fn guest_stream(

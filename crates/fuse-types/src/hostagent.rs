@@ -2,6 +2,7 @@
 //! answers. Byte payloads (file contents, command output) are standard base64.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// `details.reason` of a host-agent error whose VM did not boot (its message then carries
 /// the tail of the guest's console, safe to show to the environment's owner).
@@ -293,6 +294,15 @@ pub struct AgentExec {
     /// Limit in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Extra environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (guest path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Standard input, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
 }
 
 /// `POST /v1/vm/{id}/exec` answer; output is base64.
@@ -304,7 +314,73 @@ pub struct AgentExecResult {
     pub stdout: String,
     /// Standard error, base64.
     pub stderr: String,
+    /// The output was cut at the guest's buffered-output limit (4 MiB per stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
+
+/// One line of a streamed `POST /v1/vm/{id}/exec?stream=true` (NDJSON): a chunk of output
+/// (base64) or, last, the exit code; or an error that ended the stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentExecChunk {
+    /// Standard output bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_b64: Option<String>,
+    /// Standard error bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_b64: Option<String>,
+    /// The exit code (the last line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// What ended the stream early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One entry of `GET /v1/vm/{id}/files?list=true` (and of the REST API's listing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// The name.
+    pub name: String,
+    /// The guest path.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits, octal text (`0644`).
+    pub mode: String,
+    /// Last modification, RFC 3339.
+    pub modified_at: String,
+}
+
+/// `GET …/files?list=true` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileList {
+    /// Sorted by name.
+    pub entries: Vec<FileEntry>,
+    /// More entries exist than were answered (10 000 at most).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// `PUT …/files` answer: what was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileWritten {
+    /// The guest path.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
+    /// Their SHA-256, hex.
+    pub sha256: String,
+}
+
+/// The header of a file read (`GET …/files`) that carries the file's SHA-256.
+pub const SHA256_HEADER: &str = "x-fuse-sha256";
+
+/// The terminal feature of `/healthz`: files, streamed exec with input, and `attach`.
+pub const FEATURE_RUNTIME: &str = "runtime-io";
 
 /// `POST /v1/vm/{id}/start-agent` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,8 @@ async fn probe(vm: &Vm, spec: &HealthcheckSpec, timeout: Duration) -> Outcome {
             cwd: None,
             timeout_ms: Some(ms),
             stream: false,
+            stdin_b64: None,
+            window: None,
         },
         (None, None) => return Outcome::Fail("the healthcheck has no probe".into()),
     };

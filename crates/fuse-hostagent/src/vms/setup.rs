@@ -80,6 +80,8 @@ pub async fn run(vm: &Vm, setup: &GuestSetup) -> Result<Vec<StepTiming>, VmError
             cwd: None,
             timeout_ms: Some(s.timeout_ms),
             stream: false,
+            stdin_b64: None,
+            window: None,
         };
         let limit = Duration::from_millis(s.timeout_ms) + Duration::from_secs(10);
         let lines = vm

@@ -261,6 +261,8 @@ impl Vms {
                 cwd: None,
                 timeout_ms: Some(30_000),
                 stream: false,
+                stdin_b64: None,
+                window: None,
             };
             if let Err(e) = vm.guest(sync, Duration::from_secs(40)).await {
                 tracing::warn!(vm_id = %id, error = %e, "sync before the snapshot failed");

@@ -7,6 +7,7 @@
 mod expose;
 mod healthcheck;
 mod provision;
+mod runtime;
 mod snapshots;
 mod tools;
 

@@ -291,6 +291,7 @@ impl Provider for HostAgentClient {
         let body = AgentExec {
             cmd: cmd.to_vec(),
             timeout_ms: Some(timeout.as_millis() as u64),
+            ..AgentExec::default()
         };
         let r: AgentExecResult = need(
             self.call(

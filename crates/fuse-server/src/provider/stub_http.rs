@@ -166,6 +166,7 @@ async fn exec(
                 exit_code: r.exit_code,
                 stdout: enc(&r.stdout),
                 stderr: enc(&r.stderr),
+                truncated: false,
             })
             .into_response()
         }
