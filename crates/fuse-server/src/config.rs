@@ -97,6 +97,10 @@ pub struct Flags {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "ORCH_MAX_BODY_BYTES", default_value = "16777216")]
     pub max_body_bytes: String,
+    /// Largest file accepted by `PUT /v1/environments/{id}/files`, in bytes (streamed to
+    /// the guest, never held here).
+    #[arg(long, env = "FUSE_MAX_FILE_BYTES", default_value = "1073741824")]
+    pub max_file_bytes: String,
     /// Seconds a client has to send a whole request head (and, over TLS, finish the
     /// handshake) once it starts one; a new connection's clock starts at accept.
     #[arg(long, env = "ORCH_HEADER_TIMEOUT_SECS", default_value = "10")]
@@ -230,6 +234,8 @@ pub struct Config {
     pub policy: Policy,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// Runtime file-write limit.
+    pub max_file_bytes: u64,
     /// Time to send a request head (and the TLS handshake).
     pub header_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
@@ -436,6 +442,7 @@ impl Config {
             }
         };
         let max_body_bytes = num("ORCH_MAX_BODY_BYTES", &f.max_body_bytes, 1024, 1 << 30) as usize;
+        let max_file_bytes = num("FUSE_MAX_FILE_BYTES", &f.max_file_bytes, 1, 1 << 40);
         let header_timeout = secs(num(
             "ORCH_HEADER_TIMEOUT_SECS",
             &f.header_timeout_secs,
@@ -548,6 +555,7 @@ impl Config {
             agent_profile: f.agent_profile,
             policy,
             max_body_bytes,
+            max_file_bytes,
             header_timeout,
             idle_timeout,
             body_timeout,

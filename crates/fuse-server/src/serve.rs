@@ -11,7 +11,8 @@
 //!   [`Limits::idle_timeout`] without a byte. A request is in progress from its head until
 //!   its response body is finished, so an SSE stream or a long exec call is never cut;
 //! - **body timeout**: a request body must be complete within [`Limits::body_timeout`] of
-//!   its head (the handler then answers 408 and the connection closes);
+//!   its head (the handler then answers 408 and the connection closes); a streamed body (a
+//!   file upload, `http::streams_body`) must instead never pause that long;
 //! - hyper's read buffer is capped at [`MAX_BUF`], which bounds a request head and what one
 //!   connection buffers.
 //!
@@ -284,7 +285,13 @@ impl Conn {
                 let guard = clock.request_started();
                 let deadline = Instant::now() + limits.body_timeout;
                 let timeouts = timeouts.clone();
-                let mut req = req.map(|b| Body::new(DeadlineBody::new(b, deadline, timeouts)));
+                let sliding = crate::http::streams_body(req.method(), req.uri().path())
+                    .then_some(limits.body_timeout);
+                let mut req = req.map(|b| {
+                    let mut body = DeadlineBody::new(b, deadline, timeouts);
+                    body.sliding = sliding;
+                    Body::new(body)
+                });
                 req.extensions_mut().insert(ConnectInfo(peer));
                 let router = router.clone();
                 async move {
@@ -304,7 +311,9 @@ impl Conn {
             // connection waits, which would make it the idle timeout too.
             .header_read_timeout(None)
             .max_buf_size(MAX_BUF)
-            .serve_connection(TokioIo::new(io), svc);
+            .serve_connection(TokioIo::new(io), svc)
+            // A terminal (`/attach`) takes the connection over once answered `101`.
+            .with_upgrades();
         tokio::pin!(conn);
         let mut draining = false;
         loop {
@@ -492,6 +501,8 @@ struct DeadlineBody {
     /// Armed on the first wait, so bodies that are already complete cost no timer.
     sleep: Option<Pin<Box<Sleep>>>,
     timeouts: prometheus::IntCounterVec,
+    /// For a streamed body: the deadline moves this far past every frame that arrives.
+    sliding: Option<Duration>,
 }
 
 impl DeadlineBody {
@@ -501,6 +512,7 @@ impl DeadlineBody {
             deadline,
             sleep: None,
             timeouts,
+            sliding: None,
         }
     }
 }
@@ -515,7 +527,13 @@ impl HttpBody for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map(|f| f.map_err(BodyError::Read))),
+            Poll::Ready(r) => {
+                if let (Some(gap), Some(Ok(_))) = (this.sliding, &r) {
+                    this.deadline = Instant::now() + gap;
+                    this.sleep = None;
+                }
+                Poll::Ready(r.map(|f| f.map_err(BodyError::Read)))
+            }
             Poll::Pending => {
                 let deadline = this.deadline;
                 let sleep = this

@@ -28,6 +28,7 @@ pub fn test_flags() -> Flags {
         agent_profile: "fused".into(),
         scheduler_policy: "spread".into(),
         max_body_bytes: "1048576".into(),
+        max_file_bytes: "1073741824".into(),
         header_timeout_secs: "10".into(),
         idle_timeout_secs: "60".into(),
         body_timeout_secs: "60".into(),

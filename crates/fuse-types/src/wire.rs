@@ -446,6 +446,18 @@ pub struct ExecRequest {
     /// Limit in milliseconds (default 30 000, at most 600 000).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (absolute guest path).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Standard input, base64 (none: the command reads end-of-file).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// `text` (default: output as lossy UTF-8) or `base64` (output exactly).
+    #[serde(default)]
+    pub output: Option<String>,
 }
 
 /// The result of a command in a guest. A non-zero exit is a successful call.
@@ -453,10 +465,14 @@ pub struct ExecRequest {
 pub struct ExecResponse {
     /// Exit code (127 if the command does not exist, 124 on timeout).
     pub exit_code: i32,
-    /// Standard output (lossy UTF-8).
+    /// Standard output (lossy UTF-8, or base64 with `output: "base64"`).
     pub stdout: String,
-    /// Standard error (lossy UTF-8).
+    /// Standard error (lossy UTF-8, or base64 with `output: "base64"`).
     pub stderr: String,
+    /// The output was cut at the buffered limit (4 MiB per stream; stream the exec for
+    /// more). Absent when nothing was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// A host as reported by the API. The host token is never returned.

@@ -21,8 +21,8 @@ use fuse_types::hostagent::{
 };
 use fuse_types::lifecycle::{self as table, Event};
 use fuse_types::{
-    now, AgentSpec, CreateEnvironment, Endpoint, Environment, EnvironmentList, ExecRequest,
-    ExecResponse, HostId, Protocol, VmId, VmState,
+    now, AgentSpec, CreateEnvironment, Endpoint, Environment, EnvironmentList, HostId, Protocol,
+    VmId, VmState,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -710,23 +710,6 @@ impl App {
             )
             .await?;
         Ok(())
-    }
-
-    /// Runs a command in a running (or draining) environment.
-    pub async fn env_exec(&self, id: &str, req: ExecRequest) -> Result<ExecResponse, AppError> {
-        let (argv, timeout) = validate::exec(&req).map_err(AppError::Invalid)?;
-        let rec = self.env_get(id).await?;
-        if !matches!(rec.state, VmState::Running | VmState::Draining) {
-            return Err(AppError::conflict(format!(
-                "environment {} is {}; commands run only in running or draining environments",
-                rec.id, rec.state
-            )));
-        }
-        let provider = self.provider_of(&rec).await?;
-        let out = provider.exec(rec.id.as_str(), &argv, timeout).await?;
-        // The command ran for a while: it counts as activity at its end too.
-        self.touch(&rec).await;
-        Ok(out)
     }
 
     /// The provider of the VM's own host.

@@ -14,6 +14,7 @@ pub mod host_addr;
 pub mod hosts;
 pub mod lifecycle;
 pub mod paging;
+pub mod runtime;
 pub mod snapshots;
 mod validate;
 

@@ -81,6 +81,9 @@ pub async fn action(
         Some("exec") => {
             caller.require_master("running commands in an environment")?;
             let req: ExecRequest = super::extract::parse_json(&body)?;
+            if q.bool("stream", false)? {
+                return super::runtime::exec_stream(app, &id, req).await;
+            }
             Ok(Json(app.env_exec(&id, req).await?).into_response())
         }
         Some("fork") => {

@@ -155,6 +155,7 @@ impl From<ProviderError> for ApiError {
                 ApiError::invalid(e.client_message()).with_internal(e.to_string())
             }
             ProviderError::Internal(_) => ApiError::internal(e.to_string()),
+            ProviderError::Unsupported(m) => ApiError::new(ErrorCode::Unimplemented, m.clone()),
             ProviderError::GuestFailed(_) | ProviderError::SetupFailed { .. } => {
                 ApiError::unavailable(e.client_message()).with_internal(e.to_string())
             }

@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 pub mod extract;
 mod hosts;
+mod runtime;
 mod snapshots;
 mod system;
 
@@ -118,6 +119,26 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             get(environments::computer),
         ),
         (
+            Method::PUT,
+            "/v1/environments/{id}/files",
+            axum::routing::put(runtime::put),
+        ),
+        (
+            Method::GET,
+            "/v1/environments/{id}/files",
+            get(runtime::get),
+        ),
+        (
+            Method::DELETE,
+            "/v1/environments/{id}/files",
+            delete(runtime::delete),
+        ),
+        (
+            Method::GET,
+            "/v1/environments/{id}/attach",
+            get(runtime::attach),
+        ),
+        (
             Method::POST,
             "/v1/environments/{id}/computer",
             post(environments::computer),
@@ -189,6 +210,9 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 /// `Connection: close` since the rest of it is not read.
 async fn whole_body(State(limit): State<usize>, req: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
+    if streams_body(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     let no_body = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -219,6 +243,13 @@ async fn whole_body(State(limit): State<usize>, req: Request, next: Next) -> Res
             resp
         }
     }
+}
+
+/// Whether a request's body is streamed to its handler rather than read whole first (a file
+/// upload): its body limit is the handler's, and its body timeout counts from the last
+/// byte that arrived rather than from the head.
+pub fn streams_body(method: &Method, path: &str) -> bool {
+    method == Method::PUT && path.starts_with("/v1/environments/") && path.ends_with("/files")
 }
 
 /// Counts and times every routed request, inside a span carrying the request id.

@@ -5,13 +5,15 @@
 //! (remembered from the last health answer, which the host monitor refreshes); a host that
 //! does not is driven call by call, with `/start-surfd` as the fallback of `/start-agent`.
 
+use super::runtime::{Attached, ExecStream, FileDownload, FileUpload};
 use super::{Provider, ProviderError};
 use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
     AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
-    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, SetupStep, FEATURE_EXPOSE,
-    FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION,
+    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, FileList, FileWritten, SetupStep,
+    FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION, FEATURE_RUNTIME,
+    SHA256_HEADER,
 };
 use fuse_types::{ErrorBody, ExecResponse};
 use reqwest::{Method, StatusCode};
@@ -116,47 +118,56 @@ impl HostAgentClient {
                 });
             }
             let text = resp.text().await.unwrap_or_default();
-            let body = serde_json::from_str::<ErrorBody>(&text).ok();
-            let detail = |k: &str| {
-                body.as_ref()
-                    .and_then(|b| b.error.details.get(k))
-                    .and_then(|r| r.as_str())
-                    .map(str::to_owned)
-            };
-            let reason = detail("reason");
-            let step = detail("step").and_then(|s| s.parse::<SetupStep>().ok());
-            let message = body
-                .map(|b| b.error.message)
-                .unwrap_or_else(|| text.chars().take(300).collect());
-            match (reason.as_deref(), step) {
-                (Some(fuse_types::hostagent::GUEST_DID_NOT_BOOT), _) => {
-                    return Err(ProviderError::GuestFailed(message))
-                }
-                (Some(fuse_types::hostagent::SETUP_FAILED), Some(step)) => {
-                    return Err(ProviderError::SetupFailed { step, message })
-                }
-                _ => {}
-            }
-            return Err(match status {
-                StatusCode::NOT_FOUND => ProviderError::NotFound(message),
-                StatusCode::SERVICE_UNAVAILABLE
-                | StatusCode::BAD_GATEWAY
-                | StatusCode::GATEWAY_TIMEOUT
-                | StatusCode::TOO_MANY_REQUESTS => {
-                    ProviderError::Unavailable(format!("{method} {path}: {status}: {message}"))
-                }
-                s if s.is_client_error() => ProviderError::Rejected {
-                    status: s.as_u16(),
-                    message,
-                },
-                s => ProviderError::Internal(format!("{method} {path}: {s}: {message}")),
-            });
+            return Err(error_from(&method, path, status, &text));
         }
     }
 
     fn vm_path(vm_id: &str, rest: &str) -> String {
         format!("/v1/vm/{vm_id}{rest}")
     }
+
+    /// Refuses a runtime call to a host whose agent does not offer it.
+    async fn need_runtime(&self, what: &str) -> Result<(), ProviderError> {
+        if self.supports(FEATURE_RUNTIME).await? {
+            Ok(())
+        } else {
+            Err(super::unsupported("an older fc-agent", what))
+        }
+    }
+
+    /// Sends a request whose answer is streamed (no overall timeout: the stream is as long
+    /// as the file or the command); a non-success answer is the host's error.
+    async fn send_streaming(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            ProviderError::Unavailable(format!("{method} {path}: {}", error_chain(&e)))
+        })?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        Err(error_from(&method, path, status, &text))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+fn stream_of(
+    resp: reqwest::Response,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, ProviderError>> {
+    use futures::StreamExt as _;
+    resp.bytes_stream()
+        .map(|r| {
+            r.map_err(|e| ProviderError::Unavailable(format!("reading the host's stream: {e}")))
+        })
+        .boxed()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -172,6 +183,45 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 fn need<T>(v: Option<T>, what: &str) -> Result<T, ProviderError> {
     v.ok_or_else(|| ProviderError::Internal(format!("{what}: empty answer")))
+}
+
+/// The error of a host's non-success answer, from its envelope.
+fn error_from(method: &Method, path: &str, status: StatusCode, text: &str) -> ProviderError {
+    let body = serde_json::from_str::<ErrorBody>(text).ok();
+    let detail = |k: &str| {
+        body.as_ref()
+            .and_then(|b| b.error.details.get(k))
+            .and_then(|r| r.as_str())
+            .map(str::to_owned)
+    };
+    let reason = detail("reason");
+    let step = detail("step").and_then(|s| s.parse::<SetupStep>().ok());
+    let message = body
+        .map(|b| b.error.message)
+        .unwrap_or_else(|| text.chars().take(300).collect());
+    match (reason.as_deref(), step) {
+        (Some(fuse_types::hostagent::GUEST_DID_NOT_BOOT), _) => {
+            return ProviderError::GuestFailed(message)
+        }
+        (Some(fuse_types::hostagent::SETUP_FAILED), Some(step)) => {
+            return ProviderError::SetupFailed { step, message }
+        }
+        _ => {}
+    }
+    match status {
+        StatusCode::NOT_FOUND => ProviderError::NotFound(message),
+        StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::GATEWAY_TIMEOUT
+        | StatusCode::TOO_MANY_REQUESTS => {
+            ProviderError::Unavailable(format!("{method} {path}: {status}: {message}"))
+        }
+        s if s.is_client_error() => ProviderError::Rejected {
+            status: s.as_u16(),
+            message,
+        },
+        s => ProviderError::Internal(format!("{method} {path}: {s}: {message}")),
+    }
 }
 
 #[async_trait]
@@ -313,6 +363,7 @@ impl Provider for HostAgentClient {
             exit_code: r.exit_code,
             stdout: dec(&r.stdout)?,
             stderr: dec(&r.stderr)?,
+            truncated: r.truncated,
         })
     }
 
@@ -400,5 +451,142 @@ impl Provider for HostAgentClient {
             Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn exec_job(
+        &self,
+        vm_id: &str,
+        job: &AgentExec,
+    ) -> Result<AgentExecResult, ProviderError> {
+        if !job.env.is_empty() || job.cwd.is_some() || job.stdin.is_some() {
+            self.need_runtime("exec with env, cwd or stdin").await?;
+        }
+        let limit = Duration::from_millis(job.timeout_ms.unwrap_or(30_000)) + FAST;
+        let r = self
+            .call(
+                Method::POST,
+                &Self::vm_path(vm_id, "/exec"),
+                Some(job),
+                limit,
+            )
+            .await?;
+        need(r, "exec")
+    }
+
+    async fn exec_stream(&self, vm_id: &str, job: &AgentExec) -> Result<ExecStream, ProviderError> {
+        self.need_runtime("streamed exec").await?;
+        let path = Self::vm_path(vm_id, "/exec?stream=true");
+        let req = self.http.post(self.url(&path)).json(job);
+        let resp = self.send_streaming(req, Method::POST, &path).await?;
+        Ok(super::runtime::ndjson(stream_of(resp), 1 << 20))
+    }
+
+    async fn file_put(&self, vm_id: &str, file: FileUpload) -> Result<FileWritten, ProviderError> {
+        self.need_runtime("file writes").await?;
+        let path = Self::vm_path(vm_id, "/files");
+        let mut q = vec![("path", file.path.clone())];
+        if let Some(m) = file.mode {
+            q.push(("mode", format!("{m:04o}")));
+        }
+        if let Some(sum) = &file.sha256 {
+            q.push(("sha256", sum.clone()));
+        }
+        let req = self
+            .http
+            .put(self.url(&path))
+            .query(&q)
+            .body(reqwest::Body::wrap_stream(file.body));
+        let resp = self.send_streaming(req, Method::PUT, &path).await?;
+        resp.json()
+            .await
+            .map_err(|e| ProviderError::Internal(format!("PUT {path}: bad answer: {e}")))
+    }
+
+    async fn file_get(&self, vm_id: &str, guest_path: &str) -> Result<FileDownload, ProviderError> {
+        use futures::StreamExt as _;
+        self.need_runtime("file reads").await?;
+        let path = Self::vm_path(vm_id, "/files");
+        let req = self
+            .http
+            .get(self.url(&path))
+            .query(&[("path", guest_path)]);
+        let resp = self.send_streaming(req, Method::GET, &path).await?;
+        let size = resp.content_length().unwrap_or(0);
+        let sha256 = resp
+            .headers()
+            .get(SHA256_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map_err(std::io::Error::other))
+            .boxed();
+        Ok(FileDownload { size, sha256, body })
+    }
+
+    async fn file_list(&self, vm_id: &str, guest_path: &str) -> Result<FileList, ProviderError> {
+        self.need_runtime("directory listings").await?;
+        let path = Self::vm_path(vm_id, "/files");
+        let req = self
+            .http
+            .get(self.url(&path))
+            .query(&[("path", guest_path), ("list", "true")])
+            .timeout(FAST);
+        let resp = self.send_streaming(req, Method::GET, &path).await?;
+        resp.json()
+            .await
+            .map_err(|e| ProviderError::Internal(format!("GET {path}: bad answer: {e}")))
+    }
+
+    async fn file_delete(
+        &self,
+        vm_id: &str,
+        guest_path: &str,
+        recursive: bool,
+    ) -> Result<(), ProviderError> {
+        self.need_runtime("file removal").await?;
+        let path = Self::vm_path(vm_id, "/files");
+        let req = self
+            .http
+            .delete(self.url(&path))
+            .query(&[
+                ("path", guest_path),
+                ("recursive", if recursive { "true" } else { "false" }),
+            ])
+            .timeout(SLOW);
+        self.send_streaming(req, Method::DELETE, &path).await?;
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        vm_id: &str,
+        query: &str,
+        headers: &[(String, String)],
+    ) -> Result<Attached, ProviderError> {
+        self.need_runtime("terminals").await?;
+        let path = Self::vm_path(vm_id, "/attach");
+        let mut req = self.http.get(format!("{}?{query}", self.url(&path)));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = self.send_streaming(req, Method::GET, &path).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProviderError::Internal(format!(
+                "GET {path}: the host answered {} instead of switching to a WebSocket",
+                resp.status()
+            )));
+        }
+        let headers = resp
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let io = resp
+            .upgrade()
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("GET {path}: upgrading: {e}")))?;
+        Ok(Attached { headers, io })
     }
 }

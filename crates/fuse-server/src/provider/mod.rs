@@ -5,6 +5,7 @@
 //! except the pseudo-host `default`, used only while no host is registered.
 
 pub mod hostagent;
+pub mod runtime;
 pub mod stub;
 pub mod stub_http;
 
@@ -12,11 +13,12 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_store::{HostRecord, StateStore};
 use fuse_types::hostagent::{
-    output_tail, AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate, SetupReport,
-    SetupStep, StepTiming,
+    output_tail, AgentExec, AgentExecResult, AgentHealth, AgentSnapshot, AgentStart, AgentVm,
+    AgentVmCreate, FileList, FileWritten, SetupReport, SetupStep, StepTiming,
 };
 use fuse_types::{ExecResponse, HostId};
 use parking_lot::RwLock;
+use runtime::{Attached, ExecStream, FileDownload, FileUpload};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub enum ProviderError {
     /// host's message carries the tail of its console.
     #[error("the VM did not boot: {0}")]
     GuestFailed(String),
+    /// The host cannot do this (its `fc-agent` predates the feature, or the provider has
+    /// no guests); safe to show.
+    #[error("{0}")]
+    Unsupported(String),
     /// The VM booted but a step of its guest setup failed (a file that could not be
     /// written, a startup script that exited non-zero, an agent that would not start).
     #[error("guest setup failed at {}: {message}", .step.as_str())]
@@ -70,6 +76,7 @@ impl ProviderError {
                 format!("host rejected the request: {message}")
             }
             ProviderError::Internal(_) => "host error".into(),
+            ProviderError::Unsupported(m) => m.clone(),
             ProviderError::GuestFailed(m) => format!("the VM did not boot: {m}"),
             ProviderError::SetupFailed { message, .. } => message.clone(),
         }
@@ -135,6 +142,66 @@ pub trait Provider: Send + Sync + 'static {
     async fn snapshot_restore(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
     /// Deletes a snapshot; success if it is already gone.
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError>;
+    /// Runs a command with everything the REST API offers (environment, directory,
+    /// standard input); output base64.
+    async fn exec_job(
+        &self,
+        vm_id: &str,
+        job: &AgentExec,
+    ) -> Result<AgentExecResult, ProviderError> {
+        let _ = (vm_id, job);
+        Err(unsupported(self.kind(), "exec with env, cwd or stdin"))
+    }
+    /// Runs a command and streams its output as the guest produces it; dropping the
+    /// stream kills the command.
+    async fn exec_stream(&self, vm_id: &str, job: &AgentExec) -> Result<ExecStream, ProviderError> {
+        let _ = (vm_id, job);
+        Err(unsupported(self.kind(), "streamed exec"))
+    }
+    /// Writes a file from a stream.
+    async fn file_put(&self, vm_id: &str, file: FileUpload) -> Result<FileWritten, ProviderError> {
+        let _ = (vm_id, file);
+        Err(unsupported(self.kind(), "file writes"))
+    }
+    /// Reads a file as a stream.
+    async fn file_get(&self, vm_id: &str, path: &str) -> Result<FileDownload, ProviderError> {
+        let _ = (vm_id, path);
+        Err(unsupported(self.kind(), "file reads"))
+    }
+    /// Lists a directory.
+    async fn file_list(&self, vm_id: &str, path: &str) -> Result<FileList, ProviderError> {
+        let _ = (vm_id, path);
+        Err(unsupported(self.kind(), "directory listings"))
+    }
+    /// Removes a file (or a directory tree when `recursive`).
+    async fn file_delete(
+        &self,
+        vm_id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), ProviderError> {
+        let _ = (vm_id, path, recursive);
+        Err(unsupported(self.kind(), "file removal"))
+    }
+    /// Opens a terminal: the host's WebSocket, upgraded, for the client's handshake
+    /// `headers` (`query` is `cmd`, `cols`, `rows` as the client gave them).
+    async fn attach(
+        &self,
+        vm_id: &str,
+        query: &str,
+        headers: &[(String, String)],
+    ) -> Result<Attached, ProviderError> {
+        let _ = (vm_id, query, headers);
+        Err(unsupported(self.kind(), "terminals"))
+    }
+}
+
+/// What a provider without a runtime call answers.
+pub fn unsupported(kind: &str, what: &str) -> ProviderError {
+    ProviderError::Unsupported(format!(
+        "{what}: not offered by this host ({kind}); hosts need an fc-agent with the \
+         runtime-io feature"
+    ))
 }
 
 /// A provision on the base wire: create, one upload per file, the startup script as an

@@ -9,10 +9,13 @@
 //!
 //! Every call is recorded so tests can assert what the control plane asked for.
 
+use super::runtime::{ExecStream, FileDownload, FileUpload};
 use super::{Provider, ProviderError};
 use async_trait::async_trait;
+use base64::Engine as _;
 use fuse_types::hostagent::{
-    AgentHealth, AgentSnapshot, AgentStart, AgentVm, AgentVmCreate, HostVmState,
+    AgentExec, AgentExecChunk, AgentExecResult, AgentHealth, AgentSnapshot, AgentStart, AgentVm,
+    AgentVmCreate, FileEntry, FileList, FileWritten, HostVmState,
 };
 use fuse_types::{ExecResponse, Resources};
 use parking_lot::Mutex;
@@ -219,6 +222,14 @@ fn out(code: i32, stdout: impl Into<String>, stderr: impl Into<String>) -> ExecR
         exit_code: code,
         stdout: stdout.into(),
         stderr: stderr.into(),
+        ..ExecResponse::default()
+    }
+}
+
+fn rejected(message: String) -> ProviderError {
+    ProviderError::Rejected {
+        status: 400,
+        message,
     }
 }
 
@@ -501,6 +512,170 @@ impl Provider for StubProvider {
             vm.snapshots.remove(snapshot_id);
         }
         Ok(())
+    }
+
+    async fn exec_job(
+        &self,
+        vm_id: &str,
+        job: &AgentExec,
+    ) -> Result<AgentExecResult, ProviderError> {
+        let timeout = Duration::from_millis(job.timeout_ms.unwrap_or(30_000));
+        let enc = |x: &[u8]| base64::engine::general_purpose::STANDARD.encode(x);
+        // `cat` with standard input echoes it (the one use of stdin the stub understands).
+        let argv: Vec<&str> = job.cmd.iter().map(String::as_str).collect();
+        if let (["cat"], Some(stdin)) = (argv.as_slice(), &job.stdin) {
+            self.with_vm(vm_id, |vm| vm.execs.push(job.cmd.clone()))?;
+            return Ok(AgentExecResult {
+                stdout: stdin.clone(),
+                ..AgentExecResult::default()
+            });
+        }
+        let r = self.exec(vm_id, &job.cmd, timeout).await?;
+        Ok(AgentExecResult {
+            exit_code: r.exit_code,
+            stdout: enc(r.stdout.as_bytes()),
+            stderr: enc(r.stderr.as_bytes()),
+            truncated: false,
+        })
+    }
+
+    async fn exec_stream(&self, vm_id: &str, job: &AgentExec) -> Result<ExecStream, ProviderError> {
+        use futures::StreamExt as _;
+        let r = self.exec_job(vm_id, job).await?;
+        let mut lines = Vec::new();
+        if !r.stdout.is_empty() {
+            lines.push(AgentExecChunk {
+                stdout_b64: Some(r.stdout),
+                ..AgentExecChunk::default()
+            });
+        }
+        if !r.stderr.is_empty() {
+            lines.push(AgentExecChunk {
+                stderr_b64: Some(r.stderr),
+                ..AgentExecChunk::default()
+            });
+        }
+        lines.push(AgentExecChunk {
+            exit_code: Some(r.exit_code),
+            ..AgentExecChunk::default()
+        });
+        Ok(futures::stream::iter(lines.into_iter().map(Ok)).boxed())
+    }
+
+    async fn file_put(&self, vm_id: &str, file: FileUpload) -> Result<FileWritten, ProviderError> {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        self.fault(|_| None)?;
+        self.with_vm(vm_id, |_| ())?;
+        // The stub keeps files in memory: it is for tests and the quick start.
+        let mut bytes = Vec::new();
+        let mut body = file.body;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| rejected(format!("reading the body: {e}")))?;
+            bytes.extend_from_slice(&chunk);
+        }
+        let sum = hex::encode(sha2::Sha256::digest(&bytes));
+        if let Some(want) = &file.sha256 {
+            if !want.eq_ignore_ascii_case(&sum) {
+                return Err(rejected(format!(
+                    "checksum mismatch: the body's sha256 is {sum}, the request said {want}; nothing was written"
+                )));
+            }
+        }
+        let size = bytes.len() as u64;
+        self.with_vm(vm_id, |vm| {
+            vm.files
+                .insert(file.path.clone(), (bytes, file.mode.unwrap_or(0o644)));
+        })?;
+        Ok(FileWritten {
+            path: file.path,
+            size,
+            sha256: sum,
+        })
+    }
+
+    async fn file_get(&self, vm_id: &str, path: &str) -> Result<FileDownload, ProviderError> {
+        use futures::StreamExt as _;
+        use sha2::Digest as _;
+        self.fault(|_| None)?;
+        let (bytes, _) = self
+            .with_vm(vm_id, |vm| vm.files.get(path).cloned())?
+            .ok_or_else(|| ProviderError::NotFound(format!("{path}: no such file or directory")))?;
+        Ok(FileDownload {
+            size: bytes.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+            body: futures::stream::iter([Ok(bytes::Bytes::from(bytes))]).boxed(),
+        })
+    }
+
+    async fn file_list(&self, vm_id: &str, path: &str) -> Result<FileList, ProviderError> {
+        self.fault(|_| None)?;
+        let base = format!("{}/", path.trim_end_matches('/'));
+        let entries = self.with_vm(vm_id, |vm| {
+            let mut seen = BTreeMap::new();
+            for (p, (bytes, mode)) in &vm.files {
+                let Some(rest) = p.strip_prefix(&base) else {
+                    continue;
+                };
+                let (name, is_dir) = match rest.split_once('/') {
+                    Some((dir, _)) => (dir, true),
+                    None => (rest, false),
+                };
+                seen.entry(name.to_owned()).or_insert_with(|| FileEntry {
+                    name: name.to_owned(),
+                    path: format!("{base}{name}"),
+                    kind: if is_dir { "dir" } else { "file" }.into(),
+                    size: if is_dir { 0 } else { bytes.len() as u64 },
+                    mode: format!("{:04o}", if is_dir { 0o755 } else { *mode }),
+                    modified_at: String::new(),
+                });
+            }
+            seen.into_values().collect::<Vec<_>>()
+        })?;
+        if entries.is_empty() && path != "/" {
+            return Err(ProviderError::NotFound(format!(
+                "{path}: no such file or directory"
+            )));
+        }
+        Ok(FileList {
+            entries,
+            truncated: false,
+        })
+    }
+
+    async fn file_delete(
+        &self,
+        vm_id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
+        let base = format!("{}/", path.trim_end_matches('/'));
+        self.with_vm(vm_id, |vm| {
+            if vm.files.remove(path).is_some() {
+                return Ok(());
+            }
+            let under: Vec<String> = vm
+                .files
+                .keys()
+                .filter(|p| p.starts_with(&base))
+                .cloned()
+                .collect();
+            match (under.is_empty(), recursive) {
+                (true, _) => Err(ProviderError::NotFound(format!(
+                    "{path}: no such file or directory"
+                ))),
+                (false, false) => Err(rejected(
+                    "the directory is not empty (remove it recursively)".into(),
+                )),
+                (false, true) => {
+                    for p in under {
+                        vm.files.remove(&p);
+                    }
+                    Ok(())
+                }
+            }
+        })?
     }
 }
 

@@ -19,6 +19,7 @@ mod keys;
 mod multihost;
 mod real_guests;
 mod replicas;
+mod runtime;
 mod sdk;
 mod soak;
 mod wire;
