@@ -9,6 +9,7 @@ mod harness;
 mod hosts;
 mod parity;
 mod reconcile;
+mod runtime;
 mod security;
 mod snapshots;
 mod system;
