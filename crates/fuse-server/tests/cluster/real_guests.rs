@@ -781,3 +781,148 @@ async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
     assert_eq!(host.leftovers(), Vec::<String>::new());
     let _ = std::fs::remove_file(silent);
 }
+
+/// The runtime surface on a real guest (virtio-serial link): a 50 MB binary file up and
+/// down with matching SHA-256 (the throughput printed), a streamed exec whose first chunk
+/// arrives while the command still runs, and a PTY session that answers `tty` and
+/// `stty size` after a resize.
+#[tokio::test]
+async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use sha2::Digest as _;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_testkit::db::admin_url() else {
+        return;
+    };
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
+    let host = Host::start(3, &assets, &assets.join("rootfs.ext4"));
+    let fuse = spawn_patient_fuse(&db, &[]);
+    fuse.ready().await;
+    host.register(&fuse, "qemu-rt").await;
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-rt", "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{env}\n{}", host.log_text());
+    assert_eq!(env["state"], "running", "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+
+    // 50 MB of binary noise up and down.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Vec<u8> = (0..50_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let sum = hex::encode(sha2::Sha256::digest(&data));
+    let files = format!("{}/v1/environments/{id}/files", fuse.base);
+    let t = Instant::now();
+    let r = http
+        .put(format!("{files}?path=/data/blob.bin&sha256={sum}"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let up = t.elapsed();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let w: Value = r.json().await.unwrap();
+    assert_eq!(w["sha256"], sum.as_str());
+    let t = Instant::now();
+    let r = http
+        .get(format!("{files}?path=/data/blob.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-fuse-sha256"], sum.as_str());
+    let back = r.bytes().await.unwrap();
+    let down = t.elapsed();
+    assert_eq!(back.len(), data.len());
+    assert_eq!(hex::encode(sha2::Sha256::digest(&back)), sum);
+    // The guest's own tool agrees.
+    let r = exec(&fuse, &id, "sha256sum /data/blob.bin").await;
+    assert!(r["stdout"].as_str().unwrap().starts_with(&sum), "{r}");
+    println!(
+        "real guest files: 50 MB up {:.1} MB/s ({up:?}), down {:.1} MB/s ({down:?})",
+        50.0 / up.as_secs_f64(),
+        50.0 / down.as_secs_f64()
+    );
+
+    // A streamed exec: the first chunk before the command ends.
+    let t = Instant::now();
+    let mut r = http
+        .post(format!(
+            "{}/v1/environments/{id}?action=exec&stream=true",
+            fuse.base
+        ))
+        .json(&json!({"shell": "echo first; sleep 3; echo second"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let first = r.chunk().await.unwrap().unwrap();
+    let at = t.elapsed();
+    assert!(
+        String::from_utf8_lossy(&first).contains("event: stdout"),
+        "{first:?}"
+    );
+    assert!(at < Duration::from_millis(2500), "first chunk after {at:?}");
+    let mut rest = String::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(t.elapsed() >= Duration::from_secs(3));
+    assert!(
+        rest.contains("event: exit\ndata: {\"exit_code\":0}"),
+        "{rest}"
+    );
+    println!("real guest streamed exec: first chunk after {at:?}");
+
+    // A terminal: a real PTY in the guest, resized.
+    let addr = fuse.base.trim_start_matches("http://");
+    let req = format!("ws://{addr}/v1/environments/{id}/attach?cols=80&rows=24")
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "resize", "cols": 100, "rows": 40})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Binary(b"stty size; tty; exit 3\n".to_vec().into()))
+        .await
+        .unwrap();
+    let mut screen = Vec::new();
+    let exit = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(m) = ws.next().await {
+            match m.unwrap() {
+                Message::Binary(b) => screen.extend_from_slice(&b),
+                Message::Text(t) => return serde_json::from_str::<Value>(&t).unwrap(),
+                _ => {}
+            }
+        }
+        Value::Null
+    })
+    .await
+    .expect("the terminal session did not end");
+    let screen = String::from_utf8_lossy(&screen);
+    assert_eq!(exit["exit_code"], 3, "{screen}");
+    assert!(screen.contains("40 100"), "{screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+
+    let (s, _) = fuse.delete(&format!("/v1/environments/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
