@@ -6,10 +6,18 @@
 //! from next to its own binary) as the only host, and prints how many control-plane → host
 //! calls each create and each destroy cost, counted from the agent's own `/metrics`.
 //!
+//! `--runtime` (with `--fc-agent`) measures the runtime surface instead on one environment:
+//! file throughput up and down through `fuse` (MB/s) and the round trip of a small exec
+//! (p50/p99); `--backend qemu --guest-dir DIR` runs that environment as a real guest (the
+//! image of `tools/build-guest-image.sh`).
+//!
 //! ```text
 //! cargo run --release -p fuse-server --bin fuse-bench -- --seconds 10 --clients 8
 //! cargo build --release -p fuse-hostagent -p fuse-guest
 //! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --seconds 5
+//! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --runtime
+//! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --runtime \
+//!     --backend qemu --guest-dir .fuse-test/guest
 //! ```
 
 use anyhow::Context as _;
@@ -49,6 +57,21 @@ struct Args {
     /// and count the host calls per create from its `/metrics`.
     #[arg(long)]
     fc_agent: bool,
+    /// With --fc-agent: measure file throughput and exec round trips on one environment.
+    #[arg(long)]
+    runtime: bool,
+    /// The fc-agent backend for --runtime: `process` or `qemu`.
+    #[arg(long, default_value = "process")]
+    backend: String,
+    /// The guest image directory for `--backend qemu` (vmlinuz, initramfs.cpio.gz, rootfs.ext4).
+    #[arg(long, default_value = "")]
+    guest_dir: String,
+    /// Megabytes per file transfer (--runtime).
+    #[arg(long, default_value_t = 50)]
+    mb: usize,
+    /// Exec round trips measured (--runtime).
+    #[arg(long, default_value_t = 200)]
+    execs: usize,
 }
 
 /// A real `fc-agent` started by the bench (killed on drop).
@@ -61,7 +84,7 @@ struct Agent {
 const AGENT_TOKEN: &str = "bench-agent-token-0123456789abcdef";
 
 impl Agent {
-    fn start(max_vms: usize) -> anyhow::Result<Agent> {
+    fn start(max_vms: usize, backend: &str, guest_dir: &str) -> anyhow::Result<Agent> {
         let exe = std::env::current_exe()?;
         let bin_dir = exe.parent().context("the bench binary has no directory")?;
         let agent = bin_dir.join("fc-agent");
@@ -75,10 +98,20 @@ impl Agent {
             .port();
         let dir = std::env::temp_dir().join(format!("fuse-bench-agent-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let child = std::process::Command::new(agent)
+        let mut cmd = std::process::Command::new(agent);
+        if backend == "qemu" {
+            anyhow::ensure!(!guest_dir.is_empty(), "--backend qemu needs --guest-dir");
+            let g = std::fs::canonicalize(guest_dir)
+                .with_context(|| format!("--guest-dir {guest_dir}"))?;
+            cmd.env("FC_AGENT_KERNEL", g.join("vmlinuz"))
+                .env("FC_AGENT_INITRD", g.join("initramfs.cpio.gz"))
+                .env("FC_AGENT_ROOTFS", g.join("rootfs.ext4"))
+                .env("FC_AGENT_QEMU_ACCEL", "auto");
+        }
+        let child = cmd
             .env("FC_AGENT_LISTEN", format!("127.0.0.1:{port}"))
             .env("FC_AGENT_TOKEN", AGENT_TOKEN)
-            .env("FC_AGENT_BACKEND", "process")
+            .env("FC_AGENT_BACKEND", backend)
             .env("FC_AGENT_DIR", &dir)
             .env("FC_AGENT_GUEST_BIN", bin_dir.join("fuse-guest"))
             .env("FC_AGENT_NETWORK", "off")
@@ -236,6 +269,102 @@ async fn call(
     Ok(status)
 }
 
+/// File throughput and exec round trips on one environment of the bench's host.
+async fn runtime(base: &str, args: &Args) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+    let auth = |r: reqwest::RequestBuilder| {
+        if args.token.is_empty() {
+            r
+        } else {
+            r.bearer_auth(&args.token)
+        }
+    };
+    let t = Instant::now();
+    let r = auth(http.post(format!("{base}/v1/environments")))
+        .json(&serde_json::json!({"task_id": "bench-runtime",
+                                  "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1}}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == StatusCode::CREATED,
+        "create: {}",
+        r.text().await?
+    );
+    let env: serde_json::Value = r.json().await?;
+    anyhow::ensure!(env["state"] == "running", "create: {env}");
+    let id = env["id"].as_str().unwrap_or_default().to_owned();
+    println!(
+        "backend {}: environment {id} running after {:.2} s",
+        args.backend,
+        t.elapsed().as_secs_f64()
+    );
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let data: Bytes = (0..args.mb << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    let files = format!("{base}/v1/environments/{id}/files?path=/data/bench.bin");
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = auth(http.put(&files)).body(data.clone()).send().await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "upload: {}", r.text().await?);
+        up.push(args.mb as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let r = auth(http.get(&files)).send().await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "download: {}", r.status());
+        let n = r.bytes().await?.len();
+        anyhow::ensure!(n == data.len(), "download: {n} bytes of {}", data.len());
+        down.push(args.mb as f64 / t.elapsed().as_secs_f64());
+    }
+    let show = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        format!("median {:.1} MB/s (min {:.1}, max {:.1})", v[1], v[0], v[2])
+    };
+    println!(
+        "files {} MiB x3  up {}  down {}",
+        args.mb,
+        show(&mut up),
+        show(&mut down)
+    );
+    let exec = format!("{base}/v1/environments/{id}?action=exec");
+    let mut rtt = Vec::new();
+    for _ in 0..args.execs {
+        let t = Instant::now();
+        let r = auth(http.post(&exec))
+            .json(&serde_json::json!({"cmd": ["true"]}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "exec: {}", r.status());
+        r.bytes().await?;
+        rtt.push(t.elapsed().as_micros() as u64);
+    }
+    rtt.sort_unstable();
+    println!(
+        "exec `true` x{}  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        args.execs,
+        pct(&rtt, 0.50),
+        pct(&rtt, 0.99),
+        pct(&rtt, 1.0)
+    );
+    let r = auth(http.delete(format!("{base}/v1/environments/{id}")))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == StatusCode::NO_CONTENT,
+        "destroy: {}",
+        r.status()
+    );
+    Ok(())
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -281,7 +410,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("server does not answer /health")?;
     let agent = if args.fc_agent {
-        let a = Agent::start(args.clients * 4 + 16)?;
+        let a = Agent::start(args.clients * 4 + 16, &args.backend, &args.guest_dir)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         let body = format!(
             "{{\"id\":\"bench-host\",\"url\":\"{}\",\"token\":\"{AGENT_TOKEN}\"}}",
@@ -315,6 +444,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    if args.runtime {
+        anyhow::ensure!(agent.is_some(), "--runtime needs --fc-agent");
+        return runtime(&base, &args).await;
+    }
     if args.fill > 0 {
         let stub = _server
             .as_ref()
