@@ -205,6 +205,14 @@ fn exec<W: Write>(g: &Guest, job: Job<'_>, out: &mut Outbox<'_, W>) {
         },
         None => g.root.clone(),
     };
+    if !dir.is_dir() {
+        // Else the spawn fails as if the program were missing.
+        let c = job.cwd.unwrap_or("/");
+        out.send(&Response::err(format!(
+            "cwd {c} is not a directory in the guest"
+        )));
+        return;
+    }
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(job.env)
