@@ -66,9 +66,9 @@ fn io_err(what: &'static str, path: &str, e: std::io::Error) -> Response {
     Response::err(GuestError::io(what, Path::new(path))(e).message())
 }
 
-fn resolve(g: &Guest, path: &str) -> Result<PathBuf, Response> {
+fn resolve(g: &Guest, path: &str) -> Result<PathBuf, Box<Response>> {
     g.resolve(path)
-        .map_err(|e| Response::err_code(code::INVALID, e.message()))
+        .map_err(|e| Box::new(Response::err_code(code::INVALID, e.message())))
 }
 
 /// `write_file`: answers `more` once the temp file exists (so a host learns of a bad path
@@ -83,7 +83,7 @@ fn write_inner<W: Write>(g: &Guest, path: &str, mode: u32, out: &mut Outbox<'_, 
     let inbox = out.inbox();
     let target = match resolve(g, path) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if path.ends_with('/') || target.is_dir() {
         return Response::err_code(code::WRONG_TYPE, format!("{path} is a directory"));
@@ -237,7 +237,7 @@ pub fn read<W: Write>(g: &Guest, path: &str, out: &mut Outbox<'_, W>) {
 pub fn list(g: &Guest, path: &str, limit: Option<u32>) -> Response {
     let dir = match resolve(g, path) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let limit = limit.unwrap_or(MAX_ENTRIES).clamp(1, MAX_ENTRIES) as usize;
     match std::fs::metadata(&dir) {
@@ -294,7 +294,7 @@ pub fn list(g: &Guest, path: &str, limit: Option<u32>) -> Response {
 pub fn remove(g: &Guest, path: &str, recursive: bool) -> Response {
     let target = match resolve(g, path) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if path.trim_end_matches('/').is_empty() {
         return Response::err_code(code::INVALID, "refusing to remove /");
