@@ -60,17 +60,6 @@ fn path_of(q: &FileQuery) -> Result<String, VmError> {
     }
 }
 
-/// Parses an octal mode (`0644`, `644`, `0o600`).
-pub fn parse_mode(m: &str) -> Result<u32, String> {
-    let digits = m.trim_start_matches("0o");
-    match u32::from_str_radix(digits, 8) {
-        Ok(v) if v <= 0o7777 && !digits.is_empty() => Ok(v),
-        _ => Err(format!(
-            "mode {m:?} must be octal permission bits such as 0644"
-        )),
-    }
-}
-
 /// `PUT /v1/vm/{id}/files?path=/abs&mode=0644[&sha256=HEX]`: the raw body is the content.
 pub async fn put(
     State(s): State<S>,
@@ -82,7 +71,7 @@ pub async fn put(
     let mode = q
         .mode
         .as_deref()
-        .map(parse_mode)
+        .map(fuse_types::hostagent::parse_mode)
         .transpose()
         .map_err(VmError::Invalid)?;
     let vm = s.vms.get(&id)?;

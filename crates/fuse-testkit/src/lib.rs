@@ -20,6 +20,7 @@ pub mod db;
 pub mod netns;
 pub mod prereq;
 pub mod process;
+pub mod runtime;
 pub mod server;
 pub mod wait;
 

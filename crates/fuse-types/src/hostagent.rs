@@ -376,6 +376,17 @@ pub struct FileWritten {
     pub sha256: String,
 }
 
+/// Parses an octal file mode (`0644`, `644`, `0o600`) as the files routes take it.
+pub fn parse_mode(m: &str) -> Result<u32, String> {
+    let digits = m.trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(v) if v <= 0o7777 && !digits.is_empty() => Ok(v),
+        _ => Err(format!(
+            "mode {m:?} must be octal permission bits such as 0644"
+        )),
+    }
+}
+
 /// The header of a file read (`GET …/files`) that carries the file's SHA-256.
 pub const SHA256_HEADER: &str = "x-fuse-sha256";
 

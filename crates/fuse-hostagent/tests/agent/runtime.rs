@@ -7,12 +7,11 @@
 
 use super::{spawn, tempdir, Agent, Ns, TOKEN};
 use base64::Engine as _;
-use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
@@ -24,18 +23,7 @@ fn unb64(v: &Value) -> Vec<u8> {
         .unwrap()
 }
 
-/// Pseudo-random bytes (every byte value, no runs), deterministic.
-pub fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use fuse_testkit::runtime::{noise, running, terminal};
 
 async fn vm(a: &Agent, name: &str) {
     let (s, v) = a
@@ -228,59 +216,35 @@ async fn files_exec_and_attach() {
         .await
         .unwrap();
     resp.chunk().await.unwrap().unwrap();
-    let running = || {
-        std::process::Command::new("pgrep")
-            .args(["-f", "sleep 31.4159"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    assert!(running(), "the command should be running");
+    assert!(running("sleep 31.4159"), "the command should be running");
     drop(resp);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while running() {
+    while running("sleep 31.4159") {
         assert!(Instant::now() < deadline, "the command outlived its client");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // A terminal: a real PTY, resized, with the exit status at the end.
-    let mut req = format!(
+    let ws = format!(
         "ws://{}/v1/vm/fuse-rt/attach?cols=80&rows=24",
         a.base.trim_start_matches("http://")
+    );
+    let s = terminal(
+        &ws,
+        Some(TOKEN),
+        (100, 40),
+        b"stty size; tty; exit 3\n",
+        Duration::from_secs(15),
     )
-    .into_client_request()
-    .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "resize", "cols": 100, "rows": 40})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    ws.send(Message::Binary(b"stty size; tty; exit 3\n".to_vec().into()))
-        .await
-        .unwrap();
-    let mut screen = Vec::new();
-    let exit = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(m) = ws.next().await {
-            match m.unwrap() {
-                Message::Binary(b) => screen.extend_from_slice(&b),
-                Message::Text(t) => return serde_json::from_str::<Value>(&t).unwrap(),
-                _ => {}
-            }
-        }
-        Value::Null
-    })
-    .await
-    .expect("the terminal session did not end");
-    let screen = String::from_utf8_lossy(&screen);
-    assert_eq!(exit, json!({"type": "exit", "exit_code": 3}), "{screen}");
-    assert!(screen.contains("40 100"), "{screen}");
-    assert!(screen.contains("/dev/pts/"), "{screen}");
+    .await;
+    assert_eq!(
+        s.end,
+        json!({"type": "exit", "exit_code": 3}),
+        "{}",
+        s.screen
+    );
+    assert!(s.screen.contains("40 100"), "{}", s.screen);
+    assert!(s.screen.contains("/dev/pts/"), "{}", s.screen);
 
     // Unauthenticated attach is refused.
     let req = format!(

@@ -30,13 +30,7 @@ fn too_large(limit: u64) -> ApiError {
 }
 
 fn parse_mode(m: &str) -> Result<u32, ApiError> {
-    let digits = m.trim_start_matches("0o");
-    match u32::from_str_radix(digits, 8) {
-        Ok(v) if v <= 0o7777 && !digits.is_empty() => Ok(v),
-        _ => Err(ApiError::invalid(format!(
-            "mode {m:?} must be octal permission bits such as 0644"
-        ))),
-    }
+    fuse_types::hostagent::parse_mode(m).map_err(ApiError::invalid)
 }
 
 /// `PUT /v1/environments/{id}/files?path=/abs[&mode=0644][&sha256=HEX]`.

@@ -788,9 +788,7 @@ async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
 /// `stty size` after a resize.
 #[tokio::test]
 async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
-    use futures::{SinkExt as _, StreamExt as _};
     use sha2::Digest as _;
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let Some(assets) = guest_assets() else { return };
     let _serial = one_at_a_time().await;
     let Some(admin) = fuse_testkit::db::admin_url() else {
@@ -816,15 +814,7 @@ async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
         .unwrap();
 
     // 50 MB of binary noise up and down.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let data: Vec<u8> = (0..50_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = fuse_testkit::runtime::noise(50_000_000);
     let sum = hex::encode(sha2::Sha256::digest(&data));
     let files = format!("{}/v1/environments/{id}/files", fuse.base);
     let t = Instant::now();
@@ -890,38 +880,17 @@ async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
     println!("real guest streamed exec: first chunk after {at:?}");
 
     // A terminal: a real PTY in the guest, resized.
-    let addr = fuse.base.trim_start_matches("http://");
-    let req = format!("ws://{addr}/v1/environments/{id}/attach?cols=80&rows=24")
-        .into_client_request()
-        .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "resize", "cols": 100, "rows": 40})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    ws.send(Message::Binary(b"stty size; tty; exit 3\n".to_vec().into()))
-        .await
-        .unwrap();
-    let mut screen = Vec::new();
-    let exit = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(m) = ws.next().await {
-            match m.unwrap() {
-                Message::Binary(b) => screen.extend_from_slice(&b),
-                Message::Text(t) => return serde_json::from_str::<Value>(&t).unwrap(),
-                _ => {}
-            }
-        }
-        Value::Null
-    })
-    .await
-    .expect("the terminal session did not end");
-    let screen = String::from_utf8_lossy(&screen);
-    assert_eq!(exit["exit_code"], 3, "{screen}");
-    assert!(screen.contains("40 100"), "{screen}");
-    assert!(screen.contains("/dev/pts/"), "{screen}");
+    let ws = format!(
+        "ws://{}/v1/environments/{id}/attach?cols=80&rows=24",
+        fuse.base.trim_start_matches("http://")
+    );
+    let limit = Duration::from_secs(30);
+    let t =
+        fuse_testkit::runtime::terminal(&ws, None, (100, 40), b"stty size; tty; exit 3\n", limit)
+            .await;
+    assert_eq!(t.end["exit_code"], 3, "{}", t.screen);
+    assert!(t.screen.contains("40 100"), "{}", t.screen);
+    assert!(t.screen.contains("/dev/pts/"), "{}", t.screen);
 
     let (s, _) = fuse.delete(&format!("/v1/environments/{id}")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);

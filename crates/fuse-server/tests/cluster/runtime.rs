@@ -10,6 +10,7 @@ use crate::harness::eventually;
 use crate::hosts::{Host, AGENT_TOKEN};
 use base64::Engine as _;
 use fuse_server::config::Config;
+use fuse_testkit::runtime::{noise, running, terminal};
 use futures::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -18,18 +19,6 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 const MASTER: &str = "runtime-master-token-0123456789abcdef";
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
 
 fn unb64(v: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
@@ -246,56 +235,28 @@ async fn files_exec_and_terminals_through_fuse() {
     .await
     .unwrap();
     r.chunk().await.unwrap().unwrap();
-    let running = || {
-        std::process::Command::new("pgrep")
-            .args(["-f", "sleep 27.1828"])
-            .status()
-            .unwrap()
-            .success()
-    };
-    assert!(running());
+    assert!(running("sleep 27.1828"));
     drop(r);
     eventually(
         "the command dies with its client",
         Duration::from_secs(5),
-        || std::future::ready(!running()),
+        || std::future::ready(!running("sleep 27.1828")),
     )
     .await;
 
     // A terminal through fuse: resize, `stty size`, `tty`, the exit status.
-    let mut req = format!("ws://{}/v1/environments/{id}/attach", fuse.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {MASTER}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "resize", "cols": 132, "rows": 50})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    ws.send(Message::Binary(b"stty size; tty; exit 5\n".to_vec().into()))
-        .await
-        .unwrap();
-    let mut screen = Vec::new();
-    let exit = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(m) = ws.next().await {
-            match m.unwrap() {
-                Message::Binary(b) => screen.extend_from_slice(&b),
-                Message::Text(t) => return serde_json::from_str::<Value>(&t).unwrap(),
-                _ => {}
-            }
-        }
-        Value::Null
-    })
-    .await
-    .expect("no exit status");
-    let screen = String::from_utf8_lossy(&screen);
-    assert_eq!(exit["exit_code"], 5, "{screen}");
-    assert!(screen.contains("50 132"), "{screen}");
-    assert!(screen.contains("/dev/pts/"), "{screen}");
+    let ws = format!("ws://{}/v1/environments/{id}/attach", fuse.addr);
+    let s = terminal(
+        &ws,
+        Some(MASTER),
+        (132, 50),
+        b"stty size; tty; exit 5\n",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(s.end["exit_code"], 5, "{}", s.screen);
+    assert!(s.screen.contains("50 132"), "{}", s.screen);
+    assert!(s.screen.contains("/dev/pts/"), "{}", s.screen);
 
     // Two terminals at once are two sessions.
     let open = || async {
