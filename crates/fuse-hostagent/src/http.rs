@@ -3,7 +3,8 @@
 //! `POST /v1/vm` with a `setup` does the whole guest setup before it answers (advertised as
 //! the `provision` feature in `/healthz`), and with a `healthcheck_wait_ms` waits for the
 //! first passing healthcheck (`healthcheck`); forks (`fork`) and published ports (`expose`)
-//! are advertised the same way. Every request is counted by route, method and status in
+//! are advertised the same way, and so is the ports tunnel (`tunnel`: a byte stream to a
+//! guest port after `101 Switching Protocols`, and runtime `expose`). Every request is counted by route, method and status in
 //! `/metrics` (`fc_agent_http_requests_total`).
 
 use crate::vms::{VmError, Vms};
@@ -217,13 +218,14 @@ pub fn go_arch() -> &'static str {
 
 async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
     use fuse_types::hostagent::{
-        FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION,
+        FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION, FEATURE_TUNNEL,
     };
     let mut features = vec![
         FEATURE_PROVISION,
         FEATURE_FORK,
         FEATURE_HEALTHCHECK,
         fuse_types::hostagent::FEATURE_RUNTIME,
+        FEATURE_TUNNEL,
     ];
     if s.vms.can_expose() {
         features.push(FEATURE_EXPOSE);
@@ -460,6 +462,92 @@ async fn snapshot_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// How long the tunnel route waits for the guest to accept a connection.
+const TUNNEL_CONNECT: Duration = Duration::from_secs(5);
+
+/// `GET /v1/vm/{id}/ports/{port}/tunnel` with `Upgrade: fuse-tunnel`: connects to the
+/// guest's port first (a refusal is a 502 with `details.reason = guest_refused`, so the
+/// control plane can say so), then answers `101` and copies bytes both ways until either
+/// side closes. The control plane speaks HTTP (or anything else) over it.
+async fn tunnel(
+    State(s): State<S>,
+    Path((id, port)): Path<(String, u16)>,
+    mut req: Request,
+) -> Result<Response, VmError> {
+    use fuse_types::hostagent::{GUEST_REFUSED, TUNNEL_UPGRADE};
+    let wants = req
+        .headers()
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(TUNNEL_UPGRADE));
+    if !wants {
+        return Err(VmError::Invalid(format!(
+            "the tunnel route needs Connection: Upgrade and Upgrade: {TUNNEL_UPGRADE}"
+        )));
+    }
+    let target = s.vms.tunnel_target(&id, port)?;
+    let refused = |message: String| {
+        let mut d = serde_json::Map::new();
+        d.insert("reason".into(), GUEST_REFUSED.into());
+        d.insert("port".into(), port.into());
+        envelope_with(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message, d)
+    };
+    let guest =
+        match tokio::time::timeout(TUNNEL_CONNECT, tokio::net::TcpStream::connect(target)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Ok(refused(format!(
+                    "the guest of vm {id} refused a connection to port {port}: {e}"
+                )))
+            }
+            Err(_) => {
+                return Ok(refused(format!(
+                    "the guest of vm {id} did not accept a connection to port {port} within {} s",
+                    TUNNEL_CONNECT.as_secs()
+                )))
+            }
+        };
+    let _ = guest.set_nodelay(true);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(vm_id = %id, port, error = %e, "tunnel upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        let mut guest = guest;
+        match tokio::io::copy_bidirectional(&mut client, &mut guest).await {
+            Ok((up, down)) => tracing::debug!(vm_id = %id, port, up, down, "tunnel closed"),
+            Err(e) => tracing::debug!(vm_id = %id, port, error = %e, "tunnel ended"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, TUNNEL_UPGRADE)
+        .body(axum::body::Body::empty())
+        .unwrap_or_default())
+}
+
+/// `POST /v1/vm/{id}/expose` `{port, protocol}`: one more host-port forward of a running
+/// VM; 201 with the endpoint, or 200 with the one made before.
+async fn expose(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<fuse_types::hostagent::PortExpose>,
+) -> Result<Response, VmError> {
+    let (ep, created) = s.vms.expose(&id, &b).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ep)).into_response())
+}
+
 async fn not_found() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
@@ -490,6 +578,8 @@ pub fn router(state: S) -> Router {
         .route("/v1/vm/{id}/snapshot", post(snapshot))
         .route("/v1/vm/{id}/snapshots", get(snapshots))
         .route("/v1/vm/{id}/restore", post(restore))
+        .route("/v1/vm/{id}/expose", post(expose))
+        .route("/v1/vm/{id}/ports/{port}/tunnel", get(tunnel))
         .route(
             "/v1/vm/{id}/snapshots/{sid}",
             axum::routing::delete(snapshot_delete),

@@ -475,6 +475,31 @@ impl Net {
         })
     }
 
+    /// Publishes one more guest port of a VM whose network is set up (`info` as it is
+    /// now, before `e` is added to it): one nftables transaction.
+    pub async fn expose_add(
+        &self,
+        vm_id: &str,
+        info: &NetInfo,
+        e: Exposed,
+    ) -> Result<(), NetError> {
+        let err = |source| NetError::Nft {
+            step: "adding a published port",
+            vm: vm_id.to_owned(),
+            source,
+        };
+        let f = nft::Forward {
+            host_port: e.host_port,
+            guest_port: e.port,
+            protocol: e.protocol,
+        };
+        let tx = info
+            .nft(vm_id)
+            .add_forward(&self.table, self.nft.transaction(), &f)
+            .map_err(err)?;
+        tx.commit(&self.nft).await.map_err(err)
+    }
+
     /// The host side of a VM's link: its address, then up.
     async fn host_side(&self, vm: &str, info: &NetInfo) -> Result<(), NetError> {
         let err = |step| NetError::link(step, vm, &info.dev);

@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 mod boot;
 pub mod health;
+pub mod ports;
 pub mod setup;
 pub mod snapshots;
 

@@ -78,6 +78,13 @@ pub const FEATURE_FORK: &str = "fork";
 pub const FEATURE_EXPOSE: &str = "expose";
 /// Feature of `/healthz`: `healthcheck` on create, `health` on VMs.
 pub const FEATURE_HEALTHCHECK: &str = "healthcheck";
+/// Feature of `/healthz`: `GET /v1/vm/{id}/ports/{port}/tunnel` (a byte stream to a guest
+/// port, after `101` with `Upgrade: fuse-tunnel`) and `POST /v1/vm/{id}/expose`.
+pub const FEATURE_TUNNEL: &str = "tunnel";
+/// The `Upgrade` protocol of the tunnel route.
+pub const TUNNEL_UPGRADE: &str = "fuse-tunnel";
+/// `details.reason` of a tunnel the guest refused (a 502): nothing listens on the port.
+pub const GUEST_REFUSED: &str = "guest_refused";
 
 /// The snapshot a fork starts from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

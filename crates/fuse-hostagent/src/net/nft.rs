@@ -135,6 +135,37 @@ impl VmNft {
         Ok(tx)
     }
 
+    /// Queues one more forward of a VM whose objects exist (a runtime `expose`): its rule,
+    /// in the VM's chain (made here when the VM had no forward yet), then its map element.
+    pub fn add_forward(
+        &self,
+        table: &str,
+        tx: Transaction,
+        f: &Forward,
+    ) -> Result<Transaction, nlink::Error> {
+        let c = self.comment();
+        let mut tx = tx;
+        if self.forwards.is_empty() {
+            tx = tx.add_chain(
+                Chain::new(table, self.chain_name()?)?
+                    .family(FAMILY)
+                    .comment(cut(&self.vm_id, COMMENT_MAX)),
+            );
+        }
+        let rule = Rule::new(table, &self.key).family(FAMILY);
+        let rule = match f.protocol {
+            fuse_types::Protocol::Tcp => rule.match_tcp_dport(f.host_port),
+            fuse_types::Protocol::Udp => rule.match_udp_dport(f.host_port),
+        };
+        tx = tx.add_rule(rule.dnat(self.guest_ip, Some(f.guest_port)).comment(&c));
+        Ok(tx.add_set_elements(
+            &forwards_map(table, f.map()),
+            &[SetElement::port(f.host_port)
+                .verdict(Verdict::GotoTo(self.chain_name()?))
+                .with_comment(c)],
+        ))
+    }
+
     /// Queues the removal of its objects (the map elements before the chain they refer to).
     pub fn remove(&self, table: &str, tx: Transaction) -> Transaction {
         let mut tx = tx.del_set_elements(&vms_set(table), &[SetElement::ipv4(self.guest_ip)]);

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A TCP server on 7000 that answers `tcp:<what it read>` and a UDP one on 7001 that
 /// answers `udp:<datagram>`, both on every guest address.
-const SERVERS: &str = r#"
+pub(super) const SERVERS: &str = r#"
 import socket, threading
 def tcp():
     s = socket.socket()
@@ -38,7 +38,7 @@ while True:
 "#;
 
 /// One TCP exchange through `addr`, retried until the guest's server answers.
-async fn tcp_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
+pub(super) async fn tcp_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let attempt = async {
@@ -60,7 +60,7 @@ async fn tcp_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// One UDP exchange through `addr`, retried until the guest's server answers.
-async fn udp_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
+pub(super) async fn udp_roundtrip(addr: &str, payload: &[u8]) -> Vec<u8> {
     let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
     sock.connect(addr).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

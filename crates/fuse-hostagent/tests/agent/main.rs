@@ -10,6 +10,7 @@ mod provision;
 mod runtime;
 mod snapshots;
 mod tools;
+mod tunnel;
 
 use base64::Engine as _;
 use reqwest::StatusCode;
