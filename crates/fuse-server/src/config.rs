@@ -4,6 +4,8 @@
 //! environment. `fuse` with no subcommand serves; `fuse rotate-key` re-seals the stored
 //! secrets under a new key (its flags are validated by `rotate_key::RotateKeyConfig`).
 
+pub mod proxy;
+
 use clap::{Parser, Subcommand};
 use fuse_scheduler::Policy;
 use ipnet::IpNet;
@@ -158,6 +160,25 @@ pub struct Flags {
     /// fe80::/10), where cloud metadata services answer.
     #[arg(long, env = "FUSE_ALLOW_LINK_LOCAL_HOSTS", default_value = "false")]
     pub allow_link_local_hosts: String,
+    /// The URL clients reach this control plane at (e.g. `https://fuse.example.com`): the
+    /// base of the ports proxy's path-based endpoint URLs (empty: they are relative).
+    #[arg(long, env = "FUSE_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+    /// Domain of the ports proxy's host-based URLs, `{port}-{id}.{domain}` (needs a
+    /// wildcard DNS record, and for HTTPS a wildcard certificate: FUSE_PROXY_TLS_CERT/KEY or
+    /// a TLS terminator in front). Empty: path-based URLs only.
+    #[arg(long, env = "FUSE_PROXY_DOMAIN", default_value = "")]
+    pub proxy_domain: String,
+    /// PEM certificate chain for `*.{FUSE_PROXY_DOMAIN}`: the listener speaks TLS and
+    /// answers names under the domain with it (SNI), other names with ORCH_TLS_CERT.
+    #[arg(long, env = "FUSE_PROXY_TLS_CERT", default_value = "")]
+    pub proxy_tls_cert: String,
+    /// PEM private key of FUSE_PROXY_TLS_CERT.
+    #[arg(long, env = "FUSE_PROXY_TLS_KEY", default_value = "")]
+    pub proxy_tls_key: String,
+    /// How long the ports proxy waits for a guest's response head (seconds).
+    #[arg(long, env = "FUSE_PROXY_TIMEOUT_SECS", default_value = "60")]
+    pub proxy_timeout_secs: String,
 }
 
 /// Subcommands of `fuse`.
@@ -272,6 +293,8 @@ pub struct Config {
     pub log_json: bool,
     /// Accept link-local host URLs at registration.
     pub allow_link_local_hosts: bool,
+    /// The ports proxy.
+    pub proxy: proxy::ProxyConfig,
 }
 
 /// The shortest accepted `ORCH_AUTH_TOKEN` (the host agent's `FC_AGENT_TOKEN` has the same
@@ -535,6 +558,7 @@ impl Config {
             errs.push(format!("FUSE_ALLOW_LINK_LOCAL_HOSTS: {e}"));
             false
         });
+        let proxy = proxy::ProxyConfig::from_flags(&f, tls.is_some(), listen, &mut errs);
         let db_ok = f.database_url.is_empty() || is_postgres_url(&f.database_url);
         if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
@@ -574,6 +598,7 @@ impl Config {
             provision_timeout,
             log_json,
             allow_link_local_hosts,
+            proxy,
         })
     }
 }

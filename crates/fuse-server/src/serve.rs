@@ -107,6 +107,15 @@ pub enum TlsError {
 
 /// A TLS acceptor for the PEM certificate chain and key, speaking HTTP/1.1 only (ALPN).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    tls_acceptor_for(Some((cert, key)), None)
+}
+
+/// A certificate chain and its key, read from PEM files.
+pub fn certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |p: &Path| {
@@ -126,15 +135,60 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
         return Err(TlsError::NoCertificate(cert.to_owned()));
     }
     let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(pem(key))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(TlsError::Config)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, signing)))
+}
+
+/// A TLS acceptor (HTTP/1.1 only, ALPN) for the API's certificate and, for names under the
+/// ports proxy's domain, its wildcard certificate (chosen by SNI; the wildcard one answers
+/// everything when the API has none).
+pub fn tls_acceptor_for(
+    api: Option<(&Path, &Path)>,
+    proxy: Option<(&str, &Path, &Path)>,
+) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let api = api
+        .map(|(c, k)| certified_key(c, k, &provider))
+        .transpose()?;
+    let proxy = proxy
+        .map(|(d, c, k)| Ok::<_, TlsError>((format!(".{d}"), certified_key(c, k, &provider)?)))
+        .transpose()?;
+    let resolver = Arc::new(SniResolver { api, proxy });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(TlsError::Config)?;
+        .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Picks the certificate by the name the client asked for.
+#[derive(Debug)]
+struct SniResolver {
+    api: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// `.{domain}` and its wildcard certificate.
+    proxy: Option<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let under_domain = |suffix: &str| {
+            hello
+                .server_name()
+                .is_some_and(|n| n.to_ascii_lowercase().ends_with(suffix))
+        };
+        match &self.proxy {
+            Some((suffix, key)) if under_domain(suffix) || self.api.is_none() => Some(key.clone()),
+            _ => self.api.clone(),
+        }
+    }
 }
 
 /// Raises the soft open-files limit towards what `max_connections` needs (the hard limit
@@ -312,7 +366,8 @@ impl Conn {
             .header_read_timeout(None)
             .max_buf_size(MAX_BUF)
             .serve_connection(TokioIo::new(io), svc)
-            // A terminal (`/attach`) takes the connection over once answered `101`.
+            // A terminal (`/attach`) and the ports proxy's WebSocket (and other) upgrades
+            // take the connection over once answered `101`.
             .with_upgrades();
         tokio::pin!(conn);
         let mut draining = false;

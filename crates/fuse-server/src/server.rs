@@ -184,14 +184,23 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
     let fatal = Fatal::default();
     tokio::spawn(store_bootstrap(app.clone(), tasks.clone(), fatal.clone()));
     let router = crate::http::router(app.clone(), tasks.clone());
-    let tls = match &cfg.tls {
-        None => None,
-        Some((cert, key)) => Some(crate::serve::tls_acceptor(cert, key).with_context(|| {
-            format!(
-                "loading TLS certificate {} and key {}",
-                cert.display(),
-                key.display()
-            )
+    let proxy_tls = match (&cfg.proxy.domain, &cfg.proxy.tls) {
+        (Some(d), Some((c, k))) => Some((d.as_str(), c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let api_tls = cfg.tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    let tls = match (api_tls, proxy_tls) {
+        (None, None) => None,
+        (api, proxy) => Some(crate::serve::tls_acceptor_for(api, proxy).with_context(|| {
+            let mut files: Vec<String> = Vec::new();
+            for (c, k) in api.into_iter().chain(proxy.map(|(_, c, k)| (c, k))) {
+                files.push(format!(
+                    "certificate {} and key {}",
+                    c.display(),
+                    k.display()
+                ));
+            }
+            format!("loading TLS {}", files.join(", "))
         })?),
     };
     let limits = crate::serve::Limits::of(cfg);

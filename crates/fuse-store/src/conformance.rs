@@ -1028,6 +1028,7 @@ pub async fn vm_extras_round_trip<S: StateStore>(s: S) {
         port: 8080,
         as_: Some("web".into()),
         protocol: None,
+        public: None,
     }];
     r.spec.labels = [("zone".to_owned(), "a".to_owned())].into();
     s.vm_create(r.clone()).await.unwrap();

@@ -25,6 +25,9 @@ pub struct VmSecrets {
     pub tls_cert_pem: String,
     /// The agent's TLS key (PEM).
     pub tls_key_pem: String,
+    /// The ports proxy's per-environment token (64 hex; empty for records made before it).
+    #[serde(default)]
+    pub traffic_token: String,
 }
 
 impl VmSecrets {
@@ -33,6 +36,9 @@ impl VmSecrets {
         let mut v: Vec<String> = self.secrets.values().cloned().collect();
         v.push(self.gateway_token.clone());
         v.push(self.auth_token.clone());
+        if !self.traffic_token.is_empty() {
+            v.push(self.traffic_token.clone());
+        }
         v
     }
 }
@@ -117,6 +123,10 @@ pub struct VmExtras {
     /// The VM link's byte counter when it was last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_bytes: Option<u64>,
+    /// SHA-256 (hex) of the ports proxy's traffic token: what the proxy checks, kept even
+    /// where the secrets themselves are not (a store without an encryption key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_token_sha256: Option<String>,
 }
 
 impl VmRecord {
@@ -142,6 +152,11 @@ impl VmRecord {
                 mode: "direct".into(),
                 ..Default::default()
             },
+            traffic_token: self
+                .secrets
+                .as_ref()
+                .map(|s| s.traffic_token.clone())
+                .unwrap_or_default(),
         }
     }
 

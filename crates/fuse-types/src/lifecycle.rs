@@ -54,11 +54,13 @@ pub enum Event {
     /// Nothing touched the environment for its `idle_timeout_seconds` (announced as
     /// `idle`; a destroy follows).
     Idle,
+    /// A port was published at runtime (`?action=expose`; kept in the record's extras).
+    PortExposed,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 19] = [
+    pub const ALL: [Event; 20] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -78,6 +80,7 @@ impl Event {
         Event::HostFound,
         Event::HealthChanged,
         Event::Idle,
+        Event::PortExposed,
     ];
 
     /// The spelling in audit events and logs (snake_case).
@@ -102,6 +105,7 @@ impl Event {
             Event::HostFound => "found",
             Event::HealthChanged => "health_changed",
             Event::Idle => "idle",
+            Event::PortExposed => "port_exposed",
         }
     }
 }
@@ -245,6 +249,12 @@ pub const TABLE: &[Row] = &[
         &[Persist, Publish],
     ),
     row(Some(Running), Event::Idle, Running, ANNOUNCE),
+    row(
+        Some(Running),
+        Event::PortExposed,
+        Running,
+        &[Persist, Audit],
+    ),
     // A drain may be retried, e.g. after its command failed.
     row(
         Some(Draining),
@@ -271,6 +281,12 @@ pub const TABLE: &[Row] = &[
         &[Persist, Publish],
     ),
     row(Some(Draining), Event::Idle, Draining, ANNOUNCE),
+    row(
+        Some(Draining),
+        Event::PortExposed,
+        Draining,
+        &[Persist, Audit],
+    ),
     row(Some(Failed), Event::Destroy, Destroying, DESTROY),
     row(Some(Failed), Event::HostConfirmedGone, Failed, &[Release]),
     // A repeated delete is a no-op, not an error.
@@ -353,6 +369,7 @@ mod tests {
             "running + found -> running [Audit, Publish]",
             "running + health_changed -> running [Persist, Publish]",
             "running + idle -> running [Audit, Publish]",
+            "running + port_exposed -> running [Persist, Audit]",
             "draining + drain -> draining [ClearError, Persist, Publish]",
             "draining + drain_failed -> draining [RecordError, Persist, Publish]",
             "draining + destroy -> destroying [Persist, Publish]",
@@ -363,6 +380,7 @@ mod tests {
             "draining + found -> draining [Audit, Publish]",
             "draining + health_changed -> draining [Persist, Publish]",
             "draining + idle -> draining [Audit, Publish]",
+            "draining + port_exposed -> draining [Persist, Audit]",
             "failed + destroy -> destroying [Persist, Publish]",
             "failed + host_confirmed_gone -> failed [Release]",
             "destroying + destroy -> destroying []",

@@ -199,6 +199,10 @@ pub struct ExposeSpec {
     /// `tcp` (default) or `udp`.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// Whether the ports proxy lets anyone in (default: only callers with the API's bearer
+    /// token, an API key or the environment's traffic token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<bool>,
 }
 
 /// A published port of an environment.
@@ -207,12 +211,25 @@ pub struct Endpoint {
     /// The name it was asked with (empty when none).
     #[serde(rename = "as")]
     pub as_: String,
-    /// Where a client outside the host reaches it: `tcp://host:port` or `udp://host:port`.
+    /// Where a client reaches it: for TCP the ports proxy's URL (host-based when the
+    /// control plane has a proxy domain, else path-based); for UDP `udp://host:port`.
     pub url: String,
     /// `tcp` or `udp`.
     pub protocol: String,
     /// Guest port.
     pub port: u16,
+    /// Whether the proxy lets anyone in (no token).
+    #[serde(default)]
+    pub public: bool,
+    /// The path-based proxy URL (`…/v1/environments/{id}/ports/{port}/`; TCP only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub proxy_url: String,
+    /// The host-based proxy URL (`{scheme}://{port}-{id}.{domain}/`; TCP, with a domain).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host_url: String,
+    /// The raw forward on the VM's host (`tcp://host:port` or `udp://host:port`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub forward_url: String,
 }
 
 /// An HTTP probe inside the guest.
@@ -422,6 +439,27 @@ pub struct Environment {
     /// Outbound routing.
     #[serde(default)]
     pub egress: EgressStatus,
+    /// The per-environment token of the ports proxy (header `X-Fuse-Traffic-Token`, or
+    /// `?fuse_token=` once in a browser); absent when the store keeps no secrets.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic_token: String,
+}
+
+/// `POST /v1/environments/{id}?action=expose` body: one more published port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposeRequest {
+    /// Guest port.
+    #[serde(default)]
+    pub port: u32,
+    /// A name for the endpoint.
+    #[serde(default, rename = "as")]
+    pub as_: Option<String>,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Whether the proxy lets anyone in.
+    #[serde(default)]
+    pub public: Option<bool>,
 }
 
 /// `GET /v1/environments` body.

@@ -1,6 +1,7 @@
 //! Per-VM credentials: a 64-hex bearer token and a self-signed TLS certificate (CN = VM id)
 //! with its key, handed to the guest as the agent's files (with private modes). Rotation
-//! replaces all three.
+//! replaces all three. The ports proxy's traffic token (64 hex) is made with them and
+//! kept by a rotation (it is the environment's, not the agent's).
 
 use super::random_token;
 use super::validate::ValidCreate;
@@ -33,6 +34,7 @@ pub fn generate(vm_id: &str, valid: &ValidCreate) -> Result<VmSecrets, Credentia
         secrets: valid.secrets.clone(),
         tls_cert_pem: cert,
         tls_key_pem: key,
+        traffic_token: random_token(),
     })
 }
 
@@ -82,6 +84,7 @@ mod tests {
             secrets: [("A".to_string(), "b".to_string())].into(),
             tls_cert_pem: cert,
             tls_key_pem: key,
+            ..Default::default()
         };
         let new = rotate("fuse-abc", &old).unwrap();
         assert_ne!(new.auth_token, old.auth_token);

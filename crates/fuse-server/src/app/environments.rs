@@ -528,6 +528,10 @@ impl App {
         let url = self.profile.public_url(&vm.url, &rec.agent.command);
         let mut extras = rec.extras.clone();
         extras.endpoints = endpoints(&valid.expose, &vm.endpoints);
+        for e in &mut extras.endpoints {
+            super::ports::endpoint_urls(&self.config.proxy, rec.id.as_str(), e);
+        }
+        extras.traffic_token_sha256 = Some(super::ports::token_digest(&secrets.traffic_token));
         extras.health = vm.health.clone();
         extras.net_bytes = vm.net_bytes;
         let change = Change::new(Event::Provisioned)
@@ -737,7 +741,8 @@ fn healthcheck_wait(limit: std::time::Duration, elapsed: std::time::Duration) ->
         .as_millis() as u64
 }
 
-/// The published ports of an environment: what was asked, with the address the host made.
+/// The published ports of an environment: what was asked, with the address the host made
+/// (the proxy's URLs are added by [`super::ports::endpoint_urls`]).
 pub fn endpoints(asked: &[fuse_types::ExposeSpec], made: &[HostEndpoint]) -> Vec<Endpoint> {
     asked
         .iter()
@@ -746,11 +751,15 @@ pub fn endpoints(asked: &[fuse_types::ExposeSpec], made: &[HostEndpoint]) -> Vec
             let m = made
                 .iter()
                 .find(|m| u32::from(m.port) == e.port && m.protocol == proto)?;
+            let forward = format!("{}://{}", proto.as_str(), m.address);
             Some(Endpoint {
                 as_: e.as_.clone().unwrap_or_default(),
-                url: format!("{}://{}", proto.as_str(), m.address),
+                url: forward.clone(),
                 protocol: proto.as_str().into(),
                 port: m.port,
+                public: e.public.unwrap_or(false),
+                forward_url: forward,
+                ..Endpoint::default()
             })
         })
         .collect()

@@ -14,9 +14,10 @@ pub mod host_addr;
 pub mod hosts;
 pub mod lifecycle;
 pub mod paging;
+pub mod ports;
 pub mod runtime;
 pub mod snapshots;
-mod validate;
+pub(crate) mod validate;
 
 use crate::config::Config;
 use crate::events::EventHub;

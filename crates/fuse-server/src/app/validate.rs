@@ -58,7 +58,7 @@ pub const MAX_EXPOSE: usize = 32;
 pub const MAX_IDLE_SECS: u64 = 30 * 86_400;
 
 /// Checks `expose`; returns the entries with their protocol spelled out.
-fn check_expose(
+pub(crate) fn check_expose(
     expose: &[fuse_types::ExposeSpec],
     errs: &mut Vec<String>,
 ) -> Vec<fuse_types::ExposeSpec> {
@@ -101,6 +101,7 @@ fn check_expose(
             port: e.port,
             as_: e.as_.clone().filter(|a| !a.is_empty()),
             protocol: Some(proto.as_str().into()),
+            public: e.public,
         });
     }
     out

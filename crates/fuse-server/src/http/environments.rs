@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use fuse_store::VmFilter;
-use fuse_types::{CreateEnvironment, ExecRequest, ForkRequest, VmState};
+use fuse_types::{CreateEnvironment, ExecRequest, ExposeRequest, ForkRequest, VmState};
 use std::sync::Arc;
 
 pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, ApiError> {
@@ -62,9 +62,9 @@ pub async fn delete(
 }
 
 /// The actions of `POST /v1/environments/{id}`.
-const ACTIONS: &str = "drain, rotate-token, exec, fork or migrate";
+const ACTIONS: &str = "drain, rotate-token, exec, expose, fork or migrate";
 
-/// `POST /v1/environments/{id}?action=drain|rotate-token|exec|fork|migrate`.
+/// `POST /v1/environments/{id}?action=drain|rotate-token|exec|expose|fork|migrate`.
 pub async fn action(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -85,6 +85,10 @@ pub async fn action(
                 return super::runtime::exec_stream(app, &id, req).await;
             }
             Ok(Json(app.env_exec(&id, req).await?).into_response())
+        }
+        Some("expose") => {
+            let req: ExposeRequest = super::extract::parse_json(&body)?;
+            Ok(Json(app.env_expose(&id, req).await?).into_response())
         }
         Some("fork") => {
             let req: ForkRequest = super::extract::parse_json(&body)?;

@@ -159,6 +159,11 @@ impl From<ProviderError> for ApiError {
             ProviderError::GuestFailed(_) | ProviderError::SetupFailed { .. } => {
                 ApiError::unavailable(e.client_message()).with_internal(e.to_string())
             }
+            ProviderError::GuestRefused(m) => {
+                let mut a = ApiError::unavailable(m.clone());
+                a.status = StatusCode::BAD_GATEWAY;
+                a.with_detail("reason", fuse_types::hostagent::GUEST_REFUSED)
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 pub mod extract;
 mod hosts;
+pub mod proxy;
 mod runtime;
 mod snapshots;
 mod system;
@@ -55,6 +56,9 @@ impl FromRef<HttpState> for Arc<Driver> {
 /// The request id of the current request, set by the outermost layer.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// The ports proxy's path.
+const PROXY_ROUTE: &str = "/v1/environments/{id}/ports/{port}/{*path}";
 
 /// Every route: method, path (axum syntax) and handler.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
@@ -143,6 +147,21 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             "/v1/environments/{id}/computer",
             post(environments::computer),
         ),
+        // The ports proxy: served by `proxy::gate` in front of the router (so bodies
+        // stream); listed here for the route table and its description.
+        (Method::GET, PROXY_ROUTE, get(proxy::behind_gate)),
+        (Method::POST, PROXY_ROUTE, post(proxy::behind_gate)),
+        (
+            Method::PUT,
+            PROXY_ROUTE,
+            axum::routing::put(proxy::behind_gate),
+        ),
+        (
+            Method::PATCH,
+            PROXY_ROUTE,
+            axum::routing::patch(proxy::behind_gate),
+        ),
+        (Method::DELETE, PROXY_ROUTE, delete(proxy::behind_gate)),
     ]
 }
 
@@ -170,6 +189,14 @@ pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
         .layer(middleware::from_fn_with_state(
             app.config.max_body_bytes,
             whole_body,
+        ))
+        // In front of the whole-body layer: proxied bodies stream.
+        .layer(middleware::from_fn_with_state(
+            proxy::ProxyState {
+                permits: Arc::new(tokio::sync::Semaphore::new(app.config.max_connections)),
+                app: app.clone(),
+            },
+            proxy::gate,
         ))
         .layer(middleware::from_fn(request_id))
         .with_state(HttpState { app, tasks })
@@ -301,58 +328,74 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 
 /// CIDR allowlist (403), then bearer token (401), constant-time.
 async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let cfg = &app.config;
-    if !cfg.allowed_cidrs.is_empty() {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let allowed = peer.is_some_and(|ip| {
-            let ip = match ip {
-                std::net::IpAddr::V6(v6) => {
-                    v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
-                }
-                v4 => v4,
-            };
-            cfg.allowed_cidrs.iter().any(|n| n.contains(&ip))
-        });
-        if !allowed {
-            return Err(ApiError::new(
-                fuse_types::ErrorCode::Forbidden,
-                "client address is not in ORCH_ALLOWED_CIDRS",
-            ));
-        }
+    if !peer_allowed(&app.config, &req) {
+        return Err(ApiError::new(
+            fuse_types::ErrorCode::Forbidden,
+            "client address is not in ORCH_ALLOWED_CIDRS",
+        ));
     }
-    let got = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
+    let caller = match caller_of(&app, &bearer_of(req.headers())).await? {
+        Ok(c) => c,
+        Err(m) => return Err(ApiError::new(fuse_types::ErrorCode::Unauthorized, m)),
+    };
+    let mut req = req;
+    req.extensions_mut().insert(caller);
+    Ok(next.run(req).await)
+}
+
+/// Whether the client's address is in `ORCH_ALLOWED_CIDRS` (always, when it is empty).
+pub(crate) fn peer_allowed(cfg: &crate::config::Config, req: &Request) -> bool {
+    if cfg.allowed_cidrs.is_empty() {
+        return true;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    peer.is_some_and(|ip| {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        cfg.allowed_cidrs.iter().any(|n| n.contains(&ip))
+    })
+}
+
+/// The bearer token of a request (empty when none).
+pub(crate) fn bearer_of(h: &axum::http::HeaderMap) -> String {
+    h.get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .unwrap_or("")
-        .to_owned();
-    let refused = |m: &str| ApiError::new(fuse_types::ErrorCode::Unauthorized, m);
+        .to_owned()
+}
+
+/// Who a bearer token is: the master token (or anyone, on a server that requires none),
+/// a live API key, or why it is refused (the 401's message).
+pub(crate) async fn caller_of(
+    app: &App,
+    got: &str,
+) -> Result<Result<Caller, &'static str>, ApiError> {
+    let cfg = &app.config;
     let master = cfg.auth_token.as_ref().map(|want| {
         // Hash both sides so the comparison does not leak the token's length.
         let a = Sha256::digest(got.as_bytes());
         let b = Sha256::digest(want.as_bytes());
         !got.is_empty() && bool::from(a.ct_eq(&b))
     });
-    let caller = match master {
-        Some(true) => Caller::Master,
-        required => match (app.api_key_lookup(&got).await?, required) {
-            (KeyLookup::Live(c), _) => c,
-            (KeyLookup::Revoked, None) => return Err(refused("this API key was revoked")),
+    Ok(match master {
+        Some(true) => Ok(Caller::Master),
+        required => match (app.api_key_lookup(got).await?, required) {
+            (KeyLookup::Live(c), _) => Ok(c),
+            (KeyLookup::Revoked, None) => Err("this API key was revoked"),
             // No token required: an unknown token is the open API's caller.
-            (KeyLookup::Unknown, None) => Caller::Master,
-            (_, _) => return Err(refused("missing or invalid bearer token")),
+            (KeyLookup::Unknown, None) => Ok(Caller::Master),
+            (_, _) => Err("missing or invalid bearer token"),
         },
-    };
-    let mut req = req;
-    req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    })
 }
 
 #[cfg(test)]

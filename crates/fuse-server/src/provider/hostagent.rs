@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
     AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
-    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, FileList, FileWritten, SetupStep,
-    FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK, FEATURE_PROVISION, FEATURE_RUNTIME,
-    SHA256_HEADER,
+    AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, FileList, FileWritten,
+    HostEndpoint, PortExpose, SetupStep, FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK,
+    FEATURE_PROVISION, FEATURE_RUNTIME, FEATURE_TUNNEL, SHA256_HEADER,
 };
 use fuse_types::{ErrorBody, ExecResponse};
 use reqwest::{Method, StatusCode};
@@ -205,6 +205,9 @@ fn error_from(method: &Method, path: &str, status: StatusCode, text: &str) -> Pr
         }
         (Some(fuse_types::hostagent::SETUP_FAILED), Some(step)) => {
             return ProviderError::SetupFailed { step, message }
+        }
+        (Some(fuse_types::hostagent::GUEST_REFUSED), _) => {
+            return ProviderError::GuestRefused(message)
         }
         _ => {}
     }
@@ -436,6 +439,67 @@ impl Provider for HostAgentClient {
         )
         .await?;
         Ok(())
+    }
+
+    async fn tunnel(&self, vm_id: &str, port: u16) -> Result<super::Tunnel, ProviderError> {
+        use fuse_types::hostagent::TUNNEL_UPGRADE;
+        let path = Self::vm_path(vm_id, &format!("/ports/{port}/tunnel"));
+        let send = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, TUNNEL_UPGRADE)
+            .send();
+        // The limit is on the answer only: the stream after it lives as long as its users.
+        let resp = match tokio::time::timeout(FAST, send).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                return Err(ProviderError::Unavailable(format!(
+                    "GET {path}: {}",
+                    error_chain(&e)
+                )))
+            }
+            Err(_) => {
+                return Err(ProviderError::Unavailable(format!(
+                    "GET {path}: no answer within {} s",
+                    FAST.as_secs()
+                )))
+            }
+        };
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            let up = resp.upgrade().await.map_err(|e| {
+                ProviderError::Unavailable(format!("GET {path}: upgrade: {}", error_chain(&e)))
+            })?;
+            return Ok(Box::new(up));
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Err(ProviderError::Internal(format!(
+                "GET {path}: {status} instead of 101 Switching Protocols"
+            )));
+        }
+        Err(error_from(&Method::GET, &path, status, &text))
+    }
+
+    async fn expose(&self, vm_id: &str, port: &PortExpose) -> Result<HostEndpoint, ProviderError> {
+        if !self.supports(FEATURE_TUNNEL).await? {
+            return Err(ProviderError::Unsupported(
+                "publishing a port at runtime: this host's fc-agent does not offer it (no \
+                 tunnel feature); upgrade it"
+                    .into(),
+            ));
+        }
+        let v = self
+            .call(
+                Method::POST,
+                &Self::vm_path(vm_id, "/expose"),
+                Some(port),
+                FAST,
+            )
+            .await?;
+        need(v, "expose")
     }
 
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {

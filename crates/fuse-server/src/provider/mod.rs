@@ -14,7 +14,8 @@ use base64::Engine as _;
 use fuse_store::{HostRecord, StateStore};
 use fuse_types::hostagent::{
     output_tail, AgentExec, AgentExecResult, AgentHealth, AgentSnapshot, AgentStart, AgentVm,
-    AgentVmCreate, FileList, FileWritten, SetupReport, SetupStep, StepTiming,
+    AgentVmCreate, FileList, FileWritten, HostEndpoint, PortExpose, SetupReport, SetupStep,
+    StepTiming,
 };
 use fuse_types::{ExecResponse, HostId};
 use parking_lot::RwLock;
@@ -64,6 +65,9 @@ pub enum ProviderError {
         /// the control plane before it is stored).
         message: String,
     },
+    /// Nothing in the guest accepted a connection to the port (the ports proxy's 502).
+    #[error("the guest refused the connection: {0}")]
+    GuestRefused(String),
 }
 
 impl ProviderError {
@@ -79,6 +83,7 @@ impl ProviderError {
             ProviderError::Unsupported(m) => m.clone(),
             ProviderError::GuestFailed(m) => format!("the VM did not boot: {m}"),
             ProviderError::SetupFailed { message, .. } => message.clone(),
+            ProviderError::GuestRefused(m) => m.clone(),
         }
     }
 }
@@ -194,6 +199,26 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (vm_id, query, headers);
         Err(unsupported(self.kind(), "terminals"))
     }
+    /// Opens a byte stream to TCP `port` of the VM's guest (what the ports proxy speaks
+    /// HTTP over). A guest that refuses is [`ProviderError::GuestRefused`].
+    async fn tunnel(&self, vm_id: &str, port: u16) -> Result<Tunnel, ProviderError> {
+        let _ = (vm_id, port);
+        Err(ProviderError::Unsupported(format!(
+            "the ports proxy: not offered by this host ({}); hosts need an fc-agent with the \
+             tunnel feature",
+            self.kind()
+        )))
+    }
+    /// Publishes one more guest port of a running VM on a host port; answers the forward
+    /// (the same one again for a port already published).
+    async fn expose(&self, vm_id: &str, port: &PortExpose) -> Result<HostEndpoint, ProviderError> {
+        let _ = (vm_id, port);
+        Err(ProviderError::Unsupported(format!(
+            "publishing a port at runtime: not offered by this host ({}); hosts need an \
+             fc-agent with the tunnel feature",
+            self.kind()
+        )))
+    }
 }
 
 /// What a provider without a runtime call answers.
@@ -203,6 +228,14 @@ pub fn unsupported(kind: &str, what: &str) -> ProviderError {
          runtime-io feature"
     ))
 }
+
+/// What a tunnel is: any byte stream both ways.
+pub trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> TunnelIo for T {}
+
+/// A byte stream to a guest port.
+pub type Tunnel = Box<dyn TunnelIo>;
 
 /// A provision on the base wire: create, one upload per file, the startup script as an
 /// exec, start-agent. Failures after the boot are [`ProviderError::SetupFailed`] naming the

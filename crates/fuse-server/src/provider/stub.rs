@@ -54,6 +54,7 @@ pub struct StubProvider {
     destroy_delay: Mutex<Duration>,
     faults: Mutex<StubFaults>,
     surfd_only: std::sync::atomic::AtomicBool,
+    tunnel_host: Mutex<Option<std::net::IpAddr>>,
 }
 
 /// Failures a test makes the stub host answer with (each is a `ProviderError::Internal`
@@ -92,7 +93,15 @@ impl StubProvider {
             destroy_delay: Mutex::new(Duration::ZERO),
             faults: Mutex::new(StubFaults::default()),
             surfd_only: std::sync::atomic::AtomicBool::new(false),
+            tunnel_host: Mutex::new(None),
         }
+    }
+
+    /// Where the stub's tunnels go: guest port P of any of its VMs is port P of this
+    /// address (tests start real servers there). Off (`None`, the default): a tunnel is
+    /// refused, so a quick-start stub never proxies into the control plane's own machine.
+    pub fn set_tunnel_host(&self, host: Option<std::net::IpAddr>) {
+        *self.tunnel_host.lock() = host;
     }
 
     /// Served over HTTP, answer `/start-agent` with 404 and serve only `/start-surfd`, as a
@@ -505,6 +514,49 @@ impl Provider for StubProvider {
         })?
     }
 
+    async fn tunnel(&self, vm_id: &str, port: u16) -> Result<super::Tunnel, ProviderError> {
+        self.fault(|_| None)?;
+        if !self.vms.lock().contains_key(vm_id) {
+            return Err(ProviderError::NotFound(format!("vm {vm_id}")));
+        }
+        let Some(host) = *self.tunnel_host.lock() else {
+            return Err(ProviderError::Unsupported(
+                "the ports proxy: the stub provider runs no guests to connect to".into(),
+            ));
+        };
+        let connect = tokio::net::TcpStream::connect((host, port));
+        match tokio::time::timeout(TUNNEL_CONNECT, connect).await {
+            Ok(Ok(c)) => {
+                let _ = c.set_nodelay(true);
+                Ok(Box::new(c))
+            }
+            Ok(Err(e)) => Err(ProviderError::GuestRefused(format!(
+                "the guest of vm {vm_id} refused a connection to port {port}: {e}"
+            ))),
+            Err(_) => Err(ProviderError::GuestRefused(format!(
+                "the guest of vm {vm_id} did not accept a connection to port {port} within {} s",
+                TUNNEL_CONNECT.as_secs()
+            ))),
+        }
+    }
+
+    async fn expose(
+        &self,
+        vm_id: &str,
+        port: &fuse_types::hostagent::PortExpose,
+    ) -> Result<fuse_types::hostagent::HostEndpoint, ProviderError> {
+        self.fault(|_| None)?;
+        self.with_vm(vm_id, |vm| {
+            if !vm.spec.expose.contains(port) {
+                vm.spec.expose.push(port.clone());
+            }
+            stub_endpoints(&vm.spec)
+                .into_iter()
+                .find(|e| e.port == port.port && e.protocol == port.protocol)
+                .ok_or_else(|| ProviderError::Internal("the stub lost a forward".into()))
+        })?
+    }
+
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
         self.fault(|_| None)?;
         let mut g = self.vms.lock();
@@ -678,6 +730,9 @@ impl Provider for StubProvider {
         })?
     }
 }
+
+/// How long a stub tunnel waits for its connection.
+const TUNNEL_CONNECT: Duration = Duration::from_secs(5);
 
 /// The stub's forwards: host ports from 30000 on, in the order asked.
 fn stub_endpoints(spec: &AgentVmCreate) -> Vec<fuse_types::hostagent::HostEndpoint> {

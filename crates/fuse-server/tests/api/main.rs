@@ -8,6 +8,7 @@ mod events;
 mod harness;
 mod hosts;
 mod parity;
+mod ports;
 mod reconcile;
 mod runtime;
 mod security;

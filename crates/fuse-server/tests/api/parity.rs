@@ -591,8 +591,11 @@ async fn exposed_ports_get_endpoints_and_bad_ones_are_refused() {
     assert_eq!(
         r.body["endpoints"],
         json!([
-            {"as": "web", "url": "tcp://stub.invalid:30000", "protocol": "tcp", "port": 8080},
-            {"as": "", "url": "udp://stub.invalid:30001", "protocol": "udp", "port": 53},
+            {"as": "web", "url": "/v1/environments/fuse-ports/ports/8080/", "protocol": "tcp",
+             "port": 8080, "public": false, "proxy_url": "/v1/environments/fuse-ports/ports/8080/",
+             "forward_url": "tcp://stub.invalid:30000"},
+            {"as": "", "url": "udp://stub.invalid:30001", "protocol": "udp", "port": 53,
+             "public": false, "forward_url": "udp://stub.invalid:30001"},
         ])
     );
     assert_eq!(

@@ -68,6 +68,7 @@ async fn secrets_are_sealed_at_rest_and_need_the_right_key() {
         secrets: [("API".to_string(), "value-in-the-clear".to_string())].into(),
         tls_cert_pem: "cert".into(),
         tls_key_pem: "key".into(),
+        ..Default::default()
     };
     s.vm_update(
         &r.id,
@@ -327,6 +328,7 @@ fn sample_secrets() -> VmSecrets {
         secrets: [("K".to_string(), "v".to_string())].into(),
         tls_cert_pem: "cert".into(),
         tls_key_pem: "key".into(),
+        ..Default::default()
     }
 }
 
