@@ -161,6 +161,8 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    // Host-based endpoint URLs name the port bound (a listen port of 0 picks one).
+    let _ = cfg.proxy.bound_port.set(addr.port());
     let tasks = Driver::new();
     let reconcile = tasks.register(
         app.clone(),

@@ -28,7 +28,7 @@ pub fn endpoint_urls(cfg: &ProxyConfig, id: &str, e: &mut Endpoint) {
     }
     e.proxy_url = format!("{}{}/", cfg.public_url, port_path(id, e.port));
     e.host_url = match &cfg.domain {
-        Some(d) => format!("{}://{}-{id}.{d}{}/", cfg.scheme, e.port, cfg.port_suffix),
+        Some(d) => format!("{}://{}-{id}.{d}{}/", cfg.scheme, e.port, cfg.port_suffix()),
         None => String::new(),
     };
     e.url = if e.host_url.is_empty() {
@@ -210,6 +210,7 @@ mod tests {
         let mut cfg = ProxyConfig {
             public_url: "https://fuse.example.com".into(),
             scheme: "https",
+            public_port: Some(None),
             ..ProxyConfig::default()
         };
         let mut e = Endpoint {

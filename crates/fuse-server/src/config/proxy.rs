@@ -15,8 +15,13 @@ pub struct ProxyConfig {
     pub domain: Option<String>,
     /// `http` or `https`: the scheme of host-based URLs.
     pub scheme: &'static str,
-    /// `:port` of host-based URLs (empty for the scheme's default port).
-    pub port_suffix: String,
+    /// The port of host-based URLs from `FUSE_PUBLIC_URL` (`None`: the listener's).
+    pub public_port: Option<Option<u16>>,
+    /// The configured listen port.
+    pub listen_port: u16,
+    /// The port actually bound (differs from `listen_port` when that is 0); set once at
+    /// start.
+    pub bound_port: std::sync::OnceLock<u16>,
     /// Wildcard certificate and key for names under `domain`.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long a guest may take to answer a request's head.
@@ -90,23 +95,35 @@ impl ProxyConfig {
             },
         };
         // Host-based URLs take the public URL's scheme and port when it is set, else what
-        // this listener speaks.
-        let (https, port) = match public_parts {
-            Some((https, port)) => (https, port),
-            None => (api_tls || tls.is_some(), Some(listen.port())),
-        };
-        let default_port = if https { 443 } else { 80 };
-        let port_suffix = match port {
-            Some(p) if p != default_port => format!(":{p}"),
-            _ => String::new(),
+        // this listener speaks and where it listens.
+        let https = match public_parts {
+            Some((https, _)) => https,
+            None => api_tls || tls.is_some(),
         };
         ProxyConfig {
             public_url,
             domain,
             scheme: if https { "https" } else { "http" },
-            port_suffix,
+            public_port: public_parts.map(|(_, p)| p),
+            listen_port: listen.port(),
+            bound_port: std::sync::OnceLock::new(),
             tls,
             timeout: Duration::from_secs(timeout),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// `:port` of host-based URLs (empty for the scheme's default port).
+    pub fn port_suffix(&self) -> String {
+        let port = match self.public_port {
+            Some(p) => p,
+            None => Some(*self.bound_port.get().unwrap_or(&self.listen_port)),
+        };
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        match port {
+            Some(p) if p != default_port => format!(":{p}"),
+            _ => String::new(),
         }
     }
 }
@@ -148,13 +165,19 @@ mod tests {
         assert!(e.is_empty(), "{e:?}");
         assert_eq!(c.public_url, "https://fuse.example.com");
         assert_eq!(c.domain.as_deref(), Some("apps.example.com"));
-        assert_eq!((c.scheme, c.port_suffix.as_str()), ("https", ""));
+        assert_eq!((c.scheme, c.port_suffix().as_str()), ("https", ""));
         let (c, _) = cfg("", "apps.example.com", "0.0.0.0:8080");
-        assert_eq!((c.scheme, c.port_suffix.as_str()), ("http", ":8080"));
+        assert_eq!((c.scheme, c.port_suffix().as_str()), ("http", ":8080"));
+        let _ = c.bound_port.set(9090);
+        assert_eq!(
+            c.port_suffix(),
+            ":9090",
+            "the port bound wins over the one asked"
+        );
         assert_eq!(c.timeout, Duration::from_secs(60));
         let (c, _) = cfg("http://10.0.0.1:9000", "", "0.0.0.0:8080");
         assert_eq!(c.domain, None);
-        assert_eq!(c.port_suffix, ":9000");
+        assert_eq!(c.port_suffix(), ":9000");
     }
 
     #[test]

@@ -574,3 +574,78 @@ async fn a_port_is_published_at_runtime() {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+/// The wildcard certificate answers names under the proxy's domain (SNI), the API's
+/// certificate every other name; both on the one TLS listener.
+#[tokio::test]
+async fn the_wildcard_certificate_answers_the_proxy_domain() {
+    let dir = std::env::temp_dir().join(format!("fuse-proxy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, names: Vec<String>| {
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
+        ck.cert.pem()
+    };
+    let api_pem = write("api", vec!["fuse.test".into()]);
+    let wild_pem = write("wild", vec!["*.apps.fuse.test".into()]);
+    let path = |f: &str| dir.join(f).display().to_string();
+    let mut flags = test_flags();
+    flags.tls_cert = path("api.crt");
+    flags.tls_key = path("api.key");
+    flags.proxy_domain = "apps.fuse.test".into();
+    flags.proxy_tls_cert = path("wild.crt");
+    flags.proxy_tls_key = path("wild.key");
+    let f = start_with(flags).await;
+    tunnels_to_loopback(&f);
+    let port = guest_server().await.port();
+    let name = format!("{port}-fuse-tls.apps.fuse.test");
+    let listen = f.running.addr.port();
+    // Each client trusts one certificate only: the handshake shows which one was sent.
+    let client = |pem: &str| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .tls_built_in_root_certs(false)
+            .resolve(&name, f.running.addr)
+            .resolve("fuse.test", f.running.addr)
+            .build()
+            .unwrap()
+    };
+    let r = client(&api_pem)
+        .post(format!("https://fuse.test:{listen}/v1/environments"))
+        .json(&json!({"task_id": "tls", "expose": [{"port": port}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let env: Value = r.json().await.unwrap();
+    assert_eq!(
+        env["endpoints"][0]["host_url"],
+        format!("https://{name}:{listen}/"),
+        "{env}"
+    );
+    let r = client(&wild_pem)
+        .get(format!("https://{name}:{listen}/p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["uri"], "/p");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    let r = client(&api_pem)
+        .get(format!("https://fuse.test:{listen}/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        client(&api_pem)
+            .get(format!("https://{name}:{listen}/p"))
+            .send()
+            .await
+            .is_err(),
+        "the API's certificate is not the one sent for the proxy's names"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
