@@ -665,7 +665,8 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
         creates.push(t.elapsed().as_millis() as u64);
         // The host ran the probe in the guest and held the create until it passed.
         assert_eq!(e["health"]["state"], "passing", "{e}");
-        let url = e["endpoints"][0]["url"].as_str().unwrap_or("");
+        // The raw forward on the host (`url` is the ports proxy's).
+        let url = e["endpoints"][0]["forward_url"].as_str().unwrap_or("");
         assert!(
             url.starts_with("tcp://") && e["endpoints"][0]["port"] == 8443,
             "{e}"
