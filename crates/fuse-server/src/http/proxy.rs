@@ -155,6 +155,8 @@ fn target_of(
 enum Proof {
     /// The endpoint is public.
     Public,
+    /// The API is open (no `ORCH_AUTH_TOKEN`), so are private ports; nothing is removed.
+    Open,
     /// The API's bearer token or an API key (the `Authorization` header is removed).
     Bearer,
     /// The traffic token, in the header or the cookie.
@@ -195,8 +197,19 @@ async fn prove(
         });
     }
     let bearer = super::bearer_of(h);
-    // An empty bearer on a server that requires none is the open API's caller, as on /v1.
-    if !bearer.is_empty() || app.config.auth_token.is_none() {
+    if app.config.auth_token.is_none() {
+        // An open API (no ORCH_AUTH_TOKEN): anyone is its caller, as on /v1. Only a live API
+        // key is one of ours to take away; any other Authorization is the guest's.
+        return match app.api_key_lookup(&bearer).await? {
+            crate::app::api_keys::KeyLookup::Live(_) => Ok(Proof::Bearer),
+            crate::app::api_keys::KeyLookup::Revoked => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "this API key was revoked",
+            )),
+            crate::app::api_keys::KeyLookup::Unknown => Ok(Proof::Open),
+        };
+    }
+    if !bearer.is_empty() {
         if let Ok(_caller) = super::caller_of(app, &bearer).await? {
             return Ok(Proof::Bearer);
         }
@@ -359,7 +372,7 @@ async fn proxy(s: ProxyState, t: Target, mut req: Request) -> Result<Response, A
         Proof::Token => {
             headers.remove(TOKEN_HEADER);
         }
-        Proof::Public | Proof::Query => {}
+        Proof::Public | Proof::Open | Proof::Query => {}
     }
     drop_our_cookie(&mut headers);
     let forwarded_for = match (

@@ -146,6 +146,22 @@ async fn path_based_requests_reach_the_guest_with_their_path_headers_and_streame
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
+    // An open API (no ORCH_AUTH_TOKEN) opens private ports too; an Authorization header
+    // that is none of ours is the guest's.
+    let seen: Value = f
+        .http
+        .get(&url)
+        .header("authorization", "Bearer the-apps-own")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["headers"]["authorization"], "Bearer the-apps-own",
+        "{seen}"
+    );
     // The port's root, with and without the slash.
     for root in [
         format!("{}{want}", f.base),
