@@ -2,7 +2,8 @@
 //! networking): `GET /v1/vm/{id}/ports/{port}/tunnel` answers `101` and carries bytes both
 //! ways to the guest's server; a port nothing listens on is a 502 that says so
 //! (`guest_refused`); `POST /v1/vm/{id}/expose` adds a host-port forward (TCP and UDP) to
-//! a running VM, once per port, that carries traffic and goes with the VM.
+//! a running VM, once per port, that carries traffic, comes back when a restarted agent
+//! adopts the VM, and goes with the VM.
 
 use super::expose::{tcp_roundtrip, udp_roundtrip, SERVERS};
 use super::{spawn, tempdir, Ns, TOKEN};
@@ -62,7 +63,7 @@ async fn body_after(head: &str, s: &mut tokio::net::TcpStream) -> serde_json::Va
 async fn the_tunnel_reaches_guest_ports_and_ports_are_published_at_runtime() {
     let Some(ns) = Ns::new("tunnel") else { return };
     let dir = tempdir("tunnel");
-    let a = spawn(&ns, &dir, &[("FC_AGENT_FORWARD_PORTS", "22000-22010")]).await;
+    let mut a = spawn(&ns, &dir, &[("FC_AGENT_FORWARD_PORTS", "22000-22010")]).await;
     let (_, h) = a.get("/healthz").await;
     assert!(
         h["features"]
@@ -175,8 +176,25 @@ async fn the_tunnel_reaches_guest_ports_and_ports_are_published_at_runtime() {
         "{table}"
     );
 
+    // An agent restart adopts the VM with the forwards published at runtime.
+    // (The first agent's value lives on: dropping it would kill the VMs it started.)
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let b = spawn(&ns, &dir, &[("FC_AGENT_FORWARD_PORTS", "22000-22010")]).await;
+    let (_, got) = b.get("/v1/vm/fuse-t").await;
+    assert_eq!(got["endpoints"].as_array().map(Vec::len), Some(2), "{got}");
+    let out = tcp_roundtrip(tcp["address"].as_str().unwrap(), b"adopted\n").await;
+    assert_eq!(out, b"tcp:adopted\n");
+    let (s, again) = b
+        .post(
+            "/v1/vm/fuse-t/expose",
+            json!({"port": 7000, "protocol": "tcp"}),
+        )
+        .await;
+    assert_eq!((s, &again), (StatusCode::OK, &tcp));
+
     // The forwards go with the VM.
-    assert_eq!(a.delete("/v1/vm/fuse-t").await.0, StatusCode::NO_CONTENT);
+    assert_eq!(b.delete("/v1/vm/fuse-t").await.0, StatusCode::NO_CONTENT);
     let table = ns.nft_table(&dir);
     assert!(
         !table.contains("22000") && !table.contains("22001"),
