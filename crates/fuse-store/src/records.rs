@@ -117,6 +117,9 @@ pub struct VmExtras {
     /// The VM link's byte counter when it was last read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_bytes: Option<u64>,
+    /// Its egress rules (absent: the defaults, reported as `direct`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<fuse_types::EgressRules>,
 }
 
 impl VmRecord {
@@ -138,9 +141,17 @@ impl VmRecord {
             error: self.error.clone().unwrap_or_default(),
             endpoints: self.extras.endpoints.clone(),
             health: self.extras.health.clone(),
-            egress: fuse_types::EgressStatus {
-                mode: "direct".into(),
-                ..Default::default()
+            egress: match &self.extras.egress {
+                None => fuse_types::EgressStatus {
+                    mode: "direct".into(),
+                    ..Default::default()
+                },
+                Some(r) => fuse_types::EgressStatus {
+                    mode: r.mode.as_str().into(),
+                    allow: r.allow.clone(),
+                    deny: r.deny.clone(),
+                    ..Default::default()
+                },
             },
         }
     }

@@ -194,6 +194,15 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (vm_id, query, headers);
         Err(unsupported(self.kind(), "terminals"))
     }
+    /// Replaces a VM's egress rules, live. The default: a host that cannot (501).
+    async fn vm_egress(
+        &self,
+        vm_id: &str,
+        rules: &fuse_types::EgressRules,
+    ) -> Result<(), ProviderError> {
+        let _ = (vm_id, rules);
+        Err(egress_unsupported())
+    }
 }
 
 /// What a provider without a runtime call answers.
@@ -202,6 +211,18 @@ pub fn unsupported(kind: &str, what: &str) -> ProviderError {
         "{what}: not offered by this host ({kind}); hosts need an fc-agent with the \
          runtime-io feature"
     ))
+}
+
+/// What a host without the `egress` feature answers to rules other than the defaults.
+pub fn egress_unsupported() -> ProviderError {
+    ProviderError::Rejected {
+        status: 501,
+        message: format!(
+            "this host's agent cannot enforce egress rules; upgrade its fc-agent (it does not \
+             advertise the {:?} feature)",
+            fuse_types::hostagent::FEATURE_EGRESS
+        ),
+    }
 }
 
 /// A provision on the base wire: create, one upload per file, the startup script as an
