@@ -310,7 +310,9 @@ mod tests {
             upstream("10.0.0.53:5353").unwrap(),
             "10.0.0.53:5353".parse().unwrap()
         );
-        assert!(upstream("nope").unwrap_err().contains("FC_AGENT_DNS_UPSTREAM"));
+        assert!(upstream("nope")
+            .unwrap_err()
+            .contains("FC_AGENT_DNS_UPSTREAM"));
         assert!(upstream("").is_ok());
     }
 

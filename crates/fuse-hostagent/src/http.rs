@@ -467,7 +467,10 @@ async fn egress_put(
     Json(b): Json<fuse_types::EgressRules>,
 ) -> Result<Json<fuse_types::hostagent::AgentEgress>, VmError> {
     let egress = s.vms.egress_set(&id, &b).await?;
-    Ok(Json(fuse_types::hostagent::AgentEgress { vm_id: id, egress }))
+    Ok(Json(fuse_types::hostagent::AgentEgress {
+        vm_id: id,
+        egress,
+    }))
 }
 
 async fn egress_get(
@@ -475,7 +478,10 @@ async fn egress_get(
     Path(id): Path<String>,
 ) -> Result<Json<fuse_types::hostagent::AgentEgress>, VmError> {
     let egress = s.vms.egress_get(&id)?;
-    Ok(Json(fuse_types::hostagent::AgentEgress { vm_id: id, egress }))
+    Ok(Json(fuse_types::hostagent::AgentEgress {
+        vm_id: id,
+        egress,
+    }))
 }
 
 async fn not_found() -> Response {

@@ -112,7 +112,9 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
         let upstream = dns::upstream(&cfg.dns_upstream).map_err(anyhow::Error::msg)?;
         let r = dns::Resolver::bind(cfg.dns_listen, upstream)
             .await
-            .map_err(|e| anyhow::anyhow!("binding the guests' resolver on {}: {e}", cfg.dns_listen))?;
+            .map_err(|e| {
+                anyhow::anyhow!("binding the guests' resolver on {}: {e}", cfg.dns_listen)
+            })?;
         Some(r)
     } else {
         None

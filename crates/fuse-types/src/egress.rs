@@ -255,8 +255,7 @@ impl EgressRules {
     /// denied name, any other name in allow-all, only an allowed one in allowlist.
     pub fn name_allowed(&self, name: &str) -> bool {
         let n = normalize_name(name);
-        if self.mode == EgressMode::DenyAll
-            || Self::entries(&self.deny).any(|e| e.matches_name(&n))
+        if self.mode == EgressMode::DenyAll || Self::entries(&self.deny).any(|e| e.matches_name(&n))
         {
             return false;
         }
@@ -285,7 +284,11 @@ mod tests {
             ("*.example.com", "*.example.com"),
             ("a_b.example-1.org", "a_b.example-1.org"),
         ] {
-            assert_eq!(EgressEntry::parse(input).unwrap().canonical(), want, "{input}");
+            assert_eq!(
+                EgressEntry::parse(input).unwrap().canonical(),
+                want,
+                "{input}"
+            );
         }
         for (input, says) in [
             ("", "empty"),
@@ -323,7 +326,11 @@ mod tests {
         let r = EgressRules::build(
             "egress",
             EgressMode::Allowlist,
-            &["*.example.com".into(), "10.0.0.0/8".into(), "ok.test".into()],
+            &[
+                "*.example.com".into(),
+                "10.0.0.0/8".into(),
+                "ok.test".into(),
+            ],
             &["bad.example.com".into()],
         )
         .unwrap();
@@ -347,11 +354,16 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].starts_with("egress.deny[0]: \"nope\""), "{errs:?}");
-        assert!(errs[1].contains("only used with mode allowlist"), "{errs:?}");
-        let errs =
-            EgressRules::build("egress", EgressMode::DenyAll, &[], &["1.2.3.4".into()]).unwrap_err();
+        assert!(
+            errs[1].contains("only used with mode allowlist"),
+            "{errs:?}"
+        );
+        let errs = EgressRules::build("egress", EgressMode::DenyAll, &[], &["1.2.3.4".into()])
+            .unwrap_err();
         assert!(errs[0].contains("deny-all takes no"), "{errs:?}");
-        let many: Vec<String> = (0..=MAX_ENTRIES).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect();
+        let many: Vec<String> = (0..=MAX_ENTRIES)
+            .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+            .collect();
         let errs = EgressRules::build("egress", EgressMode::Allowlist, &many, &[]).unwrap_err();
         assert!(errs[0].contains("at most 256"), "{errs:?}");
         // Duplicates collapse to one canonical entry.

@@ -26,8 +26,8 @@
 
 use fuse_types::{EgressEntry, EgressMode, EgressRules};
 use nlink::netlink::nftables::{
-    BaseChain, Chain, ChainName, CtState, FilterHook, NatHook, PacketField, Policy, Priority,
-    Rule, Set, SetElement, SetKeyType, Transaction, Verdict,
+    BaseChain, Chain, ChainName, CtState, FilterHook, NatHook, PacketField, Policy, Priority, Rule,
+    Set, SetElement, SetKeyType, Transaction, Verdict,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -152,7 +152,10 @@ impl VmEgress {
         for (_, _, s) in self.sets(table) {
             tx = tx.add_set(s);
         }
-        for (kind, list) in [(SetKind::Allow, &self.rules.allow), (SetKind::Deny, &self.rules.deny)] {
+        for (kind, list) in [
+            (SetKind::Allow, &self.rules.allow),
+            (SetKind::Deny, &self.rules.deny),
+        ] {
             let (mut v4, mut v6) = (Vec::new(), Vec::new());
             for (addr, prefix) in EgressRules::entries(list).filter_map(|e| e.net()) {
                 let el = prefix_element(addr, prefix)?;
@@ -193,7 +196,8 @@ impl VmEgress {
                 .accept(),
             // Other guests, of this agent or another on the machine.
             r().match_oif_prefix(super::PREFIX).drop(),
-            r().match_daddr(IpAddr::V4([169, 254, 0, 0].into()), 16).drop(),
+            r().match_daddr(IpAddr::V4([169, 254, 0, 0].into()), 16)
+                .drop(),
             r().match_daddr(IpAddr::V6([0xfe80, 0, 0, 0, 0, 0, 0, 0].into()), 10)
                 .drop(),
             r().match_in_interval_set(PacketField::Ip4Daddr, &set(SetKind::Deny, false))
@@ -345,7 +349,10 @@ mod tests {
     #[test]
     fn names_stay_short_and_per_vm() {
         assert_eq!(table_name("beef"), "fuse_beef_egress");
-        assert_eq!(set_name("fvbeef12345678", SetKind::Resolved, true), "fvbeef12345678_r6");
+        assert_eq!(
+            set_name("fvbeef12345678", SetKind::Resolved, true),
+            "fvbeef12345678_r6"
+        );
         assert_eq!(
             resolved_element(IpAddr::V4([1, 2, 3, 4].into()), Duration::from_secs(1)).key(),
             &[1, 2, 3, 4]

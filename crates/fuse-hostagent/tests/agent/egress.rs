@@ -62,26 +62,62 @@ impl World {
         };
         let peer = format!("{}p", w.veth);
         ip(&["netns", "add", &w.name]);
-        ip(&["link", "add", &w.veth, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "link", "add", &w.veth, "type", "veth", "peer", "name", &peer,
+        ]);
         ip(&["link", "set", &w.veth, "netns", &host.name]);
         ip(&["link", "set", &peer, "netns", &w.name]);
-        ip(&["-n", &host.name, "addr", "add", &format!("{}1/24", w.net), "dev", &w.veth]);
+        ip(&[
+            "-n",
+            &host.name,
+            "addr",
+            "add",
+            &format!("{}1/24", w.net),
+            "dev",
+            &w.veth,
+        ]);
         ip(&["-n", &host.name, "link", "set", &w.veth, "up"]);
         for last in [2, 3, 4, 5, 6, 7, 53] {
-            ip(&["-n", &w.name, "addr", "add", &format!("{}{last}/24", w.net), "dev", &peer]);
+            ip(&[
+                "-n",
+                &w.name,
+                "addr",
+                "add",
+                &format!("{}{last}/24", w.net),
+                "dev",
+                &peer,
+            ]);
         }
-        ip(&["-n", &w.name, "addr", "add", "169.254.169.254/32", "dev", &peer]);
+        ip(&[
+            "-n",
+            &w.name,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            &peer,
+        ]);
         ip(&["-n", &w.name, "link", "set", &peer, "up"]);
         ip(&["-n", &w.name, "link", "set", "lo", "up"]);
         // The host reaches the metadata address through the world, as a cloud host would.
-        ip(&["-n", &host.name, "route", "add", "169.254.169.254/32", "via", &w.addr(2)]);
+        ip(&[
+            "-n",
+            &host.name,
+            "route",
+            "add",
+            "169.254.169.254/32",
+            "via",
+            &w.addr(2),
+        ]);
         w
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -128,7 +164,11 @@ async fn dns_server(ns: &str, addr: &str, names: HashMap<String, Ipv4Addr>) {
                 let name = query.name().to_ascii().trim_end_matches('.').to_owned();
                 match names.get(&name) {
                     Some(ip) => {
-                        r.add_answer(Record::from_rdata(query.name().clone(), 60, RData::A(A(*ip))));
+                        r.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            60,
+                            RData::A(A(*ip)),
+                        ));
                     }
                     None => {
                         r.set_response_code(ResponseCode::NXDomain);
@@ -217,17 +257,15 @@ fn create_body(name: &str, egress: Option<Value>, extra_files: &[(&str, &str)]) 
 
 /// The agent's egress table as `nft` lists it inside the agent's namespace.
 fn egress_table(ns: &Ns, dir: &std::path::Path) -> String {
-    let table = format!(
-        "fuse_{}_egress",
-        fuse_hostagent::net::agent_tag(dir)
-    );
+    let table = format!("fuse_{}_egress", fuse_hostagent::net::agent_tag(dir));
     ns.in_ns(&["nft", "list", "table", "inet", &table])
 }
 
 // Several threads: the world's servers answer while the test blocks on a command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_names() {
-    let Some(ns) = Ns::new("egress") else { return };
+    // "walls": its own first letter and octet among the tests' namespaces (`Ns::new`).
+    let Some(ns) = Ns::new("walls") else { return };
     let world = World::new(&ns);
     let w = |last: u8| world.addr(last);
     for last in [2, 3, 4, 5, 6, 7] {
@@ -248,7 +286,7 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     // A service of the host itself, on the host's own address.
     hello_server(&ns.name, &ns.ip, 8080).await;
 
-    let dir = tempdir("egress");
+    let dir = tempdir("walls");
     let env = [
         ("FC_AGENT_DNS_UPSTREAM", w(53)),
         ("FC_AGENT_SUBNET", "10.201.0.0/24".to_owned()),
@@ -257,7 +295,11 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     let mut a = spawn(&ns, &dir, &env).await;
     let (_, h) = a.get("/healthz").await;
     assert!(
-        h["features"].as_array().unwrap().iter().any(|f| f == "egress"),
+        h["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "egress"),
         "{h}"
     );
 
@@ -265,19 +307,28 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     let (s, e) = a
         .post(
             "/v1/vm",
-            create_body("fuse-bad", Some(json!({"mode": "allowlist", "allow": ["10.0.0.1/8"]})), &[]),
+            create_body(
+                "fuse-bad",
+                Some(json!({"mode": "allowlist", "allow": ["10.0.0.1/8"]})),
+                &[],
+            ),
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("host bits set"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host bits set"),
         "{e}"
     );
 
     let rules = json!({"mode": "allowlist",
         "allow": ["allowed.test", "*.wild.test", "denied-cidr.test", format!("{}/31", w(6))],
         "deny": ["bad.wild.test", w(7)]});
-    let (s, vm) = a.post("/v1/vm", create_body("fuse-a", Some(rules), &[])).await;
+    let (s, vm) = a
+        .post("/v1/vm", create_body("fuse-a", Some(rules), &[]))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{vm}");
     // Another guest with the default rules, serving on 8080 (reached from the host).
     let mut b = create_body("fuse-b", None, &[("/server.py", GUEST_SERVER)]);
@@ -289,13 +340,19 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     // Allowlist: nothing resolved yet, so the allowed name's address is closed ...
     assert!(tcp(&a, "fuse-a", &w(2)).await.starts_with("ERR"));
     // ... until the guest resolves it (through whatever server it asks).
-    assert_eq!(probe(&a, "fuse-a", &["dns", "allowed.test"]).await, format!("0 {}", w(2)));
+    assert_eq!(
+        probe(&a, "fuse-a", &["dns", "allowed.test"]).await,
+        format!("0 {}", w(2))
+    );
     assert_eq!(tcp(&a, "fuse-a", &w(2)).await, format!("hello {}", w(2)));
     // A name the rules do not allow is refused, and its address stays closed.
     assert_eq!(probe(&a, "fuse-a", &["dns", "other.test"]).await, "5");
     assert!(tcp(&a, "fuse-a", &w(3)).await.starts_with("ERR"));
     // A wildcard lets a name below it through; a denied name below it is refused.
-    assert_eq!(probe(&a, "fuse-a", &["dns", "a.wild.test"]).await, format!("0 {}", w(4)));
+    assert_eq!(
+        probe(&a, "fuse-a", &["dns", "a.wild.test"]).await,
+        format!("0 {}", w(4))
+    );
     assert_eq!(tcp(&a, "fuse-a", &w(4)).await, format!("hello {}", w(4)));
     assert_eq!(probe(&a, "fuse-a", &["dns", "bad.wild.test"]).await, "5");
     assert!(tcp(&a, "fuse-a", &w(5)).await.starts_with("ERR"));
@@ -313,7 +370,10 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     // the rules), but never the host's own services, the metadata address or another
     // guest, all of which the host itself reaches.
     assert_eq!(tcp(&a, "fuse-b", &w(3)).await, format!("hello {}", w(3)));
-    assert_eq!(probe(&a, "fuse-b", &["dns", "other.test"]).await, format!("0 {}", w(3)));
+    assert_eq!(
+        probe(&a, "fuse-b", &["dns", "other.test"]).await,
+        format!("0 {}", w(3))
+    );
     let from_host = |addr: &str| {
         ns.in_ns(&["python3", "-c", &format!(
             "import socket; print(socket.create_connection(('{addr}', 8080), timeout=2).recv(100).decode().strip())"
@@ -323,12 +383,26 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     assert_eq!(from_host("169.254.169.254").trim(), "hello 169.254.169.254");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while from_host(guest_b).trim() != "hello guest b" {
-        assert!(std::time::Instant::now() < deadline, "guest b's server never answered the host");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest b's server never answered the host"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(tcp(&a, "fuse-b", &ns.ip).await.starts_with("ERR"), "the host's service");
-    assert!(tcp(&a, "fuse-b", "10.201.0.5").await.starts_with("ERR"), "the host's side of the link");
-    assert!(tcp(&a, "fuse-b", "169.254.169.254").await.starts_with("ERR"), "metadata");
+    assert!(
+        tcp(&a, "fuse-b", &ns.ip).await.starts_with("ERR"),
+        "the host's service"
+    );
+    assert!(
+        tcp(&a, "fuse-b", "10.201.0.5").await.starts_with("ERR"),
+        "the host's side of the link"
+    );
+    assert!(
+        tcp(&a, "fuse-b", "169.254.169.254")
+            .await
+            .starts_with("ERR"),
+        "metadata"
+    );
 
     // A live update: allow-all less one address. The denied address closes, the others
     // open; the isolation stays.
@@ -340,13 +414,30 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["egress"], json!({"mode": "allow-all", "deny": [format!("{}/32", w(3))]}));
+    assert_eq!(
+        r["egress"],
+        json!({"mode": "allow-all", "deny": [format!("{}/32", w(3))]})
+    );
     assert!(tcp(&a, "fuse-a", &w(3)).await.starts_with("ERR"));
     assert_eq!(tcp(&a, "fuse-a", &w(5)).await, format!("hello {}", w(5)));
-    assert_eq!(probe(&a, "fuse-a", &["dns", "other.test"]).await, format!("0 {}", w(3)));
-    assert!(tcp(&a, "fuse-a", guest_b).await.starts_with("ERR"), "another guest");
-    assert!(tcp(&a, "fuse-a", "169.254.169.254").await.starts_with("ERR"), "metadata");
-    assert!(tcp(&a, "fuse-a", &ns.ip).await.starts_with("ERR"), "the host");
+    assert_eq!(
+        probe(&a, "fuse-a", &["dns", "other.test"]).await,
+        format!("0 {}", w(3))
+    );
+    assert!(
+        tcp(&a, "fuse-a", guest_b).await.starts_with("ERR"),
+        "another guest"
+    );
+    assert!(
+        tcp(&a, "fuse-a", "169.254.169.254")
+            .await
+            .starts_with("ERR"),
+        "metadata"
+    );
+    assert!(
+        tcp(&a, "fuse-a", &ns.ip).await.starts_with("ERR"),
+        "the host"
+    );
 
     // The rules outlive an agent restart (the VM is adopted, the table made anew).
     a.child.kill().unwrap();
@@ -356,21 +447,36 @@ async fn egress_rules_allow_deny_and_isolate_against_a_world_of_servers_and_name
     assert_eq!(got["egress"]["mode"], "allow-all", "{got}");
     assert!(tcp(&a2, "fuse-a", &w(3)).await.starts_with("ERR"));
     assert_eq!(tcp(&a2, "fuse-a", &w(5)).await, format!("hello {}", w(5)));
-    assert_eq!(probe(&a2, "fuse-a", &["dns", "other.test"]).await, format!("0 {}", w(3)));
+    assert_eq!(
+        probe(&a2, "fuse-a", &["dns", "other.test"]).await,
+        format!("0 {}", w(3))
+    );
 
     // deny-all: nothing, and no name.
     let (s, r) = a2
-        .call(reqwest::Method::PUT, "/v1/vm/fuse-a/egress", Some(json!({"mode": "deny-all"})))
+        .call(
+            reqwest::Method::PUT,
+            "/v1/vm/fuse-a/egress",
+            Some(json!({"mode": "deny-all"})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert!(tcp(&a2, "fuse-a", &w(5)).await.starts_with("ERR"));
     assert_eq!(probe(&a2, "fuse-a", &["dns", "allowed.test"]).await, "5");
     let (s, r) = a2
-        .call(reqwest::Method::PUT, "/v1/vm/fuse-a/egress", Some(json!({"mode": "sideways"})))
+        .call(
+            reqwest::Method::PUT,
+            "/v1/vm/fuse-a/egress",
+            Some(json!({"mode": "sideways"})),
+        )
         .await;
     assert!(s.is_client_error(), "{s} {r}");
     let (s, _) = a2
-        .call(reqwest::Method::PUT, "/v1/vm/fuse-zz/egress", Some(json!({"mode": "deny-all"})))
+        .call(
+            reqwest::Method::PUT,
+            "/v1/vm/fuse-zz/egress",
+            Some(json!({"mode": "deny-all"})),
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 

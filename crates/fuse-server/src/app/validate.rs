@@ -308,10 +308,7 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
     if let Some(h) = &req.healthcheck {
         check_healthcheck(h, &mut errs);
     }
-    let egress = req
-        .egress
-        .as_ref()
-        .and_then(|e| check_egress(e, &mut errs));
+    let egress = req.egress.as_ref().and_then(|e| check_egress(e, &mut errs));
     if let Some(d) = &req.desktop {
         if !(320..=3840).contains(&d.width) || !(320..=3840).contains(&d.height) {
             errs.push("desktop.width and desktop.height must each be from 320 to 3840".into());
