@@ -409,7 +409,11 @@ impl Net {
     /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace
     /// (veth); otherwise a persistent tap is created for the VMM to open by name. The
     /// agent port's `forward` and the `exposed` ports are installed in the same nftables
-    /// transaction as its NAT. On failure whatever was made is removed again.
+    /// transaction as its NAT, with its egress rules ([`egress`]; `None`: the defaults).
+    /// On failure whatever was made is removed again.
+    // Each argument is one independent part of the VM's network (its slot, its device kind,
+    // its forwards, its egress rules); a struct of them would only be built to be unpacked.
+    #[allow(clippy::too_many_arguments)]
     pub async fn setup(
         &self,
         vm_id: &str,
