@@ -86,6 +86,14 @@ pub struct Config {
     /// once.
     #[arg(long, env = "FC_AGENT_BOOT_WATCHDOG_SECS", default_value_t = 15)]
     pub boot_watchdog_secs: u64,
+    /// Where the guests' resolver listens (UDP and TCP): their DNS is redirected to its
+    /// port; port 0 picks a free one at start.
+    #[arg(long, env = "FC_AGENT_DNS_LISTEN", default_value = "0.0.0.0:0")]
+    pub dns_listen: SocketAddr,
+    /// The resolver the guests' allowed queries are forwarded to (`ip` or `ip:port`;
+    /// default the first nameserver of /etc/resolv.conf).
+    #[arg(long, env = "FC_AGENT_DNS_UPSTREAM", default_value = "")]
+    pub dns_upstream: String,
     /// The `fuse-guest` binary run by the `process` backend (default: next to fc-agent).
     #[arg(long, env = "FC_AGENT_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
@@ -164,6 +172,9 @@ impl Config {
                 "FC_AGENT_FORWARD_PORTS: {:?} is not FROM-TO",
                 self.forward_ports
             ));
+        }
+        if let Err(e) = crate::dns::upstream(&self.dns_upstream) {
+            errs.push(e);
         }
         if self.max_vms == 0 {
             errs.push("FC_AGENT_MAX_VMS must be positive".into());

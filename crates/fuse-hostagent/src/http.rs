@@ -229,6 +229,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
     ];
     if s.vms.can_expose() {
         features.push(FEATURE_EXPOSE);
+        features.push(fuse_types::hostagent::FEATURE_EGRESS);
     }
     Json(AgentHealth {
         status: "ok".into(),
@@ -548,6 +549,29 @@ async fn expose(
     Ok((status, Json(ep)).into_response())
 }
 
+async fn egress_put(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<fuse_types::EgressRules>,
+) -> Result<Json<fuse_types::hostagent::AgentEgress>, VmError> {
+    let egress = s.vms.egress_set(&id, &b).await?;
+    Ok(Json(fuse_types::hostagent::AgentEgress {
+        vm_id: id,
+        egress,
+    }))
+}
+
+async fn egress_get(
+    State(s): State<S>,
+    Path(id): Path<String>,
+) -> Result<Json<fuse_types::hostagent::AgentEgress>, VmError> {
+    let egress = s.vms.egress_get(&id)?;
+    Ok(Json(fuse_types::hostagent::AgentEgress {
+        vm_id: id,
+        egress,
+    }))
+}
+
 async fn not_found() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
@@ -580,6 +604,7 @@ pub fn router(state: S) -> Router {
         .route("/v1/vm/{id}/restore", post(restore))
         .route("/v1/vm/{id}/expose", post(expose))
         .route("/v1/vm/{id}/ports/{port}/tunnel", get(tunnel))
+        .route("/v1/vm/{id}/egress", get(egress_get).put(egress_put))
         .route(
             "/v1/vm/{id}/snapshots/{sid}",
             axum::routing::delete(snapshot_delete),

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dns;
 pub mod files;
 pub mod http;
 pub mod link;
@@ -106,6 +107,19 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
         "off" => false,
         _ => net::available(),
     };
+    // The guests' resolver: bound first, since the egress table names its port.
+    let resolver = if net_on {
+        let upstream = dns::upstream(&cfg.dns_upstream).map_err(anyhow::Error::msg)?;
+        let r = dns::Resolver::bind(cfg.dns_listen, upstream)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("binding the guests' resolver on {}: {e}", cfg.dns_listen)
+            })?;
+        Some(r)
+    } else {
+        None
+    };
+    let dns_port = resolver.as_ref().map(dns::Resolver::port);
     let options = vms::Options {
         capacity: capacity(cfg),
         boot_timeout: std::time::Duration::from_secs(cfg.boot_timeout_secs),
@@ -113,10 +127,14 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
         forward_ports: cfg.forward_range().unwrap_or((20000, 29999)),
         public_host: cfg.public_host.clone(),
         net: net_on
-            .then(|| net::Net::new(&net::agent_tag(&cfg.dir)).map(Arc::new))
+            .then(|| net::Net::with_dns(&net::agent_tag(&cfg.dir), dns_port).map(Arc::new))
             .transpose()?,
     };
+    let net = options.net.clone();
     let (vms, report) = vms::Vms::load(cfg.dir.clone(), backend, options).await?;
+    if let (Some(r), Some(net)) = (resolver, net) {
+        r.spawn(net);
+    }
     let state = Arc::new(http::AgentState {
         vms,
         token: cfg.token.clone(),

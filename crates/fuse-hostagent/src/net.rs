@@ -9,7 +9,14 @@
 //! ([`nft`]); so destroy removes exactly what a VM owns, and the start-up reclaim finds,
 //! by dumping links, `/run/netns` and the table, whatever no live VM owns. A VM's NAT and
 //! forward are added in one nftables transaction and removed in one.
+//!
+//! Egress ([`egress`]): the same transaction adds the VM's objects in the agent's egress
+//! table (its rules, the default isolation); [`Net::egress_update`] replaces them live, and
+//! the resolver ([`crate::dns`]) adds the addresses of allowed names through
+//! [`Net::resolved_add`]. The rules of every VM are kept in memory by guest address, for the
+//! resolver to judge each query by its source.
 
+pub mod egress;
 pub mod nft;
 pub mod ns;
 mod veth;
@@ -17,7 +24,7 @@ mod veth;
 use nlink::netlink::devconf::AddrGenMode;
 use nlink::netlink::{namespace, Connection, Nftables, Route};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 /// Prefix of every device and namespace this agent creates.
@@ -51,6 +58,9 @@ pub struct NetInfo {
     /// Guest ports published on host ports (`expose`), besides the agent port.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed: Vec<Exposed>,
+    /// Its egress rules (absent: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<fuse_types::EgressRules>,
 }
 
 /// A guest port published on a host port.
@@ -82,6 +92,16 @@ impl NetInfo {
             guest_ip: self.guest_ip,
             forwards: agent.into_iter().chain(exposed).collect(),
         }
+    }
+
+    /// Its objects in the egress table (`None` when its device is not there).
+    fn egress(&self, vm_id: &str) -> Option<egress::VmEgress> {
+        Some(egress::VmEgress {
+            key: self.dev.clone(),
+            vm_id: vm_id.to_owned(),
+            ifindex: ifindex(&self.dev)?,
+            rules: self.egress.clone().unwrap_or_default(),
+        })
     }
 
     /// Every host port it holds.
@@ -319,6 +339,23 @@ pub struct Net {
     nft: Connection<Nftables>,
     tag: String,
     table: String,
+    egress_table: String,
+    dns_port: Option<u16>,
+    guests: parking_lot::RwLock<HashMap<Ipv4Addr, Guest>>,
+}
+
+/// What the resolver knows of one VM: its rules, and the addresses it answered for it
+/// (with when they expire), so a rule change keeps those of names still allowed.
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// VM id.
+    pub vm_id: String,
+    /// Its key (device name).
+    pub key: String,
+    /// Its rules.
+    pub rules: fuse_types::EgressRules,
+    /// Resolved addresses: the name they were answered for, and their expiry.
+    pub resolved: HashMap<std::net::IpAddr, (String, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Net {
@@ -346,6 +383,12 @@ impl Net {
     /// Opens the sockets of the agent with this tag (its table is `fuse_<tag>`). Call
     /// [`Net::reclaim`] before the first VM: it creates the table.
     pub fn new(tag: &str) -> Result<Net, NetError> {
+        Self::with_dns(tag, None)
+    }
+
+    /// [`Net::new`], with the port of the agent's resolver: the guests' DNS is redirected
+    /// to it, and it is the one port of the host they reach.
+    pub fn with_dns(tag: &str, dns_port: Option<u16>) -> Result<Net, NetError> {
         Ok(Net {
             route: Connection::<Route>::new().map_err(|source| NetError::Socket {
                 protocol: "route",
@@ -357,13 +400,20 @@ impl Net {
             })?,
             tag: tag.to_owned(),
             table: nft::table_name(tag),
+            egress_table: egress::table_name(tag),
+            dns_port,
+            guests: parking_lot::RwLock::new(HashMap::new()),
         })
     }
 
     /// Sets up a VM's network. `with_netns` puts the guest side in its own namespace
     /// (veth); otherwise a persistent tap is created for the VMM to open by name. The
     /// agent port's `forward` and the `exposed` ports are installed in the same nftables
-    /// transaction as its NAT. On failure whatever was made is removed again.
+    /// transaction as its NAT, with its egress rules ([`egress`]; `None`: the defaults).
+    /// On failure whatever was made is removed again.
+    // Each argument is one independent part of the VM's network (its slot, its device kind,
+    // its forwards, its egress rules); a struct of them would only be built to be unpacked.
+    #[allow(clippy::too_many_arguments)]
     pub async fn setup(
         &self,
         vm_id: &str,
@@ -372,6 +422,7 @@ impl Net {
         with_netns: bool,
         forward: Option<(u16, u16)>,
         exposed: Vec<Exposed>,
+        egress_rules: Option<fuse_types::EgressRules>,
     ) -> Result<NetInfo, NetError> {
         let (host_ip, guest_ip) = pool.addrs(index);
         let dev = dev_name(&self.tag, vm_id);
@@ -384,6 +435,7 @@ impl Net {
             guest_ip,
             forward,
             exposed,
+            egress: egress_rules.filter(|r| !r.is_default()),
         };
         if let Err(e) = self.setup_steps(vm_id, &mut info).await {
             if let Err(undo) = self.teardown(vm_id, &info, None).await {
@@ -460,19 +512,183 @@ impl Net {
         if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
             tracing::warn!(error = %e, "enabling ip_forward");
         }
-        let tx = info
-            .nft(vm)
-            .add(&self.table, self.nft.transaction())
-            .map_err(|source| NetError::Nft {
-                step: "adding its NAT",
-                vm: vm.to_owned(),
-                source,
-            })?;
-        tx.commit(&self.nft).await.map_err(|source| NetError::Nft {
-            step: "adding its NAT",
+        let nft_err = |source| NetError::Nft {
+            step: "adding its NAT and egress rules",
             vm: vm.to_owned(),
             source,
-        })
+        };
+        let mut tx = info
+            .nft(vm)
+            .add(&self.table, self.nft.transaction())
+            .map_err(nft_err)?;
+        let eg = info
+            .egress(vm)
+            .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
+            .map_err(nft_err)?;
+        tx = eg.add(&self.egress_table, tx).map_err(nft_err)?;
+        tx.commit(&self.nft).await.map_err(nft_err)?;
+        self.guest_register(vm, info);
+        Ok(())
+    }
+
+    fn guest_register(&self, vm_id: &str, info: &NetInfo) {
+        self.guests.write().insert(
+            info.guest_ip,
+            Guest {
+                vm_id: vm_id.to_owned(),
+                key: info.dev.clone(),
+                rules: info.egress.clone().unwrap_or_default(),
+                resolved: HashMap::new(),
+            },
+        );
+    }
+
+    /// The rules of the VM at guest address `ip`, for the resolver.
+    pub fn guest(&self, ip: Ipv4Addr) -> Option<(String, fuse_types::EgressRules)> {
+        self.guests
+            .read()
+            .get(&ip)
+            .map(|g| (g.vm_id.clone(), g.rules.clone()))
+    }
+
+    /// Replaces a VM's egress rules, live, in one transaction: its chain and sets are made
+    /// anew, with the addresses already resolved for names the new rules still allow.
+    /// Returns the new network state (for the caller to persist).
+    pub async fn egress_update(
+        &self,
+        vm_id: &str,
+        info: &NetInfo,
+        rules: fuse_types::EgressRules,
+    ) -> Result<NetInfo, NetError> {
+        let err = |source| NetError::Nft {
+            step: "replacing its egress rules",
+            vm: vm_id.to_owned(),
+            source,
+        };
+        let mut next = info.clone();
+        next.egress = (!rules.is_default()).then(|| rules.clone());
+        let old = info
+            .egress(vm_id)
+            .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
+            .map_err(err)?;
+        let new = next
+            .egress(vm_id)
+            .ok_or_else(|| nlink::Error::interface_not_found(&info.dev))
+            .map_err(err)?;
+        let now = std::time::Instant::now();
+        let keep: Vec<(std::net::IpAddr, String, std::time::Duration)> = self
+            .guests
+            .read()
+            .get(&info.guest_ip)
+            .map(|g| {
+                g.resolved
+                    .iter()
+                    .filter(|(_, (name, until))| *until > now && rules.name_allowed(name))
+                    .map(|(a, (name, until))| (*a, name.clone(), *until - now))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut tx = old.remove(&self.egress_table, self.nft.transaction());
+        tx = new.add(&self.egress_table, tx).map_err(err)?;
+        for (addr, _, left) in &keep {
+            tx = tx.add_set_elements(
+                &egress::vm_set(
+                    &self.egress_table,
+                    &info.dev,
+                    egress::SetKind::Resolved,
+                    addr.is_ipv6(),
+                ),
+                &[egress::resolved_element(*addr, *left)],
+            );
+        }
+        tx.commit(&self.nft).await.map_err(err)?;
+        let mut guests = self.guests.write();
+        let g = guests.entry(info.guest_ip).or_insert_with(|| Guest {
+            vm_id: vm_id.to_owned(),
+            key: info.dev.clone(),
+            rules: rules.clone(),
+            resolved: HashMap::new(),
+        });
+        g.rules = rules;
+        g.resolved = keep
+            .into_iter()
+            .map(|(a, name, left)| (a, (name, now + left.max(egress::MIN_TTL))))
+            .collect();
+        Ok(next)
+    }
+
+    /// Lets the VM at `guest` reach `addrs` (each for its TTL), answered for the allowed
+    /// `name`: added to its resolved sets before the resolver answers the guest. An address
+    /// already there gets the longer of its two expiries.
+    pub async fn resolved_add(
+        &self,
+        guest: Ipv4Addr,
+        name: &str,
+        addrs: &[(std::net::IpAddr, std::time::Duration)],
+    ) -> Result<(), NetError> {
+        let Some((vm_id, key)) = self
+            .guests
+            .read()
+            .get(&guest)
+            .map(|g| (g.vm_id.clone(), g.key.clone()))
+        else {
+            return Ok(());
+        };
+        let err = |source| NetError::Nft {
+            step: "adding resolved addresses",
+            vm: vm_id.clone(),
+            source,
+        };
+        let now = std::time::Instant::now();
+        // What to add, and whether each is there already (then it is replaced, so its
+        // timeout is the new one).
+        let mut todo = Vec::new();
+        {
+            let guests = self.guests.read();
+            let known = guests.get(&guest).map(|g| &g.resolved);
+            for (addr, ttl) in addrs {
+                let ttl = (*ttl).clamp(egress::MIN_TTL, egress::MAX_TTL);
+                let have = known.and_then(|k| k.get(addr)).map(|(_, u)| *u);
+                if have.is_some_and(|u| u >= now + ttl) {
+                    continue;
+                }
+                todo.push((*addr, ttl, have.is_some_and(|u| u > now)));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let build = |replace: bool| {
+            let mut tx = self.nft.transaction();
+            for (addr, ttl, there) in &todo {
+                let set = egress::vm_set(
+                    &self.egress_table,
+                    &key,
+                    egress::SetKind::Resolved,
+                    addr.is_ipv6(),
+                );
+                let el = egress::resolved_element(*addr, *ttl);
+                if replace && *there {
+                    tx = tx.del_set_elements(&set, std::slice::from_ref(&el));
+                }
+                tx = tx.add_set_elements(&set, &[el]);
+            }
+            tx
+        };
+        match build(true).commit(&self.nft).await {
+            // One expired in the kernel meanwhile: add them all afresh.
+            Err(e) if e.is_not_found() => build(false).commit(&self.nft).await.map_err(err)?,
+            r => r.map_err(err)?,
+        }
+        let fresh: Vec<(std::net::IpAddr, std::time::Instant)> =
+            todo.iter().map(|(a, t, _)| (*a, now + *t)).collect();
+        if let Some(g) = self.guests.write().get_mut(&guest) {
+            g.resolved.retain(|_, (_, u)| *u > now);
+            for (a, u) in fresh {
+                g.resolved.insert(a, (name.to_owned(), u));
+            }
+        }
+        Ok(())
     }
 
     /// Publishes one more guest port of a VM whose network is set up (`info` as it is
@@ -539,6 +755,27 @@ impl Net {
         pin: Option<ns::Pin>,
     ) -> Result<(), NetError> {
         let mut first = None;
+        if let Some(eg) = info.egress(vm_id) {
+            if let Err(e) = eg
+                .remove(&self.egress_table, self.nft.transaction())
+                .commit(&self.nft)
+                .await
+            {
+                for piece in eg.remove_each(&self.egress_table, || self.nft.transaction()) {
+                    if let Err(e2) = piece.commit(&self.nft).await {
+                        if !e2.is_not_found() && first.is_none() {
+                            first = Some(NetError::Nft {
+                                step: "removing its egress rules",
+                                vm: vm_id.to_owned(),
+                                source: e2,
+                            });
+                        }
+                    }
+                }
+                tracing::debug!(vm_id, error = %e, "egress objects removed piece by piece");
+            }
+        }
+        self.guests.write().remove(&info.guest_ip);
         let vm = info.nft(vm_id);
         let all = vm.remove(&self.table, self.nft.transaction());
         if let Err(e) = all.commit(&self.nft).await {
@@ -678,6 +915,33 @@ impl Net {
             .commit(&self.nft)
             .await
             .map_err(table_err("creating"))?;
+        // The egress table the same way: made anew with exactly the live VMs' rules.
+        let egress_exists = self
+            .nft
+            .list_tables_in(egress::FAMILY)
+            .await
+            .map_err(table_err("reading"))?
+            .iter()
+            .any(|t| t.name == self.egress_table);
+        let eg: Vec<egress::VmEgress> = live.iter().filter_map(|(id, n)| n.egress(id)).collect();
+        egress::table_create(
+            &self.tag,
+            egress_exists,
+            self.dns_port,
+            &eg,
+            self.nft.transaction(),
+        )
+        .map_err(table_err("building the egress"))?
+        .commit(&self.nft)
+        .await
+        .map_err(table_err("creating the egress"))?;
+        {
+            let mut guests = self.guests.write();
+            guests.clear();
+        }
+        for (id, n) in live {
+            self.guest_register(id, n);
+        }
         let ours = format!("{PREFIX}{}", self.tag);
         for l in self.route.get_links().await.map_err(NetError::LinkList)? {
             let Some(name) = l.name() else { continue };
@@ -717,6 +981,19 @@ impl Net {
     /// outlive it); this is for whoever is done with an agent for good, such as
     /// `fc-agent-bench` once its agents have stopped.
     pub async fn table_delete(&self) -> Result<(), NetError> {
+        if let Err(e) = self
+            .nft
+            .del_table(self.egress_table.as_str(), egress::FAMILY)
+            .await
+        {
+            if !e.is_not_found() {
+                return Err(NetError::Table {
+                    step: "deleting",
+                    table: self.egress_table.clone(),
+                    source: e,
+                });
+            }
+        }
         match self.nft.del_table(self.table.as_str(), nft::FAMILY).await {
             Err(e) if !e.is_not_found() => Err(NetError::Table {
                 step: "deleting",

@@ -340,6 +340,13 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// Egress rules as sent, checked again here (the agent trusts no caller's validation) and
+/// put in their canonical spelling.
+fn check_egress(r: &fuse_types::EgressRules) -> Result<fuse_types::EgressRules, VmError> {
+    fuse_types::EgressRules::build("egress", r.mode, &r.allow, &r.deny)
+        .map_err(|errs| VmError::Invalid(errs.join("; ")))
+}
+
 /// VM ids are used as directory names: the same rule as control-plane ids.
 pub fn check_id(id: &str) -> Result<(), VmError> {
     fuse_types::VmId::parse(id)
@@ -518,6 +525,12 @@ impl Vms {
                 "expose needs per-VM networking, which is off on this host".into(),
             ));
         }
+        let egress = req.egress.as_ref().map(check_egress).transpose()?;
+        if egress.as_ref().is_some_and(|r| !r.is_default()) && !self.can_expose() {
+            return Err(VmError::Invalid(
+                "egress rules need per-VM networking, which is off on this host".into(),
+            ));
+        }
         if let Some(p) = req.expose.iter().find(|e| e.port == 0) {
             return Err(VmError::Invalid(format!(
                 "expose: guest port {} must be 1-65535",
@@ -589,7 +602,7 @@ impl Vms {
             rand::thread_rng().fill_bytes(&mut b);
             hex::encode(b)
         };
-        let net = match self.net_setup(id, plan).await {
+        let net = match self.net_setup(id, plan, egress).await {
             Ok(n) => n,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -722,6 +735,7 @@ impl Vms {
         &self,
         id: &str,
         plan: Option<NetPlan>,
+        egress: Option<fuse_types::EgressRules>,
     ) -> Result<Option<crate::net::NetInfo>, VmError> {
         let (Some(pool), Some(net), Some(plan)) = (self.opts.pool, &self.opts.net, plan) else {
             return Ok(None);
@@ -734,10 +748,54 @@ impl Vms {
             with_netns,
             plan.forward,
             plan.exposed,
+            egress,
         )
         .await
         .map(Some)
         .map_err(VmError::Network)
+    }
+
+    /// Replaces a VM's egress rules, live (its lifecycle lock held, so it never races a
+    /// destroy), and persists them with its network.
+    pub async fn egress_set(
+        &self,
+        id: &str,
+        rules: &fuse_types::EgressRules,
+    ) -> Result<fuse_types::EgressRules, VmError> {
+        let rules = check_egress(rules)?;
+        let vm = self.get(id)?;
+        let _l = vm.lifecycle.lock().await;
+        if !self.still_current(id, &vm) {
+            return Err(VmError::NotFound(format!("vm {id}")));
+        }
+        let info = vm.meta.read().net.clone();
+        let (Some(info), Some(net)) = (info, &self.opts.net) else {
+            return Err(VmError::Invalid(
+                "egress rules need per-VM networking, which is off on this host".into(),
+            ));
+        };
+        let next = net
+            .egress_update(id, &info, rules.clone())
+            .await
+            .map_err(VmError::Network)?;
+        let meta = {
+            let mut m = vm.meta.write();
+            m.net = Some(next);
+            m.clone()
+        };
+        write_meta(&vm.dir, &meta)?;
+        tracing::info!(vm_id = %id, mode = rules.mode.as_str(), allow = rules.allow.len(), deny = rules.deny.len(), "egress rules replaced");
+        Ok(rules)
+    }
+
+    /// A VM's egress rules (the defaults when it has none).
+    pub fn egress_get(&self, id: &str) -> Result<fuse_types::EgressRules, VmError> {
+        let vm = self.get(id)?;
+        let m = vm.meta.read();
+        Ok(m.net
+            .as_ref()
+            .and_then(|n| n.egress.clone())
+            .unwrap_or_default())
     }
 
     /// Stops and removes a VM: its healthcheck, its process, its network and its

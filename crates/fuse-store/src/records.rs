@@ -127,6 +127,9 @@ pub struct VmExtras {
     /// where the secrets themselves are not (a store without an encryption key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token_sha256: Option<String>,
+    /// Its egress rules (absent: the defaults, reported as `direct`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<fuse_types::EgressRules>,
 }
 
 impl VmRecord {
@@ -148,9 +151,17 @@ impl VmRecord {
             error: self.error.clone().unwrap_or_default(),
             endpoints: self.extras.endpoints.clone(),
             health: self.extras.health.clone(),
-            egress: fuse_types::EgressStatus {
-                mode: "direct".into(),
-                ..Default::default()
+            egress: match &self.extras.egress {
+                None => fuse_types::EgressStatus {
+                    mode: "direct".into(),
+                    ..Default::default()
+                },
+                Some(r) => fuse_types::EgressStatus {
+                    mode: r.mode.as_str().into(),
+                    allow: r.allow.clone(),
+                    deny: r.deny.clone(),
+                    ..Default::default()
+                },
             },
             traffic_token: self
                 .secrets

@@ -66,6 +66,10 @@ pub struct AgentVmCreate {
     /// fails with step `healthcheck` and the last probe's message (0: do not wait).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub healthcheck_wait_ms: u64,
+    /// The VM's egress rules; absent: the defaults (everything but the host, metadata
+    /// addresses and other guests). Rules other than the defaults need [`FEATURE_EGRESS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::EgressRules>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -85,6 +89,19 @@ pub const FEATURE_TUNNEL: &str = "tunnel";
 pub const TUNNEL_UPGRADE: &str = "fuse-tunnel";
 /// `details.reason` of a tunnel the guest refused (a 502): nothing listens on the port.
 pub const GUEST_REFUSED: &str = "guest_refused";
+
+/// Feature of `/healthz`: `egress` on create and `PUT /v1/vm/{id}/egress` (egress rules
+/// enforced in nftables, names through the host's resolver).
+pub const FEATURE_EGRESS: &str = "egress";
+
+/// `PUT /v1/vm/{id}/egress` answer: the rules now in force.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEgress {
+    /// The VM.
+    pub vm_id: String,
+    /// Its rules.
+    pub egress: crate::EgressRules,
+}
 
 /// The snapshot a fork starts from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! field names are snake_case and must not be renamed. Input, output and storage types are
 //! deliberately separate; storage rows live in `fuse-store`.
 
+pub mod egress;
 mod error;
 pub mod health;
 pub mod hostagent;
@@ -13,6 +14,7 @@ pub mod lifecycle;
 mod state;
 mod wire;
 
+pub use egress::{EgressEntry, EgressMode, EgressRules};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{HostId, IdError, SnapshotId, TaskId, VmId};
 pub use state::{HostState, SnapshotState, TransitionError, VmState};

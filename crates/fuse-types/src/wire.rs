@@ -304,12 +304,20 @@ pub struct Health {
     pub message: String,
 }
 
-/// How outbound traffic is routed, as asked.
+/// How outbound traffic is routed and what it may reach, as asked (at create, and the body
+/// of `PUT /v1/environments/{id}/egress`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressSpec {
-    /// `direct` (default) or `proxy` (not available here).
+    /// `direct` (default; = `allow-all`), `allow-all`, `deny-all`, `allowlist`, or `proxy`
+    /// (not available here).
     #[serde(default)]
     pub mode: Option<String>,
+    /// With `allowlist`: the CIDRs, addresses, names and `*.` wildcards the VM may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// What the VM may never reach (wins over `allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
     /// Proxy provider.
     #[serde(default)]
     pub provider: Option<String>,
@@ -318,10 +326,11 @@ pub struct EgressSpec {
     pub protocol: Option<String>,
 }
 
-/// How outbound traffic is routed.
+/// How outbound traffic is routed and what it may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressStatus {
-    /// `direct`.
+    /// `direct` (the default, everything reachable), `allow-all`, `deny-all` or
+    /// `allowlist`.
     pub mode: String,
     /// Proxy provider (empty for direct).
     pub provider: String,
@@ -329,6 +338,12 @@ pub struct EgressStatus {
     pub protocol: String,
     /// Proxy endpoint (empty for direct).
     pub endpoint: String,
+    /// Allowed CIDRs and names (canonical spelling), for `allowlist`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Refused CIDRs and names (canonical spelling).
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// Geometry of a graphical session (accepted; no desktop images yet).
@@ -398,7 +413,7 @@ pub struct CreateEnvironment {
     /// Readiness probe; the create waits for `passing`.
     #[serde(default)]
     pub healthcheck: Option<HealthcheckSpec>,
-    /// Outbound routing (`direct` only here).
+    /// Outbound routing and egress rules (`direct` routing only here).
     #[serde(default)]
     pub egress: Option<EgressSpec>,
     /// Desktop geometry (accepted; no desktop images yet).

@@ -636,6 +636,7 @@ mod tests {
                 guest_ip: "10.200.0.2".parse().unwrap(),
                 forward: None,
                 exposed: vec![],
+                egress: None,
             }),
             base: None,
         }

@@ -92,7 +92,12 @@ impl VmNft {
     /// The comment on its elements and rules: `<key> <vm id>`, cut to the kernel's limit
     /// (the key comes first, so it always survives).
     pub fn comment(&self) -> String {
-        cut(&format!("{} {}", self.key, self.vm_id), COMMENT_MAX).to_owned()
+        Self::comment_of(&self.key, &self.vm_id)
+    }
+
+    /// The comment of a VM's objects with this key and id (also the egress table's).
+    pub fn comment_of(key: &str, vm_id: &str) -> String {
+        cut(&format!("{key} {vm_id}"), COMMENT_MAX).to_owned()
     }
 
     fn chain_name(&self) -> Result<ChainName, nlink::Error> {

@@ -262,6 +262,7 @@ impl App {
                 expose: valid.expose.clone(),
                 healthcheck: valid.healthcheck.clone(),
                 forked_from,
+                egress: valid.egress.clone(),
                 ..Default::default()
             },
         };
@@ -519,6 +520,7 @@ impl App {
                 } else {
                     0
                 },
+                egress: valid.egress.clone(),
             })
             .await
             .map_err(Failure::host)?;
@@ -714,6 +716,60 @@ impl App {
             )
             .await?;
         Ok(())
+    }
+
+    /// Replaces a running (or draining) environment's egress rules: the host enforces them
+    /// first (one nftables transaction there), then they are persisted with an
+    /// `egress_changed` audit event. Updates of one environment are serialized here, so
+    /// the host and the store end with the same rules.
+    pub async fn env_egress_set(
+        &self,
+        id: &str,
+        spec: fuse_types::EgressSpec,
+    ) -> Result<VmRecord, AppError> {
+        let mut errs = Vec::new();
+        let rules = validate::check_egress(&spec, &mut errs);
+        if !errs.is_empty() {
+            return Err(AppError::Invalid(errs));
+        }
+        let _one = self.egress_lock.lock().await;
+        let rec = self.env_get(id).await?;
+        if !matches!(rec.state, VmState::Running | VmState::Draining) {
+            return Err(AppError::conflict(format!(
+                "environment {} is {}; egress rules change only in running or draining environments",
+                rec.id, rec.state
+            )));
+        }
+        let provider = self.provider_of(&rec).await?;
+        provider
+            .vm_egress(rec.id.as_str(), &rules.clone().unwrap_or_default())
+            .await?;
+        let mode = rules.as_ref().map_or("direct", |r| r.mode.as_str());
+        // Another writer (a health verdict) may bump the generation meanwhile: read again
+        // and write the rules on top of what it wrote.
+        let mut rec = rec;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut extras = rec.extras.clone();
+            extras.egress = rules.clone();
+            let patch = fuse_store::VmPatch {
+                extras: Some(extras),
+                audit: Some("egress_changed".into()),
+                reason: Some(format!("egress mode {mode}")),
+                ..Default::default()
+            };
+            match self.store.vm_update(&rec.id, rec.generation, patch).await {
+                Ok(written) => {
+                    tracing::info!(vm_id = %written.id, mode, "egress rules changed");
+                    return Ok(written);
+                }
+                Err(fuse_store::StoreError::Stale { .. }) if attempts < 5 => {
+                    rec = self.env_record(id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The provider of the VM's own host.
@@ -915,6 +971,7 @@ impl App {
             request_hash: hex::encode(sha2::Digest::finalize(h)),
             expose: src.extras.expose.clone(),
             healthcheck: src.extras.healthcheck.clone(),
+            egress: src.extras.egress.clone(),
             from_snapshot: Some(fuse_types::hostagent::SnapshotSource {
                 vm_id: src.id.to_string(),
                 snapshot_id: if snap.host_snapshot_id.is_empty() {

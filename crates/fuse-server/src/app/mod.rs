@@ -57,6 +57,8 @@ pub struct App {
     pub clock: clock::Clock,
     /// When this replica last wrote each API key's `last_used_at`.
     pub key_touches: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Serializes egress rule changes within this replica (host first, then the store).
+    pub egress_lock: tokio::sync::Mutex<()>,
 }
 
 impl App {
@@ -95,6 +97,7 @@ impl App {
             boot_failures: parking_lot::Mutex::default(),
             clock: clock::Clock::default(),
             key_touches: parking_lot::Mutex::default(),
+            egress_lock: tokio::sync::Mutex::new(()),
         });
         (app, frx)
     }

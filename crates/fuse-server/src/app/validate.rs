@@ -50,6 +50,49 @@ pub struct ValidCreate {
     pub healthcheck: Option<fuse_types::HealthcheckSpec>,
     /// For a fork: the snapshot whose disk the VM starts from.
     pub from_snapshot: Option<fuse_types::hostagent::SnapshotSource>,
+    /// Egress rules other than the defaults (checked, canonical).
+    pub egress: Option<fuse_types::EgressRules>,
+}
+
+/// Checks an `egress` object (of a create or of `PUT …/egress`): the routing mode and the
+/// rules; `None` for the defaults (direct routing, nothing denied).
+pub fn check_egress(
+    e: &fuse_types::EgressSpec,
+    errs: &mut Vec<String>,
+) -> Option<fuse_types::EgressRules> {
+    use fuse_types::EgressMode;
+    let mode = match e.mode.as_deref().unwrap_or("") {
+        "" | "direct" | "allow-all" => EgressMode::AllowAll,
+        "deny-all" => EgressMode::DenyAll,
+        "allowlist" => EgressMode::Allowlist,
+        "proxy" => {
+            errs.push(
+                "egress.mode proxy is not available on this control plane; use direct (the default), allow-all, deny-all or allowlist"
+                    .into(),
+            );
+            return None;
+        }
+        m => {
+            errs.push(format!(
+                "egress.mode must be direct, allow-all, deny-all, allowlist or proxy (got {m:?})"
+            ));
+            return None;
+        }
+    };
+    let none: Vec<String> = Vec::new();
+    match fuse_types::EgressRules::build(
+        "egress",
+        mode,
+        e.allow.as_ref().unwrap_or(&none),
+        e.deny.as_ref().unwrap_or(&none),
+    ) {
+        Ok(r) if r.is_default() && e.mode.as_deref() != Some("allow-all") => None,
+        Ok(r) => Some(r),
+        Err(mut es) => {
+            errs.append(&mut es);
+            None
+        }
+    }
 }
 
 /// Most published ports of one environment.
@@ -266,16 +309,7 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
     if let Some(h) = &req.healthcheck {
         check_healthcheck(h, &mut errs);
     }
-    if let Some(e) = &req.egress {
-        match e.mode.as_deref().unwrap_or("") {
-            "" | "direct" => {}
-            "proxy" => errs.push(
-                "egress.mode proxy is not available on this control plane; use direct (the default)"
-                    .into(),
-            ),
-            m => errs.push(format!("egress.mode must be direct or proxy (got {m:?})")),
-        }
-    }
+    let egress = req.egress.as_ref().and_then(|e| check_egress(e, &mut errs));
     if let Some(d) = &req.desktop {
         if !(320..=3840).contains(&d.width) || !(320..=3840).contains(&d.height) {
             errs.push("desktop.width and desktop.height must each be from 320 to 3840".into());
@@ -399,6 +433,7 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         expose,
         healthcheck: req.healthcheck.clone(),
         from_snapshot: None,
+        egress,
     })
 }
 

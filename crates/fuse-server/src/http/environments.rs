@@ -61,6 +61,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `PUT /v1/environments/{id}/egress`: replaces the egress rules, live; answers the
+/// environment.
+pub async fn egress_put(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ApiJson(spec): ApiJson<fuse_types::EgressSpec>,
+) -> Result<Response, ApiError> {
+    Ok(Json(app.env_egress_set(&id, spec).await?.to_wire()).into_response())
+}
+
 /// The actions of `POST /v1/environments/{id}`.
 const ACTIONS: &str = "drain, rotate-token, exec, expose, fork or migrate";
 

@@ -86,6 +86,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             get(events::stream),
         ),
         (
+            Method::PUT,
+            "/v1/environments/{id}/egress",
+            axum::routing::put(environments::egress_put),
+        ),
+        (
             Method::POST,
             "/v1/environments/{id}/snapshots",
             post(snapshots::create),

@@ -267,6 +267,11 @@ impl Provider for HostAgentClient {
                 FEATURE_FORK,
                 "fork from a snapshot",
             ),
+            (
+                req.egress.as_ref().is_some_and(|r| !r.is_default()),
+                fuse_types::hostagent::FEATURE_EGRESS,
+                "enforce egress rules",
+            ),
         ] {
             if asked && !self.supports(feature).await? {
                 return Err(ProviderError::Rejected {
@@ -283,6 +288,28 @@ impl Provider for HostAgentClient {
         }
         let v = self.call(Method::POST, "/v1/vm", Some(req), SLOW).await?;
         need(v, "create vm")
+    }
+
+    async fn vm_egress(
+        &self,
+        vm_id: &str,
+        rules: &fuse_types::EgressRules,
+    ) -> Result<(), ProviderError> {
+        if !self.supports(fuse_types::hostagent::FEATURE_EGRESS).await? {
+            // Nothing to enforce beyond what every host does.
+            if rules.is_default() {
+                return Ok(());
+            }
+            return Err(super::egress_unsupported());
+        }
+        self.call::<_, fuse_types::hostagent::AgentEgress>(
+            Method::PUT,
+            &Self::vm_path(vm_id, "/egress"),
+            Some(rules),
+            FAST,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError> {

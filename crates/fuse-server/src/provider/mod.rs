@@ -219,6 +219,16 @@ pub trait Provider: Send + Sync + 'static {
             self.kind()
         )))
     }
+
+    /// Replaces a VM's egress rules, live. The default: a host that cannot (501).
+    async fn vm_egress(
+        &self,
+        vm_id: &str,
+        rules: &fuse_types::EgressRules,
+    ) -> Result<(), ProviderError> {
+        let _ = (vm_id, rules);
+        Err(egress_unsupported())
+    }
 }
 
 /// What a provider without a runtime call answers.
@@ -236,6 +246,18 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> T
 
 /// A byte stream to a guest port.
 pub type Tunnel = Box<dyn TunnelIo>;
+
+/// What a host without the `egress` feature answers to rules other than the defaults.
+pub fn egress_unsupported() -> ProviderError {
+    ProviderError::Rejected {
+        status: 501,
+        message: format!(
+            "this host's agent cannot enforce egress rules; upgrade its fc-agent (it does not \
+             advertise the {:?} feature)",
+            fuse_types::hostagent::FEATURE_EGRESS
+        ),
+    }
+}
 
 /// A provision on the base wire: create, one upload per file, the startup script as an
 /// exec, start-agent. Failures after the boot are [`ProviderError::SetupFailed`] naming the

@@ -43,6 +43,8 @@ pub struct StubVm {
     pub health: Option<fuse_types::Health>,
     /// The link byte counter the host reports.
     pub net_bytes: Option<u64>,
+    /// How many times its egress rules were replaced (`spec.egress` holds the last).
+    pub egress_updates: u32,
     created: Option<Instant>,
 }
 
@@ -555,6 +557,18 @@ impl Provider for StubProvider {
                 .find(|e| e.port == port.port && e.protocol == port.protocol)
                 .ok_or_else(|| ProviderError::Internal("the stub lost a forward".into()))
         })?
+    }
+
+    async fn vm_egress(
+        &self,
+        vm_id: &str,
+        rules: &fuse_types::EgressRules,
+    ) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
+        self.with_vm(vm_id, |vm| {
+            vm.spec.egress = (!rules.is_default()).then(|| rules.clone());
+            vm.egress_updates += 1;
+        })
     }
 
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {

@@ -1055,3 +1055,290 @@ async fn a_server_in_a_qemu_guest_answers_through_the_ports_proxy() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(host.leftovers(), Vec::<String>::new());
 }
+
+/// The egress test's world, in a Python process inside its own namespace: an HTTP server on
+/// 8080 of each address in argv[3:] (answering `hello <its address>`), and a DNS server on
+/// argv[1]:53 answering A records of the JSON map argv[2] (TTL 60), NXDOMAIN otherwise.
+const WORLD: &str = r#"
+import json, socket, struct, sys, threading
+names = json.loads(sys.argv[2])
+def http(addr):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 8080))
+    s.listen()
+    while True:
+        c, _ = s.accept()
+        try:
+            c.recv(4096)
+            c.sendall(("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello %s\n" % addr).encode())
+        finally:
+            c.close()
+for a in sys.argv[3:]:
+    threading.Thread(target=http, args=(a,), daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind((sys.argv[1], 53))
+while True:
+    q, frm = u.recvfrom(4096)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode())
+        i += q[i] + 1
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    question = q[12:i + 5]
+    ip = names.get(".".join(labels).lower())
+    if ip is None:
+        r = q[:2] + struct.pack(">HHHHH", 0x8183, 1, 0, 0, 0) + question
+    elif qtype != 1:
+        r = q[:2] + struct.pack(">HHHHH", 0x8180, 1, 0, 0, 0) + question
+    else:
+        r = q[:2] + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + question
+        r += struct.pack(">HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(ip)
+    u.sendto(r, frm)
+"#;
+
+/// A namespace linked to a host's namespace on a /24 (the host's side `.1`), with the
+/// world's servers running in it; all removed on drop.
+struct EgressWorld {
+    ns: String,
+    net: String,
+    servers: Child,
+}
+
+impl EgressWorld {
+    fn addr(&self, last: u8) -> String {
+        format!("{}{last}", self.net)
+    }
+
+    fn start(host_ns: &str, net: &str, names: &[(&str, u8)]) -> EgressWorld {
+        let pid = std::process::id() % 100_000;
+        let ns = format!("fuse-rgw-{pid}");
+        let veth = format!("frgw{pid}");
+        let peer = format!("{veth}p");
+        let ip = |args: &[&str]| {
+            run_ok(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("ip {args:?}: {e}"))
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &veth, "netns", host_ns]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&[
+            "-n",
+            host_ns,
+            "addr",
+            "add",
+            &format!("{net}1/24"),
+            "dev",
+            &veth,
+        ]);
+        ip(&["-n", host_ns, "link", "set", &veth, "up"]);
+        let lasts = [2u8, 3, 4, 5, 53];
+        for last in lasts {
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{net}{last}/24"),
+                "dev",
+                &peer,
+            ]);
+        }
+        ip(&["-n", &ns, "addr", "add", "169.254.169.254/32", "dev", &peer]);
+        ip(&["-n", &ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            host_ns,
+            "route",
+            "add",
+            "169.254.169.254/32",
+            "via",
+            &format!("{net}2"),
+        ]);
+        let map: serde_json::Map<String, Value> = names
+            .iter()
+            .map(|(n, last)| ((*n).to_owned(), Value::from(format!("{net}{last}"))))
+            .collect();
+        let mut http: Vec<String> = lasts[..4].iter().map(|l| format!("{net}{l}")).collect();
+        http.push("169.254.169.254".into());
+        let servers = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", WORLD])
+            .arg(format!("{net}53"))
+            .arg(Value::Object(map).to_string())
+            .args(&http)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 for the world's servers");
+        EgressWorld {
+            ns,
+            net: net.to_owned(),
+            servers,
+        }
+    }
+}
+
+impl Drop for EgressWorld {
+    fn drop(&mut self) {
+        let _ = self.servers.kill();
+        let _ = self.servers.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Egress rules on a real guest (issue 12): an allowlist lets one name through and refuses
+/// another name and an address it does not list, whatever DNS server the guest asks; an
+/// allowed name whose address is in a denied CIDR stays closed; the metadata address is
+/// closed; a live `PUT …/egress` opens the world; destroy leaves nothing.
+#[tokio::test]
+async fn real_guest_egress_allowlist_by_name_and_cidr() {
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_testkit::db::admin_url() else {
+        return;
+    };
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
+    let pid = std::process::id() % 100_000;
+    let net = format!("10.254.{}.", 10 + pid % 200);
+    let upstream = format!("{net}53");
+    let host = Host::start_with(
+        3,
+        &assets,
+        &assets.join("rootfs.ext4"),
+        &[("FC_AGENT_DNS_UPSTREAM", &upstream)],
+    );
+    let world = EgressWorld::start(
+        &host.ns,
+        &net,
+        &[("allowed.test", 2), ("other.test", 3), ("bad.wild.test", 5)],
+    );
+    let fuse = spawn_patient_fuse(&db, &[]);
+    fuse.ready().await;
+    let health = host.register(&fuse, "qemu-eg").await;
+    assert!(
+        health["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "egress"),
+        "{health}"
+    );
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-egress", "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1},
+                   "egress": {"mode": "allowlist", "allow": ["allowed.test", "*.wild.test"],
+                              "deny": [format!("{}/32", world.addr(5))]}}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "{env}\nagent log:\n{}",
+        host.log_text()
+    );
+    assert_eq!(env["state"], "running", "{env}");
+    assert_eq!(env["egress"]["mode"], "allowlist", "{env}");
+    let id = env["id"].as_str().unwrap().to_owned();
+    let sh = |cmd: String| {
+        let fuse = &fuse;
+        let id = id.clone();
+        async move {
+            let r = exec(fuse, &id, &cmd).await;
+            (
+                r["exit_code"].as_i64().unwrap_or(-1),
+                format!(
+                    "{}{}",
+                    r["stdout"].as_str().unwrap_or(""),
+                    r["stderr"].as_str().unwrap_or("")
+                ),
+            )
+        }
+    };
+    // Busybox's nc (its static wget cannot be trusted with addresses here); a failed
+    // connection is a non-zero exit.
+    let get = |addr: String| {
+        sh(format!(
+            "out=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} 8080) && echo \"$out\" | tail -1"
+        ))
+    };
+    // 192.0.2.1 runs no resolver: the guest's DNS goes to the host's whatever it asks. A
+    // lookup expected to find `addr` is asked again (up to three times) when it does not:
+    // DNS over UDP may lose a datagram on a loaded machine, and a guest's resolver retries.
+    let lookup = |name: &'static str, addr: Option<String>| {
+        let sh = &sh;
+        async move {
+            let mut last = (0, String::new());
+            for _ in 0..3 {
+                last = sh(format!("nslookup {name} 192.0.2.1")).await;
+                match &addr {
+                    Some(a) if last.0 == 0 && last.1.contains(a.as_str()) => return last,
+                    Some(_) => continue,
+                    None => return last,
+                }
+            }
+            last
+        }
+    };
+
+    // The allowed name resolves, and its address opens.
+    let (code, out) = lookup("allowed.test", Some(world.addr(2))).await;
+    assert!(code == 0 && out.contains(&world.addr(2)), "{code}: {out}");
+    let (code, out) = get(world.addr(2)).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("hello {}", world.addr(2)).as_str())
+    );
+    // Another name is refused, and its address (listed nowhere) stays closed.
+    let (code, out) = lookup("other.test", None).await;
+    assert!(code != 0 || !out.contains(&world.addr(3)), "{code}: {out}");
+    let (code, out) = get(world.addr(3)).await;
+    assert_ne!(code, 0, "{out}");
+    // A name the wildcard allows, at an address in a denied CIDR: resolved, still closed.
+    let (code, out) = lookup("bad.wild.test", Some(world.addr(5))).await;
+    assert!(code == 0 && out.contains(&world.addr(5)), "{code}: {out}");
+    assert_ne!(get(world.addr(5)).await.0, 0);
+    // Never the metadata address.
+    assert_ne!(get("169.254.169.254".into()).await.0, 0);
+
+    // Live: allow-all less the denied CIDR; the other address opens, the CIDR stays shut.
+    let (s, e) = fuse
+        .req(
+            reqwest::Method::PUT,
+            &format!("/v1/environments/{id}/egress"),
+            Some(json!({"mode": "allow-all", "deny": [format!("{}/32", world.addr(5))]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["egress"]["mode"], "allow-all", "{e}");
+    let (code, out) = get(world.addr(3)).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("hello {}", world.addr(3)).as_str())
+    );
+    assert_ne!(get(world.addr(5)).await.0, 0);
+    assert_ne!(get("169.254.169.254".into()).await.0, 0);
+
+    let (s, _) = fuse.delete(&format!("/v1/environments/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(host.leftovers(), Vec::<String>::new());
+    let egress = ns_output(
+        &host.ns,
+        &[
+            "nft",
+            "list",
+            "table",
+            "inet",
+            &format!("fuse_{}_egress", fuse_hostagent::net::agent_tag(&host.dir)),
+        ],
+    );
+    assert!(
+        egress.contains("chain forward") && !egress.contains(&id),
+        "{egress}"
+    );
+    drop(world);
+}
