@@ -52,7 +52,8 @@ impl Ns {
         let octet = 20 + (tag.bytes().map(u32::from).sum::<u32>() % 200);
         let lab = fuse_testkit::netns::Lab::create(
             &format!("fat-{n}-{tag}"),
-            &format!("fat{n}{}", &tag[..1]),
+            // The octet, unlike a letter of the tag, differs between every test.
+            &format!("fat{n}x{octet}"),
             &format!("10.252.{octet}."),
         )?;
         Some(Ns {
