@@ -86,8 +86,12 @@ impl Firecracker {
         let _ = std::fs::remove_file(&sock);
         // Firecracker refuses a --log-path that does not exist yet.
         std::fs::write(fc_log(dir), b"").map_err(|e| FcError::Spawn(e.to_string()))?;
-        let console =
-            std::fs::File::create(console_log(dir)).map_err(|e| FcError::Spawn(e.to_string()))?;
+        // Appended to (O_APPEND), so the host agent can truncate it in place when it grows.
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(console_log(dir))
+            .map_err(|e| FcError::Spawn(e.to_string()))?;
         let mut child = tokio::process::Command::new(bin)
             .arg("--api-sock")
             .arg(&sock)

@@ -40,6 +40,27 @@ pub enum GuestError {
         /// What the downloader said.
         detail: String,
     },
+    /// The downloaded agent binary is not the one expected.
+    #[error("the download from {url} has SHA-256 {got}, not the expected {want}")]
+    Checksum {
+        /// The download URL.
+        url: String,
+        /// The expected digest.
+        want: String,
+        /// The downloaded file's digest.
+        got: String,
+    },
+    /// The agent did not come up within its start window.
+    #[error("{reason}; its log ends: {log_tail}")]
+    AgentFailed {
+        /// Why it is not up.
+        reason: String,
+        /// The end of its log.
+        log_tail: String,
+    },
+    /// A log source that does not exist.
+    #[error("unknown log source {0:?} (the guest has agent and startup)")]
+    UnknownLog(String),
     /// The supervisor's state was poisoned by a panic.
     #[error("the agent supervisor failed")]
     Poisoned,

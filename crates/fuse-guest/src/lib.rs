@@ -10,10 +10,12 @@ pub mod agent;
 pub mod error;
 pub mod files;
 pub mod inbox;
+pub mod logs;
 pub mod ops;
 pub mod probe;
 pub mod proto;
 pub mod pty;
+pub mod startup;
 pub mod vport;
 
 use std::io::{BufRead, BufReader, Write};

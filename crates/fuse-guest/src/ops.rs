@@ -98,10 +98,24 @@ pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
             command,
             binary_path,
             env,
-        } => match g.agent.start(g, &download_url, &command, &binary_path, env) {
-            Ok(()) => Response::default(),
-            Err(e) => Response::err(e.message()),
-        },
+            sha256,
+            listen,
+            start_window_ms,
+        } => {
+            let spec = crate::agent::StartSpec {
+                download_url,
+                sha256,
+                binary_path,
+                command,
+                listen,
+                window: start_window_ms.map(|ms| Duration::from_millis(ms.clamp(1, 600_000))),
+                env,
+            };
+            match g.agent.start(g, spec) {
+                Ok(()) => Response::default(),
+                Err(e) => Response::err(e.message()),
+            }
+        }
         Op::HttpGet {
             port,
             path,
@@ -124,6 +138,22 @@ pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
                 exit_code: code,
                 ..Response::default()
             }
+        }
+        Op::Startup { script, timeout_ms } => {
+            let limit = Duration::from_millis(timeout_ms.unwrap_or(30_000).clamp(1, 3_600_000));
+            crate::startup::run(g, &script, limit)
+        }
+        Op::ReadLog {
+            source,
+            tail,
+            id,
+            offset,
+            max_bytes,
+        } => {
+            let at = offset.map(|o| (id, o));
+            let max = max_bytes.map_or(crate::logs::MAX_CHUNK, |m| m as usize);
+            crate::startup::read_log(g, &source, tail, at, max)
+                .unwrap_or_else(|e| Response::err(e.message()))
         }
     };
     let _ = write_line(out, &resp);

@@ -70,9 +70,11 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         window: Option<u32>,
     },
-    /// Fetch (once) and launch the agent, restarting it when it crashes.
+    /// Fetch (when `download_url` is given) and launch the agent, restarting it when it
+    /// crashes; answers once it is up or has failed (`agent::Supervisor::start`).
     StartAgent {
-        /// Where to fetch the binary from when `binary_path` is missing or empty.
+        /// Where to fetch the binary from (every start; it replaces what is at
+        /// `binary_path`). Empty: the binary is in the image.
         #[serde(default)]
         download_url: String,
         /// The launch command (`sh -c`).
@@ -83,6 +85,15 @@ pub enum Op {
         /// Environment for the agent.
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// Expected SHA-256 (hex) of the download; empty: not checked.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sha256: String,
+        /// The agent's listen address; its port answering means the agent is up.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        listen: String,
+        /// The start window (default 3 s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_window_ms: Option<u64>,
     },
     /// Stop the agent: SIGTERM, then SIGKILL after `grace_ms`.
     StopAgent {
@@ -156,6 +167,34 @@ pub enum Op {
         /// Flow-control window.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         window: Option<u32>,
+    },
+    /// Run the startup script (`sh -lc`), its output (stdout and stderr together) appended
+    /// to the startup log; answers `exit_code` and, in `stderr_b64`, the output's tail.
+    Startup {
+        /// The script.
+        script: String,
+        /// Limit (default 30 s); past it the script's process group is killed (124).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Read a chunk of a guest log (`agent` or `startup`): from `offset` of the file `id`
+    /// (a reader's last answer), or, without them, from the start of its last `tail` lines.
+    /// Answers `log_b64` (possibly empty), `log_id` and `log_offset` for the next read.
+    ReadLog {
+        /// `agent` or `startup`.
+        source: String,
+        /// Lines from the end to start at (when `offset` is absent; default all).
+        #[serde(default)]
+        tail: Option<u32>,
+        /// The file id of a previous answer.
+        #[serde(default)]
+        id: Option<u64>,
+        /// The offset of a previous answer.
+        #[serde(default)]
+        offset: Option<u64>,
+        /// Bytes at most (default and ceiling 64 KiB).
+        #[serde(default)]
+        max_bytes: Option<u32>,
     },
 }
 
@@ -267,6 +306,15 @@ pub struct Response {
     /// A buffered exec's output, or a listing, was cut at its limit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Log read: the bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_b64: Option<String>,
+    /// Log read: the file the next read continues in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_id: Option<u64>,
+    /// Log read: the offset the next read starts at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_offset: Option<u64>,
 }
 
 impl Response {

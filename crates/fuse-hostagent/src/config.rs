@@ -94,6 +94,10 @@ pub struct Config {
     /// default the first nameserver of /etc/resolv.conf).
     #[arg(long, env = "FC_AGENT_DNS_UPSTREAM", default_value = "")]
     pub dns_upstream: String,
+    /// A VM's console log is truncated past this many bytes (its last half kept in
+    /// `console.log.1`), checked every 5 s.
+    #[arg(long, env = "FC_AGENT_CONSOLE_MAX_BYTES", default_value_t = 1 << 20)]
+    pub console_max_bytes: u64,
     /// The `fuse-guest` binary run by the `process` backend (default: next to fc-agent).
     #[arg(long, env = "FC_AGENT_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
@@ -110,6 +114,9 @@ impl Config {
         let mut errs = Vec::new();
         if self.token.len() < 16 {
             errs.push("FC_AGENT_TOKEN is required (at least 16 characters); fc-agent refuses to start without it".to_owned());
+        }
+        if self.console_max_bytes < 4096 {
+            errs.push("FC_AGENT_CONSOLE_MAX_BYTES must be at least 4096".into());
         }
         if !["firecracker", "qemu", "process"].contains(&self.backend.as_str()) {
             errs.push(format!(

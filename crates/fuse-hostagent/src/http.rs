@@ -293,15 +293,18 @@ async fn vm_list(
     State(s): State<S>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Json<AgentVmList> {
-    Json(AgentVmList {
-        vms: s
-            .vms
-            .list(q.get("prefix").map(String::as_str).unwrap_or("")),
-    })
+    let mut vms = s
+        .vms
+        .list(q.get("prefix").map(String::as_str).unwrap_or(""));
+    s.vms.observe_agents(&mut vms).await;
+    Json(AgentVmList { vms })
 }
 
 async fn vm_get(State(s): State<S>, Path(id): Path<String>) -> Result<Response, VmError> {
-    Ok(Json(s.vms.describe(&id)?).into_response())
+    let mut vm = [s.vms.describe(&id)?];
+    s.vms.observe_agents(&mut vm).await;
+    let [vm] = vm;
+    Ok(Json(vm).into_response())
 }
 
 async fn vm_delete(State(s): State<S>, Path(id): Path<String>) -> Result<StatusCode, VmError> {
@@ -572,6 +575,84 @@ async fn egress_get(
     }))
 }
 
+/// `GET /v1/vm/{id}/logs?source=agent|startup|console&tail=N&follow=true`: the log as
+/// `text/plain`, from its last `tail` lines (default: all of it), streamed; with `follow`
+/// new output is sent as it is written (polled every 250 ms) until the client goes away or
+/// the VM does. Errors before the first byte are the JSON envelope.
+async fn logs(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, VmError> {
+    use crate::vms::logs::{LogSource, Position};
+    let source: LogSource = q.get("source").map_or("agent", String::as_str).parse()?;
+    let tail = match q.get("tail").filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => match t.parse::<u32>() {
+            Ok(n) if n as usize <= fuse_guest::logs::MAX_TAIL_LINES => Some(n),
+            _ => {
+                return Err(VmError::Invalid(format!(
+                    "tail {t:?} must be a number of lines from 0 to {}",
+                    fuse_guest::logs::MAX_TAIL_LINES
+                )))
+            }
+        },
+    };
+    let follow = match q.get("follow").map(String::as_str) {
+        None | Some("false") | Some("0") | Some("") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(VmError::Invalid(format!(
+                "follow {other:?} must be true or false"
+            )))
+        }
+    };
+    let vm = s.vms.get(&id)?;
+    // The first chunk is read before answering, so a failure is a status, not a cut stream.
+    let first = s.vms.log_chunk(&vm, source, Position::Tail(tail)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut chunk = first;
+        loop {
+            let mut full = chunk.data.len() >= fuse_guest::logs::MAX_CHUNK;
+            let pos = Position::At(chunk.id, chunk.next);
+            if !chunk.data.is_empty() && tx.send(Ok(chunk.data)).await.is_err() {
+                return; // the client left
+            }
+            chunk = loop {
+                if !full {
+                    if !follow {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+                match s.vms.log_chunk(&vm, source, pos).await {
+                    Ok(c) => break c,
+                    // Too busy now: again at the next tick.
+                    Err(VmError::Busy(_)) => full = false,
+                    Err(e) => {
+                        tracing::info!(vm_id = %id, error = %crate::error_chain(&e), "a log stream ended");
+                        return;
+                    }
+                }
+            };
+        }
+    });
+    let body =
+        axum::body::Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    Ok((
+        [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("cache-control", "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 async fn not_found() -> Response {
     envelope(
         StatusCode::NOT_FOUND,
@@ -599,6 +680,7 @@ pub fn router(state: S) -> Router {
         .route("/v1/vm/{id}/start-agent", post(start_agent))
         .route("/v1/vm/{id}/start-surfd", post(start_agent))
         .route("/v1/vm/{id}/stop-agent", post(stop_agent))
+        .route("/v1/vm/{id}/logs", get(logs))
         .route("/v1/vm/{id}/snapshot", post(snapshot))
         .route("/v1/vm/{id}/snapshots", get(snapshots))
         .route("/v1/vm/{id}/restore", post(restore))

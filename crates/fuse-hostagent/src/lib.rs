@@ -140,5 +140,16 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
         token: cfg.token.clone(),
         metrics: http::Metrics::default(),
     });
+    // Consoles are written by the VMMs; bounded from here (until the state is dropped).
+    let weak = Arc::downgrade(&state);
+    let max = cfg.console_max_bytes;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || s.vms.bound_consoles(max)).await;
+        }
+    });
     Ok((http::router(state), report))
 }

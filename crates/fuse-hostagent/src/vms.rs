@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+pub mod agent;
 mod boot;
 pub mod health;
+pub mod logs;
 pub mod ports;
 pub mod setup;
 pub mod snapshots;
@@ -215,6 +217,8 @@ impl Vm {
             endpoints,
             health: self.health.as_ref().map(|h| h.health()),
             net_bytes: m.net.as_ref().and_then(|n| n.bytes()),
+            agent_restarts: None,
+            agent_running: None,
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
             state: if alive {

@@ -150,6 +150,11 @@ pub struct Flags {
     /// Limit of the drain command.
     #[arg(long, env = "FUSE_DRAIN_TIMEOUT_SECS", default_value = "30")]
     pub drain_timeout_secs: String,
+    /// How long an agent has to come up after its start, in milliseconds (an
+    /// environment's `agent.start_window_ms` overrides it): it is up when its listen port
+    /// answers, or when it is still running at the end of the window.
+    #[arg(long, env = "FUSE_AGENT_START_WINDOW_MS", default_value = "3000")]
+    pub agent_start_window_ms: String,
     /// Limit of a whole provision (create, uploads, startup script, agent start).
     #[arg(long, env = "FUSE_PROVISION_TIMEOUT_SECS", default_value = "600")]
     pub provision_timeout_secs: String,
@@ -289,6 +294,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Provision limit.
     pub provision_timeout: Duration,
+    /// The agent's default start window.
+    pub agent_start_window: Duration,
     /// Emit JSON logs.
     pub log_json: bool,
     /// Accept link-local host URLs at registration.
@@ -546,6 +553,18 @@ impl Config {
             1,
             86400,
         ));
+        // Empty (flags built in code) is the default.
+        let agent_start_window =
+            Duration::from_millis(if f.agent_start_window_ms.trim().is_empty() {
+                3000
+            } else {
+                num(
+                    "FUSE_AGENT_START_WINDOW_MS",
+                    &f.agent_start_window_ms,
+                    1,
+                    600_000,
+                )
+            });
         let log_json = match f.log_format.as_str() {
             "text" => false,
             "json" => true,
@@ -595,6 +614,7 @@ impl Config {
             terminal_retention,
             snapshot_retention,
             drain_timeout,
+            agent_start_window,
             provision_timeout,
             log_json,
             allow_link_local_hosts,

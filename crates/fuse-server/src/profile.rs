@@ -113,7 +113,9 @@ impl Profile {
         AgentSpec {
             profile: if overridden { "custom" } else { self.name }.to_owned(),
             download_url: pick(over.map(|o| &o.download_url), default_download_url),
-            binary_path: self.binary_path.to_owned(),
+            binary_path: pick(over.map(|o| &o.binary_path), self.binary_path),
+            sha256: pick(over.map(|o| &o.sha256), "").to_ascii_lowercase(),
+            start_window_ms: over.and_then(|o| o.start_window_ms),
             command: pick(over.map(|o| &o.command), self.command),
             drain_command: pick(over.map(|o| &o.drain_command), self.drain_command),
             port: listen

@@ -289,6 +289,13 @@ pub struct AgentVm {
     /// Bytes received plus sent on the VM's network link (host side); absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_bytes: Option<u64>,
+    /// How often the guest's supervisor restarted the agent after a crash; absent when the
+    /// guest did not answer (or from a host that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_restarts: Option<u32>,
+    /// Whether the agent runs, as the guest's supervisor sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_running: Option<bool>,
 }
 
 /// `GET /v1/vm?prefix=` answer.
@@ -439,6 +446,13 @@ pub struct AgentStart {
     /// Gateway token.
     #[serde(default)]
     pub gateway_token: String,
+    /// Expected SHA-256 (hex) of the download; empty: not checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// How long the agent has to come up (its `listen` port answers, or it is still
+    /// running at the end); absent: the guest's default (3 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_window_ms: Option<u64>,
 }
 
 /// `POST /v1/vm/{id}/snapshot` body.

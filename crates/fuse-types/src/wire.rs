@@ -375,6 +375,18 @@ pub struct AgentOverride {
     /// The address the agent listens on inside the guest, e.g. `0.0.0.0:8443`.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Where the downloaded binary is installed in the guest (absolute; default the
+    /// profile's path). A download replaces what the image has there.
+    #[serde(default)]
+    pub binary_path: Option<String>,
+    /// Expected SHA-256 of the download (64 hex digits); a mismatch fails the create.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// How long the agent has to come up, in milliseconds (default: the server's
+    /// `FUSE_AGENT_START_WINDOW_MS`, 3000): up when its `listen` port answers, or when it is
+    /// still running at the end of the window.
+    #[serde(default)]
+    pub start_window_ms: Option<u64>,
 }
 
 /// `POST /v1/environments` body.
@@ -903,4 +915,10 @@ pub struct AgentSpec {
     /// Gateway URL handed to the agent.
     #[serde(default)]
     pub gateway: String,
+    /// Expected SHA-256 (hex) of the download; empty: not checked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// The start window in milliseconds (`None`: the guest's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_window_ms: Option<u64>,
 }

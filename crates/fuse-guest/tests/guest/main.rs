@@ -204,7 +204,7 @@ fn agent_starts_restarts_after_a_crash_and_stops_with_sigterm() {
     let cmd = "echo start >> starts; trap 'exit 0' TERM; while true; do sleep 0.05; done";
     let r = call(
         &h,
-        json!({"op": "start_agent", "command": cmd, "env": {"X": "1"}}),
+        json!({"op": "start_agent", "command": cmd, "env": {"X": "1"}, "start_window_ms": 300}),
     );
     assert!(r.get("error").is_none(), "{r}");
     assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], true);
@@ -240,7 +240,7 @@ fn agent_starts_restarts_after_a_crash_and_stops_with_sigterm() {
     // An agent that ignores SIGTERM is killed after the grace period.
     call(
         &h,
-        json!({"op": "start_agent", "command": "trap '' TERM; while true; do sleep 0.05; done"}),
+        json!({"op": "start_agent", "command": "trap '' TERM; while true; do sleep 0.05; done", "start_window_ms": 300}),
     );
     let t = Instant::now();
     call(&h, json!({"op": "stop_agent", "grace_ms": 300}));
@@ -252,21 +252,24 @@ fn agent_starts_restarts_after_a_crash_and_stops_with_sigterm() {
     );
 }
 
-#[test]
-fn agent_binary_is_fetched_once() {
-    let h = start("fetch");
-    // A local HTTP server with the "binary" (a shell script).
-    let site = h.root.parent().unwrap().join("site");
-    std::fs::create_dir_all(&site).unwrap();
-    std::fs::write(
-        site.join("agent.sh"),
-        "#!/bin/sh\necho fetched-agent-ran > ran\nexec sleep 60\n",
-    )
-    .unwrap();
+/// A local HTTP server over `dir` (python3's), on a free port; killed on drop.
+struct Site {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_dir(dir: &Path) -> Site {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let mut server = Command::new("python3")
+    let child = Command::new("python3")
         .args([
             "-m",
             "http.server",
@@ -274,7 +277,7 @@ fn agent_binary_is_fetched_once() {
             "--bind",
             "127.0.0.1",
         ])
-        .current_dir(&site)
+        .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -284,37 +287,166 @@ fn agent_binary_is_fetched_once() {
         assert!(Instant::now() < deadline, "http server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let url = format!("http://127.0.0.1:{port}/agent.sh");
+    Site { child, port }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+#[test]
+fn agent_binary_is_fetched_every_start_replacing_the_baked_one_and_checked() {
+    let h = start("fetch");
+    let site_dir = h.root.parent().unwrap().join("site");
+    std::fs::create_dir_all(&site_dir).unwrap();
+    let script = b"#!/bin/sh\necho fetched-agent-ran > ran\nexec sleep 60\n";
+    std::fs::write(site_dir.join("agent.sh"), script).unwrap();
+    let site = serve_dir(&site_dir);
+    // The image already has a binary at the path: the download replaces it.
+    let bin = h.root.join("usr/local/bin/agent");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\necho baked > ran\nexec sleep 60\n").unwrap();
+    let url = format!("http://127.0.0.1:{}/agent.sh", site.port);
     // The command uses the guest path relative to the root (the process backend's cwd).
     let req = json!({"op": "start_agent", "download_url": url, "binary_path": "/usr/local/bin/agent",
-                     "command": "exec sh usr/local/bin/agent"});
+                     "command": "exec sh usr/local/bin/agent", "sha256": sha256_hex(script),
+                     "start_window_ms": 300});
     let r = call(&h, req.clone());
     assert!(r.get("error").is_none(), "{r}");
-    let bin = h.root.join("usr/local/bin/agent");
-    assert!(bin.exists());
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        script,
+        "the baked binary was replaced"
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&bin).unwrap().permissions().mode() & 0o111,
         0o111,
         "executable"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !h.root.join("ran").exists() {
-        assert!(Instant::now() < deadline, "agent did not run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Once there, it is not fetched again: the server is gone and start still works.
-    let _ = server.kill();
-    let _ = server.wait();
+    assert_eq!(
+        std::fs::read_to_string(h.root.join("ran")).unwrap().trim(),
+        "fetched-agent-ran",
+        "the fetched agent is the one running once the start answered"
+    );
+    // A digest that does not match fails the start and keeps the old binary.
+    let mut bad = req.clone();
+    bad["sha256"] = json!("0".repeat(64));
+    let r = call(&h, bad);
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("SHA-256") && e.contains(&sha256_hex(script)),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&bin).unwrap(), script);
+    // Every start fetches: with the server gone, a start fails with the reason.
+    drop(site);
     let r = call(&h, req);
-    assert!(r.get("error").is_none(), "no second download: {r}");
-    // A failing download is a clear error.
+    assert!(r["error"].as_str().unwrap().contains("fetching"), "{r}");
+    call(&h, json!({"op": "stop_agent", "grace_ms": 1000}));
+}
+
+#[test]
+fn an_agent_that_does_not_come_up_fails_its_start_with_the_reason_and_log() {
+    let h = start("window");
+    // A missing command: the first exit (127) fails the start at once.
+    let t = Instant::now();
     let r = call(
         &h,
-        json!({"op": "start_agent", "download_url": format!("http://127.0.0.1:{port}/missing"),
-                            "binary_path": "/opt/other", "command": "true"}),
+        json!({"op": "start_agent", "command": "myagent.sh --serve", "start_window_ms": 5000}),
     );
-    assert!(r["error"].as_str().unwrap().contains("fetching"), "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("not found") && e.contains("myagent.sh"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], false);
+    // A crash loop: three exits within the window.
+    let r = call(
+        &h,
+        json!({"op": "start_agent", "command": "echo boom-$$; exit 3", "start_window_ms": 10000}),
+    );
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains("exited 3 times") && e.contains("last exit code 3") && e.contains("boom-"),
+        "{e}"
+    );
+    assert_eq!(call(&h, json!({"op": "health"}))["agent_running"], false);
+    // An agent that exits 0 at once is not running.
+    let r = call(
+        &h,
+        json!({"op": "start_agent", "command": "true", "start_window_ms": 2000}),
+    );
+    assert!(r["error"].as_str().unwrap().contains("code 0"), "{r}");
+    // With a listen port, the start answers as soon as the port answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let t = Instant::now();
+    let cmd = format!("exec python3 -m http.server {port} --bind 127.0.0.1");
+    let r = call(
+        &h,
+        json!({"op": "start_agent", "command": cmd, "listen": format!("0.0.0.0:{port}"),
+               "start_window_ms": 20000}),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "up means listening"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    call(&h, json!({"op": "stop_agent", "grace_ms": 1000}));
+}
+
+#[test]
+fn startup_output_goes_to_its_log_and_logs_are_read_by_tail_and_offset() {
+    let h = start("logs");
+    let r = call(
+        &h,
+        json!({"op": "startup", "script": "echo out-line; echo err-line >&2; exit 4"}),
+    );
+    assert_eq!(r["exit_code"], 4);
+    assert!(text(&r, "stderr_b64").contains("err-line"), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(h.root.join("var/log/fuse-startup.log")).unwrap(),
+        "out-line\nerr-line\n"
+    );
+    let r = call(
+        &h,
+        json!({"op": "read_log", "source": "startup", "tail": 1}),
+    );
+    assert_eq!(text(&r, "log_b64"), "err-line\n");
+    let (id, off) = (r["log_id"].clone(), r["log_offset"].as_u64().unwrap());
+    assert_eq!(off, 18);
+    let r = call(
+        &h,
+        json!({"op": "startup", "script": "echo second", "timeout_ms": 5000}),
+    );
+    assert_eq!(r["exit_code"], 0);
+    let r = call(
+        &h,
+        json!({"op": "read_log", "source": "startup", "id": id, "offset": off}),
+    );
+    assert_eq!(text(&r, "log_b64"), "second\n", "from the offset on");
+    let r = call(
+        &h,
+        json!({"op": "startup", "script": "sleep 5", "timeout_ms": 200}),
+    );
+    assert_eq!(r["exit_code"], 124);
+    let r = call(&h, json!({"op": "read_log", "source": "console"}));
+    assert!(
+        r["error"].as_str().unwrap().contains("unknown log source"),
+        "{r}"
+    );
+    // The agent's output is in its log.
+    call(
+        &h,
+        json!({"op": "start_agent", "command": "echo agent-says-hi; exec sleep 60", "start_window_ms": 300}),
+    );
+    let r = call(&h, json!({"op": "read_log", "source": "agent", "tail": 5}));
+    assert!(text(&r, "log_b64").contains("agent-says-hi"), "{r}");
     call(&h, json!({"op": "stop_agent", "grace_ms": 1000}));
 }
 

@@ -140,6 +140,11 @@ pub trait VmmBackend: Send + Sync + 'static {
     fn snapshot_mode(&self, _requested: &str) -> String {
         "disk".into()
     }
+    /// The VM's console as a file on the host (what `logs?source=console` serves), written
+    /// with `O_APPEND` so it can be truncated in place.
+    fn console_log(&self, dir: &Path) -> PathBuf {
+        dir.join("console.log")
+    }
     /// The acceleration in use (`kvm`, `tcg`), for `/healthz`.
     fn acceleration(&self) -> Option<String> {
         None

@@ -110,6 +110,11 @@ impl VmmBackend for ProcessBackend {
         snap.join(ROOT_ARCHIVE)
     }
 
+    fn console_log(&self, dir: &Path) -> PathBuf {
+        // No serial console: the helper's own output is the nearest thing.
+        dir.join("guest.log")
+    }
+
     async fn boot(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
         let root = spec.dir.join("root");
         match &spec.base {
@@ -122,7 +127,11 @@ impl VmmBackend for ProcessBackend {
         let token_file = spec.dir.join("guest.token");
         crate::files::write_private(&token_file, spec.token.as_bytes())
             .map_err(BackendError::io("writing the guest token"))?;
-        let log = std::fs::File::create(spec.dir.join("guest.log"))
+        // Appended to (O_APPEND), so fc-agent can truncate it in place when it grows.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(spec.dir.join("guest.log"))
             .map_err(BackendError::io("creating the guest log"))?;
         let log2 = log
             .try_clone()

@@ -146,8 +146,11 @@ pub fn qemu_args(b: &QemuBackend, spec: &BootSpec, disk: &Path) -> Vec<String> {
             "virtserialport,chardev=c0,name={}",
             crate::link::SERIAL_PORT_NAME
         ),
+        // Appended to (O_APPEND), so fc-agent can truncate it in place when it grows.
+        "-chardev".into(),
+        format!("file,id=con0,path={},append=on", p("console.log")),
         "-serial".into(),
-        format!("file:{}", p("console.log")),
+        "chardev:con0".into(),
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", p("qmp.sock")),
     ]);

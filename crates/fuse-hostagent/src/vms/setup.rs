@@ -1,6 +1,7 @@
 //! A new VM's guest setup, done here over the VM's private link so that a control-plane
-//! create is one call: the files (with their modes), the startup script (`sh -lc`, a
-//! non-zero exit fails the setup with the tail of its stderr), then the agent. Each step is
+//! create is one call: the files (with their modes), the startup script (`sh -lc`, its
+//! output in the guest's startup log; a non-zero exit fails the setup with the tail of its
+//! output), then the agent (the guest answers once it is up, or fails with the reason). Each step is
 //! timed; a failed step is [`VmError::SetupFailed`] naming it (the VM stays; the control
 //! plane destroys it).
 
@@ -38,6 +39,9 @@ pub fn start_agent_op(a: &AgentStart) -> Op {
         command: a.command.clone(),
         binary_path: a.binary_path.clone(),
         env: agent_env(a),
+        sha256: a.sha256.clone(),
+        listen: a.listen.clone(),
+        start_window_ms: a.start_window_ms,
     }
 }
 
@@ -73,15 +77,10 @@ pub async fn run(vm: &Vm, setup: &GuestSetup) -> Result<Vec<StepTiming>, VmError
     }
     lap(SetupStep::Files, &mut t);
     if let Some(s) = &setup.startup {
-        let op = Op::Exec {
-            cmd: vec!["sh".into(), "-lc".into(), s.script.clone()],
-            shell: None,
-            env: BTreeMap::new(),
-            cwd: None,
+        // Run by the guest with its output in the guest's startup log (`logs?source=startup`).
+        let op = Op::Startup {
+            script: s.script.clone(),
             timeout_ms: Some(s.timeout_ms),
-            stream: false,
-            stdin_b64: None,
-            window: None,
         };
         let limit = Duration::from_millis(s.timeout_ms) + Duration::from_secs(10);
         let lines = vm
@@ -91,7 +90,7 @@ pub async fn run(vm: &Vm, setup: &GuestSetup) -> Result<Vec<StepTiming>, VmError
         let last = lines.into_iter().last().unwrap_or_default();
         let code = last.exit_code.unwrap_or(-1);
         if code != 0 {
-            let stderr = last
+            let output = last
                 .stderr_b64
                 .as_deref()
                 .map(|b| {
@@ -104,7 +103,7 @@ pub async fn run(vm: &Vm, setup: &GuestSetup) -> Result<Vec<StepTiming>, VmError
                 .unwrap_or_default();
             return Err(VmError::SetupFailed {
                 step: SetupStep::StartupScript,
-                message: format!("exited with {code}: {}", output_tail(&stderr, 400)),
+                message: format!("exited with {code}: {}", output_tail(&output, 400)),
             });
         }
         lap(SetupStep::StartupScript, &mut t);

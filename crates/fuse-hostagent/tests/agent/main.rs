@@ -7,6 +7,7 @@
 mod egress;
 mod expose;
 mod healthcheck;
+mod logs;
 mod provision;
 mod runtime;
 mod snapshots;

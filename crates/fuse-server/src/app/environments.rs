@@ -222,11 +222,14 @@ impl App {
         wait: bool,
     ) -> Result<(Environment, CreateOutcome), AppError> {
         let valid = validate::create(&req).map_err(AppError::Invalid)?;
-        let agent = self.profile.resolve(
+        let mut agent = self.profile.resolve(
             &self.config.agent_download_url,
             req.agent.as_ref(),
             &valid.gateway_url,
         );
+        agent
+            .start_window_ms
+            .get_or_insert(self.config.agent_start_window.as_millis() as u64);
         self.create_valid(valid, agent, None, wait).await
     }
 
@@ -709,12 +712,10 @@ impl App {
                 .await?;
         }
         provider.stop_agent(rec.id.as_str()).await?;
-        provider
-            .start_agent(
-                rec.id.as_str(),
-                &agent_start(&rec.agent, &fresh.auth_token, &fresh.gateway_token),
-            )
-            .await?;
+        // The binary was fetched at create: a restart with new credentials uses it.
+        let mut restart = agent_start(&rec.agent, &fresh.auth_token, &fresh.gateway_token);
+        restart.download_url.clear();
+        provider.start_agent(rec.id.as_str(), &restart).await?;
         Ok(())
     }
 
@@ -830,6 +831,8 @@ fn agent_start(a: &AgentSpec, auth_token: &str, gateway_token: &str) -> AgentSta
         auth_token: auth_token.to_owned(),
         gateway: a.gateway.clone(),
         gateway_token: gateway_token.to_owned(),
+        sha256: a.sha256.clone(),
+        start_window_ms: a.start_window_ms,
     }
 }
 

@@ -409,6 +409,7 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
                 ));
             }
         }
+        errs.extend(check_agent_install(a));
     }
     if !errs.is_empty() {
         return Err(errs);
@@ -492,6 +493,36 @@ pub fn exec(req: &ExecRequest) -> Result<(Vec<String>, Duration), Vec<String>> {
     }
 }
 
+/// The problems of an agent override's install fields: `binary_path` absolute and clean,
+/// `sha256` 64 hex digits and only with a `download_url`, `start_window_ms` bounded.
+fn check_agent_install(a: &fuse_types::AgentOverride) -> Vec<String> {
+    let mut errs = Vec::new();
+    if let Some(p) = a.binary_path.as_deref() {
+        if !p.starts_with('/') || p.ends_with('/') || p.split('/').any(|c| c == "..") {
+            errs.push(format!(
+                "agent.binary_path: {p:?} must be an absolute file path without '..'"
+            ));
+        } else if p.len() > 4096 || p.contains('\0') {
+            errs.push("agent.binary_path must be at most 4096 bytes without NUL".into());
+        }
+    }
+    if let Some(h) = a.sha256.as_deref() {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            errs.push("agent.sha256 must be 64 hex digits (a SHA-256)".into());
+        } else if a.download_url.as_deref().unwrap_or("").is_empty() {
+            errs.push("agent.sha256 needs agent.download_url (it checks the download)".into());
+        }
+    }
+    if let Some(ms) = a.start_window_ms {
+        if !(100..=600_000).contains(&ms) {
+            errs.push(format!(
+                "agent.start_window_ms: {ms} must be from 100 to 600000"
+            ));
+        }
+    }
+    errs
+}
+
 /// Replaces every secret value (at least 4 bytes long) found in `text` with `[redacted]`.
 pub fn redact(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_owned();
@@ -510,6 +541,40 @@ pub fn redact(text: &str, secrets: &[String]) -> String {
 mod tests {
     use super::*;
     use fuse_types::{AgentOverride, SpecInput};
+
+    #[test]
+    fn agent_install_fields_are_checked() {
+        let ok = AgentOverride {
+            download_url: Some("http://dl/a".into()),
+            binary_path: Some("/opt/a/agent".into()),
+            sha256: Some("AB".repeat(32)),
+            start_window_ms: Some(5000),
+            ..AgentOverride::default()
+        };
+        assert!(check_agent_install(&ok).is_empty());
+        let bad = AgentOverride {
+            binary_path: Some("opt/a".into()),
+            sha256: Some("12".into()),
+            start_window_ms: Some(5),
+            ..AgentOverride::default()
+        };
+        let all = check_agent_install(&bad).join("\n");
+        for needle in [
+            "agent.binary_path",
+            "agent.sha256 must be 64",
+            "agent.start_window_ms",
+        ] {
+            assert!(all.contains(needle), "{needle} in {all}");
+        }
+        let no_url = AgentOverride {
+            sha256: Some("a".repeat(64)),
+            binary_path: Some("/a/../b".into()),
+            ..AgentOverride::default()
+        };
+        let all = check_agent_install(&no_url).join("\n");
+        assert!(all.contains("needs agent.download_url"), "{all}");
+        assert!(all.contains("without '..'"), "{all}");
+    }
 
     #[test]
     fn every_problem_is_reported() {

@@ -378,6 +378,8 @@ impl Provider for StubProvider {
             endpoints: stub_endpoints(&vm.spec),
             health,
             net_bytes: None,
+            agent_restarts: None,
+            agent_running: None,
         })
     }
 
@@ -410,6 +412,8 @@ impl Provider for StubProvider {
                 endpoints: stub_endpoints(&vm.spec),
                 health: vm.health.clone(),
                 net_bytes: vm.net_bytes,
+                agent_restarts: None,
+                agent_running: None,
             })
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
