@@ -130,6 +130,10 @@ pub struct VmExtras {
     /// Its egress rules (absent: the defaults, reported as `direct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<fuse_types::EgressRules>,
+    /// The agent's restart count (the guest supervisor's) when a crash loop was last
+    /// recorded: later crashes are counted from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_restarts: Option<u32>,
 }
 
 impl VmRecord {

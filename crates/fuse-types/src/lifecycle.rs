@@ -56,11 +56,15 @@ pub enum Event {
     Idle,
     /// A port was published at runtime (`?action=expose`; kept in the record's extras).
     PortExposed,
+    /// The agent crashed again and again after it came up (the guest's supervisor keeps
+    /// restarting it): the reason is recorded as `error` and published; the environment
+    /// keeps its state (its VM still runs, and the agent may recover).
+    AgentCrashLoop,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 20] = [
+    pub const ALL: [Event; 21] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -81,6 +85,7 @@ impl Event {
         Event::HealthChanged,
         Event::Idle,
         Event::PortExposed,
+        Event::AgentCrashLoop,
     ];
 
     /// The spelling in audit events and logs (snake_case).
@@ -106,6 +111,7 @@ impl Event {
             Event::HealthChanged => "health_changed",
             Event::Idle => "idle",
             Event::PortExposed => "port_exposed",
+            Event::AgentCrashLoop => "agent_crash_loop",
         }
     }
 }
@@ -255,6 +261,12 @@ pub const TABLE: &[Row] = &[
         Running,
         &[Persist, Audit],
     ),
+    row(
+        Some(Running),
+        Event::AgentCrashLoop,
+        Running,
+        &[RecordError, Persist, Publish],
+    ),
     // A drain may be retried, e.g. after its command failed.
     row(
         Some(Draining),
@@ -286,6 +298,12 @@ pub const TABLE: &[Row] = &[
         Event::PortExposed,
         Draining,
         &[Persist, Audit],
+    ),
+    row(
+        Some(Draining),
+        Event::AgentCrashLoop,
+        Draining,
+        &[RecordError, Persist, Publish],
     ),
     row(Some(Failed), Event::Destroy, Destroying, DESTROY),
     row(Some(Failed), Event::HostConfirmedGone, Failed, &[Release]),
@@ -370,6 +388,7 @@ mod tests {
             "running + health_changed -> running [Persist, Publish]",
             "running + idle -> running [Audit, Publish]",
             "running + port_exposed -> running [Persist, Audit]",
+            "running + agent_crash_loop -> running [RecordError, Persist, Publish]",
             "draining + drain -> draining [ClearError, Persist, Publish]",
             "draining + drain_failed -> draining [RecordError, Persist, Publish]",
             "draining + destroy -> destroying [Persist, Publish]",
@@ -381,6 +400,7 @@ mod tests {
             "draining + health_changed -> draining [Persist, Publish]",
             "draining + idle -> draining [Audit, Publish]",
             "draining + port_exposed -> draining [Persist, Audit]",
+            "draining + agent_crash_loop -> draining [RecordError, Persist, Publish]",
             "failed + destroy -> destroying [Persist, Publish]",
             "failed + host_confirmed_gone -> failed [Release]",
             "destroying + destroy -> destroying []",

@@ -13,6 +13,7 @@ pub mod error;
 pub mod host_addr;
 pub mod hosts;
 pub mod lifecycle;
+pub mod logs;
 pub mod paging;
 pub mod ports;
 pub mod runtime;

@@ -17,7 +17,9 @@
 //! - **Observations** of a serving VM: a healthcheck verdict that differs from the
 //!   record → [`Action::Health`]; a link byte counter that moved → [`Action::Activity`];
 //!   nothing (no API call, no exec, no traffic) for `idle_timeout_seconds` →
-//!   [`Action::Idle`] (announced, then destroyed).
+//!   [`Action::Idle`] (announced, then destroyed); an agent the guest's supervisor
+//!   restarted [`CRASH_LOOP_RESTARTS`] times or more since the last recorded crash loop →
+//!   [`Action::AgentCrashLoop`] (its `error` is set and published; the state stays).
 //! - **Untracked on the host**, older than the grace period, not dead-lettered:
 //!   [`Action::DestroyOrphan`] (the executor re-reads the record first: a VM created since
 //!   the store was read is never taken for an orphan).
@@ -31,6 +33,10 @@ use std::time::Duration;
 
 /// Failed destroys of one orphan before it is dead-lettered.
 pub const ORPHAN_ATTEMPTS: u32 = 5;
+
+/// Agent restarts (after crashes, counted by the guest's supervisor) since the last
+/// recorded crash loop that make a new one.
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
 
 /// What the reconciler remembers about one host between passes.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -86,6 +92,8 @@ pub enum Action {
     Activity(VmRecord, u64),
     /// Nothing touched the VM for its idle timeout: announce, then destroy it.
     Idle(VmRecord),
+    /// The agent keeps crashing after its start: record it (the guest's restart count).
+    AgentCrashLoop(VmRecord, u32),
     /// A VM nothing tracks: destroy it (counting failures toward the dead letter).
     DestroyOrphan {
         /// The VM as the host lists it.
@@ -129,6 +137,17 @@ fn observe(rec: &VmRecord, vm: &AgentVm, now: Timestamp, out: &mut Vec<Action>) 
             .is_none_or(|c| (c.state, c.failures, &c.message) != (h.state, h.failures, &h.message));
         if differs {
             out.push(Action::Health(rec.clone(), h.clone()));
+        }
+    }
+    if let Some(n) = vm.agent_restarts {
+        // A count below the recorded one is a new supervisor (a restored guest): from zero.
+        let since = rec
+            .extras
+            .agent_restarts
+            .filter(|&seen| seen <= n)
+            .unwrap_or(0);
+        if n - since >= CRASH_LOOP_RESTARTS {
+            out.push(Action::AgentCrashLoop(rec.clone(), n));
         }
     }
     if rec.spec.idle_timeout_seconds == 0 {
@@ -284,6 +303,7 @@ mod tests {
                 Action::Health(r, h) => format!("health:{}:{}", r.id, h.state.as_str()),
                 Action::Activity(r, b) => format!("activity:{}:{b}", r.id),
                 Action::Idle(r) => format!("idle:{}", r.id),
+                Action::AgentCrashLoop(r, n) => format!("crash-loop:{}:{n}", r.id),
             })
             .collect()
     }
@@ -503,6 +523,70 @@ mod tests {
         r.extras.last_active_at = active.map(at);
         r.extras.net_bytes = bytes;
         r
+    }
+
+    #[test]
+    fn agent_crash_loops_are_counted_from_the_last_one_recorded() {
+        let listed = |restarts: Option<u32>| AgentVm {
+            agent_restarts: restarts,
+            ..on_host("fuse-a", HostVmState::Running, 5)
+        };
+        let rec = |seen: Option<u32>| {
+            let mut r = env("a", VmState::Running);
+            r.spec.max_runtime_seconds = 10_000;
+            r.extras.agent_restarts = seen;
+            r
+        };
+        let cases: Vec<(&str, VmRecord, AgentVm, Vec<&str>)> = vec![
+            (
+                "a host that does not say: nothing",
+                rec(None),
+                listed(None),
+                vec![],
+            ),
+            (
+                "a restart or two: nothing",
+                rec(None),
+                listed(Some(2)),
+                vec![],
+            ),
+            (
+                "three restarts: a crash loop",
+                rec(None),
+                listed(Some(3)),
+                vec!["crash-loop:fuse-a:3"],
+            ),
+            (
+                "the recorded loop is not news",
+                rec(Some(3)),
+                listed(Some(5)),
+                vec![],
+            ),
+            (
+                "three more since the recorded one: again",
+                rec(Some(3)),
+                listed(Some(6)),
+                vec!["crash-loop:fuse-a:6"],
+            ),
+            (
+                "a count below the recorded one starts from zero (a new supervisor)",
+                rec(Some(9)),
+                listed(Some(4)),
+                vec!["crash-loop:fuse-a:4"],
+            ),
+        ];
+        for (name, rec, vm, want) in cases {
+            let c = Case {
+                name,
+                tracked: vec![rec],
+                listed: vec![vm],
+                dead: vec![],
+                now: 10,
+                memory: HostMemory::default(),
+                want,
+            };
+            assert_eq!(run(&c).0, c.want, "{}", c.name);
+        }
     }
 
     #[test]

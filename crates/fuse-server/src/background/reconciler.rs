@@ -254,6 +254,29 @@ async fn execute(app: &App, provider: &dyn Provider, host: &HostId, a: Action) -
             }
             "health"
         }
+        Action::AgentCrashLoop(rec, restarts) => {
+            let since = rec.extras.agent_restarts.unwrap_or(0).min(restarts);
+            let mut extras = rec.extras.clone();
+            extras.agent_restarts = Some(restarts);
+            let change = Change::new(Event::AgentCrashLoop)
+                .reason(format!("the agent was restarted {restarts} times"))
+                .error(format!(
+                    "the agent keeps crashing: restarted {} times since it came up (or since                      this was last reported; {restarts} in all); its log:                      GET /v1/environments/{}/logs?source=agent",
+                    restarts - since,
+                    rec.id
+                ))
+                .payload(serde_json::json!({"agent_restarts": restarts}))
+                .extras(extras);
+            match app.transition(&rec, change).await {
+                Ok(_) => {
+                    tracing::warn!(vm_id = %rec.id, restarts, "reconcile: the agent crash-loops")
+                }
+                Err(e) => {
+                    tracing::debug!(vm_id = %rec.id, error = %e, "reconcile: recording a crash loop")
+                }
+            }
+            "agent_crash_loop"
+        }
         Action::Activity(rec, bytes) => {
             if let Err(e) = app
                 .store

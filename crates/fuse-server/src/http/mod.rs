@@ -9,6 +9,7 @@ pub mod error;
 mod events;
 pub mod extract;
 mod hosts;
+mod logs;
 pub mod proxy;
 mod runtime;
 mod snapshots;
@@ -85,6 +86,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             "/v1/environments/{id}/events",
             get(events::stream),
         ),
+        (Method::GET, "/v1/environments/{id}/logs", get(logs::get)),
         (
             Method::PUT,
             "/v1/environments/{id}/egress",

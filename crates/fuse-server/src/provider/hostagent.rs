@@ -529,6 +529,59 @@ impl Provider for HostAgentClient {
         need(v, "expose")
     }
 
+    async fn logs(
+        &self,
+        vm_id: &str,
+        q: &super::LogQuery,
+    ) -> Result<super::LogStream, ProviderError> {
+        use futures::StreamExt as _;
+        let mut path = Self::vm_path(vm_id, &format!("/logs?source={}", q.source));
+        if let Some(t) = q.tail {
+            path.push_str(&format!("&tail={t}"));
+        }
+        if q.follow {
+            path.push_str("&follow=true");
+        }
+        let mut req = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        // A followed log has no end; one that is not is read within the usual bound.
+        if !q.follow {
+            req = req.timeout(SLOW);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("GET {path}: {}", error_chain(&e))))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error.message)
+                .unwrap_or_else(|_| text.chars().take(300).collect());
+            return Err(match status {
+                // An fc-agent from before the logs route.
+                StatusCode::NOT_FOUND if message == "no such route" => {
+                    super::unsupported(self.kind(), "logs")
+                }
+                StatusCode::NOT_FOUND => ProviderError::NotFound(message),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    ProviderError::Unavailable(format!("GET {path}: {status}: {message}"))
+                }
+                s if s.is_client_error() => ProviderError::Rejected {
+                    status: s.as_u16(),
+                    message,
+                },
+                s => ProviderError::Internal(format!("GET {path}: {s}: {message}")),
+            });
+        }
+        Ok(resp
+            .bytes_stream()
+            .map(|r| r.map_err(|e| ProviderError::Unavailable(format!("reading a log: {e}"))))
+            .boxed())
+    }
+
     async fn snapshot_delete(&self, vm_id: &str, snapshot_id: &str) -> Result<(), ProviderError> {
         match self
             .call::<(), serde_json::Value>(

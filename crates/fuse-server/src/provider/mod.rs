@@ -229,6 +229,12 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (vm_id, rules);
         Err(egress_unsupported())
     }
+    /// Streams one of a VM's logs ([`LogQuery`]); the stream ends with the log, or, when
+    /// following, when the VM goes away or the stream is dropped.
+    async fn logs(&self, vm_id: &str, q: &LogQuery) -> Result<LogStream, ProviderError> {
+        let _ = (vm_id, q);
+        Err(unsupported(self.kind(), "logs"))
+    }
 }
 
 /// What a provider without a runtime call answers.
@@ -258,6 +264,20 @@ pub fn egress_unsupported() -> ProviderError {
         ),
     }
 }
+
+/// What a log read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    /// `agent`, `startup` or `console`.
+    pub source: String,
+    /// Start at the last this many lines (`None`: the whole log).
+    pub tail: Option<u32>,
+    /// Keep the stream open and send new output as it is written.
+    pub follow: bool,
+}
+
+/// A log's bytes as they come from the host.
+pub type LogStream = futures::stream::BoxStream<'static, Result<bytes::Bytes, ProviderError>>;
 
 /// A provision on the base wire: create, one upload per file, the startup script as an
 /// exec, start-agent. Failures after the boot are [`ProviderError::SetupFailed`] naming the
