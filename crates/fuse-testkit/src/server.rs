@@ -45,6 +45,8 @@ pub fn test_flags() -> Flags {
         snapshot_retention_secs: "604800".into(),
         drain_timeout_secs: "30".into(),
         provision_timeout_secs: "60".into(),
+        // Agents in tests that listen nowhere are up after half a second.
+        agent_start_window_ms: "500".into(),
         log_format: "text".into(),
         ..Flags::default()
     }
