@@ -162,7 +162,7 @@ if [ -z "$fuse_guest" ] || [ -z "$fused" ]; then
 fi
 for b in "$fuse_guest" "$fused"; do [ -x "$b" ] || { say "missing binary $b"; exit 1; }; done
 
-stamp=$( (sha256sum "$fuse_guest" "$fused" "$0" | cut -d' ' -f1; echo "$size_mb $debootstrap $suite") | sha256sum | cut -d' ' -f1)
+stamp=$( (sha256sum "$fuse_guest" "$fused" "$0" "$repo/tools/guest/pkill" | cut -d' ' -f1; echo "$size_mb $debootstrap $suite") | sha256sum | cut -d' ' -f1)
 if [ -s "$out/rootfs.ext4" ] && [ "$(cat "$out/rootfs.stamp" 2>/dev/null)" = "$stamp" ]; then
   say "rootfs up to date ($out)"
   exit 0
@@ -186,22 +186,9 @@ else
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$root/etc/passwd"
   printf 'root:x:0:\n' > "$root/etc/group"
   echo fuse-guest > "$root/etc/hostname"
-  # busybox has no pkill/pgrep; the agent profiles drain with `pkill -TERM NAME`.
-  cat > "$root/usr/bin/pkill" <<'EOF'
-#!/bin/sh
-# pkill [-SIGNAL] NAME: the part of procps' pkill the agent profiles use, on busybox killall.
-sig=TERM
-case "$1" in -*) sig=${1#-}; shift ;; esac
-[ $# -eq 1 ] || { echo "usage: pkill [-SIGNAL] NAME" >&2; exit 2; }
-exec killall -q "-$sig" "$1"
-EOF
-  cat > "$root/usr/bin/pgrep" <<'EOF'
-#!/bin/sh
-# pgrep NAME: prints the pids of processes named NAME (busybox pidof); exit 1 when none.
-[ $# -eq 1 ] || { echo "usage: pgrep NAME" >&2; exit 2; }
-pidof "$1" | tr ' ' '\n'
-EOF
-  chmod 0755 "$root/usr/bin/pkill" "$root/usr/bin/pgrep"
+  # busybox has no pkill/pgrep; drain commands use them (`pkill -TERM NAME`, `pkill -f`).
+  install -m 0755 "$repo/tools/guest/pkill" "$root/usr/bin/pkill"
+  install -m 0755 "$repo/tools/guest/pkill" "$root/usr/bin/pgrep"
   cat > "$root/etc/inittab" <<'EOF'
 ::sysinit:/etc/init.d/rcS
 ::respawn:/usr/local/sbin/fuse-guest-start

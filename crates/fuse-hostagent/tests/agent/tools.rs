@@ -83,3 +83,44 @@ fn install_fc_agent_writes_unit_env_and_registration_command() {
     assert_eq!(env2, env);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The guest image's `pkill`/`pgrep` (`tools/guest/pkill`, plain sh: busybox has neither),
+/// run here with the host's `sh` on a real process: `-f` matches the whole command line,
+/// a name matches the process name, `-x` the whole of it; exit 1 when nothing matched.
+#[test]
+fn the_guest_image_pkill_has_f_and_signals() {
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = std::env::temp_dir().join(format!("fuse-pkill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["pkill", "pgrep"] {
+        std::fs::copy(ws.join("tools/guest/pkill"), dir.join(name)).unwrap();
+    }
+    let marker = format!("{}.{}", 40 + std::process::id() % 50, std::process::id());
+    let mut victim = Command::new("sleep").arg(&marker).spawn().unwrap();
+    let run = |tool: &str, args: &[&str]| {
+        let out = Command::new("sh")
+            .arg(dir.join(tool))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // `sh FILE` runs it as FILE: $0 names the tool.
+    let pat = format!("^sleep {}$", marker.replace('.', "\\."));
+    let (code, out) = run("pgrep", &["-f", &pat]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), victim.id().to_string());
+    assert_eq!(run("pgrep", &["-x", "slee"]).0, 1, "-x matches the whole name");
+    assert_eq!(run("pgrep", &["-f", "no-such-process-anywhere-xyz"]).0, 1);
+    assert_eq!(run("pkill", &["-Q"]).0, 2, "bad usage");
+    let (code, _) = run("pkill", &["-TERM", "-f", &pat]);
+    assert_eq!(code, 0);
+    let status = victim.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "SIGTERM, the default drain signal");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
