@@ -114,13 +114,21 @@ fn the_guest_image_pkill_has_f_and_signals() {
     let (code, out) = run("pgrep", &["-f", &pat]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), victim.id().to_string());
-    assert_eq!(run("pgrep", &["-x", "slee"]).0, 1, "-x matches the whole name");
+    assert_eq!(
+        run("pgrep", &["-x", "slee"]).0,
+        1,
+        "-x matches the whole name"
+    );
     assert_eq!(run("pgrep", &["-f", "no-such-process-anywhere-xyz"]).0, 1);
     assert_eq!(run("pkill", &["-Q"]).0, 2, "bad usage");
     let (code, _) = run("pkill", &["-TERM", "-f", &pat]);
     assert_eq!(code, 0);
     let status = victim.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(15), "SIGTERM, the default drain signal");
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "SIGTERM, the default drain signal"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -175,6 +175,7 @@ mod tests {
             secrets: [("K".to_owned(), "hunter2-long".to_owned())].into(),
             tls_cert_pem: String::new(),
             tls_key_pem: "-----BEGIN KEY-----\nQUJDREVGR0hJSktM\n-----END KEY-----\n".into(),
+            ..VmSecrets::default()
         }));
         assert!(
             !secrets.iter().any(|s| s == b"gw"),

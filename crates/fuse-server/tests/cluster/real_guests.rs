@@ -1342,3 +1342,148 @@ async fn real_guest_egress_allowlist_by_name_and_cidr() {
     );
     drop(world);
 }
+
+/// A custom agent for a real guest, fetched by `agent.download_url` from a web server on the
+/// host (the test's side of the host's link): busybox's `httpd` on its `listen` port, so
+/// the create is `running` only once that port answers; it exits 0 on SIGTERM (a drain).
+const CUSTOM_AGENT: &str = "#!/bin/sh
+echo \"custom agent from the host, pid $$\"
+echo \"token $FUSE_AUTH_TOKEN\"
+mkdir -p /srv/agent
+echo custom-agent-page > /srv/agent/index.html
+httpd -f -v -p 8080 -h /srv/agent &
+pid=$!
+trap 'kill $pid; exit 0' TERM
+wait $pid
+";
+
+#[tokio::test]
+async fn a_real_guest_runs_a_custom_agent_fetched_from_the_host_and_serves_its_logs() {
+    let Some(assets) = guest_assets() else { return };
+    let _serial = one_at_a_time().await;
+    let Some(admin) = fuse_testkit::db::admin_url() else {
+        return;
+    };
+    let db = fuse_testkit::TestDb::create_at(&admin).await;
+    let host = Host::start(0, &assets, &assets.join("rootfs.ext4"));
+    let fuse = spawn_patient_fuse(&db, &[]);
+    fuse.ready().await;
+    host.register(&fuse, "qemu-agent").await;
+    // The agent on a web server here, on the root side (`.1`) of the host's link; the
+    // guest reaches it through the host's NAT.
+    let site = std::env::temp_dir().join(format!("fuse-rg-site-{}", std::process::id()));
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("agent.sh"), CUSTOM_AGENT).unwrap();
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "0.0.0.0"])
+            .current_dir(&site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 serves the agent"),
+    );
+    let net = host.addr.rsplit_once(".2:").unwrap().0.to_owned();
+    let url = format!("http://{net}.1:{port}/agent.sh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the web server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(CUSTOM_AGENT.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let t = Instant::now();
+    let (s, env) = fuse
+        .post(
+            "/v1/environments",
+            json!({
+                "task_id": "rg-agent",
+                "spec": {"cpus": 1, "ram_mb": 256, "storage_gb": 1},
+                "secrets": {"API_KEY": "rg-secret-value-77"},
+                "startup_script": "echo startup in the guest; cat /fuse/secrets.json",
+                "agent": {"download_url": url, "binary_path": "/usr/local/bin/fused",
+                          "sha256": digest, "command": "exec /usr/local/bin/fused",
+                          "listen": "0.0.0.0:8080",
+                          "drain_command": "pkill -TERM -f 'sh /usr/local/bin/fused'",
+                          "start_window_ms": 60000}
+            }),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "{env}\nagent log:\n{}",
+        host.log_text()
+    );
+    assert_eq!(env["state"], "running", "{env}");
+    eprintln!(
+        "real guest create with a downloaded agent: {:?}",
+        t.elapsed()
+    );
+    // The baked fused was replaced by the download, and what runs is the custom agent.
+    let r = exec(&fuse, "fuse-rg-agent", "sha256sum /usr/local/bin/fused").await;
+    assert!(r["stdout"].as_str().unwrap().starts_with(&digest), "{r}");
+    // Running means its port answers: through the host's forward, from here.
+    let page = reqwest::get(env["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "custom-agent-page\n");
+    // Its logs: the agent's words (token redacted), the startup script's, the console's.
+    let logs = |q: &str| {
+        let q = q.to_owned();
+        let http = fuse.http.clone();
+        let base = fuse.base.clone();
+        async move {
+            let r = http
+                .get(format!("{base}/v1/environments/fuse-rg-agent/logs?{q}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        }
+    };
+    let (s, text) = logs("source=agent&tail=20").await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    assert!(text.contains("custom agent from the host"), "{text}");
+    assert!(text.contains("token [redacted]"), "{text}");
+    let (_, text) = logs("source=startup").await;
+    assert!(text.contains("startup in the guest"), "{text}");
+    assert!(
+        text.contains("[redacted]") && !text.contains("rg-secret-value-77"),
+        "{text}"
+    );
+    let (s, text) = logs("source=console&tail=50").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!text.is_empty(), "the serial console has the boot");
+    // Drained with the image's own pkill -f.
+    let (s, d) = fuse
+        .post("/v1/environments/fuse-rg-agent?action=drain", json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let (_, e) = fuse.get("/v1/environments/fuse-rg-agent").await;
+    assert_eq!(e["state"], "draining", "{e}");
+    assert_eq!(e["error"], "", "the drain command worked: {e}");
+    let r = exec(&fuse, "fuse-rg-agent", "pgrep -f '^httpd -f' || echo none").await;
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "none", "{r}");
+    let (s, _) = fuse.delete("/v1/environments/fuse-rg-agent").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let _ = std::fs::remove_dir_all(site);
+}
