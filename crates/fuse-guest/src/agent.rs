@@ -34,6 +34,9 @@ pub const DEFAULT_START_WINDOW: Duration = Duration::from_secs(3);
 /// Exits within the start window that fail a start.
 pub const MAX_EARLY_EXITS: u32 = 3;
 
+/// Download attempts before a start fails.
+const FETCH_ATTEMPTS: u32 = 3;
+
 /// Bytes of the agent's log a failed start quotes.
 const TAIL_BYTES: usize = 600;
 
@@ -411,15 +414,27 @@ fn fetch(g: &Guest, url: &str, binary_path: &str, sha256: &str) -> Result<(), Gu
         std::fs::create_dir_all(d).map_err(GuestError::io("creating", d))?;
     }
     let tmp = target.with_extension("fuse-download");
-    let script = "command -v wget >/dev/null 2>&1 && exec wget -q -T 60 -O \"$2\" \"$1\"; \
+    // No `wget -T`: busybox 1.35's wget (Debian 12) crashes with it. The host bounds the
+    // whole start instead.
+    let script = "command -v wget >/dev/null 2>&1 && exec wget -q -O \"$2\" \"$1\"; \
                   command -v curl >/dev/null 2>&1 && exec curl -fsSL --connect-timeout 30 -o \"$2\" \"$1\"; \
                   echo 'no wget or curl in the image' >&2; exit 127";
-    let out = Command::new("sh")
-        .args(["-c", script, "fetch", url])
-        .arg(&tmp)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| fail(e.to_string()))?;
+    // Up to three attempts, a second apart: a network blip (or a downloader that crashed)
+    // should not fail a create; a server that keeps refusing still does, with its words.
+    let mut attempt = 0;
+    let out = loop {
+        attempt += 1;
+        let out = Command::new("sh")
+            .args(["-c", script, "fetch", url])
+            .arg(&tmp)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| fail(e.to_string()))?;
+        if out.status.success() || attempt >= FETCH_ATTEMPTS {
+            break out;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();

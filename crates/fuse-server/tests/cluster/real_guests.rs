@@ -1481,8 +1481,30 @@ async fn a_real_guest_runs_a_custom_agent_fetched_from_the_host_and_serves_its_l
     let (_, e) = fuse.get("/v1/environments/fuse-rg-agent").await;
     assert_eq!(e["state"], "draining", "{e}");
     assert_eq!(e["error"], "", "the drain command worked: {e}");
-    let r = exec(&fuse, "fuse-rg-agent", "pgrep -f '^httpd -f' || echo none").await;
-    assert_eq!(r["stdout"].as_str().unwrap().trim(), "none", "{r}");
+    // The agent's trap stops its server (asynchronously: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = exec(
+            &fuse,
+            "fuse-rg-agent",
+            "pgrep -l -f '^httpd -f' || echo none",
+        )
+        .await;
+        if r["stdout"].as_str().unwrap().trim() == "none" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's server still runs: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, text) = logs("source=agent").await;
+    assert_eq!(
+        text.matches("custom agent from the host").count(),
+        1,
+        "drained (exit 0), not restarted: {text}"
+    );
     let (s, _) = fuse.delete("/v1/environments/fuse-rg-agent").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let _ = std::fs::remove_dir_all(site);
