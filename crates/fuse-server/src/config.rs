@@ -150,6 +150,10 @@ pub struct Flags {
     /// Limit of the drain command.
     #[arg(long, env = "FUSE_DRAIN_TIMEOUT_SECS", default_value = "30")]
     pub drain_timeout_secs: String,
+    /// The agent's launch command for environments that do not give one (empty: the
+    /// profile's), e.g. for hosts whose images have another agent.
+    #[arg(long, env = "FUSE_AGENT_COMMAND", default_value = "")]
+    pub agent_command: String,
     /// How long an agent has to come up after its start, in milliseconds (an
     /// environment's `agent.start_window_ms` overrides it): it is up when its listen port
     /// answers, or when it is still running at the end of the window.
@@ -296,6 +300,8 @@ pub struct Config {
     pub provision_timeout: Duration,
     /// The agent's default start window.
     pub agent_start_window: Duration,
+    /// The default launch command (empty: the profile's).
+    pub agent_command: String,
     /// Emit JSON logs.
     pub log_json: bool,
     /// Accept link-local host URLs at registration.
@@ -615,6 +621,7 @@ impl Config {
             snapshot_retention,
             drain_timeout,
             agent_start_window,
+            agent_command: f.agent_command.clone(),
             provision_timeout,
             log_json,
             allow_link_local_hosts,

@@ -230,6 +230,10 @@ impl App {
         agent
             .start_window_ms
             .get_or_insert(self.config.agent_start_window.as_millis() as u64);
+        let asked = req.agent.as_ref().is_some_and(|a| a.command.is_some());
+        if !asked && !self.config.agent_command.is_empty() {
+            agent.command = self.config.agent_command.clone();
+        }
         self.create_valid(valid, agent, None, wait).await
     }
 

@@ -22,6 +22,10 @@ pub const FAST: &[(&str, &str)] = &[
     ("FUSE_RECONCILE_PERIOD_SECS", "1"),
     ("FUSE_ORPHAN_GRACE_SECS", "2"),
     ("FUSE_HOST_DOWN_AFTER_SECS", "3"),
+    // The default profile's `/usr/local/bin/fused` is not on the `process` backend's
+    // guests (host processes): an agent that runs, up after 300 ms.
+    ("FUSE_AGENT_COMMAND", "exec sleep 3600"),
+    ("FUSE_AGENT_START_WINDOW_MS", "300"),
 ];
 
 /// How long a scenario may take to heal.

@@ -115,7 +115,16 @@ async fn compat(db: &str) {
     };
     host.start_agent();
     host.wait_up().await;
-    let fuse = spawn_fuse(db, &[("ORCH_AUTH_TOKEN", MASTER_TOKEN)]);
+    // The SDK's creates use the default profile, whose `/usr/local/bin/fused` the
+    // `process` backend's guests (host processes) do not have: an agent that runs instead.
+    let fuse = spawn_fuse(
+        db,
+        &[
+            ("ORCH_AUTH_TOKEN", MASTER_TOKEN),
+            ("FUSE_AGENT_COMMAND", "exec sleep 3600"),
+            ("FUSE_AGENT_START_WINDOW_MS", "300"),
+        ],
+    );
     fuse.ready().await;
     let mut cmd = tokio::process::Command::new(&python);
     cmd.arg(script())
