@@ -320,6 +320,41 @@ fn spawn_patient_fuse(db: &str, extra: &[(&str, &str)]) -> FuseProc {
     f
 }
 
+/// One QEMU host (`fc-agent` index `i`) registered as `host_id` with a fresh `fuse` on a
+/// fresh database, for one test at a time; `None` (the reason reported) when this machine
+/// cannot run real guests. Dropped in field order: `fuse`, the host, the database, the
+/// turn.
+struct GuestLab {
+    fuse: FuseProc,
+    host: Host,
+    /// The host's `/healthz` at registration.
+    health: Value,
+    assets: PathBuf,
+    _db: fuse_testkit::TestDb,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl GuestLab {
+    async fn start(i: u8, host_id: &str, extra: &[(&str, &str)]) -> Option<GuestLab> {
+        let assets = guest_assets()?;
+        let turn = one_at_a_time().await;
+        let admin = fuse_testkit::db::admin_url()?;
+        let db = fuse_testkit::TestDb::create_at(&admin).await;
+        let host = Host::start(i, &assets, &assets.join("rootfs.ext4"));
+        let fuse = spawn_patient_fuse(&db, extra);
+        fuse.ready().await;
+        let health = host.register(&fuse, host_id).await;
+        Some(GuestLab {
+            fuse,
+            host,
+            health,
+            assets,
+            _db: db,
+            _turn: turn,
+        })
+    }
+}
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
@@ -327,16 +362,17 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 #[tokio::test]
 async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
-    let Some(assets) = guest_assets() else { return };
-    let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_testkit::db::admin_url() else {
+    let Some(lab) = GuestLab::start(1, "qemu-1", &[("FUSE_GC_PERIOD_SECS", "1")]).await else {
         return;
     };
-    let db = fuse_testkit::TestDb::create_at(&admin).await;
-    let host = Host::start(1, &assets, &assets.join("rootfs.ext4"));
-    let fuse = spawn_patient_fuse(&db, &[("FUSE_GC_PERIOD_SECS", "1")]);
-    fuse.ready().await;
-    let health = host.register(&fuse, "qemu-1").await;
+    // Dropped in reverse: fuse first, then the host, then the database and the turn.
+    let GuestLab {
+        mut host,
+        health,
+        assets,
+        fuse,
+        ..
+    } = lab;
     assert_eq!(health["backend"], "qemu", "{health}");
     let accel = health["acceleration"].as_str().unwrap_or("").to_owned();
     assert!(accel == "kvm" || accel == "tcg", "{health}");
@@ -568,7 +604,6 @@ async fn real_guest_end_to_end_through_fuse_and_fc_agent_qemu() {
     assert_eq!(count(&vm_snaps), 0, "collected on the host");
 
     // fc-agent restarts (SIGKILL): the VM keeps running, is adopted, and its link reconnects.
-    let mut host = host;
     host.spawn_agent();
     eventually(
         "the restarted agent adopted the VM",
@@ -790,16 +825,11 @@ async fn a_silent_guest_is_booted_again_once_by_the_watchdog_then_fails() {
 #[tokio::test]
 async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
     use sha2::Digest as _;
-    let Some(assets) = guest_assets() else { return };
-    let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_testkit::db::admin_url() else {
+    let Some(lab) = GuestLab::start(3, "qemu-rt", &[]).await else {
         return;
     };
-    let db = fuse_testkit::TestDb::create_at(&admin).await;
-    let host = Host::start(3, &assets, &assets.join("rootfs.ext4"));
-    let fuse = spawn_patient_fuse(&db, &[]);
-    fuse.ready().await;
-    host.register(&fuse, "qemu-rt").await;
+    // Dropped in reverse: fuse first, then the host, then the database and the turn.
+    let GuestLab { host, fuse, .. } = lab;
     let (s, env) = fuse
         .post(
             "/v1/environments",
@@ -905,16 +935,17 @@ async fn real_guest_runtime_io_files_stream_and_terminal_qemu() {
 /// 404. Prints the proxy's round trip (p50 of 20 GETs).
 #[tokio::test]
 async fn a_server_in_a_qemu_guest_answers_through_the_ports_proxy() {
-    let Some(assets) = guest_assets() else { return };
-    let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_testkit::db::admin_url() else {
+    let Some(lab) = GuestLab::start(
+        4,
+        "qemu-ports",
+        &[("FUSE_PROXY_DOMAIN", "guests.fuse.test")],
+    )
+    .await
+    else {
         return;
     };
-    let db = fuse_testkit::TestDb::create_at(&admin).await;
-    let host = Host::start(4, &assets, &assets.join("rootfs.ext4"));
-    let fuse = spawn_patient_fuse(&db, &[("FUSE_PROXY_DOMAIN", "guests.fuse.test")]);
-    fuse.ready().await;
-    host.register(&fuse, "qemu-ports").await;
+    // Dropped in reverse: fuse first, then the host, then the database and the turn.
+    let GuestLab { host, fuse, .. } = lab;
     let cgi = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n\
                echo \"uri=$REQUEST_URI\"\necho \"prefix=$HTTP_X_FORWARDED_PREFIX\"\n";
     let (s, env) = fuse
@@ -1359,16 +1390,11 @@ wait $pid
 
 #[tokio::test]
 async fn a_real_guest_runs_a_custom_agent_fetched_from_the_host_and_serves_its_logs() {
-    let Some(assets) = guest_assets() else { return };
-    let _serial = one_at_a_time().await;
-    let Some(admin) = fuse_testkit::db::admin_url() else {
+    let Some(lab) = GuestLab::start(0, "qemu-agent", &[]).await else {
         return;
     };
-    let db = fuse_testkit::TestDb::create_at(&admin).await;
-    let host = Host::start(0, &assets, &assets.join("rootfs.ext4"));
-    let fuse = spawn_patient_fuse(&db, &[]);
-    fuse.ready().await;
-    host.register(&fuse, "qemu-agent").await;
+    // Dropped in reverse: fuse first, then the host, then the database and the turn.
+    let GuestLab { host, fuse, .. } = lab;
     // The agent on a web server here, on the root side (`.1`) of the host's link; the
     // guest reaches it through the host's NAT.
     let site = std::env::temp_dir().join(format!("fuse-rg-site-{}", std::process::id()));
