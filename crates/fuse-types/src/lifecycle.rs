@@ -56,6 +56,8 @@ pub enum Event {
     Idle,
     /// A port was published at runtime (`?action=expose`; kept in the record's extras).
     PortExposed,
+    /// The egress rules were replaced live (`PUT …/egress`; kept in the record's extras).
+    EgressChanged,
     /// The agent crashed again and again after it came up (the guest's supervisor keeps
     /// restarting it): the reason is recorded as `error` and published; the environment
     /// keeps its state (its VM still runs, and the agent may recover).
@@ -64,7 +66,7 @@ pub enum Event {
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 21] = [
+    pub const ALL: [Event; 22] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -85,6 +87,7 @@ impl Event {
         Event::HealthChanged,
         Event::Idle,
         Event::PortExposed,
+        Event::EgressChanged,
         Event::AgentCrashLoop,
     ];
 
@@ -111,6 +114,7 @@ impl Event {
             Event::HealthChanged => "health_changed",
             Event::Idle => "idle",
             Event::PortExposed => "port_exposed",
+            Event::EgressChanged => "egress_changed",
             Event::AgentCrashLoop => "agent_crash_loop",
         }
     }
@@ -263,6 +267,12 @@ pub const TABLE: &[Row] = &[
     ),
     row(
         Some(Running),
+        Event::EgressChanged,
+        Running,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Running),
         Event::AgentCrashLoop,
         Running,
         &[RecordError, Persist, Publish],
@@ -296,6 +306,12 @@ pub const TABLE: &[Row] = &[
     row(
         Some(Draining),
         Event::PortExposed,
+        Draining,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Draining),
+        Event::EgressChanged,
         Draining,
         &[Persist, Audit],
     ),
@@ -388,6 +404,7 @@ mod tests {
             "running + health_changed -> running [Persist, Publish]",
             "running + idle -> running [Audit, Publish]",
             "running + port_exposed -> running [Persist, Audit]",
+            "running + egress_changed -> running [Persist, Audit]",
             "running + agent_crash_loop -> running [RecordError, Persist, Publish]",
             "draining + drain -> draining [ClearError, Persist, Publish]",
             "draining + drain_failed -> draining [RecordError, Persist, Publish]",
@@ -400,6 +417,7 @@ mod tests {
             "draining + health_changed -> draining [Persist, Publish]",
             "draining + idle -> draining [Audit, Publish]",
             "draining + port_exposed -> draining [Persist, Audit]",
+            "draining + egress_changed -> draining [Persist, Audit]",
             "draining + agent_crash_loop -> draining [RecordError, Persist, Publish]",
             "failed + destroy -> destroying [Persist, Publish]",
             "failed + host_confirmed_gone -> failed [Release]",

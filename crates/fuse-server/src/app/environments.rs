@@ -753,28 +753,24 @@ impl App {
         // Another writer (a health verdict) may bump the generation meanwhile: read again
         // and write the rules on top of what it wrote.
         let mut rec = rec;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
+        for _ in 0..5 {
             let mut extras = rec.extras.clone();
             extras.egress = rules.clone();
-            let patch = fuse_store::VmPatch {
-                extras: Some(extras),
-                audit: Some("egress_changed".into()),
-                reason: Some(format!("egress mode {mode}")),
-                ..Default::default()
-            };
-            match self.store.vm_update(&rec.id, rec.generation, patch).await {
+            let change = Change::new(Event::EgressChanged)
+                .extras(extras)
+                .payload(serde_json::json!({ "mode": mode }));
+            match self.transition(&rec, change).await {
                 Ok(written) => {
                     tracing::info!(vm_id = %written.id, mode, "egress rules changed");
                     return Ok(written);
                 }
-                Err(fuse_store::StoreError::Stale { .. }) if attempts < 5 => {
-                    rec = self.env_record(id).await?;
-                }
+                Err(LifecycleError::Stale { .. }) => rec = self.env_record(id).await?,
                 Err(e) => return Err(e.into()),
             }
         }
+        Err(AppError::Unavailable(format!(
+            "environment {id} kept changing; retry the egress update"
+        )))
     }
 
     /// The provider of the VM's own host.
