@@ -70,6 +70,15 @@ pub struct AgentVmCreate {
     /// addresses and other guests). Rules other than the defaults need [`FEATURE_EGRESS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::EgressRules>,
+    /// With `from_snapshot.memory`: leave the restored VM warm, its vCPUs stopped in its
+    /// VMM (state `paused`, `warm: true`), for [`AgentClaim`] to start in milliseconds; its
+    /// `setup` is not run (the claim carries it). Needs [`FEATURE_TEMPLATE`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
+    /// The guest's hostname (default: the VM id). Set at every memory restore; a cold boot
+    /// sets it too on hosts with [`FEATURE_TEMPLATE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -110,6 +119,133 @@ pub struct SnapshotSource {
     pub vm_id: String,
     /// The host's id of the snapshot.
     pub snapshot_id: String,
+    /// Restore the snapshot's memory into the new VM (a template; the snapshot must be
+    /// `full`) instead of cold-booting a copy of its disk. The restored guest is given the
+    /// new VM's identity before anything else runs: link token, MAC, address and gateway,
+    /// hostname, the clock, and a reseeded kernel random pool. Needs [`FEATURE_TEMPLATE`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
+}
+
+/// Feature of `/healthz`: `POST /v1/vm/{id}/pause` and `/resume`; `paused` VMs in listings
+/// (their capacity: storage only), kept across an agent restart.
+pub const FEATURE_PAUSE: &str = "pause";
+/// Feature of `/healthz`: `from_snapshot.memory` and `warm` on create, and
+/// `POST /v1/vm/{id}/claim`.
+pub const FEATURE_TEMPLATE: &str = "template";
+/// Feature of `/healthz`: cold migration between hosts (`POST /v1/migrations`,
+/// `POST /v1/vm/{id}/send`, the receiving routes, `DELETE /v1/migrations/{token}`).
+pub const FEATURE_MIGRATE: &str = "migrate";
+
+/// What a paused VM keeps, in [`AgentVm::paused`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedInfo {
+    /// `live`: memory and device state (a resume continues every process); `disk`: the
+    /// disk alone (the `process` backend: a resume boots the guest again, and the control
+    /// plane starts its agent again); `warm`: held in its VMM with vCPUs stopped.
+    pub kind: String,
+    /// Bytes its artifacts use on the host.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// When it was paused (Unix seconds).
+    #[serde(default)]
+    pub paused_unix: u64,
+}
+
+/// `POST /v1/vm/{id}/claim` body: a warm VM becomes the environment `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentClaim {
+    /// Its VM id from now on (the warm VM's id is gone afterwards).
+    pub name: String,
+    /// The guest's hostname (default: `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Files, startup script and agent, run after its vCPUs start, the clock is set and
+    /// its random pool is reseeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<GuestSetup>,
+    /// Ports to publish (as on create).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<PortExpose>,
+    /// Egress rules (as on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::EgressRules>,
+}
+
+/// `POST /v1/migrations` body (on the target host): expect a VM from another host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentMigrationIn {
+    /// The one-time token the control plane minted; the sending host presents it as its
+    /// bearer token, and it is good for this VM only, once, until it expires.
+    pub token: String,
+    /// The VM that will arrive (its id stays).
+    pub vm_id: String,
+    /// Its size, reserved on this host when it is resumed here.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Disk in GiB.
+    pub storage_gb: u64,
+    /// How long the token is good for (seconds).
+    pub ttl_seconds: u64,
+    /// Ports to publish when it resumes here (as on create).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<PortExpose>,
+    /// The agent port (as on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_port: Option<u16>,
+    /// Egress rules (as on create).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::EgressRules>,
+}
+
+/// `POST /v1/vm/{id}/send` body (on the source host, the VM paused): stream its artifacts
+/// to the target host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSend {
+    /// The target host agent's base URL.
+    pub target_url: String,
+    /// The one-time token registered there.
+    pub token: String,
+}
+
+/// One file of a transfer, checked by the receiver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// Its name inside the VM's directory (no `/`).
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex SHA-256.
+    pub sha256: String,
+}
+
+/// `POST /v1/vm/{id}/send` answer: what arrived at the target, which now holds the VM paused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSent {
+    /// Each file sent.
+    pub files: Vec<ArtifactFile>,
+    /// Bytes sent in all.
+    pub bytes: u64,
+    /// How long the transfer took.
+    pub duration_ms: u64,
+}
+
+/// `GET /v1/snapshots` answer: every snapshot in the host's store, whatever its VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSnapshotList {
+    /// The snapshots.
+    pub snapshots: Vec<AgentSnapshotRef>,
+}
+
+/// One snapshot of [`AgentSnapshotList`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSnapshotRef {
+    /// The VM it was taken of (which may be gone).
+    pub vm_id: String,
+    /// The snapshot.
+    #[serde(flatten)]
+    pub snapshot: AgentSnapshot,
 }
 
 /// One guest port to publish.
@@ -237,6 +373,10 @@ pub enum HostVmState {
     Running,
     /// Its process is gone; `error` says why.
     Stopped,
+    /// Paused ([`FEATURE_PAUSE`]): its VMM is stopped and its memory and disk are kept in
+    /// its directory (`paused` says what), or, for a warm VM ([`AgentVmCreate::warm`]), its
+    /// VMM holds it with its vCPUs stopped.
+    Paused,
     /// A state this control plane does not know (an agent of another version).
     #[default]
     #[serde(other)]
@@ -249,6 +389,7 @@ impl HostVmState {
         match self {
             HostVmState::Running => "running",
             HostVmState::Stopped => "stopped",
+            HostVmState::Paused => "paused",
             HostVmState::Unknown => "unknown",
         }
     }
@@ -296,6 +437,9 @@ pub struct AgentVm {
     /// Whether the agent runs, as the guest's supervisor sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_running: Option<bool>,
+    /// What a paused VM keeps (state `paused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedInfo>,
 }
 
 /// `GET /v1/vm?prefix=` answer.
@@ -513,6 +657,9 @@ pub struct AgentHealth {
     /// What this host agent can do beyond the base wire (e.g. [`FEATURE_PROVISION`]).
     #[serde(default)]
     pub features: Vec<String>,
+    /// Bytes the host's snapshot store and paused VMs' artifacts use on its disk.
+    #[serde(default)]
+    pub artifact_bytes: u64,
 }
 
 impl AgentHealth {
@@ -538,6 +685,8 @@ mod tests {
         let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a","state":"running"}"#).unwrap();
         assert_eq!(v.state, HostVmState::Running);
         let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a","state":"paused"}"#).unwrap();
+        assert_eq!(v.state, HostVmState::Paused);
+        let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a","state":"hibernating"}"#).unwrap();
         assert_eq!(v.state, HostVmState::Unknown);
         let v: AgentVm = serde_json::from_str(r#"{"vm_id":"a"}"#).unwrap();
         assert_eq!(v.state, HostVmState::Unknown);
