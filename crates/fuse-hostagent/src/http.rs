@@ -240,6 +240,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
         features: features.into_iter().map(str::to_owned).collect(),
+        artifact_bytes: 0,
     })
 }
 

@@ -219,6 +219,7 @@ impl Vm {
             net_bytes: m.net.as_ref().and_then(|n| n.bytes()),
             agent_restarts: None,
             agent_running: None,
+            paused: None,
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
             state: if alive {

@@ -62,11 +62,34 @@ pub enum Event {
     /// restarting it): the reason is recorded as `error` and published; the environment
     /// keeps its state (its VM still runs, and the agent may recover).
     AgentCrashLoop,
+    /// The host paused the VM (`?action=pause`, or the idle timeout with `on_idle: pause`):
+    /// its memory and disk are kept there and its CPU and memory are given back.
+    Pause,
+    /// The host could not pause it; it keeps running (the reason is recorded).
+    PauseFailed,
+    /// The host resumed it (on its own host, or on another one with room): it holds its
+    /// full size again.
+    Resume,
+    /// The host could not resume it; it stays paused with its artifacts (the reason is
+    /// recorded).
+    ResumeFailed,
+    /// A cold migration began: the target is recorded, so an interruption is finished or
+    /// undone by recovery.
+    MigrateStarted,
+    /// The artifacts arrived on the target and the VM runs there; the source is destroyed.
+    Migrated,
+    /// The migration stopped short; the VM stays paused at its source (the reason is
+    /// recorded) and is resumed there.
+    MigrateFailed,
+    /// A warm-pool member was restored from its template and waits, paused, to be drawn.
+    Warmed,
+    /// A create drew this warm-pool member: its VM now belongs to the new environment.
+    Drawn,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 22] = [
+    pub const ALL: [Event; 31] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -89,6 +112,15 @@ impl Event {
         Event::PortExposed,
         Event::EgressChanged,
         Event::AgentCrashLoop,
+        Event::Pause,
+        Event::PauseFailed,
+        Event::Resume,
+        Event::ResumeFailed,
+        Event::MigrateStarted,
+        Event::Migrated,
+        Event::MigrateFailed,
+        Event::Warmed,
+        Event::Drawn,
     ];
 
     /// The spelling in audit events and logs (snake_case).
@@ -116,6 +148,15 @@ impl Event {
             Event::PortExposed => "port_exposed",
             Event::EgressChanged => "egress_changed",
             Event::AgentCrashLoop => "agent_crash_loop",
+            Event::Pause => "pause",
+            Event::PauseFailed => "pause_failed",
+            Event::Resume => "resume",
+            Event::ResumeFailed => "resume_failed",
+            Event::MigrateStarted => "migrate_started",
+            Event::Migrated => "migrated",
+            Event::MigrateFailed => "migrate_failed",
+            Event::Warmed => "warmed",
+            Event::Drawn => "drawn",
         }
     }
 }
@@ -150,6 +191,10 @@ pub enum Effect {
     Audit,
     /// The SSE event is published (to every replica).
     Publish,
+    /// The VM's reservation changes size, or moves to another host, in the same step as the
+    /// write (pause: storage only; resume and migration: the full size, on the host the VM
+    /// now runs on), checked against that host's capacity.
+    Resize,
 }
 
 /// One row of the table.
@@ -321,6 +366,64 @@ pub const TABLE: &[Row] = &[
         Draining,
         &[RecordError, Persist, Publish],
     ),
+    row(
+        Some(Running),
+        Event::Pause,
+        Paused,
+        &[ClearError, Persist, Resize, Publish],
+    ),
+    row(
+        Some(Running),
+        Event::PauseFailed,
+        Running,
+        &[RecordError, Persist, Publish],
+    ),
+    row(
+        Some(Provisioning),
+        Event::Warmed,
+        Paused,
+        &[ClearError, Persist, Publish],
+    ),
+    row(
+        Some(Paused),
+        Event::Resume,
+        Running,
+        &[ClearError, Persist, Resize, Publish],
+    ),
+    row(
+        Some(Paused),
+        Event::ResumeFailed,
+        Paused,
+        &[RecordError, Persist, Publish],
+    ),
+    row(
+        Some(Paused),
+        Event::MigrateStarted,
+        Paused,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Paused),
+        Event::Migrated,
+        Running,
+        &[ClearError, Persist, Resize, Publish],
+    ),
+    row(
+        Some(Paused),
+        Event::MigrateFailed,
+        Paused,
+        &[RecordError, Persist, Publish],
+    ),
+    row(
+        Some(Paused),
+        Event::Drawn,
+        Destroyed,
+        &[Persist, Release, ForgetSecrets, Publish],
+    ),
+    row(Some(Paused), Event::Destroy, Destroying, DESTROY),
+    row(Some(Paused), Event::VanishedOnHost, Failed, FAIL_RELEASE),
+    row(Some(Paused), Event::HostLost, Paused, ANNOUNCE),
+    row(Some(Paused), Event::HostFound, Paused, ANNOUNCE),
     row(Some(Failed), Event::Destroy, Destroying, DESTROY),
     row(Some(Failed), Event::HostConfirmedGone, Failed, &[Release]),
     // A repeated delete is a no-op, not an error.
@@ -419,6 +522,19 @@ mod tests {
             "draining + port_exposed -> draining [Persist, Audit]",
             "draining + egress_changed -> draining [Persist, Audit]",
             "draining + agent_crash_loop -> draining [RecordError, Persist, Publish]",
+            "running + pause -> paused [ClearError, Persist, Resize, Publish]",
+            "running + pause_failed -> running [RecordError, Persist, Publish]",
+            "provisioning + warmed -> paused [ClearError, Persist, Publish]",
+            "paused + resume -> running [ClearError, Persist, Resize, Publish]",
+            "paused + resume_failed -> paused [RecordError, Persist, Publish]",
+            "paused + migrate_started -> paused [Persist, Audit]",
+            "paused + migrated -> running [ClearError, Persist, Resize, Publish]",
+            "paused + migrate_failed -> paused [RecordError, Persist, Publish]",
+            "paused + drawn -> destroyed [Persist, Release, ForgetSecrets, Publish]",
+            "paused + destroy -> destroying [Persist, Publish]",
+            "paused + vanished_on_host -> failed [RecordError, Persist, Release, Publish]",
+            "paused + lost -> paused [Audit, Publish]",
+            "paused + found -> paused [Audit, Publish]",
             "failed + destroy -> destroying [Persist, Publish]",
             "failed + host_confirmed_gone -> failed [Release]",
             "destroying + destroy -> destroying []",
@@ -472,6 +588,14 @@ mod tests {
             if releases {
                 assert!(matches!(r.to, Failed | Destroyed), "{r:?}");
             }
+            // A reservation changes size only where the VMM stops or starts again.
+            if r.does(Resize) {
+                assert!(
+                    matches!(r.event, Event::Pause | Event::Resume | Event::Migrated),
+                    "{r:?}"
+                );
+                assert!(r.persists() && !releases, "{r:?}");
+            }
             assert_eq!(r.does(Reserve), r.event == Event::Create, "{r:?}");
             // Every state change is published (a VM's watchers see each one).
             if r.changes_state() {
@@ -482,7 +606,7 @@ mod tests {
         for r in TABLE.iter().filter(|r| r.from == Some(Destroyed)) {
             assert_eq!(r.to, Destroyed);
         }
-        for s in [Provisioning, Running, Draining, Failed, Destroying] {
+        for s in [Provisioning, Running, Draining, Paused, Failed, Destroying] {
             assert!(step(Some(s), Event::Destroy).is_ok(), "{s}");
         }
         // Every state is reachable from a create.
@@ -517,13 +641,19 @@ mod tests {
             allowed,
             [
                 (Provisioning, Running),
+                (Provisioning, Paused),
                 (Provisioning, Destroying),
                 (Provisioning, Failed),
                 (Running, Draining),
+                (Running, Paused),
                 (Running, Destroying),
                 (Running, Failed),
                 (Draining, Destroying),
                 (Draining, Failed),
+                (Paused, Running),
+                (Paused, Destroying),
+                (Paused, Destroyed),
+                (Paused, Failed),
                 (Destroying, Destroyed),
                 (Failed, Destroying),
             ]

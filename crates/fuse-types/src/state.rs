@@ -15,6 +15,10 @@ pub enum VmState {
     Running,
     /// Drain command sent; no new work expected.
     Draining,
+    /// Its VMM is stopped and its memory and disk are kept on its host (`?action=pause`);
+    /// it holds storage there, not CPU or memory, until `?action=resume`. Warm-pool members
+    /// wait in this state too (holding their memory).
+    Paused,
     /// Being torn down on its host.
     Destroying,
     /// Gone from its host, capacity released (terminal).
@@ -35,10 +39,11 @@ pub struct TransitionError {
 
 impl VmState {
     /// Every state, for exhaustive tests and metrics.
-    pub const ALL: [VmState; 6] = [
+    pub const ALL: [VmState; 7] = [
         VmState::Provisioning,
         VmState::Running,
         VmState::Draining,
+        VmState::Paused,
         VmState::Destroying,
         VmState::Destroyed,
         VmState::Failed,
@@ -50,6 +55,7 @@ impl VmState {
             VmState::Provisioning => "provisioning",
             VmState::Running => "running",
             VmState::Draining => "draining",
+            VmState::Paused => "paused",
             VmState::Destroying => "destroying",
             VmState::Destroyed => "destroyed",
             VmState::Failed => "failed",
@@ -101,7 +107,7 @@ impl FromStr for VmState {
             .find(|v| v.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown state {s:?}; expected one of provisioning, running, draining, destroying, destroyed, failed"
+                    "unknown state {s:?}; expected one of provisioning, running, draining, paused, destroying, destroyed, failed"
                 )
             })
     }

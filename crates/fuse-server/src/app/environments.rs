@@ -528,6 +528,8 @@ impl App {
                     0
                 },
                 egress: valid.egress.clone(),
+                warm: false,
+                hostname: None,
             })
             .await
             .map_err(Failure::host)?;
@@ -982,6 +984,7 @@ impl App {
                 } else {
                     snap.host_snapshot_id.clone()
                 },
+                memory: false,
             }),
         };
         tracing::info!(source = %src.id, snapshot_id = %snap.id, task_id = %valid.task_id, "forking environment");

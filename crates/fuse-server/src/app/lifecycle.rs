@@ -395,7 +395,11 @@ impl App {
 /// Whether a record stands for a VM that should exist on its host.
 pub fn expects_vm_on_host(rec: &VmRecord) -> bool {
     match rec.state {
-        VmState::Provisioning | VmState::Running | VmState::Draining | VmState::Destroying => true,
+        VmState::Provisioning
+        | VmState::Running
+        | VmState::Draining
+        | VmState::Paused
+        | VmState::Destroying => true,
         VmState::Failed => rec.reserved.is_some(),
         VmState::Destroyed => false,
     }

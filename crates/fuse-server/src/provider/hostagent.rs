@@ -10,10 +10,14 @@ use super::{Provider, ProviderError};
 use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
+    AgentClaim, AgentMigrationIn, AgentSend, AgentSent, AgentSnapshotList, AgentSnapshotRef,
+};
+use fuse_types::hostagent::{
     AgentExec, AgentExecResult, AgentHealth, AgentRestore, AgentSnapshot, AgentSnapshotCreate,
     AgentStart, AgentUpload, AgentVm, AgentVmCreate, AgentVmList, FileList, FileWritten,
     HostEndpoint, PortExpose, SetupStep, FEATURE_EXPOSE, FEATURE_FORK, FEATURE_HEALTHCHECK,
-    FEATURE_PROVISION, FEATURE_RUNTIME, FEATURE_TUNNEL, SHA256_HEADER,
+    FEATURE_MIGRATE, FEATURE_PAUSE, FEATURE_PROVISION, FEATURE_RUNTIME, FEATURE_TEMPLATE,
+    FEATURE_TUNNEL, SHA256_HEADER,
 };
 use fuse_types::{ErrorBody, ExecResponse};
 use reqwest::{Method, StatusCode};
@@ -124,6 +128,15 @@ impl HostAgentClient {
 
     fn vm_path(vm_id: &str, rest: &str) -> String {
         format!("/v1/vm/{vm_id}{rest}")
+    }
+
+    /// Refuses a call to a host whose agent does not advertise `feature` (501).
+    async fn need(&self, feature: &str, what: &str) -> Result<(), ProviderError> {
+        if self.supports(feature).await? {
+            Ok(())
+        } else {
+            Err(super::fast_start_unsupported("an older fc-agent", what))
+        }
     }
 
     /// Refuses a runtime call to a host whose agent does not offer it.
@@ -272,6 +285,11 @@ impl Provider for HostAgentClient {
                 fuse_types::hostagent::FEATURE_EGRESS,
                 "enforce egress rules",
             ),
+            (
+                req.warm || req.from_snapshot.as_ref().is_some_and(|s| s.memory),
+                FEATURE_TEMPLATE,
+                "start from a template (restore a live snapshot into a new VM)",
+            ),
         ] {
             if asked && !self.supports(feature).await? {
                 return Err(ProviderError::Rejected {
@@ -283,7 +301,8 @@ impl Provider for HostAgentClient {
                 });
             }
         }
-        if req.setup.is_none() || !self.supports(FEATURE_PROVISION).await? {
+        // A warm VM runs no setup (its claim carries it); it is one call.
+        if !req.warm && (req.setup.is_none() || !self.supports(FEATURE_PROVISION).await?) {
             return super::provision_call_by_call(self, req).await;
         }
         let v = self.call(Method::POST, "/v1/vm", Some(req), SLOW).await?;
@@ -732,5 +751,80 @@ impl Provider for HostAgentClient {
             .await
             .map_err(|e| ProviderError::Unavailable(format!("GET {path}: upgrading: {e}")))?;
         Ok(Attached { headers, io })
+    }
+
+    async fn vm_pause(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        self.need(FEATURE_PAUSE, "pause").await?;
+        let v = self
+            .call::<(), _>(Method::POST, &Self::vm_path(vm_id, "/pause"), None, SLOW)
+            .await?;
+        need(v, "pause")
+    }
+
+    async fn vm_resume(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        self.need(FEATURE_PAUSE, "resume").await?;
+        let v = self
+            .call::<(), _>(Method::POST, &Self::vm_path(vm_id, "/resume"), None, SLOW)
+            .await?;
+        need(v, "resume")
+    }
+
+    async fn vm_claim(&self, warm_id: &str, claim: &AgentClaim) -> Result<AgentVm, ProviderError> {
+        self.need(FEATURE_TEMPLATE, "warm pools").await?;
+        let v = self
+            .call(
+                Method::POST,
+                &Self::vm_path(warm_id, "/claim"),
+                Some(claim),
+                SLOW,
+            )
+            .await?;
+        need(v, "claim")
+    }
+
+    async fn migration_expect(&self, m: &AgentMigrationIn) -> Result<(), ProviderError> {
+        self.need(FEATURE_MIGRATE, "migration").await?;
+        self.call::<_, serde_json::Value>(Method::POST, "/v1/migrations", Some(m), FAST)
+            .await
+            .map(|_| ())
+    }
+
+    async fn vm_send(&self, vm_id: &str, send: &AgentSend) -> Result<AgentSent, ProviderError> {
+        self.need(FEATURE_MIGRATE, "migration").await?;
+        // A transfer of a large memory image takes as long as it takes; SLOW bounds a stall.
+        let v = self
+            .call(
+                Method::POST,
+                &Self::vm_path(vm_id, "/send"),
+                Some(send),
+                SLOW * 4,
+            )
+            .await?;
+        need(v, "send")
+    }
+
+    async fn migration_abort(&self, vm_id: &str) -> Result<(), ProviderError> {
+        match self
+            .call::<(), serde_json::Value>(
+                Method::DELETE,
+                &format!("/v1/migrations/{vm_id}"),
+                None,
+                FAST,
+            )
+            .await
+        {
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn snapshots_all(&self) -> Result<Option<Vec<AgentSnapshotRef>>, ProviderError> {
+        if !self.supports(FEATURE_MIGRATE).await? {
+            return Ok(None);
+        }
+        let v: Option<AgentSnapshotList> = self
+            .call::<(), _>(Method::GET, "/v1/snapshots", None, FAST)
+            .await?;
+        Ok(Some(need(v, "list snapshots")?.snapshots))
     }
 }

@@ -13,9 +13,9 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_store::{HostRecord, StateStore};
 use fuse_types::hostagent::{
-    output_tail, AgentExec, AgentExecResult, AgentHealth, AgentSnapshot, AgentStart, AgentVm,
-    AgentVmCreate, FileList, FileWritten, HostEndpoint, PortExpose, SetupReport, SetupStep,
-    StepTiming,
+    output_tail, AgentClaim, AgentExec, AgentExecResult, AgentHealth, AgentMigrationIn, AgentSend,
+    AgentSent, AgentSnapshot, AgentSnapshotRef, AgentStart, AgentVm, AgentVmCreate, FileList,
+    FileWritten, HostEndpoint, PortExpose, SetupReport, SetupStep, StepTiming,
 };
 use fuse_types::{ExecResponse, HostId};
 use parking_lot::RwLock;
@@ -235,6 +235,51 @@ pub trait Provider: Send + Sync + 'static {
         let _ = (vm_id, q);
         Err(unsupported(self.kind(), "logs"))
     }
+    /// Pauses a VM: its memory (where the backend keeps it) and disk are written on the
+    /// host and its VMM stops. Answers the VM as `paused` with what it kept.
+    async fn vm_pause(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        let _ = vm_id;
+        Err(fast_start_unsupported(self.kind(), "pause"))
+    }
+    /// Resumes a paused VM on this host (503 when it has no room for it).
+    async fn vm_resume(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        let _ = vm_id;
+        Err(fast_start_unsupported(self.kind(), "resume"))
+    }
+    /// Gives a warm VM the id `claim.name`, starts its vCPUs and runs the claim's setup.
+    async fn vm_claim(&self, warm_id: &str, claim: &AgentClaim) -> Result<AgentVm, ProviderError> {
+        let _ = (warm_id, claim);
+        Err(fast_start_unsupported(self.kind(), "warm pools"))
+    }
+    /// On the target host of a migration: expects the VM, authorised by a one-time token.
+    async fn migration_expect(&self, m: &AgentMigrationIn) -> Result<(), ProviderError> {
+        let _ = m;
+        Err(fast_start_unsupported(self.kind(), "migration"))
+    }
+    /// On the source host of a migration: streams the paused VM's artifacts to the target,
+    /// which then holds it paused.
+    async fn vm_send(&self, vm_id: &str, send: &AgentSend) -> Result<AgentSent, ProviderError> {
+        let _ = (vm_id, send);
+        Err(fast_start_unsupported(self.kind(), "migration"))
+    }
+    /// On the target host: forgets an expected or partly received VM (idempotent).
+    async fn migration_abort(&self, vm_id: &str) -> Result<(), ProviderError> {
+        let _ = vm_id;
+        Err(fast_start_unsupported(self.kind(), "migration"))
+    }
+    /// Every snapshot in the host's store, whatever its VM (`None`: the host cannot list
+    /// them, so nothing can be concluded from their absence).
+    async fn snapshots_all(&self) -> Result<Option<Vec<AgentSnapshotRef>>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// What a host without a fast-start feature answers (501).
+pub fn fast_start_unsupported(kind: &str, what: &str) -> ProviderError {
+    ProviderError::Unsupported(format!(
+        "{what}: not offered by this host ({kind}); hosts need an fc-agent with the pause, \
+         template and migrate features"
+    ))
 }
 
 /// What a provider without a runtime call answers.
@@ -349,7 +394,7 @@ pub async fn provision_call_by_call<P: Provider + ?Sized>(
 pub struct Providers {
     default: Arc<dyn Provider>,
     hosts: RwLock<HashMap<String, Arc<dyn Provider>>>,
-    stubs: RwLock<HashMap<String, Arc<stub::StubProvider>>>,
+    stubs: Arc<RwLock<HashMap<String, Arc<stub::StubProvider>>>>,
     allow_stub_hosts: bool,
 }
 
@@ -360,7 +405,7 @@ impl Providers {
         Providers {
             default,
             hosts: RwLock::new(HashMap::new()),
-            stubs: RwLock::new(HashMap::new()),
+            stubs: Arc::new(RwLock::new(HashMap::new())),
             allow_stub_hosts,
         }
     }
@@ -370,6 +415,7 @@ impl Providers {
     pub fn new_stub() -> Self {
         let stub = Arc::new(stub::StubProvider::new());
         let p = Providers::new(stub.clone(), true);
+        stub.set_peers(Arc::downgrade(&p.stubs));
         p.stubs.write().insert(DEFAULT_HOST.to_owned(), stub);
         p
     }
@@ -390,7 +436,11 @@ impl Providers {
             let mut stubs = self.stubs.write();
             let s = stubs
                 .entry(name.to_owned())
-                .or_insert_with(|| Arc::new(stub::StubProvider::new()))
+                .or_insert_with(|| {
+                    let s = stub::StubProvider::new();
+                    s.set_peers(Arc::downgrade(&self.stubs));
+                    Arc::new(s)
+                })
                 .clone();
             return s;
         }

@@ -14,8 +14,9 @@ use super::{Provider, ProviderError};
 use async_trait::async_trait;
 use base64::Engine as _;
 use fuse_types::hostagent::{
-    AgentExec, AgentExecChunk, AgentExecResult, AgentHealth, AgentSnapshot, AgentStart, AgentVm,
-    AgentVmCreate, FileEntry, FileList, FileWritten, HostVmState,
+    AgentClaim, AgentExec, AgentExecChunk, AgentExecResult, AgentHealth, AgentMigrationIn,
+    AgentSend, AgentSent, AgentSnapshot, AgentSnapshotRef, AgentStart, AgentVm, AgentVmCreate,
+    ArtifactFile, FileEntry, FileList, FileWritten, HostVmState, PausedInfo,
 };
 use fuse_types::{ExecResponse, Resources};
 use parking_lot::Mutex;
@@ -45,8 +46,15 @@ pub struct StubVm {
     pub net_bytes: Option<u64>,
     /// How many times its egress rules were replaced (`spec.egress` holds the last).
     pub egress_updates: u32,
+    /// Paused (`kind` `live` here, or `warm` for a warm VM): guest calls are refused.
+    pub paused: Option<PausedInfo>,
     created: Option<Instant>,
 }
+
+/// The stubs of one control plane, by name, so a stub can send a VM to another
+/// (`stub://NAME` target URLs).
+pub type StubPeers =
+    std::sync::Weak<parking_lot::RwLock<HashMap<String, std::sync::Arc<StubProvider>>>>;
 
 /// The stub host.
 #[derive(Debug)]
@@ -57,6 +65,11 @@ pub struct StubProvider {
     faults: Mutex<StubFaults>,
     surfd_only: std::sync::atomic::AtomicBool,
     tunnel_host: Mutex<Option<std::net::IpAddr>>,
+    /// Snapshots of VMs destroyed since: (vm id, snapshot id) → files (they outlive it).
+    kept: Mutex<BTreeMap<(String, String), BTreeMap<String, (Vec<u8>, u32)>>>,
+    /// Expected arrivals: vm id → (token, what was announced), and those received.
+    incoming: Mutex<HashMap<String, (String, AgentMigrationIn, Option<StubVm>)>>,
+    peers: Mutex<Option<StubPeers>>,
 }
 
 /// Failures a test makes the stub host answer with (each is a `ProviderError::Internal`
@@ -96,6 +109,62 @@ impl StubProvider {
             faults: Mutex::new(StubFaults::default()),
             surfd_only: std::sync::atomic::AtomicBool::new(false),
             tunnel_host: Mutex::new(None),
+            kept: Mutex::new(BTreeMap::new()),
+            incoming: Mutex::new(HashMap::new()),
+            peers: Mutex::new(None),
+        }
+    }
+
+    /// The other stubs of its control plane (targets of a migration).
+    pub fn set_peers(&self, peers: StubPeers) {
+        *self.peers.lock() = Some(peers);
+    }
+
+    /// Drops a snapshot's files behind the control plane's back (a disk lost or cleaned by
+    /// hand), as a test of the artifact check.
+    pub fn lose_snapshot(&self, vm_id: &str, snapshot_id: &str) {
+        if let Some(v) = self.vms.lock().get_mut(vm_id) {
+            v.snapshots.remove(snapshot_id);
+        }
+        self.kept
+            .lock()
+            .remove(&(vm_id.to_owned(), snapshot_id.to_owned()));
+    }
+
+    /// The files of a snapshot, whether its VM still exists or not.
+    fn snapshot_files(&self, vm_id: &str, sid: &str) -> Option<BTreeMap<String, (Vec<u8>, u32)>> {
+        if let Some(f) = self
+            .vms
+            .lock()
+            .get(vm_id)
+            .and_then(|v| v.snapshots.get(sid).cloned())
+        {
+            return Some(f);
+        }
+        self.kept
+            .lock()
+            .get(&(vm_id.to_owned(), sid.to_owned()))
+            .cloned()
+    }
+
+    fn wire(id: &str, vm: &StubVm) -> AgentVm {
+        AgentVm {
+            vm_id: id.to_owned(),
+            url: format!("http://stub.invalid/{id}"),
+            state: if vm.paused.is_some() {
+                HostVmState::Paused
+            } else {
+                HostVmState::Running
+            },
+            age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
+            error: None,
+            setup: None,
+            endpoints: stub_endpoints(&vm.spec),
+            health: vm.health.clone(),
+            net_bytes: vm.net_bytes,
+            agent_restarts: None,
+            agent_running: None,
+            paused: vm.paused.clone(),
         }
     }
 
@@ -224,6 +293,12 @@ impl StubProvider {
         let vm = g
             .get_mut(id)
             .ok_or_else(|| ProviderError::NotFound(format!("vm {id}")))?;
+        if vm.paused.is_some() {
+            return Err(ProviderError::Rejected {
+                status: 409,
+                message: format!("vm {id} is paused"),
+            });
+        }
         Ok(f(vm))
     }
 }
@@ -294,13 +369,21 @@ impl Provider for StubProvider {
         let g = self.vms.lock();
         let mut allocated = Resources::default();
         for v in g.values() {
+            // A paused VM holds its disk; a warm one its memory too.
+            let live = v.paused.as_ref().is_none_or(|p| p.kind == "warm");
             allocated = allocated.plus(Resources {
-                cpus: v.spec.cpus,
-                ram_mb: v.spec.memory_mb,
+                cpus: if live { v.spec.cpus } else { 0 },
+                ram_mb: if live { v.spec.memory_mb } else { 0 },
                 storage_gb: v.spec.storage_gb,
-                vm_count: 1,
+                vm_count: u32::from(live),
             });
         }
+        let artifact_bytes = g
+            .values()
+            .flat_map(|v| v.snapshots.values())
+            .chain(self.kept.lock().values())
+            .map(|f| f.values().map(|(b, _)| b.len() as u64).sum::<u64>())
+            .sum();
         Ok(AgentHealth {
             status: "ok".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -312,18 +395,17 @@ impl Provider for StubProvider {
             allocated,
             // The Go-era wire: no one-call provisioning (a provision is driven call by call).
             features: Vec::new(),
+            artifact_bytes,
         })
     }
 
     async fn vm_create(&self, req: &AgentVmCreate) -> Result<AgentVm, ProviderError> {
         self.fault(|f| f.create.clone())?;
-        let mut g = self.vms.lock();
-        // A fork starts with the files of the source's snapshot.
+        // A fork starts with the files of the source's snapshot (and a template restore
+        // with its memory: here, the same files).
         let files = match &req.from_snapshot {
-            Some(src) => g
-                .get(&src.vm_id)
-                .and_then(|v| v.snapshots.get(&src.snapshot_id))
-                .cloned()
+            Some(src) => self
+                .snapshot_files(&src.vm_id, &src.snapshot_id)
                 .ok_or_else(|| {
                     ProviderError::NotFound(format!(
                         "snapshot {} of {}",
@@ -332,6 +414,7 @@ impl Provider for StubProvider {
                 })?,
             None => BTreeMap::new(),
         };
+        let mut g = self.vms.lock();
         // The stub runs no probes: an exec probe of `false` fails, every other passes.
         let health = req.healthcheck.as_ref().map(|h| {
             let fails = h
@@ -365,22 +448,15 @@ impl Provider for StubProvider {
             spec: req.clone(),
             files,
             health: health.clone(),
+            paused: req.warm.then(|| PausedInfo {
+                kind: "warm".into(),
+                size_bytes: 0,
+                paused_unix: 0,
+            }),
             created: Some(Instant::now()),
             ..StubVm::default()
         });
-        Ok(AgentVm {
-            vm_id: req.name.clone(),
-            url: format!("http://stub.invalid/{}", req.name),
-            state: HostVmState::Running,
-            age_seconds: 0,
-            error: None,
-            setup: None,
-            endpoints: stub_endpoints(&vm.spec),
-            health,
-            net_bytes: None,
-            agent_restarts: None,
-            agent_running: None,
-        })
+        Ok(Self::wire(&req.name, vm))
     }
 
     async fn vm_destroy(&self, vm_id: &str) -> Result<(), ProviderError> {
@@ -389,7 +465,13 @@ impl Provider for StubProvider {
             tokio::time::sleep(delay).await;
         }
         self.fault(|f| f.destroy.clone())?;
-        self.vms.lock().remove(vm_id);
+        // Its snapshots outlive it.
+        if let Some(vm) = self.vms.lock().remove(vm_id) {
+            let mut kept = self.kept.lock();
+            for (sid, files) in vm.snapshots {
+                kept.insert((vm_id.to_owned(), sid), files);
+            }
+        }
         Ok(())
     }
 
@@ -402,19 +484,7 @@ impl Provider for StubProvider {
         let mut v: Vec<AgentVm> = g
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, vm)| AgentVm {
-                vm_id: k.clone(),
-                url: format!("http://stub.invalid/{k}"),
-                state: HostVmState::Running,
-                age_seconds: vm.created.map(|c| c.elapsed().as_secs()).unwrap_or(0),
-                error: None,
-                setup: None,
-                endpoints: stub_endpoints(&vm.spec),
-                health: vm.health.clone(),
-                net_bytes: vm.net_bytes,
-                agent_restarts: None,
-                agent_running: None,
-            })
+            .map(|(k, vm)| Self::wire(k, vm))
             .collect();
         v.sort_by(|a, b| a.vm_id.cmp(&b.vm_id));
         Ok(v)
@@ -581,6 +651,9 @@ impl Provider for StubProvider {
         if let Some(vm) = g.get_mut(vm_id) {
             vm.snapshots.remove(snapshot_id);
         }
+        self.kept
+            .lock()
+            .remove(&(vm_id.to_owned(), snapshot_id.to_owned()));
         Ok(())
     }
 
@@ -746,6 +819,174 @@ impl Provider for StubProvider {
                 }
             }
         })?
+    }
+
+    async fn vm_pause(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        self.fault(|_| None)?;
+        let mut g = self.vms.lock();
+        let vm = g
+            .get_mut(vm_id)
+            .ok_or_else(|| ProviderError::NotFound(format!("vm {vm_id}")))?;
+        if vm.paused.is_none() {
+            let size = vm.files.values().map(|(b, _)| b.len() as u64).sum();
+            vm.paused = Some(PausedInfo {
+                kind: "live".into(),
+                size_bytes: size,
+                paused_unix: time::OffsetDateTime::now_utc().unix_timestamp() as u64,
+            });
+        }
+        Ok(Self::wire(vm_id, vm))
+    }
+
+    async fn vm_resume(&self, vm_id: &str) -> Result<AgentVm, ProviderError> {
+        self.fault(|f| f.create.clone())?;
+        let mut g = self.vms.lock();
+        let vm = g
+            .get_mut(vm_id)
+            .ok_or_else(|| ProviderError::NotFound(format!("vm {vm_id}")))?;
+        vm.paused = None;
+        Ok(Self::wire(vm_id, vm))
+    }
+
+    async fn vm_claim(&self, warm_id: &str, claim: &AgentClaim) -> Result<AgentVm, ProviderError> {
+        self.fault(|f| f.create.clone())?;
+        let mut g = self.vms.lock();
+        match g.get(warm_id) {
+            None => return Err(ProviderError::NotFound(format!("vm {warm_id}"))),
+            Some(v) if v.paused.as_ref().is_none_or(|p| p.kind != "warm") => {
+                return Err(ProviderError::Rejected {
+                    status: 409,
+                    message: format!("vm {warm_id} is not warm"),
+                })
+            }
+            Some(_) => {}
+        }
+        let mut vm = g.remove(warm_id).unwrap_or_default();
+        vm.paused = None;
+        vm.spec.name = claim.name.clone();
+        if !claim.expose.is_empty() {
+            vm.spec.expose = claim.expose.clone();
+        }
+        if let Some(setup) = &claim.setup {
+            for f in &setup.files {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&f.content_b64)
+                    .unwrap_or_default();
+                vm.files.insert(f.path.clone(), (bytes, f.mode));
+            }
+            if let Some(a) = &setup.agent {
+                vm.agent = Some(a.clone());
+                vm.agent_running = true;
+                vm.agent_starts += 1;
+            }
+        }
+        let wire = Self::wire(&claim.name, &vm);
+        g.insert(claim.name.clone(), vm);
+        Ok(wire)
+    }
+
+    async fn migration_expect(&self, m: &AgentMigrationIn) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
+        if self.vms.lock().contains_key(&m.vm_id) {
+            return Err(ProviderError::Rejected {
+                status: 409,
+                message: format!("vm {} already exists here", m.vm_id),
+            });
+        }
+        self.incoming
+            .lock()
+            .insert(m.vm_id.clone(), (m.token.clone(), m.clone(), None));
+        Ok(())
+    }
+
+    async fn vm_send(&self, vm_id: &str, send: &AgentSend) -> Result<AgentSent, ProviderError> {
+        self.fault(|_| None)?;
+        let vm = self
+            .vms
+            .lock()
+            .get(vm_id)
+            .cloned()
+            .ok_or_else(|| ProviderError::NotFound(format!("vm {vm_id}")))?;
+        if vm.paused.is_none() {
+            return Err(ProviderError::Rejected {
+                status: 409,
+                message: format!("vm {vm_id} is not paused"),
+            });
+        }
+        let target = send
+            .target_url
+            .strip_prefix("stub://")
+            .and_then(|name| {
+                let peers = self.peers.lock().clone()?;
+                let peers = peers.upgrade()?;
+                let t = peers.read().get(name).cloned();
+                t
+            })
+            .ok_or_else(|| {
+                ProviderError::Unavailable(format!("target {} unreachable", send.target_url))
+            })?;
+        target.fault(|_| None)?;
+        let mut inc = target.incoming.lock();
+        match inc.get(vm_id) {
+            Some((token, _, _)) if *token == send.token => {}
+            _ => {
+                return Err(ProviderError::Rejected {
+                    status: 401,
+                    message: "the target refused the migration token".into(),
+                })
+            }
+        }
+        inc.remove(vm_id);
+        drop(inc);
+        let bytes: u64 = vm.files.values().map(|(b, _)| b.len() as u64).sum();
+        target.vms.lock().insert(vm_id.to_owned(), vm);
+        Ok(AgentSent {
+            files: vec![ArtifactFile {
+                name: "state".into(),
+                size: bytes,
+                sha256: String::new(),
+            }],
+            bytes,
+            duration_ms: 0,
+        })
+    }
+
+    async fn migration_abort(&self, vm_id: &str) -> Result<(), ProviderError> {
+        self.fault(|_| None)?;
+        self.incoming.lock().remove(vm_id);
+        Ok(())
+    }
+
+    async fn snapshots_all(&self) -> Result<Option<Vec<AgentSnapshotRef>>, ProviderError> {
+        self.fault(|f| f.list.clone())?;
+        let mut v = Vec::new();
+        let size =
+            |f: &BTreeMap<String, (Vec<u8>, u32)>| f.values().map(|(b, _)| b.len() as u64).sum();
+        for (id, vm) in self.vms.lock().iter() {
+            for (sid, f) in &vm.snapshots {
+                v.push(AgentSnapshotRef {
+                    vm_id: id.clone(),
+                    snapshot: AgentSnapshot {
+                        snapshot_id: sid.clone(),
+                        size_bytes: size(f),
+                        mode: String::new(),
+                        digest: String::new(),
+                    },
+                });
+            }
+        }
+        for ((id, sid), f) in self.kept.lock().iter() {
+            v.push(AgentSnapshotRef {
+                vm_id: id.clone(),
+                snapshot: AgentSnapshot {
+                    snapshot_id: sid.clone(),
+                    size_bytes: size(f),
+                    mode: String::new(),
+                    digest: String::new(),
+                },
+            });
+        }
+        Ok(Some(v))
     }
 }
 
