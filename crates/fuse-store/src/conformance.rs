@@ -1,13 +1,17 @@
 //! The conformance suite every [`StateStore`] backend must pass: one check per contract,
 //! each a public function taking a fresh, empty store, declared as one test per check for a
 //! backend by [`crate::conformance_suite!`]. It checks every trait method and the
-//! concurrency contracts (placement never over-commits, release exactly once).
+//! concurrency contracts (placement and moves never over-commit, release exactly once).
+//! Reservation moves, templates, warm pools and artifact accounting are in `fast_start`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use crate::*;
 use fuse_types::{now, AgentSpec, SnapshotState, Spec, TaskId};
 use std::sync::Arc;
+
+mod fast_start;
+pub use fast_start::*;
 
 /// A VM record in `provisioning` for task `task`.
 pub fn vm(task: &str, cpus: u32, ram_mb: u64) -> VmRecord {
@@ -72,8 +76,8 @@ pub fn host(id: &str, cpus: u32, vm_count: u32) -> HostUpsert {
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:expr) => {
-        $crate::conformance_suite!(@plain $factory; vm_create_get_and_idempotency, vm_update_generation_and_transitions, writes_that_keep_the_state_are_audited, vm_list_filters_and_pages, place_and_release, hosts_upsert_keeps_allocation_and_delete_refuses_busy, snapshots_children_and_lifecycle, purge_terminal, replicas_and_leadership, create_placed_and_release_with_a_transition, begin_destroy_from_any_state, dead_letters_count_and_clear, repair_allocation_agrees_with_reservations, api_keys_by_hash_revoke_and_touch, placement_follows_pin_arch_and_labels, host_labels_backend_arch_round_trip, snapshot_fields_and_filters, vm_extras_round_trip);
-        $crate::conformance_suite!(@shared $factory; concurrent_place_never_overcommits, concurrent_release_is_exactly_once);
+        $crate::conformance_suite!(@plain $factory; vm_create_get_and_idempotency, vm_update_generation_and_transitions, writes_that_keep_the_state_are_audited, vm_list_filters_and_pages, place_and_release, hosts_upsert_keeps_allocation_and_delete_refuses_busy, snapshots_children_and_lifecycle, purge_terminal, replicas_and_leadership, create_placed_and_release_with_a_transition, begin_destroy_from_any_state, dead_letters_count_and_clear, repair_allocation_agrees_with_reservations, api_keys_by_hash_revoke_and_touch, placement_follows_pin_arch_and_labels, host_labels_backend_arch_round_trip, snapshot_fields_and_filters, vm_extras_round_trip, move_pause_resume_and_migrate_keep_allocation_exact, move_that_does_not_fit_changes_nothing, templates_insert_pool_and_delete, pool_members_are_hidden_from_listings, snapshot_artifacts_fill_a_host);
+        $crate::conformance_suite!(@shared $factory; concurrent_place_never_overcommits, concurrent_release_is_exactly_once, concurrent_moves_never_overcommit);
     };
     (@plain $factory:expr; $($name:ident),*) => {$(
         #[tokio::test]
@@ -637,7 +641,8 @@ pub async fn hosts_upsert_keeps_allocation_and_delete_refuses_busy<S: StateStore
     assert_eq!(s.host_list().await.unwrap().len(), 1);
 }
 
-fn snap(id: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
+/// A `creating` snapshot of `vm` on no host.
+pub fn snap(id: &str, vm: &VmRecord, parent: Option<&str>) -> SnapshotRecord {
     let at = now();
     SnapshotRecord {
         id: SnapshotId::parse(id).unwrap(),

@@ -4,8 +4,11 @@
 //! every backend implements atomically: placing a VM and reserving host capacity
 //! ([`StateStore::vm_place`]), releasing that capacity exactly once
 //! ([`StateStore::vm_release`]), generation-checked state transitions that append their
-//! audit event in the same step ([`StateStore::vm_update`]), deleting a host only when it is
-//! empty, and deleting a snapshot only when it has no children. The conformance suite in
+//! audit event in the same step ([`StateStore::vm_update`]), moving a reservation between
+//! hosts ([`StateStore::vm_move_reservation`]), deleting a host only when it is empty,
+//! deleting a snapshot only when it has no children and no template, and deleting a
+//! template only while no live environment uses it. A host's snapshot artifacts count
+//! against its storage in every placement ([`HostRecord::used`]). The conformance suite in
 //! [`conformance`] runs against every backend.
 
 pub mod conformance;
@@ -75,6 +78,27 @@ pub enum StoreError {
         /// Number of children.
         children: u64,
     },
+    /// A row with this key already exists.
+    #[error("{kind} {id} already exists")]
+    Exists {
+        /// `template`.
+        kind: &'static str,
+        /// Its key.
+        id: String,
+    },
+    /// The row is still used by others and cannot be deleted.
+    #[error("{kind} {id} is in use by {what}")]
+    InUse {
+        /// `template` or `snapshot`.
+        kind: &'static str,
+        /// Its key.
+        id: String,
+        /// Who uses it (`3 environment(s)`, `template base`).
+        what: String,
+    },
+    /// The input is not acceptable (the message says why and is safe to show).
+    #[error("{0}")]
+    Invalid(String),
     /// The encryption key does not fit the stored data (not retryable: the process needs
     /// the right `TOKEN_ENCRYPTION_KEY`).
     #[error("encryption key check failed")]
@@ -208,6 +232,24 @@ pub trait StateStore: Send + Sync + 'static {
     /// returning `false`.
     async fn vm_release(&self, id: &VmId) -> Result<bool, StoreError>;
 
+    /// Moves the VM's reservation, atomically against every other reservation, release
+    /// and move (from any replica): its current reservation (if any) goes back to its
+    /// current host, `reserved` is reserved on `host`, and the record gets `host_id = host`
+    /// and `reserved = Some(reserved)`, with its generation bumped (checked against
+    /// `expected_generation` as in [`StateStore::vm_update`]) and a `moved` audit event.
+    /// `reserved` must fit in the host's free capacity (capacity minus reservations minus
+    /// its snapshot artifacts, the VM's own current reservation there not counted), and
+    /// `host` must be `active` unless it is the VM's current host; otherwise the answer is
+    /// `NoCapacity` with the reasons and nothing changes. Pause (same host, storage only),
+    /// resume (back to full, possibly elsewhere) and migration (the target) use it.
+    async fn vm_move_reservation(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        host: &HostId,
+        reserved: Resources,
+    ) -> Result<VmRecord, StoreError>;
+
     /// Removes terminal VM records last updated before `before`; returns how many.
     async fn vm_purge_terminal(&self, before: fuse_types::Timestamp) -> Result<u64, StoreError>;
 
@@ -269,11 +311,33 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<SnapshotRecord, StoreError>;
 
     /// Moves a snapshot to `deleting`, refused with `HasChildren` while any snapshot names
-    /// it as parent. Returns the record as it was before.
+    /// it as parent and with `InUse` while a template starts from it. Returns the record as
+    /// it was before.
     async fn snapshot_begin_delete(&self, id: &SnapshotId) -> Result<SnapshotRecord, StoreError>;
 
     /// Removes a snapshot record (after the host deleted its files).
     async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError>;
+
+    /// Stores a new template. `Invalid` for a bad name, `Exists` when the name is taken,
+    /// `NotFound` when its snapshot does not exist.
+    async fn template_insert(&self, t: TemplateRecord) -> Result<TemplateRecord, StoreError>;
+
+    /// Reads one template.
+    async fn template_get(&self, name: &str) -> Result<Option<TemplateRecord>, StoreError>;
+
+    /// Every template, by name.
+    async fn template_list(&self) -> Result<Vec<TemplateRecord>, StoreError>;
+
+    /// Sets how many warm VMs to keep per host; `NotFound` if there is no such template.
+    async fn template_update_pool(
+        &self,
+        name: &str,
+        per_host: u32,
+    ) -> Result<TemplateRecord, StoreError>;
+
+    /// Deletes a template, refused with `InUse` while any environment that is not
+    /// `destroyed` or `failed` names it in `extras.template`; `NotFound` if there is none.
+    async fn template_delete(&self, name: &str) -> Result<(), StoreError>;
 
     /// Stores a new API key (its id and hash are unique).
     async fn api_key_create(&self, key: ApiKeyRecord) -> Result<(), StoreError>;
@@ -337,6 +401,76 @@ pub fn request_for(spec: &fuse_types::Spec, need: Resources) -> fuse_scheduler::
         arch: &spec.arch,
         labels: &spec.labels,
         host_id: &spec.host_id,
+    }
+}
+
+/// The refusal to delete a snapshot a template starts from.
+pub(crate) fn snapshot_in_use(id: &SnapshotId, template: &str) -> StoreError {
+    StoreError::InUse {
+        kind: "snapshot",
+        id: id.to_string(),
+        what: format!("template {template}"),
+    }
+}
+
+/// Whether `reserved` may move onto `host` (shared by the backends): the host must be
+/// `active` unless it is the VM's current host, and `reserved` must fit in what is free
+/// there, not counting `own`, the VM's current reservation if it is on that host.
+pub(crate) fn move_fits(
+    host: &HostRecord,
+    own: Option<Resources>,
+    reserved: Resources,
+) -> Result<(), NoPlacement> {
+    let mut view = host.view();
+    if let Some(o) = own {
+        // The VM's own host takes it back whatever its state (a paused VM on a cordoned
+        // host resumes where it is).
+        view.state = HostState::Active;
+        view.allocated = view.allocated.minus(o);
+    }
+    let req = fuse_scheduler::Request::any(reserved);
+    fuse_scheduler::place(&[view], &req, Policy::Spread).map(|_| ())
+}
+
+/// The refusal to delete a template live environments use.
+pub(crate) fn template_in_use(name: &str, users: u64) -> StoreError {
+    StoreError::InUse {
+        kind: "template",
+        id: name.to_owned(),
+        what: format!("{users} environment(s)"),
+    }
+}
+
+/// The audit event of a template change (shared by the backends).
+pub(crate) fn template_event(name: &str, event_type: &str, t: &TemplateRecord) -> AuditEvent {
+    AuditEvent {
+        entity_kind: "template",
+        entity_id: name.to_owned(),
+        event_type: event_type.to_owned(),
+        payload: serde_json::json!({
+            "snapshot_id": t.snapshot_id.as_str(),
+            "host_id": t.host_id.as_str(),
+            "pool_per_host": t.pool_per_host,
+        }),
+    }
+}
+
+/// The audit event of a moved reservation (shared by the backends).
+pub(crate) fn move_event(
+    id: &VmId,
+    from: Option<&HostId>,
+    to: &HostId,
+    reserved: Resources,
+) -> AuditEvent {
+    AuditEvent {
+        entity_kind: "environment",
+        entity_id: id.to_string(),
+        event_type: "moved".into(),
+        payload: serde_json::json!({
+            "from_host": from.map(HostId::as_str),
+            "to_host": to.as_str(),
+            "reserved": reserved,
+        }),
     }
 }
 

@@ -1,10 +1,13 @@
 //! The in-memory backend: one mutex over plain maps. Every trait method takes the lock once,
 //! so each is atomic exactly as the contract requires. Nothing survives a restart; the audit
-//! log keeps the newest [`MemoryStore::AUDIT_CAP`] events.
+//! log keeps the newest [`MemoryStore::AUDIT_CAP`] events. A host's `artifact_bytes` is
+//! computed from the snapshots on every read, as the Postgres backend does.
+
+mod templates;
 
 use crate::{
     AuditEvent, AuditRecord, DeadLetter, HostRecord, HostUpsert, SnapshotFilter, SnapshotPatch,
-    SnapshotRecord, StateStore, StoreError, VmCreated, VmFilter, VmPatch, VmRecord,
+    SnapshotRecord, StateStore, StoreError, TemplateRecord, VmCreated, VmFilter, VmPatch, VmRecord,
 };
 use async_trait::async_trait;
 use fuse_scheduler::{HostView, Policy};
@@ -30,6 +33,7 @@ struct Inner {
     replicas: std::collections::HashSet<String>,
     dead_letters: BTreeMap<(String, String), DeadLetter>,
     api_keys: Vec<crate::ApiKeyRecord>,
+    templates: BTreeMap<String, TemplateRecord>,
 }
 
 impl MemoryStore {
@@ -43,6 +47,28 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Bytes of the snapshots that hold storage on `host`.
+    fn artifact_bytes(&self, host: &HostId) -> u64 {
+        self.snapshots
+            .values()
+            .filter(|s| s.host_id.as_ref() == Some(host) && crate::snapshot_holds_storage(s.state))
+            .map(|s| s.size_bytes)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// A host as it is answered: with its artifact bytes.
+    fn host_out(&self, h: &HostRecord) -> HostRecord {
+        HostRecord {
+            artifact_bytes: self.artifact_bytes(&h.id),
+            ..h.clone()
+        }
+    }
+
+    /// Every host as placement sees it.
+    fn hosts_out(&self) -> Vec<HostRecord> {
+        self.hosts.values().map(|h| self.host_out(h)).collect()
+    }
+
     fn audit(&mut self, ev: AuditEvent) {
         self.audit_seq += 1;
         if self.audit.len() >= MemoryStore::AUDIT_CAP {
@@ -332,7 +358,8 @@ impl StateStore for MemoryStore {
             rec.updated_at = now();
             return Ok(rec.clone());
         }
-        let views: Vec<HostView> = g.hosts.values().map(HostRecord::view).collect();
+        let hosts = g.hosts_out();
+        let views: Vec<HostView> = hosts.iter().map(HostRecord::view).collect();
         let chosen =
             fuse_scheduler::place(&views, &crate::request_for(&spec, need), policy)?.to_owned();
         let at = now();
@@ -421,6 +448,7 @@ impl StateStore for MemoryStore {
                     state_reason: up.initial_reason,
                     capacity: up.capacity,
                     allocated: Resources::default(),
+                    artifact_bytes: 0,
                     last_seen: up.seen.then_some(at),
                     created_at: at,
                     updated_at: at,
@@ -436,15 +464,17 @@ impl StateStore for MemoryStore {
             event_type: if created { "registered" } else { "updated" }.into(),
             payload: serde_json::json!({"url": rec.url, "region": rec.region, "state": rec.state.as_str()}),
         });
+        let rec = g.host_out(&rec);
         Ok((rec, created))
     }
 
     async fn host_get(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {
-        Ok(self.inner.lock().hosts.get(id.as_str()).cloned())
+        let g = self.inner.lock();
+        Ok(g.hosts.get(id.as_str()).map(|h| g.host_out(h)))
     }
 
     async fn host_list(&self) -> Result<Vec<HostRecord>, StoreError> {
-        Ok(self.inner.lock().hosts.values().cloned().collect())
+        Ok(self.inner.lock().hosts_out())
     }
 
     async fn host_set_state(
@@ -463,6 +493,7 @@ impl StateStore for MemoryStore {
         h.state_reason.clone_from(&reason);
         h.updated_at = now();
         let out = h.clone();
+        let out = g.host_out(&out);
         if from != state {
             g.audit(AuditEvent {
                 entity_kind: "host",
@@ -516,7 +547,8 @@ impl StateStore for MemoryStore {
             h.capacity = c;
         }
         h.updated_at = at;
-        Ok(h.clone())
+        let out = h.clone();
+        Ok(g.host_out(&out))
     }
 
     async fn host_delete(&self, id: &HostId) -> Result<(), StoreError> {
@@ -564,6 +596,42 @@ impl StateStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn vm_move_reservation(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        host: &HostId,
+        reserved: Resources,
+    ) -> Result<VmRecord, StoreError> {
+        self.inner
+            .lock()
+            .move_reservation(id, expected_generation, host, reserved)
+    }
+
+    async fn template_insert(&self, t: TemplateRecord) -> Result<TemplateRecord, StoreError> {
+        self.inner.lock().template_insert(t)
+    }
+
+    async fn template_get(&self, name: &str) -> Result<Option<TemplateRecord>, StoreError> {
+        Ok(self.inner.lock().templates.get(name).cloned())
+    }
+
+    async fn template_list(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        Ok(self.inner.lock().templates.values().cloned().collect())
+    }
+
+    async fn template_update_pool(
+        &self,
+        name: &str,
+        per_host: u32,
+    ) -> Result<TemplateRecord, StoreError> {
+        self.inner.lock().template_update_pool(name, per_host)
+    }
+
+    async fn template_delete(&self, name: &str) -> Result<(), StoreError> {
+        self.inner.lock().template_delete(name)
     }
 
     async fn api_key_create(&self, key: crate::ApiKeyRecord) -> Result<(), StoreError> {
@@ -705,6 +773,12 @@ impl StateStore for MemoryStore {
             });
         }
         let before = s.clone();
+        if let Some(t) = g.templates.values().find(|t| &t.snapshot_id == id) {
+            return Err(crate::snapshot_in_use(id, &t.name));
+        }
+        let Some(s) = g.snapshots.get_mut(id.as_str()) else {
+            return Err(snapshot_not_found(id));
+        };
         s.state = SnapshotState::Deleting;
         s.updated_at = now();
         g.audit(AuditEvent {
@@ -718,6 +792,9 @@ impl StateStore for MemoryStore {
 
     async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError> {
         let mut g = self.inner.lock();
+        if let Some(t) = g.templates.values().find(|t| &t.snapshot_id == id) {
+            return Err(crate::snapshot_in_use(id, &t.name));
+        }
         if g.snapshots.remove(id.as_str()).is_none() {
             return Err(snapshot_not_found(id));
         }

@@ -134,6 +134,14 @@ pub struct VmExtras {
     /// recorded: later crashes are counted from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_restarts: Option<u32>,
+    /// The template it was started from (by name): a template cannot be deleted while a
+    /// live environment names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The template whose warm pool it belongs to, while it waits to be claimed: hidden
+    /// from [`crate::StateStore::vm_list`] unless the filter asks for pool members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl VmRecord {
@@ -235,14 +243,25 @@ pub struct VmFilter {
     pub state: Option<VmState>,
     /// Exact host id.
     pub host_id: Option<String>,
+    /// Only the warm-pool members of this template (`extras.pool`).
+    pub pool: Option<String>,
+    /// With `pool` unset: warm-pool members too (by default they are left out).
+    pub include_pool: bool,
 }
 
 impl VmFilter {
     /// Whether `r` matches.
     pub fn matches(&self, r: &VmRecord) -> bool {
-        self.task_id
-            .as_deref()
-            .is_none_or(|t| r.task_id.as_str() == t)
+        let pool_ok = match (&self.pool, &r.extras.pool) {
+            (Some(want), got) => got.as_ref() == Some(want),
+            (None, Some(_)) => self.include_pool,
+            (None, None) => true,
+        };
+        pool_ok
+            && self
+                .task_id
+                .as_deref()
+                .is_none_or(|t| r.task_id.as_str() == t)
             && self.state.is_none_or(|s| r.state == s)
             && self
                 .host_id
@@ -278,6 +297,10 @@ pub struct HostRecord {
     pub capacity: Resources,
     /// Reserved by live VMs.
     pub allocated: Resources,
+    /// Bytes of its `ready` and `creating` snapshots (their `size_bytes`), computed by the
+    /// store on every read: placement counts them against its storage (see
+    /// [`HostRecord::artifact_gb`]).
+    pub artifact_bytes: u64,
     /// Last time it answered.
     pub last_seen: Option<Timestamp>,
     /// Registration time.
@@ -298,6 +321,7 @@ impl HostRecord {
             labels: self.labels.clone(),
             capacity: HostCapacity::of(self.capacity, self.arch_or_default()),
             allocated: HostCapacity::of(self.allocated, ""),
+            artifact_bytes: self.artifact_bytes,
             last_seen: self.last_seen,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -315,7 +339,21 @@ impl HostRecord {
         }
     }
 
-    /// The scheduler's view of it.
+    /// Whole GiB its snapshot artifacts take: `ceil(artifact_bytes / GiB)`.
+    pub fn artifact_gb(&self) -> u64 {
+        artifact_gb(self.artifact_bytes)
+    }
+
+    /// What placement counts as used: the reservations plus, in storage, the GiB its
+    /// snapshot artifacts take (so free storage is `capacity − allocated − artifacts`).
+    pub fn used(&self) -> Resources {
+        Resources {
+            storage_gb: self.allocated.storage_gb.saturating_add(self.artifact_gb()),
+            ..self.allocated
+        }
+    }
+
+    /// The scheduler's view of it (its `allocated` is [`HostRecord::used`]).
     pub fn view(&self) -> fuse_scheduler::HostView<'_> {
         fuse_scheduler::HostView {
             id: self.id.as_str(),
@@ -324,9 +362,66 @@ impl HostRecord {
             labels: &self.labels,
             state: self.state,
             capacity: self.capacity,
-            allocated: self.allocated,
+            allocated: self.used(),
         }
     }
+}
+
+/// Bytes per GiB.
+const GIB: u64 = 1 << 30;
+
+/// Whole GiB `bytes` take, rounded up.
+pub fn artifact_gb(bytes: u64) -> u64 {
+    bytes.div_ceil(GIB)
+}
+
+/// Whether a snapshot in `state` counts against its host's storage (its files exist or
+/// are being written).
+pub fn snapshot_holds_storage(state: SnapshotState) -> bool {
+    matches!(state, SnapshotState::Ready | SnapshotState::Creating)
+}
+
+/// A named, reusable starting point: a `full` snapshot of a VM, from which environments
+/// start by memory restore, and a warm pool of such VMs kept per host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    /// Unique name (see [`template_name_check`]).
+    pub name: String,
+    /// The snapshot it starts from (its state is the template's: a template is usable
+    /// while its snapshot is `ready`).
+    pub snapshot_id: SnapshotId,
+    /// The VM the snapshot was taken of, while it exists.
+    pub source_vm_id: Option<VmId>,
+    /// The host holding the snapshot.
+    pub host_id: HostId,
+    /// The API key that made it (empty: the master token).
+    pub tenant_id: String,
+    /// The size of the source VM, which every VM started from it has.
+    pub spec: Spec,
+    /// Warm VMs to keep ready on each host that has the snapshot.
+    pub pool_per_host: u32,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// Checks a template name: `^[a-z0-9][a-z0-9._-]{0,62}$`. The error says what is wrong.
+pub fn template_name_check(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let first_ok = b
+        .first()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'));
+    if !first_ok || !rest_ok || b.len() > 63 {
+        return Err(format!(
+            "template name {name:?} must be 1-63 characters of a-z, 0-9, '.', '_' and '-', \
+             starting with a letter or digit"
+        ));
+    }
+    Ok(())
 }
 
 /// The capacity a host has: what it reports, never above a declared (non-zero) value.
@@ -573,5 +668,76 @@ impl ApiKeyRecord {
             last_used_at: self.last_used_at,
             revoked_at: self.revoked_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        for (name, ok) in [
+            ("base", true),
+            ("0-py3.12_slim", true),
+            (long.as_str(), true),
+            ("", false),
+            (too_long.as_str(), false),
+            ("-lead", false),
+            (".hidden", false),
+            ("Upper", false),
+            ("with/slash", false),
+            ("sp ace", false),
+            ("ünï", false),
+        ] {
+            assert_eq!(template_name_check(name).is_ok(), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn artifacts_round_up_to_whole_gib_and_count_as_used_storage() {
+        assert_eq!(artifact_gb(0), 0);
+        assert_eq!(artifact_gb(1), 1);
+        assert_eq!(artifact_gb(1 << 30), 1);
+        assert_eq!(artifact_gb((1 << 30) + 1), 2);
+        let at = fuse_types::now();
+        let h = HostRecord {
+            id: HostId::parse("h").unwrap_or_else(|e| panic!("{e:?}")),
+            url: String::new(),
+            token: String::new(),
+            region: String::new(),
+            state: HostState::Active,
+            state_reason: None,
+            backend: String::new(),
+            arch: String::new(),
+            labels: BTreeMap::new(),
+            declared: Resources::default(),
+            capacity: Resources {
+                cpus: 4,
+                ram_mb: 4096,
+                storage_gb: 10,
+                vm_count: 4,
+            },
+            allocated: Resources {
+                cpus: 1,
+                ram_mb: 512,
+                storage_gb: 2,
+                vm_count: 1,
+            },
+            artifact_bytes: 3 * (1 << 30) + 5,
+            last_seen: None,
+            created_at: at,
+            updated_at: at,
+        };
+        assert_eq!(h.view().free().storage_gb, 4);
+        assert_eq!(h.view().free().cpus, 3);
+        assert_eq!(
+            h.to_wire().allocated.storage_gb,
+            2,
+            "the wire keeps reservations"
+        );
+        assert_eq!(h.to_wire().artifact_bytes, h.artifact_bytes);
     }
 }

@@ -561,6 +561,10 @@ pub struct Host {
     pub capacity: HostCapacity,
     /// Resources reserved by live VMs.
     pub allocated: HostCapacity,
+    /// Bytes its snapshots (`ready` or being taken) use on its disk; placement counts them,
+    /// rounded up to whole GiB, against its storage.
+    #[serde(default)]
+    pub artifact_bytes: u64,
     /// Last time the host answered.
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_seen: Option<Timestamp>,

@@ -22,6 +22,7 @@ pub async fn list(State(app): State<Arc<App>>, q: Params) -> Result<Response, Ap
         task_id: q.str("task_id").map(str::to_owned),
         state,
         host_id: q.str("host_id").map(str::to_owned),
+        ..VmFilter::default()
     };
     let page = app.env_list(filter, limit, q.str("cursor")).await?;
     Ok(Json(page).into_response())

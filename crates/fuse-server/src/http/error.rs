@@ -125,7 +125,10 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Transition { .. }
             | StoreError::HostBusy { .. }
-            | StoreError::HasChildren { .. } => ApiError::conflict(e.to_string()),
+            | StoreError::HasChildren { .. }
+            | StoreError::Exists { .. }
+            | StoreError::InUse { .. } => ApiError::conflict(e.to_string()),
+            StoreError::Invalid(m) => ApiError::invalid(m.clone()),
             StoreError::NoCapacity(np) => ApiError::unavailable(np.to_string()),
             StoreError::Unavailable(_) => {
                 ApiError::unavailable("state store unavailable; retry").with_internal(e.to_string())

@@ -10,6 +10,7 @@ mod keys;
 mod rows;
 mod schema;
 mod store;
+mod templates;
 
 pub use keys::{rotate_key, KeyCheck, KeyError, RotateError, Rotated};
 

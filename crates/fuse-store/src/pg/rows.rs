@@ -119,6 +119,7 @@ pub(super) fn host(row: &PgRow, cipher: Option<&Cipher>) -> Result<HostRecord, S
         declared: json(row.try_get("declared").map_err(g)?, "declared capacity")?,
         capacity: res(row, "cap")?,
         allocated: res(row, "alloc")?,
+        artifact_bytes: row.try_get::<i64, _>("artifact_bytes").map_err(g)?.max(0) as u64,
         last_seen: row.try_get("last_seen").map_err(g)?,
         created_at: row.try_get("created_at").map_err(g)?,
         updated_at: row.try_get("updated_at").map_err(g)?,
@@ -176,5 +177,27 @@ pub(super) fn api_key(row: &PgRow) -> Result<crate::ApiKeyRecord, StoreError> {
         created_at: row.try_get("created_at").map_err(g)?,
         last_used_at: row.try_get("last_used_at").map_err(g)?,
         revoked_at: row.try_get("revoked_at").map_err(g)?,
+    })
+}
+
+pub(super) fn template(row: &PgRow) -> Result<crate::TemplateRecord, StoreError> {
+    let g = |e: sqlx::Error| db_err(e);
+    let snap: String = row.try_get("snapshot_id").map_err(g)?;
+    let vm: Option<String> = row.try_get("source_vm_id").map_err(g)?;
+    let host: String = row.try_get("host_id").map_err(g)?;
+    let pool: i64 = row.try_get("pool_per_host").map_err(g)?;
+    Ok(crate::TemplateRecord {
+        name: row.try_get("name").map_err(g)?,
+        snapshot_id: SnapshotId::parse(&snap).map_err(|e| bad("snapshot id", e))?,
+        source_vm_id: vm
+            .map(|v| VmId::parse(&v))
+            .transpose()
+            .map_err(|e| bad("vm id", e))?,
+        host_id: HostId::parse(&host).map_err(|e| bad("host id", e))?,
+        tenant_id: row.try_get("tenant_id").map_err(g)?,
+        spec: json(row.try_get("spec").map_err(g)?, "template spec")?,
+        pool_per_host: pool.clamp(0, i64::from(u32::MAX)) as u32,
+        created_at: row.try_get("created_at").map_err(g)?,
+        updated_at: row.try_get("updated_at").map_err(g)?,
     })
 }

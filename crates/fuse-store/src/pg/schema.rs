@@ -141,4 +141,27 @@ CREATE TABLE api_keys (
 );
 "#,
     ),
+    (
+        4,
+        "fast starts: templates, warm-pool and template lookups, snapshot bytes per host",
+        // A template's snapshot cannot go while the template exists (foreign key); live
+        // environments name their template and pool in `extras`.
+        r#"
+CREATE TABLE templates (
+    name          text PRIMARY KEY,
+    snapshot_id   text NOT NULL REFERENCES snapshots (id),
+    source_vm_id  text,
+    host_id       text NOT NULL,
+    tenant_id     text NOT NULL DEFAULT '',
+    spec          jsonb NOT NULL,
+    pool_per_host bigint NOT NULL DEFAULT 0 CHECK (pool_per_host >= 0),
+    created_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL
+);
+CREATE INDEX templates_snapshot_idx ON templates (snapshot_id);
+CREATE INDEX vms_template_idx ON vms ((extras->>'template')) WHERE extras ? 'template';
+CREATE INDEX vms_pool_idx ON vms ((extras->>'pool')) WHERE extras ? 'pool';
+CREATE INDEX snapshots_host_idx ON snapshots (host_id) WHERE state IN ('ready', 'creating');
+"#,
+    ),
 ];

@@ -17,17 +17,28 @@ use fuse_types::{
 use sqlx::postgres::PgListener;
 use sqlx::{Postgres, Row, Transaction};
 
-type Tx<'a> = Transaction<'a, Postgres>;
+pub(super) type Tx<'a> = Transaction<'a, Postgres>;
 
 const VM_COLS: &str =
     "id, task_id, state, generation, host_id, reserved, url, spec, request_hash, \
     agent, error, restored_from, owner, secrets_enc, created_at, updated_at, running_since, extras";
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+/// A host row's artifact bytes (its `ready` and `creating` snapshots), as a column of a
+/// statement over `hosts`.
+pub(super) const HOST_ARTIFACTS: &str = "COALESCE((SELECT sum(s.size_bytes) FROM snapshots s \
+     WHERE s.host_id = hosts.id AND s.state IN ('ready', 'creating')), 0)::bigint AS artifact_bytes";
+
+/// The whole GiB a host row's snapshot artifacts take, as an expression over `hosts`
+/// (placement adds it to the reserved storage).
+const HOST_ARTIFACT_GB: &str =
+    "(SELECT ceil(COALESCE(sum(s.size_bytes), 0) / 1073741824.0)::bigint \
+     FROM snapshots s WHERE s.host_id = hosts.id AND s.state IN ('ready', 'creating'))";
+
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-async fn audit(tx: &mut Tx<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
+pub(super) async fn audit(tx: &mut Tx<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO events (entity_kind, entity_id, event_type, payload) VALUES ($1, $2, $3, $4)",
     )
@@ -42,7 +53,11 @@ async fn audit(tx: &mut Tx<'_>, ev: &AuditEvent) -> Result<(), StoreError> {
 }
 
 impl PgStore {
-    async fn vm_lock(&self, tx: &mut Tx<'_>, id: &str) -> Result<Option<VmRecord>, StoreError> {
+    pub(super) async fn vm_lock(
+        &self,
+        tx: &mut Tx<'_>,
+        id: &str,
+    ) -> Result<Option<VmRecord>, StoreError> {
         let row = sqlx::query(&format!(
             "SELECT {VM_COLS} FROM vms WHERE id = $1 FOR UPDATE"
         ))
@@ -188,14 +203,15 @@ impl PgStore {
                 };
             // Reserve only if it still fits now: the row lock makes this atomic against
             // every other replica's reservation on the same host.
-            let done = sqlx::query(
+            let done = sqlx::query(&format!(
                 "UPDATE hosts SET alloc_cpus = alloc_cpus + $2, alloc_ram_mb = alloc_ram_mb + $3, \
                  alloc_storage_gb = alloc_storage_gb + $4, alloc_vm_count = alloc_vm_count + 1, \
                  updated_at = now() \
                  WHERE id = $1 AND state = 'active' AND alloc_cpus + $2 <= cap_cpus \
-                 AND alloc_ram_mb + $3 <= cap_ram_mb AND alloc_storage_gb + $4 <= cap_storage_gb \
-                 AND alloc_vm_count + 1 <= cap_vm_count",
-            )
+                 AND alloc_ram_mb + $3 <= cap_ram_mb \
+                 AND alloc_storage_gb + $4 + {HOST_ARTIFACT_GB} <= cap_storage_gb \
+                 AND alloc_vm_count + 1 <= cap_vm_count"
+            ))
             .bind(&candidate)
             .bind(i64::from(need.cpus))
             .bind(need.ram_mb as i64)
@@ -232,7 +248,7 @@ impl PgStore {
     }
 
     /// Returns a reservation to its host (never below zero).
-    async fn unreserve(
+    pub(super) async fn unreserve(
         &self,
         tx: &mut Tx<'_>,
         host: &HostId,
@@ -375,10 +391,12 @@ impl PgStore {
     }
 
     async fn hosts_read(&self, tx: &mut Tx<'_>) -> Result<Vec<HostRecord>, StoreError> {
-        let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db_err)?;
+        let rs = sqlx::query(&format!(
+            "SELECT *, {HOST_ARTIFACTS} FROM hosts ORDER BY id"
+        ))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?;
         rs.iter()
             .map(|r| rows::host(r, self.cipher.as_ref()))
             .collect()
@@ -515,7 +533,8 @@ impl StateStore for PgStore {
             "WITH res AS (UPDATE hosts SET alloc_cpus = alloc_cpus + $19, alloc_ram_mb = alloc_ram_mb + $20, \
                 alloc_storage_gb = alloc_storage_gb + $21, alloc_vm_count = alloc_vm_count + 1, updated_at = $16 \
               WHERE $22 AND id = $5 AND state = 'active' AND alloc_cpus + $19 <= cap_cpus \
-                AND alloc_ram_mb + $20 <= cap_ram_mb AND alloc_storage_gb + $21 <= cap_storage_gb \
+                AND alloc_ram_mb + $20 <= cap_ram_mb \
+                AND alloc_storage_gb + $21 + {HOST_ARTIFACT_GB} <= cap_storage_gb \
                 AND alloc_vm_count + 1 <= cap_vm_count AND NOT EXISTS (SELECT 1 FROM vms WHERE id = $1) \
               RETURNING id), \
              ins AS (INSERT INTO vms ({VM_COLS}) \
@@ -632,13 +651,18 @@ impl StateStore for PgStore {
         let rs = sqlx::query(&format!(
             "SELECT {VM_COLS} FROM vms WHERE ($1::text IS NULL OR id > $1) \
              AND ($2::text IS NULL OR task_id = $2) AND ($3::text IS NULL OR state = $3) \
-             AND ($4::text IS NULL OR host_id = $4) ORDER BY id LIMIT $5"
+             AND ($4::text IS NULL OR host_id = $4) \
+             AND CASE WHEN $6::text IS NOT NULL THEN extras->>'pool' = $6 \
+                      ELSE $7 OR NOT extras ? 'pool' END \
+             ORDER BY id LIMIT $5"
         ))
         .bind(after)
         .bind(filter.task_id.as_deref())
         .bind(filter.state.map(VmState::as_str))
         .bind(filter.host_id.as_deref())
         .bind(limit.min(i64::MAX as usize) as i64)
+        .bind(filter.pool.as_deref())
+        .bind(filter.include_pool)
         .fetch_all(self.ready()?)
         .await
         .map_err(db_err)?;
@@ -772,7 +796,7 @@ impl StateStore for PgStore {
         self.hosts_changed();
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
         let at = now();
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "INSERT INTO hosts (id, url, token_enc, region, state, state_reason, cap_cpus, cap_ram_mb, \
              cap_storage_gb, cap_vm_count, last_seen, created_at, updated_at, backend, arch, labels, declared) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$12,$13,$14,$15,$16) \
@@ -782,8 +806,8 @@ impl StateStore for PgStore {
              region = EXCLUDED.region, cap_cpus = EXCLUDED.cap_cpus, cap_ram_mb = EXCLUDED.cap_ram_mb, \
              cap_storage_gb = EXCLUDED.cap_storage_gb, cap_vm_count = EXCLUDED.cap_vm_count, \
              last_seen = COALESCE(EXCLUDED.last_seen, hosts.last_seen), updated_at = EXCLUDED.updated_at \
-             RETURNING *, (xmax = 0) AS inserted",
-        )
+             RETURNING *, (xmax = 0) AS inserted, {HOST_ARTIFACTS}"
+        ))
         .bind(up.id.as_str())
         .bind(&up.url)
         .bind(seal_token(self.cipher.as_ref(), &up.token))
@@ -822,20 +846,24 @@ impl StateStore for PgStore {
     }
 
     async fn host_get(&self, id: &HostId) -> Result<Option<HostRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(self.ready()?)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT *, {HOST_ARTIFACTS} FROM hosts WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(self.ready()?)
+        .await
+        .map_err(db_err)?;
         row.map(|r| rows::host(&r, self.cipher.as_ref()))
             .transpose()
     }
 
     async fn host_list(&self) -> Result<Vec<HostRecord>, StoreError> {
-        let rs = sqlx::query("SELECT * FROM hosts ORDER BY id")
-            .fetch_all(self.ready()?)
-            .await
-            .map_err(db_err)?;
+        let rs = sqlx::query(&format!(
+            "SELECT *, {HOST_ARTIFACTS} FROM hosts ORDER BY id"
+        ))
+        .fetch_all(self.ready()?)
+        .await
+        .map_err(db_err)?;
         rs.iter()
             .map(|r| rows::host(r, self.cipher.as_ref()))
             .collect()
@@ -861,9 +889,10 @@ impl StateStore for PgStore {
                 id: id.to_string(),
             });
         };
-        let row = sqlx::query(
-            "UPDATE hosts SET state = $2, state_reason = $3, updated_at = now() WHERE id = $1 RETURNING *",
-        )
+        let row = sqlx::query(&format!(
+            "UPDATE hosts SET state = $2, state_reason = $3, updated_at = now() WHERE id = $1 \
+             RETURNING *, {HOST_ARTIFACTS}"
+        ))
         .bind(id.as_str())
         .bind(state.as_str())
         .bind(&reason)
@@ -960,14 +989,14 @@ impl StateStore for PgStore {
         capacity: Option<Resources>,
     ) -> Result<HostRecord, StoreError> {
         let c = capacity.unwrap_or_default();
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "UPDATE hosts SET last_seen = now(), updated_at = now(), \
              cap_cpus = CASE WHEN $2 THEN $3 ELSE cap_cpus END, \
              cap_ram_mb = CASE WHEN $2 THEN $4 ELSE cap_ram_mb END, \
              cap_storage_gb = CASE WHEN $2 THEN $5 ELSE cap_storage_gb END, \
              cap_vm_count = CASE WHEN $2 THEN $6 ELSE cap_vm_count END \
-             WHERE id = $1 RETURNING *",
-        )
+             WHERE id = $1 RETURNING *, {HOST_ARTIFACTS}"
+        ))
         .bind(id.as_str())
         .bind(capacity.is_some())
         .bind(i64::from(c.cpus))
@@ -1058,6 +1087,47 @@ impl StateStore for PgStore {
         .await
         .map_err(db_err)?;
         Ok(())
+    }
+
+    async fn vm_move_reservation(
+        &self,
+        id: &VmId,
+        expected_generation: u64,
+        host: &HostId,
+        reserved: Resources,
+    ) -> Result<VmRecord, StoreError> {
+        let out = self
+            .move_reservation(id, expected_generation, host, reserved)
+            .await;
+        self.hosts_changed();
+        out
+    }
+
+    async fn template_insert(
+        &self,
+        t: crate::TemplateRecord,
+    ) -> Result<crate::TemplateRecord, StoreError> {
+        self.template_insert_tx(t).await
+    }
+
+    async fn template_get(&self, name: &str) -> Result<Option<crate::TemplateRecord>, StoreError> {
+        self.template_read(Some(name)).await.map(|mut v| v.pop())
+    }
+
+    async fn template_list(&self) -> Result<Vec<crate::TemplateRecord>, StoreError> {
+        self.template_read(None).await
+    }
+
+    async fn template_update_pool(
+        &self,
+        name: &str,
+        per_host: u32,
+    ) -> Result<crate::TemplateRecord, StoreError> {
+        self.template_update_pool_tx(name, per_host).await
+    }
+
+    async fn template_delete(&self, name: &str) -> Result<(), StoreError> {
+        self.template_delete_tx(name).await
     }
 
     async fn api_key_create(&self, key: crate::ApiKeyRecord) -> Result<(), StoreError> {
@@ -1298,6 +1368,11 @@ impl StateStore for PgStore {
                 children: children as u64,
             });
         }
+        // A template's foreign key takes a key-share lock on this row, so none can be added
+        // between this check and the state change either.
+        if let Some(t) = self.snapshot_template(&mut tx, id).await? {
+            return Err(crate::snapshot_in_use(id, &t));
+        }
         sqlx::query("UPDATE snapshots SET state = 'deleting', updated_at = now() WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -1319,6 +1394,9 @@ impl StateStore for PgStore {
 
     async fn snapshot_remove(&self, id: &SnapshotId) -> Result<(), StoreError> {
         let mut tx = self.ready()?.begin().await.map_err(db_err)?;
+        if let Some(t) = self.snapshot_template(&mut tx, id).await? {
+            return Err(crate::snapshot_in_use(id, &t));
+        }
         let n = sqlx::query("DELETE FROM snapshots WHERE id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)

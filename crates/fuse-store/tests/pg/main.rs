@@ -41,14 +41,14 @@ async fn migrations_are_recorded_and_idempotent() {
     let url = db.url().to_owned();
     let a = PgStore::new(PgOptions::new(&url, None)).unwrap();
     assert!(a.ping().await.is_err(), "unavailable before migrations");
-    assert_eq!(a.migrate().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(a.migrate().await.unwrap(), vec![1, 2, 3, 4]);
     let b = PgStore::new(PgOptions::new(&url, None)).unwrap();
     assert_eq!(
         b.migrate().await.unwrap(),
         Vec::<i32>::new(),
         "nothing left to apply"
     );
-    assert_eq!(b.migrations_applied().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(b.migrations_applied().await.unwrap(), vec![1, 2, 3, 4]);
     b.ping().await.unwrap();
 }
 
