@@ -126,6 +126,9 @@ pub struct Flags {
     /// Seconds between garbage-collection passes (old terminal records, expired snapshots).
     #[arg(long, env = "FUSE_GC_PERIOD_SECS", default_value = "60")]
     pub gc_period_secs: String,
+    /// Seconds between warm-pool passes (a pool is also refilled at once when drawn).
+    #[arg(long, env = "FUSE_POOL_PERIOD_SECS", default_value = "10")]
+    pub pool_period_secs: String,
     /// How long destroyed environments stay visible before they are purged.
     #[arg(long, env = "FUSE_TERMINAL_RETENTION_SECS", default_value = "86400")]
     pub terminal_retention_secs: String,
@@ -280,6 +283,8 @@ pub struct Config {
     pub host_poll: Duration,
     /// GC period.
     pub gc_period: Duration,
+    /// Warm-pool loop period.
+    pub pool_period: Duration,
     /// Recovery period.
     pub recovery_period: Duration,
     /// Reconcile period.
@@ -507,6 +512,7 @@ impl Config {
         ));
         let host_poll = secs(num("FUSE_HOST_POLL_SECS", &f.host_poll_secs, 1, 3600));
         let gc_period = secs(num("FUSE_GC_PERIOD_SECS", &f.gc_period_secs, 1, 86400));
+        let pool_period = secs(num("FUSE_POOL_PERIOD_SECS", &f.pool_period_secs, 1, 3600));
         let recovery_period = secs(num(
             "FUSE_RECOVERY_PERIOD_SECS",
             &f.recovery_period_secs,
@@ -612,6 +618,7 @@ impl Config {
             sse_keepalive,
             host_poll,
             gc_period,
+            pool_period,
             recovery_period,
             reconcile_period,
             orphan_grace,

@@ -46,6 +46,14 @@ pub struct Metrics {
     pub background_duration: HistogramVec,
     /// `snapshot_duration_seconds`.
     pub snapshot_duration: Histogram,
+    /// `pause_duration_seconds{op}`: pause, resume, migrate (host call and records).
+    pub pause_duration: HistogramVec,
+    /// `pool_members{template,state}`: warm-pool members, `ready` (paused, drawable) or
+    /// `warming`.
+    pub pool_members: IntGaugeVec,
+    /// `pool_draws_total{template,result}`: creates from a template that drew a warm VM
+    /// (`hit`) or restored one (`miss`).
+    pub pool_draws: IntCounterVec,
     /// `background_running{task}`: 1 while a pass runs.
     pub background_running: IntGaugeVec,
     /// `background_last_success_timestamp_seconds{task}`.
@@ -278,7 +286,7 @@ impl Metrics {
                 "provision_step_duration_seconds",
                 "Time of each guest setup step on its host.",
                 &["step"],
-                slow,
+                slow.clone(),
             ),
             hosts_by_state: gauge_vec("hosts", "Hosts by state.", &["state"]),
             host_capacity: gauge_vec(
@@ -322,6 +330,22 @@ impl Metrics {
                 vec![0.001, 0.01, 0.1, 1.0, 10.0, 60.0],
             ),
             snapshot_duration,
+            pause_duration: hist_vec(
+                "pause_duration_seconds",
+                "Time of a pause, resume or migration.",
+                &["op"],
+                slow,
+            ),
+            pool_members: gauge_vec(
+                "pool_members",
+                "Warm-pool members per template, ready or warming.",
+                &["template", "state"],
+            ),
+            pool_draws: counter_vec(
+                "pool_draws_total",
+                "Creates from a template, by whether a warm VM was drawn.",
+                &["template", "result"],
+            ),
             registry,
         }
     }

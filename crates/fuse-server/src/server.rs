@@ -177,6 +177,8 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
         true,
     );
     tasks.register(app.clone(), background::gc::Gc, cfg.gc_period, true);
+    let pools = tasks.register(app.clone(), background::pools::Pools, cfg.pool_period, true);
+    let _ = app.pools.set(pools);
     tasks.register(
         app.clone(),
         background::recovery::Recovery::default(),

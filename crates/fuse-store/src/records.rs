@@ -113,6 +113,14 @@ pub struct VmExtras {
     /// The snapshot this environment was forked from (our id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<String>,
+    /// While paused: what its host kept (`live`: memory and disk, a resume continues every
+    /// process; `disk`: the disk alone, a resume boots it again and restarts its agent;
+    /// `warm`: a warm-pool member held in its VMM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_kind: Option<String>,
+    /// A cold migration in progress (recovery finishes or undoes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
     /// Last API call, exec or guest traffic seen (for the idle timeout).
     #[serde(
         default,
@@ -142,6 +150,22 @@ pub struct VmExtras {
     /// from [`crate::StateStore::vm_list`] unless the filter asks for pool members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+}
+
+/// A cold migration in progress, recorded before anything moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    /// Where the VM goes.
+    pub target_host_id: HostId,
+    /// Where it comes from.
+    pub source_host_id: HostId,
+    /// The control-plane replica doing it (recovery takes over when it is gone).
+    pub replica: String,
+    /// When it began.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    /// Whether it was running before (then it is resumed wherever it ends).
+    pub was_running: bool,
 }
 
 impl VmRecord {

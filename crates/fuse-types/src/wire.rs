@@ -79,10 +79,17 @@ pub struct Spec {
     /// CPU architecture the host must have (`amd64`, `arm64`); empty = any.
     #[serde(default)]
     pub arch: String,
-    /// Destroy after this many seconds without API calls, exec or guest network traffic;
-    /// 0 = never.
+    /// Destroy (or pause, see `on_idle`) after this many seconds without API calls, exec
+    /// or guest network traffic; 0 = never.
     #[serde(default)]
     pub idle_timeout_seconds: u64,
+    /// What the idle timeout does: `destroy` (the default) or `pause`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub on_idle: String,
+    /// Exec, files and attach on a paused environment resume it first (else they answer
+    /// 409).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_resume: bool,
     /// The image asked for (recorded and echoed; hosts boot their configured rootfs).
     #[serde(default)]
     pub image: String,
@@ -130,6 +137,12 @@ pub struct SpecInput {
     /// Idle limit in seconds (0 = none).
     #[serde(default)]
     pub idle_timeout_seconds: Option<u64>,
+    /// `destroy` (default) or `pause` when idle.
+    #[serde(default)]
+    pub on_idle: Option<String>,
+    /// Resume a paused environment on exec, files and attach.
+    #[serde(default)]
+    pub auto_resume: Option<bool>,
     /// Image name.
     #[serde(default)]
     pub image: Option<String>,
@@ -431,6 +444,14 @@ pub struct CreateEnvironment {
     /// Desktop geometry (accepted; no desktop images yet).
     #[serde(default)]
     pub desktop: Option<DesktopSpec>,
+    /// Start from this template (`POST /v1/templates`): its memory is restored into the
+    /// new VM, which gets its own identity, instead of a cold boot.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// The original's name for starting from a snapshot: a template's name, or the id of a
+    /// ready live snapshot.
+    #[serde(default)]
+    pub seed_snapshot_id: Option<String>,
 }
 
 /// An environment (a VM running an agent for a task).
@@ -925,4 +946,82 @@ pub struct AgentSpec {
     /// The start window in milliseconds (`None`: the guest's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_window_ms: Option<u64>,
+}
+
+/// `POST /v1/templates` body: a named starting point, made from a running environment (a
+/// live snapshot of it, taken now) or from a ready live snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTemplate {
+    /// Its name (`^[a-z0-9][a-z0-9._-]{0,62}$`), what creates name as `template`.
+    #[serde(default)]
+    pub name: String,
+    /// A running environment to snapshot (memory and disk) now.
+    #[serde(default)]
+    pub from_environment: Option<String>,
+    /// A ready live snapshot to use.
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
+    /// A warm pool kept for it.
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
+}
+
+/// A template's warm pool, as asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpec {
+    /// Restored, paused VMs kept waiting on each host that has the template (0: none).
+    #[serde(default)]
+    pub per_host: u32,
+}
+
+/// `PATCH /v1/templates/{name}` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateTemplate {
+    /// The new pool size.
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
+}
+
+/// A template's warm pool, as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Asked for, per host.
+    pub per_host: u32,
+    /// Paused and ready to be drawn.
+    pub ready: u32,
+    /// Being restored.
+    pub warming: u32,
+}
+
+/// A template as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Its name.
+    pub name: String,
+    /// The live snapshot it restores.
+    pub snapshot_id: String,
+    /// That snapshot's state (`ready` while the template is usable).
+    pub state: String,
+    /// The host holding it.
+    pub host_id: String,
+    /// The environment it was made from (it may be gone).
+    #[serde(default)]
+    pub source_environment_id: String,
+    /// The size every environment started from it has.
+    pub spec: Spec,
+    /// Its warm pool.
+    pub pool: PoolStatus,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: Timestamp,
+}
+
+/// `GET /v1/templates` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateList {
+    /// Every template, by name.
+    pub templates: Vec<Template>,
 }

@@ -221,7 +221,16 @@ impl App {
         req: CreateEnvironment,
         wait: bool,
     ) -> Result<(Environment, CreateOutcome), AppError> {
-        let valid = validate::create(&req).map_err(AppError::Invalid)?;
+        let mut valid = validate::create(&req).map_err(AppError::Invalid)?;
+        let seed_name = req
+            .template
+            .clone()
+            .filter(|t| !t.is_empty())
+            .or_else(|| req.seed_snapshot_id.clone().filter(|t| !t.is_empty()));
+        if let Some(name) = seed_name {
+            let seed = self.seed_for(&name).await?;
+            apply_seed(&mut valid, &req.spec, &seed)?;
+        }
         let mut agent = self.profile.resolve(
             &self.config.agent_download_url,
             req.agent.as_ref(),
@@ -246,6 +255,22 @@ impl App {
         wait: bool,
     ) -> Result<(Environment, CreateOutcome), AppError> {
         let id = VmId::for_task(&self.config.vm_prefix, &valid.task_id);
+        let mut valid = valid;
+        if let Some(t) = valid.template.clone() {
+            // A warm VM of the template's pool, unless this task's environment exists (the
+            // create is then answered without one).
+            let exists = self
+                .store
+                .vm_get(&id)
+                .await?
+                .is_some_and(|r| !r.state.is_terminal());
+            if !exists {
+                if let Some((warm, host)) = self.pool_draw(&t).await? {
+                    valid.spec.host_id = host.to_string();
+                    valid.warm_from = Some(warm);
+                }
+            }
+        }
         let at = now();
         let rec = VmRecord {
             id: id.clone(),
@@ -270,6 +295,7 @@ impl App {
                 healthcheck: valid.healthcheck.clone(),
                 forked_from,
                 egress: valid.egress.clone(),
+                template: valid.template.clone(),
                 ..Default::default()
             },
         };
@@ -511,28 +537,54 @@ impl App {
                     .unwrap_or_default(),
             })
             .collect();
-        let vm = provider
-            .vm_provision(&AgentVmCreate {
-                name: rec.id.to_string(),
-                cpus: rec.spec.cpus,
-                memory_mb: rec.spec.ram_mb,
-                storage_gb: rec.spec.storage_gb,
-                agent_port: rec.agent.port,
-                setup: Some(setup),
-                from_snapshot: valid.from_snapshot.clone(),
-                expose,
-                healthcheck: valid.healthcheck.clone(),
-                healthcheck_wait_ms: if valid.healthcheck.is_some() {
-                    healthcheck_wait(self.config.provision_timeout, started.elapsed())
-                } else {
-                    0
-                },
-                egress: valid.egress.clone(),
-                warm: false,
-                hostname: None,
-            })
-            .await
-            .map_err(Failure::host)?;
+        let create = AgentVmCreate {
+            name: rec.id.to_string(),
+            cpus: rec.spec.cpus,
+            memory_mb: rec.spec.ram_mb,
+            storage_gb: rec.spec.storage_gb,
+            agent_port: rec.agent.port,
+            setup: Some(setup),
+            from_snapshot: valid.from_snapshot.clone(),
+            expose,
+            healthcheck: valid.healthcheck.clone(),
+            healthcheck_wait_ms: if valid.healthcheck.is_some() {
+                healthcheck_wait(self.config.provision_timeout, started.elapsed())
+            } else {
+                0
+            },
+            egress: valid.egress.clone(),
+            warm: false,
+            hostname: None,
+        };
+        let claimed = match &valid.warm_from {
+            Some(warm) => {
+                let claim = fuse_types::hostagent::AgentClaim {
+                    name: create.name.clone(),
+                    hostname: None,
+                    setup: create.setup.clone(),
+                    expose: create.expose.clone(),
+                    egress: create.egress.clone(),
+                };
+                match provider.vm_claim(warm, &claim).await {
+                    Ok(vm) => Some(vm),
+                    Err(e) => {
+                        // The template's own restore still works: the warm VM goes.
+                        tracing::warn!(vm_id = %rec.id, warm = %warm, error = %e,
+                            "claiming a warm VM failed; restoring the template instead");
+                        let _ = provider.vm_destroy(warm).await;
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let vm = match claimed {
+            Some(vm) => vm,
+            None => provider
+                .vm_provision(&create)
+                .await
+                .map_err(Failure::host)?,
+        };
         if let Some(report) = &vm.setup {
             self.observe_setup(&rec.id, report);
         }
@@ -785,6 +837,65 @@ impl App {
     }
 }
 
+/// Makes a validated create start from `seed` (a template or a live snapshot): the size is
+/// the seed's (a request that asks for another CPU count or memory size is refused: a memory
+/// image restores only into the machine it was taken of), the disk at least the seed's, the
+/// host the one holding the snapshot.
+fn apply_seed(
+    valid: &mut ValidCreate,
+    asked: &fuse_types::SpecInput,
+    seed: &super::templates::Seed,
+) -> Result<(), AppError> {
+    let mut errs = Vec::new();
+    let what = seed
+        .template
+        .as_deref()
+        .map(|t| format!("template {t}"))
+        .unwrap_or_else(|| format!("snapshot {}", seed.snapshot.id));
+    if let Some(ts) = &seed.spec {
+        if asked.cpus.is_some_and(|c| c != ts.cpus) {
+            errs.push(format!(
+                "spec.cpus must be {} (the size of {what}) or left out",
+                ts.cpus
+            ));
+        }
+        if asked.ram_mb.is_some_and(|m| m != ts.ram_mb) {
+            errs.push(format!(
+                "spec.ram_mb must be {} (the size of {what}) or left out",
+                ts.ram_mb
+            ));
+        }
+        valid.spec.cpus = ts.cpus;
+        valid.spec.ram_mb = ts.ram_mb;
+        match asked.storage_gb {
+            None => valid.spec.storage_gb = ts.storage_gb,
+            Some(g) if g < ts.storage_gb => errs.push(format!(
+                "spec.storage_gb must be at least {} (the disk of {what})",
+                ts.storage_gb
+            )),
+            Some(_) => {}
+        }
+    }
+    let host = seed
+        .snapshot
+        .host_id
+        .as_ref()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    if !valid.spec.host_id.is_empty() && valid.spec.host_id != host {
+        errs.push(format!(
+            "spec.host_id: {what} is on host {host}; environments from it start there"
+        ));
+    }
+    if !errs.is_empty() {
+        return Err(AppError::Invalid(errs));
+    }
+    valid.spec.host_id = host;
+    valid.from_snapshot = Some(seed.source());
+    valid.template = seed.template.clone();
+    Ok(())
+}
+
 /// How long the host waits for a first `passing`: what is left of the provision's time,
 /// less a margin for the answer to come back, so a probe that never passes fails the create
 /// with its own message rather than with the provision's timeout.
@@ -824,7 +935,7 @@ pub fn endpoints(asked: &[fuse_types::ExposeSpec], made: &[HostEndpoint]) -> Vec
         .collect()
 }
 
-fn agent_start(a: &AgentSpec, auth_token: &str, gateway_token: &str) -> AgentStart {
+pub(super) fn agent_start(a: &AgentSpec, auth_token: &str, gateway_token: &str) -> AgentStart {
     AgentStart {
         download_url: a.download_url.clone(),
         command: a.command.clone(),
@@ -986,6 +1097,8 @@ impl App {
                 },
                 memory: false,
             }),
+            template: None,
+            warm_from: None,
         };
         tracing::info!(source = %src.id, snapshot_id = %snap.id, task_id = %valid.task_id, "forking environment");
         let (env, _) = self

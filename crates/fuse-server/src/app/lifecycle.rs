@@ -80,6 +80,7 @@ pub struct Change {
     payload: serde_json::Value,
     retry: bool,
     extras: Option<fuse_store::VmExtras>,
+    reserve: Option<(HostId, fuse_types::Resources)>,
 }
 
 impl Change {
@@ -97,7 +98,15 @@ impl Change {
             payload: serde_json::Value::Null,
             retry: false,
             extras: None,
+            reserve: None,
         }
+    }
+
+    /// For a row that resizes the reservation: the VM holds `r` on `host` afterwards
+    /// (checked against that host's capacity, in the step before the write).
+    pub fn reserve(mut self, host: HostId, r: fuse_types::Resources) -> Self {
+        self.reserve = Some((host, r));
+        self
     }
 
     /// The environment's extras afterwards (ports, health).
@@ -240,6 +249,20 @@ impl App {
             audit: (!row.changes_state()).then(|| change.event.as_str().to_owned()),
             extras: change.extras.clone(),
         };
+        // The reservation first: a resize that does not fit refuses the whole change.
+        let mut rec = std::borrow::Cow::Borrowed(rec);
+        if let (true, Some((host, r))) = (row.does(Effect::Resize), &change.reserve) {
+            let same = rec.host_id.as_ref() == Some(host) && rec.reserved == Some(*r);
+            if !same {
+                let moved = self
+                    .store
+                    .vm_move_reservation(&rec.id, rec.generation, host, *r)
+                    .await
+                    .map_err(|e| LifecycleError::from_store(&rec.id, change.event, e))?;
+                rec = std::borrow::Cow::Owned(moved);
+            }
+        }
+        let rec = &*rec;
         let written = if change.event == Event::Destroy {
             self.write(rec, &change, || async {
                 self.store.vm_begin_destroy(&rec.id).await.map(|(r, _)| r)

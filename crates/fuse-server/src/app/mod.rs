@@ -15,9 +15,11 @@ pub mod hosts;
 pub mod lifecycle;
 pub mod logs;
 pub mod paging;
+pub mod pause;
 pub mod ports;
 pub mod runtime;
 pub mod snapshots;
+pub mod templates;
 pub(crate) mod validate;
 
 use crate::config::Config;
@@ -60,6 +62,10 @@ pub struct App {
     pub key_touches: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Serializes egress rule changes within this replica (host first, then the store).
     pub egress_lock: tokio::sync::Mutex<()>,
+    /// Wakes the warm-pool loop (set when the background tasks start).
+    pub pools: std::sync::OnceLock<crate::background::Activator>,
+    /// Templates whose warm VM failed to restore, left alone until then.
+    pub pool_backoff: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl App {
@@ -99,6 +105,8 @@ impl App {
             clock: clock::Clock::default(),
             key_touches: parking_lot::Mutex::default(),
             egress_lock: tokio::sync::Mutex::new(()),
+            pools: std::sync::OnceLock::new(),
+            pool_backoff: parking_lot::Mutex::default(),
         });
         (app, frx)
     }

@@ -97,6 +97,8 @@ impl App {
         what: &str,
     ) -> Result<(VmRecord, Arc<dyn Provider>), AppError> {
         let rec = self.env_get(id).await?;
+        // A paused one is resumed first when it asks for it (else: 409 with what to do).
+        let rec = self.awake(rec).await?;
         if !matches!(rec.state, VmState::Running | VmState::Draining) {
             return Err(AppError::conflict(format!(
                 "environment {} is {}; {what} only in running or draining environments",

@@ -146,6 +146,20 @@ impl App {
             .snapshot_create(vm.id.as_str(), id.as_str(), &mode)
             .await
         {
+            Ok(s) if live && !s.mode.is_empty() && s.mode != "full" => {
+                // The host wrote the disk alone: a live snapshot is not what was asked for.
+                let _ = provider
+                    .snapshot_delete(vm.id.as_str(), &s.snapshot_id)
+                    .await;
+                self.store.snapshot_remove(&id).await?;
+                Err(AppError::Unimplemented(format!(
+                    "live snapshots (memory and device state) need a host whose backend \
+                     captures memory (qemu, firecracker); host {} runs the {} backend, which \
+                     keeps the disk alone: leave live unset for a disk snapshot",
+                    vm.host_id.as_ref().map(|h| h.as_str()).unwrap_or("?"),
+                    self.host_backend(&vm).await
+                )))
+            }
             Ok(s) => {
                 self.metrics
                     .snapshot_duration
@@ -182,6 +196,18 @@ impl App {
                     .await?;
                 Err(e.into())
             }
+        }
+    }
+
+    /// The backend name of the environment's host, as it reports it (for messages).
+    async fn host_backend(&self, vm: &fuse_store::VmRecord) -> String {
+        match self.provider_of(vm).await {
+            Ok(p) => p
+                .health()
+                .await
+                .map(|h| h.backend)
+                .unwrap_or_else(|_| "unknown".into()),
+            Err(_) => "unknown".into(),
         }
     }
 

@@ -52,6 +52,10 @@ pub struct ValidCreate {
     pub from_snapshot: Option<fuse_types::hostagent::SnapshotSource>,
     /// Egress rules other than the defaults (checked, canonical).
     pub egress: Option<fuse_types::EgressRules>,
+    /// The template it starts from (its memory restored), by name.
+    pub template: Option<String>,
+    /// A warm VM of that template's pool, drawn for it (claimed instead of restored).
+    pub warm_from: Option<String>,
 }
 
 /// Checks an `egress` object (of a create or of `PUT …/egress`): the routing mode and the
@@ -251,6 +255,8 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         max_runtime_seconds: s.max_runtime_seconds.unwrap_or(7200),
         arch: s.arch.clone().unwrap_or_default(),
         idle_timeout_seconds: s.idle_timeout_seconds.unwrap_or(0),
+        on_idle: s.on_idle.clone().unwrap_or_default(),
+        auto_resume: s.auto_resume.unwrap_or(false),
         image: s.image.clone().unwrap_or_default(),
         host_id: s.host_id.clone().unwrap_or_default(),
         labels: s.labels.clone().unwrap_or_default(),
@@ -297,6 +303,12 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         errs.push(format!(
             "spec.idle_timeout_seconds must be at most {MAX_IDLE_SECS} (got {})",
             spec.idle_timeout_seconds
+        ));
+    }
+    if !matches!(spec.on_idle.as_str(), "" | "destroy" | "pause") {
+        errs.push(format!(
+            "spec.on_idle must be destroy or pause (got {:?})",
+            spec.on_idle
         ));
     }
     if spec.image.len() > 256 {
@@ -434,6 +446,8 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         expose,
         healthcheck: req.healthcheck.clone(),
         from_snapshot: None,
+        template: None,
+        warm_from: None,
         egress,
     })
 }

@@ -12,6 +12,7 @@
 
 pub mod gc;
 pub mod host_monitor;
+pub mod pools;
 pub mod reconcile_plan;
 pub mod reconciler;
 pub mod recovery;

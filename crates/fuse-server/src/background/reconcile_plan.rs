@@ -20,6 +20,14 @@
 //!   [`Action::Idle`] (announced, then destroyed); an agent the guest's supervisor
 //!   restarted [`CRASH_LOOP_RESTARTS`] times or more since the last recorded crash loop →
 //!   [`Action::AgentCrashLoop`] (its `error` is set and published; the state stays).
+//! - **Paused** (DESIGN §3): a running environment its host lists `paused` had its pause
+//!   interrupted before it was recorded → [`Action::FinishPause`]; a paused one its host
+//!   runs had its resume interrupted → [`Action::FinishResume`]; a paused one still holding
+//!   more than its disk, untouched for the grace period (a resume that stopped between
+//!   taking the room and asking the host) → [`Action::SettlePaused`]; one with a migration
+//!   recorded → [`Action::RecoverMigration`] (the executor leaves a migration alone while
+//!   the replica doing it is alive). A paused environment its host does not have at all
+//!   fails as a running one does.
 //! - **Untracked on the host**, older than the grace period, not dead-lettered:
 //!   [`Action::DestroyOrphan`] (the executor re-reads the record first: a VM created since
 //!   the store was read is never taken for an orphan).
@@ -94,6 +102,15 @@ pub enum Action {
     Idle(VmRecord),
     /// The agent keeps crashing after its start: record it (the guest's restart count).
     AgentCrashLoop(VmRecord, u32),
+    /// A running environment its host has paused: record the pause.
+    FinishPause(VmRecord, AgentVm),
+    /// A paused environment its host runs: record the resume.
+    FinishResume(VmRecord, AgentVm),
+    /// A paused environment holding more than its disk for a while: give the rest back.
+    SettlePaused(VmRecord),
+    /// A paused environment with a migration recorded: finish or undo it, unless the replica
+    /// doing it is still alive.
+    RecoverMigration(VmRecord),
     /// A VM nothing tracks: destroy it (counting failures toward the dead letter).
     DestroyOrphan {
         /// The VM as the host lists it.
@@ -171,7 +188,12 @@ pub fn plan(input: PlanInput<'_>, memory: &HostMemory) -> (Vec<Action>, HostMemo
     let mut next = HostMemory::default();
     let on_host: HashMap<&str, &AgentVm> =
         input.listed.iter().map(|v| (v.vm_id.as_str(), v)).collect();
-    let serving = |r: &VmRecord| matches!(r.state, VmState::Running | VmState::Draining);
+    let serving = |r: &VmRecord| {
+        matches!(
+            r.state,
+            VmState::Running | VmState::Draining | VmState::Paused
+        )
+    };
     let n_serving = input.tracked.iter().filter(|r| serving(r)).count();
     let believe_missing = if input.listed.is_empty() && n_serving > 0 {
         next.empty_once = true;
@@ -208,8 +230,42 @@ pub fn plan(input: PlanInput<'_>, memory: &HostMemory) -> (Vec<Action>, HostMemo
                         observe(rec, vm, input.now, &mut actions);
                     }
                 }
+                Some(HostVmState::Paused) => {
+                    if let Some(vm) = here.filter(|_| rec.state == VmState::Running) {
+                        actions.push(Action::FinishPause(rec.clone(), vm.clone()));
+                    }
+                }
                 // A state this control plane does not know: nothing to do.
                 Some(_) => {}
+            },
+            VmState::Paused if rec.extras.migration.is_some() => {
+                actions.push(Action::RecoverMigration(rec.clone()))
+            }
+            VmState::Paused => match here {
+                None => {
+                    if believe_missing {
+                        actions.push(Action::FailMissing(rec.clone()));
+                    }
+                }
+                Some(vm) if vm.state == HostVmState::Running && rec.extras.pool.is_none() => {
+                    actions.push(Action::FinishResume(rec.clone(), vm.clone()))
+                }
+                Some(vm) if vm.state == HostVmState::Stopped => {
+                    if believe_missing {
+                        actions.push(Action::FailMissing(rec.clone()));
+                    }
+                }
+                Some(_) => {
+                    let held_more = rec.extras.pool.is_none()
+                        && rec
+                            .reserved
+                            .is_some_and(|r| r != crate::app::pause::paused_size(&rec.spec));
+                    let quiet = input.now > rec.updated_at
+                        && (input.now - rec.updated_at).unsigned_abs() > input.orphan_grace;
+                    if held_more && quiet {
+                        actions.push(Action::SettlePaused(rec.clone()));
+                    }
+                }
             },
             VmState::Destroying if here.is_none() => actions.push(Action::Reap(rec.clone())),
             VmState::Failed if rec.reserved.is_some() && here.is_none() => {
@@ -304,6 +360,10 @@ mod tests {
                 Action::Activity(r, b) => format!("activity:{}:{b}", r.id),
                 Action::Idle(r) => format!("idle:{}", r.id),
                 Action::AgentCrashLoop(r, n) => format!("crash-loop:{}:{n}", r.id),
+                Action::FinishPause(r, _) => format!("finish-pause:{}", r.id),
+                Action::FinishResume(r, _) => format!("finish-resume:{}", r.id),
+                Action::SettlePaused(r) => format!("settle-paused:{}", r.id),
+                Action::RecoverMigration(r) => format!("recover-migration:{}", r.id),
             })
             .collect()
     }
@@ -338,7 +398,98 @@ mod tests {
             empty_once: false,
             suspected: [(VmId::parse(id).unwrap(), at(t))].into(),
         };
+        // A paused environment: its reservation is its disk alone (updated at t=0).
+        let paused = |task: &str| {
+            let mut r = env(task, Paused);
+            r.reserved = Some(crate::app::pause::paused_size(&r.spec));
+            r.updated_at = at(0);
+            r
+        };
+        let paused_holding_all = |task: &str| {
+            let mut r = paused(task);
+            r.reserved = Some(Resources::for_spec(&r.spec));
+            r
+        };
+        let migrating = |task: &str| {
+            let mut r = paused(task);
+            r.extras.migration = Some(fuse_store::Migration {
+                target_host_id: HostId::parse("h2").unwrap(),
+                source_host_id: host(),
+                replica: "replica-x".into(),
+                started_at: at(0),
+                was_running: true,
+            });
+            r
+        };
+        let pool_member = |task: &str| {
+            let mut r = paused_holding_all(task);
+            r.extras.pool = Some("base".into());
+            r
+        };
+        use HostVmState::Paused as P;
         let cases = vec![
+            Case {
+                name: "paused: a pause its host finished is recorded; a resume its host finished too",
+                tracked: vec![env("a", Running), paused("b"), env("c", Draining)],
+                listed: vec![
+                    on_host("fuse-a", P, 5),
+                    on_host("fuse-b", R, 5),
+                    on_host("fuse-c", P, 5),
+                ],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["finish-pause:fuse-a", "finish-resume:fuse-b"],
+            },
+            Case {
+                name: "paused: a VM gone from its host fails; one stopped too",
+                tracked: vec![paused("a"), paused("b"), paused("c")],
+                listed: vec![on_host("fuse-b", S, 5), on_host("fuse-c", P, 5)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["fail-missing:fuse-a", "fail-missing:fuse-b"],
+            },
+            Case {
+                name: "paused: holding its full size past the grace is settled, not before; warm-pool members keep theirs",
+                tracked: vec![paused_holding_all("a"), paused("b"), pool_member("c")],
+                listed: vec![
+                    on_host("fuse-a", P, 5),
+                    on_host("fuse-b", P, 5),
+                    on_host("fuse-c", P, 5),
+                ],
+                dead: vec![],
+                now: 121,
+                memory: HostMemory::default(),
+                want: vec!["settle-paused:fuse-a"],
+            },
+            Case {
+                name: "paused: a resume in progress (full size, recent) is left alone",
+                tracked: vec![paused_holding_all("a")],
+                listed: vec![on_host("fuse-a", P, 5)],
+                dead: vec![],
+                now: 60,
+                memory: HostMemory::default(),
+                want: vec![],
+            },
+            Case {
+                name: "paused: a migration is recovered whatever the host lists; a warm member running is not resumed",
+                tracked: vec![migrating("a"), pool_member("b")],
+                listed: vec![on_host("fuse-b", R, 5)],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["recover-migration:fuse-a"],
+            },
+            Case {
+                name: "paused: an empty list is not believed on the first pass",
+                tracked: vec![paused("a")],
+                listed: vec![],
+                dead: vec![],
+                now: 50,
+                memory: HostMemory::default(),
+                want: vec!["empty-unconfirmed:1"],
+            },
             Case {
                 name: "all well",
                 tracked: vec![env("a", Running), env("b", Draining)],

@@ -55,6 +55,7 @@ impl BackgroundTask for Reconciler {
         if let Ok(d) = HostId::parse(DEFAULT_HOST) {
             let filter = VmFilter {
                 host_id: Some(DEFAULT_HOST.to_owned()),
+                include_pool: true,
                 ..VmFilter::default()
             };
             if !app.store.vm_list(&filter, None, 1).await?.is_empty() && !targets.contains(&d) {
@@ -155,6 +156,8 @@ async fn repair_allocation(app: &App, host: &HostId) {
 pub async fn tracked_on(app: &App, host: &HostId) -> Result<Vec<VmRecord>, fuse_store::StoreError> {
     let filter = VmFilter {
         host_id: Some(host.to_string()),
+        // Warm-pool members are VMs on the host too.
+        include_pool: true,
         ..VmFilter::default()
     };
     let mut all = super::all_matching(app, &filter).await?;
@@ -189,7 +192,60 @@ async fn host_pass(
     for a in actions {
         kinds.push(execute(app, &*provider, host, a).await);
     }
+    kinds.extend(check_artifacts(app, &*provider, host).await);
     Ok((listed.len(), kinds, next))
+}
+
+/// Marks every `ready` snapshot of `host` whose files the host no longer has as `error`,
+/// with the reason (a host that cannot list its snapshots is not judged). The store is read
+/// after the host, so a snapshot finished meanwhile is not taken for a missing one.
+async fn check_artifacts(app: &App, provider: &dyn Provider, host: &HostId) -> Vec<&'static str> {
+    let on_host = match provider.snapshots_all().await {
+        Ok(Some(v)) => v,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            tracing::debug!(host_id = %host, error = %e, "reconcile: listing the host's snapshots");
+            return Vec::new();
+        }
+    };
+    let have: std::collections::HashSet<(String, String)> = on_host
+        .into_iter()
+        .map(|s| (s.vm_id, s.snapshot.snapshot_id))
+        .collect();
+    let filter = fuse_store::SnapshotFilter {
+        state: Some(fuse_types::SnapshotState::Ready),
+        ..Default::default()
+    };
+    let Ok(ready) = app.store.snapshot_list(&filter).await else {
+        return Vec::new();
+    };
+    let mut kinds = Vec::new();
+    for s in ready
+        .into_iter()
+        .filter(|s| s.host_id.as_ref() == Some(host))
+    {
+        let hid = if s.host_snapshot_id.is_empty() {
+            s.id.to_string()
+        } else {
+            s.host_snapshot_id.clone()
+        };
+        if have.contains(&(s.vm_id.to_string(), hid)) {
+            continue;
+        }
+        tracing::warn!(snapshot_id = %s.id, host_id = %host, "reconcile: a ready snapshot's files are gone from its host");
+        let patch = fuse_store::SnapshotPatch {
+            state: Some(fuse_types::SnapshotState::Error),
+            last_error: Some(Some(format!(
+                "its files are no longer on host {host} (found missing by the reconciler)"
+            ))),
+            ..Default::default()
+        };
+        if let Err(e) = app.store.snapshot_update(&s.id, patch).await {
+            tracing::warn!(snapshot_id = %s.id, error = %e, "reconcile: marking a snapshot missing");
+        }
+        kinds.push("snapshot_missing");
+    }
+    kinds
 }
 
 /// Executes one action; returns its kind for the pass summary.
@@ -293,6 +349,14 @@ async fn execute(app: &App, provider: &dyn Provider, host: &HostId, a: Action) -
                 .reason(format!("idle for more than {limit} s"))
                 .payload(serde_json::json!({"idle_timeout_seconds": limit}));
             if app.transition(&rec, change).await.is_ok() {
+                if rec.spec.on_idle == "pause" && rec.state == VmState::Running {
+                    tracing::info!(vm_id = %rec.id, idle_timeout_seconds = limit,
+                        "reconcile: environment idle past its limit; pausing it");
+                    if let Err(e) = app.env_pause(rec.id.as_str()).await {
+                        tracing::warn!(vm_id = %rec.id, error = %e, "reconcile: pausing an idle environment");
+                    }
+                    return "idle";
+                }
                 tracing::info!(vm_id = %rec.id, idle_timeout_seconds = limit,
                     "reconcile: environment idle past its limit; destroying it");
                 if let Err(e) = app.env_delete(rec.id.as_str()).await {
@@ -301,13 +365,63 @@ async fn execute(app: &App, provider: &dyn Provider, host: &HostId, a: Action) -
             }
             "idle"
         }
+        Action::FinishPause(rec, vm) => {
+            tracing::info!(vm_id = %rec.id, host_id = %host, "reconcile: recording a pause its host finished");
+            if let Err(e) = app.finish_pause(&rec.id, &vm).await {
+                tracing::info!(vm_id = %rec.id, error = %e, "reconcile: recording a pause");
+            }
+            "finish_pause"
+        }
+        Action::FinishResume(rec, vm) => {
+            tracing::info!(vm_id = %rec.id, host_id = %host, "reconcile: recording a resume its host finished");
+            if let Err(e) = app.finish_resume(&rec.id, host, &vm, Event::Resume).await {
+                tracing::info!(vm_id = %rec.id, error = %e, "reconcile: recording a resume");
+            }
+            "finish_resume"
+        }
+        Action::SettlePaused(rec) => {
+            tracing::info!(vm_id = %rec.id, host_id = %host,
+                "reconcile: a paused environment held more than its disk; giving the rest back");
+            if let Err(e) = app
+                .store
+                .vm_move_reservation(
+                    &rec.id,
+                    rec.generation,
+                    host,
+                    crate::app::pause::paused_size(&rec.spec),
+                )
+                .await
+            {
+                tracing::info!(vm_id = %rec.id, error = %e, "reconcile: settling a paused reservation");
+            }
+            "settle_paused"
+        }
+        Action::RecoverMigration(rec) => {
+            let Some(m) = &rec.extras.migration else {
+                return "recover_migration";
+            };
+            // The replica doing it is alive (this one, or another that still heartbeats).
+            let alive = m.replica == app.replica_id
+                || app.store.replica_alive(&m.replica).await.unwrap_or(true);
+            if alive {
+                return "migration_in_progress";
+            }
+            app.recover_migration(rec.clone()).await;
+            "recover_migration"
+        }
         Action::DestroyOrphan { vm, key } => {
             // Re-read the record: it may have been created or changed since the list.
             if let Ok(id) = VmId::parse(&vm.vm_id) {
                 match app.store.vm_get(&id).await {
                     Ok(Some(r))
-                        if crate::app::lifecycle::expects_vm_on_host(&r)
-                            && r.host_id.as_ref() == Some(host) =>
+                        if (crate::app::lifecycle::expects_vm_on_host(&r)
+                            && r.host_id.as_ref() == Some(host))
+                            // Arriving here by a migration in progress.
+                            || r
+                                .extras
+                                .migration
+                                .as_ref()
+                                .is_some_and(|m| &m.target_host_id == host) =>
                     {
                         return "orphan_skipped"
                     }

@@ -43,6 +43,8 @@ fn destroy_grace(app: &App) -> Duration {
 async fn all_in(app: &App, state: VmState) -> Result<Vec<VmRecord>, StoreError> {
     let filter = VmFilter {
         state: Some(state),
+        // Warm-pool members are provisioned and destroyed as any environment.
+        include_pool: true,
         ..VmFilter::default()
     };
     super::all_matching(app, &filter).await

@@ -73,9 +73,9 @@ pub async fn egress_put(
 }
 
 /// The actions of `POST /v1/environments/{id}`.
-const ACTIONS: &str = "drain, rotate-token, exec, expose, fork or migrate";
+const ACTIONS: &str = "drain, rotate-token, exec, expose, fork, pause, resume or migrate";
 
-/// `POST /v1/environments/{id}?action=drain|rotate-token|exec|expose|fork|migrate`.
+/// `POST /v1/environments/{id}?action=drain|rotate-token|exec|expose|fork|pause|resume|migrate`.
 pub async fn action(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -111,13 +111,30 @@ pub async fn action(
                 .map_err(|e| ApiError::internal(format!("fork task: {e}")))??;
             Ok((StatusCode::CREATED, Json(env)).into_response())
         }
+        // Each in its own task: a client that disconnects must not cut a pause, a resume or
+        // a migration short between its host call and its record.
+        Some("pause") => {
+            let env = tokio::spawn(async move { app.env_pause(&id).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("pause task: {e}")))??;
+            Ok(Json(env.to_wire()).into_response())
+        }
+        Some("resume") => {
+            let env = tokio::spawn(async move { app.env_resume(&id).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("resume task: {e}")))??;
+            Ok(Json(env.to_wire()).into_response())
+        }
         Some("migrate") => {
-            app.env_get(&id).await?;
-            Err(ApiError::from(AppError::Unimplemented(
-                "migrate is not available on this control plane yet; fork the environment \
-                 and destroy the source to move it"
-                    .into(),
-            )))
+            let req: crate::app::pause::MigrateRequest = if body.is_empty() {
+                Default::default()
+            } else {
+                super::extract::parse_json(&body)?
+            };
+            let env = tokio::spawn(async move { app.env_migrate(&id, req).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("migrate task: {e}")))??;
+            Ok(Json(env.to_wire()).into_response())
         }
         Some(other) => Err(ApiError::invalid(format!(
             "unknown action {other:?}; expected {ACTIONS}"

@@ -14,6 +14,7 @@ pub mod proxy;
 mod runtime;
 mod snapshots;
 mod system;
+mod templates;
 
 use crate::app::api_keys::{Caller, KeyLookup};
 use crate::app::App;
@@ -105,6 +106,19 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             delete(snapshots::delete),
         ),
         (Method::POST, "/v1/snapshots/{id}", post(snapshots::action)),
+        (Method::GET, "/v1/templates", get(templates::list)),
+        (Method::POST, "/v1/templates", post(templates::create)),
+        (Method::GET, "/v1/templates/{name}", get(templates::get)),
+        (
+            Method::PATCH,
+            "/v1/templates/{name}",
+            axum::routing::patch(templates::update),
+        ),
+        (
+            Method::DELETE,
+            "/v1/templates/{name}",
+            delete(templates::delete),
+        ),
         (Method::GET, "/v1/hosts", get(hosts::list)),
         (Method::POST, "/v1/hosts", post(hosts::register)),
         (Method::GET, "/v1/hosts/{id}", get(hosts::get)),

@@ -51,6 +51,9 @@ pub struct StubVm {
     created: Option<Instant>,
 }
 
+/// A stub VM's files: path → (bytes, mode).
+pub type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
 /// The stubs of one control plane, by name, so a stub can send a VM to another
 /// (`stub://NAME` target URLs).
 pub type StubPeers =
@@ -66,9 +69,9 @@ pub struct StubProvider {
     surfd_only: std::sync::atomic::AtomicBool,
     tunnel_host: Mutex<Option<std::net::IpAddr>>,
     /// Snapshots of VMs destroyed since: (vm id, snapshot id) → files (they outlive it).
-    kept: Mutex<BTreeMap<(String, String), BTreeMap<String, (Vec<u8>, u32)>>>,
+    kept: Mutex<BTreeMap<(String, String), Files>>,
     /// Expected arrivals: vm id → (token, what was announced), and those received.
-    incoming: Mutex<HashMap<String, (String, AgentMigrationIn, Option<StubVm>)>>,
+    incoming: Mutex<HashMap<String, (String, AgentMigrationIn)>>,
     peers: Mutex<Option<StubPeers>>,
 }
 
@@ -132,7 +135,7 @@ impl StubProvider {
     }
 
     /// The files of a snapshot, whether its VM still exists or not.
-    fn snapshot_files(&self, vm_id: &str, sid: &str) -> Option<BTreeMap<String, (Vec<u8>, u32)>> {
+    fn snapshot_files(&self, vm_id: &str, sid: &str) -> Option<Files> {
         if let Some(f) = self
             .vms
             .lock()
@@ -895,7 +898,7 @@ impl Provider for StubProvider {
         }
         self.incoming
             .lock()
-            .insert(m.vm_id.clone(), (m.token.clone(), m.clone(), None));
+            .insert(m.vm_id.clone(), (m.token.clone(), m.clone()));
         Ok(())
     }
 
@@ -928,7 +931,7 @@ impl Provider for StubProvider {
         target.fault(|_| None)?;
         let mut inc = target.incoming.lock();
         match inc.get(vm_id) {
-            Some((token, _, _)) if *token == send.token => {}
+            Some((token, _)) if *token == send.token => {}
             _ => {
                 return Err(ProviderError::Rejected {
                     status: 401,
