@@ -285,7 +285,7 @@ impl StateStore for MemoryStore {
 
     async fn vm_count_by_state(&self) -> Result<Vec<(VmState, u64)>, StoreError> {
         let g = self.inner.lock();
-        let mut counts = [0u64; 6];
+        let mut counts = [0u64; VmState::ALL.len()];
         for v in g.vms.values() {
             if let Some(i) = VmState::ALL.iter().position(|s| *s == v.state) {
                 counts[i] += 1;

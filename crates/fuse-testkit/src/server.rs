@@ -36,6 +36,7 @@ pub fn test_flags() -> Flags {
         sse_keepalive_secs: "15".into(),
         host_poll_secs: "3600".into(),
         gc_period_secs: "3600".into(),
+        pool_period_secs: "3600".into(),
         recovery_period_secs: "3600".into(),
         reconcile_period_secs: "3600".into(),
         orphan_grace_secs: "0".into(),

@@ -382,21 +382,9 @@ impl App {
     /// destroyed. Returns (created, destroyed, failed).
     pub async fn pool_pass(self: &Arc<Self>) -> Result<(u32, u32, u32), AppError> {
         let (mut made, mut removed, mut failed) = (0, 0, 0);
-        for t in self.store.template_list().await? {
+        let templates = self.store.template_list().await?;
+        for t in &templates {
             let members = self.pool_members(&t.name).await?;
-            let ready = members
-                .iter()
-                .filter(|m| m.state == VmState::Paused)
-                .count();
-            let warming = members.len() - ready;
-            self.metrics
-                .pool_members
-                .with_label_values(&[&t.name, "ready"])
-                .set(ready as i64);
-            self.metrics
-                .pool_members
-                .with_label_values(&[&t.name, "warming"])
-                .set(warming as i64);
             let want = t.pool_per_host as usize;
             if members.len() > want {
                 // The newest first: the oldest have waited longest and are drawn first.
@@ -429,7 +417,7 @@ impl App {
                 }
             };
             for _ in members.len()..want {
-                match self.pool_fill_one(&t, &seed).await {
+                match self.pool_fill_one(t, &seed).await {
                     Ok(()) => made += 1,
                     Err(e) => {
                         failed += 1;
@@ -440,6 +428,19 @@ impl App {
                         break;
                     }
                 }
+            }
+        }
+        for t in &templates {
+            let members = self.pool_members(&t.name).await?;
+            let ready = members
+                .iter()
+                .filter(|m| m.state == VmState::Paused)
+                .count();
+            for (state, n) in [("ready", ready), ("warming", members.len() - ready)] {
+                self.metrics
+                    .pool_members
+                    .with_label_values(&[&t.name, state])
+                    .set(n as i64);
             }
         }
         Ok((made, removed, failed))

@@ -6,6 +6,7 @@
 mod egress;
 mod environments;
 mod events;
+mod fast_start;
 mod harness;
 mod hosts;
 mod parity;

@@ -720,14 +720,33 @@ async fn version_computer_and_migrate_answer_clearly() {
     }
     let r = f.get("/v1/environments/fuse-nope/computer").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // Migration is cold only: live and lazy answer 501 as the original does; with no other
+    // host to go to, a cold one says so (and the environment keeps running).
     let r = f
-        .post("/v1/environments/fuse-desk?action=migrate", json!({}))
+        .post(
+            "/v1/environments/fuse-desk?action=migrate",
+            json!({"live": true}),
+        )
         .await;
     assert_eq!(
         (r.status.as_u16(), r.code()),
         (501, "unimplemented"),
         "{}",
         r.text
+    );
+    let r = f
+        .post("/v1/environments/fuse-desk?action=migrate", json!({}))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "unavailable"),
+        "{}",
+        r.text
+    );
+    assert!(r.message().contains("no hosts"), "{}", r.text);
+    assert_eq!(
+        f.get("/v1/environments/fuse-desk").await.body["state"],
+        "running"
     );
 }
 
