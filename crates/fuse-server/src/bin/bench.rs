@@ -11,6 +11,11 @@
 //! (p50/p99); `--backend qemu --guest-dir DIR` runs that environment as a real guest (the
 //! image of `tools/build-guest-image.sh`).
 //!
+//! `--fast-start` (with `--fc-agent`, meant for `--backend qemu`) creates, side by side in
+//! one run: cold boots, creates from a template (a live snapshot of a running environment
+//! restored into each new VM) and creates drawn from the template's warm pool, one at a
+//! time, and prints create → running p50/p95 of each and their ratios to the cold boot.
+//!
 //! ```text
 //! cargo run --release -p fuse-server --bin fuse-bench -- --seconds 10 --clients 8
 //! cargo build --release -p fuse-hostagent -p fuse-guest
@@ -18,6 +23,8 @@
 //! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --runtime
 //! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --runtime \
 //!     --backend qemu --guest-dir .fuse-test/guest
+//! cargo run --release -p fuse-server --bin fuse-bench -- --fc-agent --fast-start \
+//!     --backend qemu --guest-dir .fuse-test/guest --creates 8
 //! ```
 
 use anyhow::Context as _;
@@ -72,6 +79,15 @@ struct Args {
     /// Exec round trips measured (--runtime).
     #[arg(long, default_value_t = 200)]
     execs: usize,
+    /// With --fc-agent: cold boots vs template restores vs warm-pool draws.
+    #[arg(long)]
+    fast_start: bool,
+    /// Creates measured per kind (--fast-start).
+    #[arg(long, default_value_t = 6)]
+    creates: usize,
+    /// Warm VMs kept by the pool (--fast-start).
+    #[arg(long, default_value_t = 2)]
+    pool: u32,
 }
 
 /// A real `fc-agent` started by the bench (killed on drop).
@@ -365,6 +381,159 @@ async fn runtime(base: &str, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cold boots, template restores and warm-pool draws, one create at a time, each destroyed
+/// before the next (so every create finds the host as idle as the one before).
+async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()?;
+    let auth = |r: reqwest::RequestBuilder| {
+        if args.token.is_empty() {
+            r
+        } else {
+            r.bearer_auth(&args.token)
+        }
+    };
+    let spec = serde_json::json!({"cpus": 1, "ram_mb": 256, "storage_gb": 1});
+    // One create → running, in milliseconds; the environment is destroyed afterwards
+    // unless `keep`.
+    let create = |task: String, extra: serde_json::Value, keep: bool| {
+        let http = http.clone();
+        let spec = spec.clone();
+        async move {
+            let mut body = serde_json::json!({"task_id": task});
+            if extra.get("template").is_none() {
+                body["spec"] = spec;
+            }
+            if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                for (k, v) in e {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+            let t = Instant::now();
+            let r = auth(http.post(format!("{base}/v1/environments")))
+                .json(&body)
+                .send()
+                .await?;
+            let status = r.status();
+            let env: serde_json::Value = r.json().await?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            anyhow::ensure!(
+                status == StatusCode::CREATED && env["state"] == "running",
+                "create {task}: {status} {env}"
+            );
+            let id = env["id"].as_str().unwrap_or_default().to_owned();
+            if !keep {
+                let r = auth(http.delete(format!("{base}/v1/environments/{id}")))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == StatusCode::NO_CONTENT, "destroy {id}");
+            }
+            anyhow::Ok((id, ms))
+        }
+    };
+    let n = args.creates.max(2);
+    let mut cold = Vec::new();
+    for i in 0..n {
+        cold.push(
+            create(format!("bench-cold-{i}"), serde_json::json!({}), false)
+                .await?
+                .1,
+        );
+    }
+    // The template: a live snapshot of a running environment.
+    let (src, _) = create("bench-tsrc".into(), serde_json::json!({}), true).await?;
+    let t = Instant::now();
+    let r = auth(http.post(format!("{base}/v1/templates")))
+        .json(&serde_json::json!({"name": "bench", "from_environment": src}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        r.status() == StatusCode::CREATED,
+        "template: {}",
+        r.text().await?
+    );
+    let snap_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // The template outlives its source (an idle guest under TCG still costs CPU).
+    let r = auth(http.delete(format!("{base}/v1/environments/{src}")))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == StatusCode::NO_CONTENT, "destroy {src}");
+    let mut tpl = Vec::new();
+    for i in 0..n {
+        tpl.push(
+            create(
+                format!("bench-tpl-{i}"),
+                serde_json::json!({"template": "bench"}),
+                false,
+            )
+            .await?
+            .1,
+        );
+    }
+    // The warm pool: filled, then drawn one create at a time (each waits for a ready VM).
+    let r = auth(http.patch(format!("{base}/v1/templates/bench")))
+        .json(&serde_json::json!({"pool": {"per_host": args.pool}}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == StatusCode::OK, "pool: {}", r.text().await?);
+    let ready = || async {
+        let t: serde_json::Value = auth(http.get(format!("{base}/v1/templates/bench")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(t["pool"]["ready"].as_u64().unwrap_or(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut warm = Vec::new();
+    for i in 0..n {
+        while ready().await? < u64::from(args.pool) {
+            anyhow::ensure!(Instant::now() < deadline, "the pool never filled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        warm.push(
+            create(
+                format!("bench-warm-{i}"),
+                serde_json::json!({"template": "bench"}),
+                false,
+            )
+            .await?
+            .1,
+        );
+    }
+    let r = auth(http.patch(format!("{base}/v1/templates/bench")))
+        .json(&serde_json::json!({"pool": {"per_host": 0}}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == StatusCode::OK, "pool off: {}", r.status());
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        (at(0.5), at(0.95))
+    };
+    let (c50, c95) = stats(&mut cold);
+    let (t50, t95) = stats(&mut tpl);
+    let (w50, w95) = stats(&mut warm);
+    println!(
+        "backend {}: {n} creates of each kind, one at a time (create → running, ms)",
+        args.backend
+    );
+    println!("  cold boot      p50 {c50:8.1}  p95 {c95:8.1}");
+    println!(
+        "  from template  p50 {t50:8.1}  p95 {t95:8.1}  ({:.1}x faster at p50, {:.1}x at p95; target ≥ 6x)",
+        c50 / t50,
+        c95 / t95
+    );
+    println!(
+        "  warm pool      p50 {w50:8.1}  p95 {w95:8.1}  ({:.1}x faster at p50, {:.1}x at p95; target ≥ 15x)",
+        c50 / w50,
+        c95 / w95
+    );
+    println!("  (the template's live snapshot took {snap_ms:.0} ms)");
+    Ok(())
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -447,6 +616,10 @@ async fn main() -> anyhow::Result<()> {
     if args.runtime {
         anyhow::ensure!(agent.is_some(), "--runtime needs --fc-agent");
         return runtime(&base, &args).await;
+    }
+    if args.fast_start {
+        anyhow::ensure!(agent.is_some(), "--fast-start needs --fc-agent");
+        return fast_start(&base, &args).await;
     }
     if args.fill > 0 {
         let stub = _server
