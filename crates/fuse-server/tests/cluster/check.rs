@@ -1,10 +1,14 @@
 //! The checks every fault scenario ends with (issue 6):
 //!
 //! 1. no environment is left `provisioning` or `destroying` past the deadline;
-//! 2. `allocated` on every host equals what its live environments use;
+//! 2. `allocated` on every host equals what its live environments use (a paused one: its
+//!    disk alone);
 //! 3. no VM on a host that the control plane does not track as live there, and every live
-//!    environment's VM is on its host; nothing else of a VM (directory, namespace, link,
-//!    process, NAT rule) is left on the machine;
+//!    environment's VM is on its host (running, or paused for a paused one); nothing else of
+//!    a VM (directory, namespace, link, process, NAT rule, a migration's staged files) is
+//!    left on the machine, and no migration is in flight;
+//! 5. every snapshot a host keeps is one the control plane knows there, and every `ready`
+//!    one there is on the host;
 //! 4. every transition of every environment is explained in the audit log (an unbroken
 //!    chain of `state` events from `provisioning` to its state now, each with a reason).
 
@@ -48,17 +52,27 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
             p.push(format!("{} still {s}", e["id"]));
         }
     }
+    let snaps = {
+        let (s, b) = f.get("/v1/snapshots?limit=200").await;
+        assert!(s.is_success(), "listing snapshots: {s} {b}");
+        b["snapshots"].as_array().cloned().unwrap_or_default()
+    };
     for h in hosts {
         let mut want = (0u64, 0u64, 0u64, 0u64);
         let mut tracked = BTreeSet::new();
+        let mut paused = BTreeSet::new();
         for e in envs.iter().filter(|e| e["host_id"] == h.id.as_str()) {
+            let sp = &e["spec"];
             if live(e["state"].as_str().unwrap_or("")) {
-                let sp = &e["spec"];
                 want.0 += sp["cpus"].as_u64().unwrap();
                 want.1 += sp["ram_mb"].as_u64().unwrap();
                 want.2 += sp["storage_gb"].as_u64().unwrap();
                 want.3 += 1;
                 tracked.insert(e["id"].as_str().unwrap().to_owned());
+            } else if e["state"] == "paused" {
+                want.2 += sp["storage_gb"].as_u64().unwrap();
+                tracked.insert(e["id"].as_str().unwrap().to_owned());
+                paused.insert(e["id"].as_str().unwrap().to_owned());
             }
         }
         let (s, hb) = f.get(&format!("/v1/hosts/{}", h.id)).await;
@@ -89,11 +103,52 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
                 h.id
             ));
         }
+        let paused_there: BTreeSet<String> = listed
+            .iter()
+            .filter(|(_, s)| s == "paused")
+            .map(|(id, _)| id.clone())
+            .collect();
         for x in tracked.difference(&running) {
+            if paused.contains(x) && paused_there.contains(x) {
+                continue;
+            }
             p.push(format!(
-                "host {}: live environment {x} has no running VM",
-                h.id
+                "host {}: environment {x} has no {} VM",
+                h.id,
+                if paused.contains(x) { "paused" } else { "running" }
             ));
+        }
+        for x in running.intersection(&paused) {
+            p.push(format!("host {}: paused environment {x} runs there", h.id));
+        }
+        let staged = std::fs::read_dir(h.dir.join("incoming"))
+            .map(|rd| rd.count())
+            .unwrap_or(0);
+        if staged > 0 {
+            p.push(format!("host {}: {staged} staged migration(s) left", h.id));
+        }
+        let kept = h.snapshots().await;
+        let known: BTreeSet<(String, String)> = snaps
+            .iter()
+            .filter(|s| s["host_id"] == h.id.as_str())
+            .map(|s| {
+                (
+                    s["vm_id"].as_str().unwrap_or("").to_owned(),
+                    s["id"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        for k in kept.difference(&known) {
+            p.push(format!("host {}: snapshot {k:?} is not known to fuse", h.id));
+        }
+        for s in snaps.iter().filter(|s| s["host_id"] == h.id.as_str() && s["state"] == "ready") {
+            let k = (
+                s["vm_id"].as_str().unwrap_or("").to_owned(),
+                s["id"].as_str().unwrap_or("").to_owned(),
+            );
+            if !kept.contains(&k) {
+                p.push(format!("host {}: ready snapshot {k:?} has no files there", h.id));
+            }
         }
         let fp = h.footprint();
         let dirs: BTreeSet<String> = fp.dirs.iter().cloned().collect();

@@ -3,6 +3,7 @@
 //! `process` backend. The link can be cut (`link(false)`) and the agent killed and
 //! restarted on the same state directory.
 
+use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -184,6 +185,30 @@ impl Host {
     }
 
     /// `(id, state)` of every VM the agent lists (under `fuse-`).
+    /// (vm id, snapshot id) of every snapshot the agent keeps.
+    pub async fn snapshots(&self) -> BTreeSet<(String, String)> {
+        let r = self
+            .http
+            .get(format!("{}/v1/snapshots", self.url()))
+            .bearer_auth(AGENT_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        v["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["vm_id"].as_str().unwrap_or("").to_owned(),
+                    s["snapshot_id"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
     pub async fn vm_states(&self) -> Vec<(String, String)> {
         let r = self
             .http
