@@ -85,6 +85,35 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Lets this namespace and `other` reach each other through the host (a route each way
+    /// and forwarding on the two host-side links only: nothing else on the machine is
+    /// routed).
+    pub fn route_to(&self, other: &Lab) -> bool {
+        let fwd = |veth: &str| {
+            std::fs::write(format!("/proc/sys/net/ipv4/conf/{veth}/forwarding"), b"1").is_ok()
+        };
+        fwd(&self.veth)
+            && fwd(&other.veth)
+            && ip(&[
+                "-n",
+                &self.name,
+                "route",
+                "replace",
+                &format!("{}0/30", other.net),
+                "via",
+                &format!("{}1", self.net),
+            ])
+            && ip(&[
+                "-n",
+                &other.name,
+                "route",
+                "replace",
+                &format!("{}0/30", self.net),
+                "via",
+                &format!("{}1", other.net),
+            ])
+    }
+
     /// Brings the link down (the namespace is cut off) or up.
     pub fn link(&self, up: bool) {
         assert!(ip(&[

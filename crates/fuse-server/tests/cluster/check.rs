@@ -115,7 +115,11 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
             p.push(format!(
                 "host {}: environment {x} has no {} VM",
                 h.id,
-                if paused.contains(x) { "paused" } else { "running" }
+                if paused.contains(x) {
+                    "paused"
+                } else {
+                    "running"
+                }
             ));
         }
         for x in running.intersection(&paused) {
@@ -139,15 +143,24 @@ async fn problems(f: &FuseProc, hosts: &[&Host]) -> Vec<String> {
             })
             .collect();
         for k in kept.difference(&known) {
-            p.push(format!("host {}: snapshot {k:?} is not known to fuse", h.id));
+            p.push(format!(
+                "host {}: snapshot {k:?} is not known to fuse",
+                h.id
+            ));
         }
-        for s in snaps.iter().filter(|s| s["host_id"] == h.id.as_str() && s["state"] == "ready") {
+        for s in snaps
+            .iter()
+            .filter(|s| s["host_id"] == h.id.as_str() && s["state"] == "ready")
+        {
             let k = (
                 s["vm_id"].as_str().unwrap_or("").to_owned(),
                 s["id"].as_str().unwrap_or("").to_owned(),
             );
             if !kept.contains(&k) {
-                p.push(format!("host {}: ready snapshot {k:?} has no files there", h.id));
+                p.push(format!(
+                    "host {}: ready snapshot {k:?} has no files there",
+                    h.id
+                ));
             }
         }
         let fp = h.footprint();

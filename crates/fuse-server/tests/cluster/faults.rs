@@ -582,3 +582,137 @@ async fn leftovers_of_a_crashed_agent_are_reclaimed_and_orphans_destroyed() {
     settled(&f, &[&hs[0]], &db, HEAL).await;
     assert!(hs[0].vms().await.is_empty());
 }
+
+/// Makes an environment pinned to `host` with a large file (so its pause, which archives the
+/// disk on the `process` backend, and its transfer take a while) and a small one to check.
+async fn heavy_env(f: &FuseProc, task: &str, host: &str) -> String {
+    let (s, b) = f
+        .post(
+            "/v1/environments",
+            json!({"task_id": task, "spec": {"host_id": host, "storage_gb": 2}}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::CREATED, Some("running")),
+        "{b}"
+    );
+    let id = b["id"].as_str().unwrap().to_owned();
+    let (s, r) = f
+        .post(
+            &format!("/v1/environments/{id}?action=exec"),
+            json!({"shell": "head -c 400000000 /dev/zero > big && echo kept > small", "timeout_ms": 120000}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["exit_code"].as_i64()),
+        (StatusCode::OK, Some(0)),
+        "{r}"
+    );
+    id
+}
+
+/// The small file is there (resuming the environment first if it is paused).
+async fn small_file_kept(f: &FuseProc, id: &str) {
+    let (_, e) = f.get(&format!("/v1/environments/{id}")).await;
+    if e["state"] == "paused" {
+        let (s, b) = f
+            .post(&format!("/v1/environments/{id}?action=resume"), json!({}))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (s, r) = f
+        .post(
+            &format!("/v1/environments/{id}?action=exec"),
+            json!({"shell": "cat small"}),
+        )
+        .await;
+    assert_eq!(
+        (s, r["stdout"].as_str()),
+        (StatusCode::OK, Some("kept\n")),
+        "{r}"
+    );
+}
+
+/// Sends `path` without waiting for the answer (the control plane is killed meanwhile).
+fn post_and_forget(f: &FuseProc, path: &str, body: Value) -> tokio::task::JoinHandle<()> {
+    let (http, url) = (f.http.clone(), format!("{}{path}", f.base));
+    tokio::spawn(async move {
+        let _ = http.post(url).json(&body).send().await;
+    })
+}
+
+/// `fuse` killed in the middle of a pause, of a resume and of a migration (issue 13): after
+/// a restart each settles — no environment stuck, capacity and snapshot files accounted,
+/// nothing staged left on the target, every transition in the audit log — and each keeps
+/// its files, wherever it ended up.
+#[tokio::test]
+async fn control_plane_killed_mid_pause_mid_resume_and_mid_migrate() {
+    let Some((hs, db, mut a)) = cluster(&["h1", "h2"]).await else {
+        return;
+    };
+    hs[0].route_to(&hs[1]);
+    let p = heavy_env(&a, "kp-pause", "h1").await;
+    let r = heavy_env(&a, "kp-resume", "h1").await;
+    let m = heavy_env(&a, "kp-migrate", "h1").await;
+    let (s, b) = a
+        .post(&format!("/v1/environments/{r}?action=pause"), json!({}))
+        .await;
+    assert_eq!(
+        (s, b["state"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{b}"
+    );
+
+    // 1. Mid-pause: the host is archiving 400 MB when the control plane dies.
+    let t = Instant::now();
+    let _ = post_and_forget(&a, &format!("/v1/environments/{p}?action=pause"), json!({}));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    a.kill9();
+    eprintln!("killed mid-pause after {:?}", t.elapsed());
+    let mut b2 = fuse_on(&db).await;
+    settled(&b2, &[&hs[0], &hs[1]], &db, HEAL).await;
+
+    // 2. Mid-resume: the room is taken and the host is unpacking when it dies.
+    let _ = post_and_forget(
+        &b2,
+        &format!("/v1/environments/{r}?action=resume"),
+        json!({}),
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b2.kill9();
+    let mut c = fuse_on(&db).await;
+    settled(&c, &[&hs[0], &hs[1]], &db, HEAL).await;
+
+    // 3. Mid-migrate: killed once the target is receiving the files.
+    let _ = post_and_forget(
+        &c,
+        &format!("/v1/environments/{m}?action=migrate"),
+        json!({"target_host_id": "h2"}),
+    );
+    let incoming = hs[1].dir.join("incoming");
+    eventually("the target receiving", Duration::from_secs(60), || {
+        let incoming = incoming.clone();
+        async move {
+            std::fs::read_dir(&incoming)
+                .map(|mut rd| rd.next().is_some())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    c.kill9();
+    let d = fuse_on(&db).await;
+    settled(&d, &[&hs[0], &hs[1]], &db, HEAL).await;
+    let ended: Vec<(String, String, String)> = states(&d).await;
+    eprintln!("after the three kills: {ended:?}");
+    for id in [&p, &r, &m] {
+        let e = ended.iter().find(|(i, _, _)| i == id).unwrap();
+        assert!(
+            matches!(e.1.as_str(), "running" | "paused"),
+            "{id} ended {} (it must keep running or paused, never lost)",
+            e.1
+        );
+        small_file_kept(&d, id).await;
+    }
+    settled(&d, &[&hs[0], &hs[1]], &db, HEAL).await;
+}

@@ -3,9 +3,9 @@
 //! `process` backend. The link can be cut (`link(false)`) and the agent killed and
 //! restarted on the same state directory.
 
-use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -85,6 +85,17 @@ impl Host {
                 .build()
                 .unwrap(),
         })
+    }
+
+    /// Lets this host's agent and `other`'s reach each other (a migration streams between
+    /// them).
+    pub fn route_to(&self, other: &Host) {
+        assert!(
+            self.lab.route_to(&other.lab),
+            "routing {} <-> {}",
+            self.id,
+            other.id
+        );
     }
 
     /// The agent's address.

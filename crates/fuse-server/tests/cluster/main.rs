@@ -13,6 +13,7 @@ mod agent;
 mod check;
 mod crash;
 mod db_faults;
+mod fast_start;
 mod faults;
 mod hardening;
 mod harness;
