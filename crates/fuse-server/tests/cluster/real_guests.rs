@@ -196,6 +196,16 @@ impl Host {
         format!("http://{}", self.addr)
     }
 
+    /// Lets this host's agent and `other`'s reach each other (a migration between them).
+    fn route_to(&self, other: &Host) {
+        assert!(
+            self._lab.route_to(&other._lab),
+            "routing {} <-> {}",
+            self.ns,
+            other.ns
+        );
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -1534,4 +1544,271 @@ async fn a_real_guest_runs_a_custom_agent_fetched_from_the_host_and_serves_its_l
     let (s, _) = fuse.delete("/v1/environments/fuse-rg-agent").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let _ = std::fs::remove_dir_all(site);
+}
+
+/// What one guest says about who it is.
+async fn identity(fuse: &FuseProc, id: &str) -> (String, String, String, String, String) {
+    let r = exec(
+        fuse,
+        id,
+        "hostname; ip -4 -o addr show eth0 | awk '{print $4}'; cat /sys/class/net/eth0/address; \
+         cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
+    )
+    .await;
+    let out = r["stdout"].as_str().unwrap_or("").to_owned();
+    let mut l = out.lines().map(str::to_owned);
+    let mut next = || l.next().unwrap_or_default();
+    (next(), next(), next(), next(), next())
+}
+
+/// Issue 13 on real guests (QEMU, TCG here): a template restored into two new VMs gives each
+/// its own identity (hostname, address, MAC, token, boot_id, random bytes); pause → resume
+/// keeps a running process and what it holds in memory (a tmpfs file); a migration between
+/// two `fc-agent` processes keeps a file and a running process; a migration whose target
+/// agent is killed mid-transfer ends with the environment running at its source and nothing
+/// left on the target.
+#[tokio::test]
+async fn real_guests_templates_pause_resume_and_migration_qemu() {
+    let Some(lab) = GuestLab::start(2, "qemu-a", &[("FUSE_ORPHAN_GRACE_SECS", "5")]).await else {
+        return;
+    };
+    let GuestLab {
+        host: a,
+        assets,
+        fuse,
+        ..
+    } = lab;
+    let mut b = Host::start(3, &assets, &assets.join("rootfs.ext4"));
+    a.route_to(&b);
+    b.register(&fuse, "qemu-b").await;
+
+    // The template's source: a cold boot on qemu-a (nothing reads its boot_id first).
+    let t = Instant::now();
+    let (s, src) = fuse
+        .post(
+            "/v1/environments",
+            json!({"task_id": "rg-tsrc", "spec": {"cpus": 1, "ram_mb": 256, "host_id": "qemu-a"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, src["state"].as_str()),
+        (StatusCode::CREATED, Some("running")),
+        "{src}"
+    );
+    let cold_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    let (s, tpl) = fuse
+        .post(
+            "/v1/templates",
+            json!({"name": "rg", "from_environment": "fuse-rg-tsrc"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{tpl}");
+    assert_eq!(tpl["state"], "ready", "{tpl}");
+    let snap_ms = t.elapsed().as_millis();
+
+    // Two environments from it: each its own identity.
+    let mut made = Vec::new();
+    let mut tpl_ms = Vec::new();
+    for task in ["rg-t1", "rg-t2"] {
+        let t = Instant::now();
+        let (s, e) = fuse
+            .post(
+                "/v1/environments",
+                json!({"task_id": task, "template": "rg"}),
+            )
+            .await;
+        assert_eq!(
+            (s, e["state"].as_str()),
+            (StatusCode::CREATED, Some("running")),
+            "{e}"
+        );
+        tpl_ms.push(t.elapsed().as_millis());
+        made.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let i1 = identity(&fuse, &made[0]).await;
+    let i2 = identity(&fuse, &made[1]).await;
+    eprintln!("identities: {i1:?} / {i2:?}");
+    assert_eq!(i1.0, made[0], "hostname is the VM id");
+    assert_eq!(i2.0, made[1]);
+    assert!(
+        !i1.1.is_empty() && i1.1 != i2.1,
+        "addresses {} / {}",
+        i1.1,
+        i2.1
+    );
+    assert!(!i1.2.is_empty() && i1.2 != i2.2, "MACs {} / {}", i1.2, i2.2);
+    assert!(
+        i1.3.len() == 36 && i1.3 != i2.3,
+        "boot_ids {} / {}",
+        i1.3,
+        i2.3
+    );
+    assert!(
+        i1.4.len() == 32 && i1.4 != i2.4,
+        "random bytes {} / {}",
+        i1.4,
+        i2.4
+    );
+    let tok = |id: String| {
+        let f = &fuse;
+        async move {
+            exec(f, &id, "cat /fuse/token").await["stdout"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        }
+    };
+    let (k1, k2) = (tok(made[0].clone()).await, tok(made[1].clone()).await);
+    assert!(k1.len() >= 32 && k1 != k2, "agent tokens differ");
+    eprintln!("cold {cold_ms} ms, live snapshot {snap_ms} ms, from the template {tpl_ms:?} ms");
+
+    // Pause → resume keeps a running process and its memory (a tmpfs file).
+    let id = made[0].clone();
+    let pid = exec(
+        &fuse,
+        &id,
+        "mkdir -p /dev/shm && echo in-memory > /dev/shm/v && (sleep 1000 >/dev/null 2>&1 &) ; sleep 0.2; pgrep -f 'sleep 1000' | head -1",
+    )
+    .await["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(!pid.is_empty(), "the background process runs");
+    let t = Instant::now();
+    let (s, p) = fuse
+        .post(&format!("/v1/environments/{id}?action=pause"), json!({}))
+        .await;
+    assert_eq!(
+        (s, p["state"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{p}"
+    );
+    let pause_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    let (s, r) = fuse
+        .post(&format!("/v1/environments/{id}?action=resume"), json!({}))
+        .await;
+    assert_eq!(
+        (s, r["state"].as_str()),
+        (StatusCode::OK, Some("running")),
+        "{r}"
+    );
+    let resume_ms = t.elapsed().as_millis();
+    let after = exec(
+        &fuse,
+        &id,
+        &format!("kill -0 {pid} && echo alive; cat /dev/shm/v"),
+    )
+    .await;
+    assert_eq!(after["stdout"], "alive\nin-memory\n", "{after}");
+    eprintln!("pause {pause_ms} ms, resume {resume_ms} ms");
+
+    // Migration to qemu-b keeps a file and a running process.
+    exec(&fuse, &id, "echo on-disk > /root/moved && sync").await;
+    let t = Instant::now();
+    let (s, m) = fuse
+        .post(
+            &format!("/v1/environments/{id}?action=migrate"),
+            json!({"target_host_id": "qemu-b"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(
+        (m["state"].as_str(), m["host_id"].as_str()),
+        (Some("running"), Some("qemu-b"))
+    );
+    let migrate_ms = t.elapsed().as_millis();
+    let moved = exec(
+        &fuse,
+        &id,
+        &format!("kill -0 {pid} && echo alive; cat /root/moved /dev/shm/v"),
+    )
+    .await;
+    assert_eq!(moved["stdout"], "alive\non-disk\nin-memory\n", "{moved}");
+    let ip_b = identity(&fuse, &id).await.1;
+    assert_ne!(ip_b, i1.1, "the guest took an address of its new host");
+    eprintln!("migrate {migrate_ms} ms");
+    // Nothing of it is left on qemu-a (the source copy is destroyed at once).
+    let left: Vec<String> = a
+        .leftovers()
+        .into_iter()
+        .filter(|l| l.contains(&id))
+        .collect();
+    assert!(left.is_empty(), "left on the source: {left:?}");
+
+    // An interrupted migration: the target agent dies while the files arrive.
+    let id2 = made[1].clone();
+    exec(&fuse, &id2, "echo stays > /root/f && sync").await;
+    let mig = {
+        let (http, url) = (
+            fuse.http.clone(),
+            format!("{}/v1/environments/{id2}?action=migrate", fuse.base),
+        );
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&json!({"target_host_id": "qemu-b"}))
+                .send()
+                .await;
+            match r {
+                Ok(r) => r.status(),
+                Err(_) => StatusCode::BAD_GATEWAY,
+            }
+        })
+    };
+    let incoming = b.dir.join("incoming");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&incoming).is_ok_and(|mut rd| rd.next().is_some()) {
+        assert!(Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(c) = b.agent.as_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let st = mig.await.unwrap();
+    assert!(
+        !st.is_success(),
+        "the migration cannot succeed without its target: {st}"
+    );
+    b.spawn_agent();
+    let e = {
+        let (_, e) = fuse.get(&format!("/v1/environments/{id2}")).await;
+        e
+    };
+    assert_eq!(
+        (e["state"].as_str(), e["host_id"].as_str()),
+        (Some("running"), Some("qemu-a")),
+        "{e}"
+    );
+    let f2 = exec(&fuse, &id2, "cat /root/f").await;
+    assert_eq!(f2["stdout"], "stays\n");
+    // The target, back up, holds nothing of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let staged = std::fs::read_dir(&incoming)
+            .map(|rd| rd.count())
+            .unwrap_or(0);
+        let there: Vec<String> = b
+            .leftovers()
+            .into_iter()
+            .filter(|l| l.contains(&id2))
+            .collect();
+        if staged == 0 && there.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left on the target: {staged} staged, {there:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for id in [&id, &id2, &"fuse-rg-tsrc".to_owned()] {
+        let (s, _) = fuse.delete(&format!("/v1/environments/{id}")).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    let (s, _) = fuse.delete("/v1/templates/rg").await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 }
