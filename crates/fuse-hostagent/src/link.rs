@@ -520,11 +520,11 @@ mod tests {
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let token = "t".repeat(32);
-        let guest = Arc::new(fuse_guest::Guest {
-            token: token.clone(),
-            root: dir.join("root"),
-            agent: Arc::default(),
-        });
+        let guest = Arc::new(fuse_guest::Guest::new(
+            token.clone(),
+            dir.join("root"),
+            Arc::default(),
+        ));
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::thread::spawn(move || {
             // Like a chardev: one connection at a time, served until it closes.
