@@ -186,7 +186,10 @@ mod tests {
             ..Identity::default()
         };
         assert!(apply(&g, &short).error.is_some());
-        assert!(g.token_matches(&"n".repeat(32)), "a refused token changes nothing");
+        assert!(
+            g.token_matches(&"n".repeat(32)),
+            "a refused token changes nothing"
+        );
     }
 
     #[test]
@@ -205,6 +208,8 @@ mod tests {
         let s = serde_json::to_string(&op).unwrap();
         assert!(s.contains(r#""op":"identity""#), "{s}");
         let back: crate::proto::Op = serde_json::from_str(&s).unwrap();
-        assert!(matches!(back, crate::proto::Op::Identity(i) if i.net.as_ref().unwrap().prefix == 30));
+        assert!(
+            matches!(back, crate::proto::Op::Identity(i) if i.net.as_ref().unwrap().prefix == 30)
+        );
     }
 }

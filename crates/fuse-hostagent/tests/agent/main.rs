@@ -8,6 +8,7 @@ mod egress;
 mod expose;
 mod healthcheck;
 mod logs;
+mod pause;
 mod provision;
 mod runtime;
 mod snapshots;
