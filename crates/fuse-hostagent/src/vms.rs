@@ -495,19 +495,36 @@ impl Vms {
         }
         // Then network leftovers no adopted VM owns (nftables state, devices, namespaces).
         if let Some(net) = &vms.opts.net {
+            // A paused VM whose namespace is gone (it was kept by a mount of the previous
+            // agent's mount namespace) has its network removed here with the leftovers and
+            // made again below.
+            let gone = |n: &crate::net::NetInfo| {
+                n.netns
+                    .as_ref()
+                    .is_some_and(|ns| crate::net::ns::id_of(&crate::net::ns::path(ns)).is_none())
+            };
+            let mut remake = Vec::new();
             let live: Vec<(String, crate::net::NetInfo)> = vms
                 .map
                 .read()
                 .values()
                 .filter_map(|v| {
                     let m = v.meta.read();
-                    m.net.clone().map(|n| (m.vm_id.clone(), n))
+                    let n = m.net.clone()?;
+                    if m.paused.is_some() && gone(&n) {
+                        remake.push(v.clone());
+                        return None;
+                    }
+                    Some((m.vm_id.clone(), n))
                 })
                 .collect();
             report.net = net
                 .reclaim(&live)
                 .await
                 .map_err(|e| std::io::Error::other(e.report()))?;
+            for vm in remake {
+                vms.net_remake(net, &vm).await;
+            }
         }
         Ok((vms, report))
     }

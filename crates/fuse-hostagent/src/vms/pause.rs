@@ -206,6 +206,47 @@ impl Vms {
         Ok(vm.wire(&self.opts.public_host))
     }
 
+    /// At start: makes a paused VM's network again, its namespace being gone (kept by a
+    /// mount of the previous agent's mount namespace, which an agent run in one of its own,
+    /// as under `ip netns exec`, takes with it): the same slot, forwards and egress rules.
+    /// A failure is logged; the VM's resume then fails and says why.
+    pub(super) async fn net_remake(&self, net: &crate::net::Net, vm: &Vm) {
+        let (id, info) = {
+            let m = vm.meta.read();
+            (m.vm_id.clone(), m.net.clone())
+        };
+        let (Some(info), Some(pool)) = (info, self.opts.pool) else {
+            return;
+        };
+        let made = net
+            .setup(
+                &id,
+                info.index,
+                &pool,
+                info.netns.is_some(),
+                info.forward,
+                info.exposed.clone(),
+                info.egress.clone(),
+            )
+            .await;
+        match made {
+            Ok(n) => {
+                let meta = {
+                    let mut m = vm.meta.write();
+                    m.net = Some(n);
+                    m.clone()
+                };
+                if let Err(e) = write_meta(&vm.dir, &meta) {
+                    tracing::warn!(vm_id = %id, error = %crate::error_chain(&e), "saving VM state");
+                }
+                tracing::info!(vm_id = %id, "made the paused VM's network again");
+            }
+            Err(e) => {
+                tracing::warn!(vm_id = %id, error = %e.report(), "making the paused VM's network again")
+            }
+        }
+    }
+
     /// Waits for a resumed guest's helper; a live one is given the clock, a fresh random
     /// pool, and, when it moved, its new network.
     async fn resumed_ready(

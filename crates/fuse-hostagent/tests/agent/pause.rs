@@ -92,10 +92,11 @@ async fn a_paused_vm_keeps_its_disk_and_network_across_an_agent_restart() {
     assert_eq!(one["state"], "paused", "still paused: {one}");
     assert_eq!(a.delete("/v1/vm/fuse-big").await.0, StatusCode::NO_CONTENT);
 
-    // An agent restart keeps it paused.
+    // An agent restart keeps it paused. (Not dropped: the harness's drop removes the VMs'
+    // namespaces, which a restarted agent finds again.)
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    drop(a);
+    std::mem::forget(a);
     let a = spawn(&ns, &dir, &env).await;
     let (_, one) = a.get("/v1/vm/fuse-p").await;
     assert_eq!(one["state"], "paused", "{one}");
