@@ -6,6 +6,7 @@
 
 mod egress;
 mod expose;
+mod fc_memory;
 mod healthcheck;
 mod logs;
 mod pause;
