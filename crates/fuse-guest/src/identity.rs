@@ -38,7 +38,7 @@ pub fn apply(g: &Guest, id: &Identity) -> Response {
 }
 
 fn apply_parts(g: &Guest, id: &Identity, applied: &mut Vec<String>) -> Result<(), String> {
-    if let Some(t) = &id.token {
+    if let Some(t) = &id.new_token {
         if t.len() < 16 {
             return Err("identity: the token must be at least 16 characters".into());
         }
@@ -170,7 +170,7 @@ mod tests {
             std::sync::Arc::default(),
         );
         let id = Identity {
-            token: Some("n".repeat(32)),
+            new_token: Some("n".repeat(32)),
             hostname: Some("must-not-be-set".into()),
             unix_ms: Some(0),
             ..Identity::default()
@@ -182,7 +182,7 @@ mod tests {
         // Idempotent.
         assert_eq!(apply(&g, &id).applied, Some(vec!["token".to_owned()]));
         let short = Identity {
-            token: Some("short".into()),
+            new_token: Some("short".into()),
             ..Identity::default()
         };
         assert!(apply(&g, &short).error.is_some());
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn identity_round_trips_as_an_op() {
         let op = crate::proto::Op::Identity(Identity {
-            token: Some("x".repeat(16)),
+            new_token: Some("x".repeat(16)),
             net: Some(IdentityNet {
                 dev: String::new(),
                 mac: Some("02:00:00:00:00:01".into()),
@@ -205,8 +205,16 @@ mod tests {
             }),
             ..Identity::default()
         });
-        let s = serde_json::to_string(&op).unwrap();
+        // As a request line: the op's fields beside the request's own token.
+        let req = crate::proto::Request {
+            token: "t".repeat(16),
+            op,
+        };
+        let s = serde_json::to_string(&req).unwrap();
         assert!(s.contains(r#""op":"identity""#), "{s}");
+        let back: crate::proto::Request = serde_json::from_str(&s).unwrap();
+        assert_eq!(back.token, "t".repeat(16));
+        let s = serde_json::to_string(&back.op).unwrap();
         let back: crate::proto::Op = serde_json::from_str(&s).unwrap();
         assert!(
             matches!(back, crate::proto::Op::Identity(i) if i.net.as_ref().unwrap().prefix == 30)

@@ -207,9 +207,10 @@ pub enum Op {
 /// What an [`Op::Identity`] sets.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
-    /// The token the helper accepts from now on (this request was made with the old one).
+    /// The token the helper accepts from now on (this request was made with the old one;
+    /// not `token`, which is the request's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    pub new_token: Option<String>,
     /// The hostname (`sethostname`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,

@@ -51,7 +51,7 @@ pub(super) fn identity(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     Op::Identity(Identity {
-        token: token.map(str::to_owned),
+        new_token: token.map(str::to_owned),
         hostname: hostname.map(str::to_owned),
         net: net.map(|n| IdentityNet {
             dev: "eth0".into(),

@@ -11,6 +11,7 @@ mod healthcheck;
 mod logs;
 mod pause;
 mod provision;
+mod qemu_memory;
 mod runtime;
 mod snapshots;
 mod tools;
