@@ -183,6 +183,7 @@ impl Vms {
                 log_tail(&vm.dir)
             ))
         })?;
+        tracing::info!(vm_id = %id, load_ms = started.elapsed().as_millis() as u64, "the paused VM's VMM runs");
         vm.link.reset().await;
         let ready = self.resumed_ready(&vm, &meta, &paused, booted.pid).await;
         if let Err(e) = ready {
@@ -256,11 +257,13 @@ impl Vms {
         paused: &PausedMeta,
         pid: i32,
     ) -> Result<(), VmError> {
+        let t = std::time::Instant::now();
         vm.link
             .wait_ready(&meta.token, self.opts.boot_timeout, || {
                 crate::backend::pid_running(pid)
             })
             .await?;
+        tracing::info!(vm_id = %meta.vm_id, ready_ms = t.elapsed().as_millis() as u64, "the resumed guest helper answers");
         if paused.kind != PAUSED_LIVE {
             // Booted again: the guest took its network and the clock at boot.
             return Ok(());
@@ -291,5 +294,62 @@ impl Vms {
             return Err(VmError::Conflict(format!("vm {id} is not paused")));
         }
         Ok(self.backend.paused_files(&vm.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_random_locally_administered_unicast() {
+        let (a, b) = (random_mac(), random_mac());
+        assert_ne!(a, b);
+        let first = u8::from_str_radix(&a[..2], 16).unwrap();
+        assert_eq!(first & 0x03, 0x02, "locally administered, unicast: {a}");
+        assert_eq!(a.split(':').count(), 6, "{a}");
+    }
+
+    #[test]
+    fn a_moved_resume_gives_the_guest_its_network_and_a_plain_one_only_clock_and_random() {
+        let net = crate::net::NetInfo {
+            index: 0,
+            dev: "fvtap0".into(),
+            netns: None,
+            netns_id: None,
+            host_ip: "10.200.0.1".parse().unwrap(),
+            guest_ip: "10.200.0.2".parse().unwrap(),
+            forward: None,
+            exposed: vec![],
+            egress: None,
+        };
+        let Op::Identity(id) = identity(None, None, Some(&net)) else {
+            panic!("an identity op")
+        };
+        let n = id.net.unwrap();
+        assert_eq!((n.address.as_str(), n.prefix), ("10.200.0.2", 30));
+        assert_eq!(n.gateway.as_deref(), Some("10.200.0.1"));
+        assert!(n.mac.is_some() && id.new_token.is_none() && id.hostname.is_none());
+        let Op::Identity(plain) = identity(Some(&"t".repeat(32)), Some("h"), None) else {
+            panic!("an identity op")
+        };
+        assert!(plain.net.is_none() && plain.unix_ms.is_some());
+        use base64::Engine as _;
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(plain.seed_b64.unwrap())
+            .unwrap();
+        assert_eq!(seed.len(), 64);
+    }
+
+    #[test]
+    fn an_older_vm_json_has_no_pause_and_a_paused_one_round_trips() {
+        let old = r#"{"vm_id":"fuse-a","cpus":1,"memory_mb":128,"storage_gb":1,"pid":7,
+                      "backend":"qemu","created_unix":1,"token":"t"}"#;
+        let m: crate::vms::VmMeta = serde_json::from_str(old).unwrap();
+        assert!(m.paused.is_none());
+        assert!(!serde_json::to_string(&m).unwrap().contains("paused"));
+        let p: PausedMeta =
+            serde_json::from_str(r#"{"kind":"live","size_bytes":3,"paused_unix":4}"#).unwrap();
+        assert!(!p.moved && !p.is_warm(), "moved defaults to false");
     }
 }

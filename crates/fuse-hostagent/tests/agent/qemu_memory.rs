@@ -113,10 +113,21 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
         "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!; echo remembered > /dev/shm/value",
     )
     .await;
+    let mac_before = sh(&a, "fuse-q1", "cat /sys/class/net/eth0/address").await;
+    let addr_before = sh(
+        &a,
+        "fuse-q1",
+        "ip -o -4 addr show dev eth0 | awk '{print $4}'",
+    )
+    .await;
     let t = Instant::now();
     let (s, p) = a.post("/v1/vm/fuse-q1/pause", json!({})).await;
     let pause = t.elapsed();
-    assert_eq!((s, p["state"].as_str()), (StatusCode::OK, Some("paused")), "{p}");
+    assert_eq!(
+        (s, p["state"].as_str()),
+        (StatusCode::OK, Some("paused")),
+        "{p}"
+    );
     assert_eq!(p["paused"]["kind"], "live", "{p}");
     let (s, _) = a
         .post("/v1/vm/fuse-q1/exec", json!({"cmd": ["true"]}))
@@ -124,16 +135,61 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     assert_eq!(s, StatusCode::CONFLICT);
     let (_, h) = a.get("/healthz").await;
     assert_eq!(h["allocated"]["ram_mb"], 0, "{h}");
+    // Across an agent restart, marked as a migration receiver marks a moved VM: its resume
+    // gives the guest its network again (a new MAC).
+    let mac = std::fs::read(dir.join("vms/fuse-q1/vm.json")).unwrap();
+    let mut meta: Value = serde_json::from_slice(&mac).unwrap();
+    meta["paused"]["moved"] = json!(true);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    std::mem::forget(a);
+    std::fs::write(
+        dir.join("vms/fuse-q1/vm.json"),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
+    let mut a = spawn(&ns, &dir, &env).await;
+    let (_, p2) = a.get("/v1/vm/fuse-q1").await;
+    assert_eq!(p2["state"], "paused", "{p2}");
     let t = Instant::now();
     let (s, r) = a.post("/v1/vm/fuse-q1/resume", json!({})).await;
     let resume = t.elapsed();
-    assert_eq!((s, r["state"].as_str()), (StatusCode::OK, Some("running")), "{r}");
     assert_eq!(
-        sh(&a, "fuse-q1", &format!("kill -0 {pid} && cat /dev/shm/value")).await,
+        (s, r["state"].as_str()),
+        (StatusCode::OK, Some("running")),
+        "{r}"
+    );
+    assert_eq!(
+        sh(
+            &a,
+            "fuse-q1",
+            &format!("kill -0 {pid} && cat /dev/shm/value")
+        )
+        .await,
         "remembered",
         "the process and the memory are back"
     );
-    assert!(!dir.join("vms/fuse-q1/memory").exists(), "the resume's memory file is gone");
+    assert!(
+        !dir.join("vms/fuse-q1/memory").exists(),
+        "the resume's memory file is gone"
+    );
+    assert_ne!(
+        sh(&a, "fuse-q1", "cat /sys/class/net/eth0/address").await,
+        mac_before,
+        "a moved VM's guest took its network again"
+    );
+    assert_eq!(
+        sh(
+            &a,
+            "fuse-q1",
+            "ip -o -4 addr show dev eth0 | awk '{print $4}'"
+        )
+        .await,
+        addr_before
+    );
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vms/fuse-q1/vm.json")).unwrap()).unwrap();
+    assert!(meta.get("paused").is_none(), "{meta}");
 
     // A template: two new VMs from one full snapshot, each its own.
     let (s, snap) = a
@@ -163,9 +219,16 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     let t2 = identity(&a, "fuse-t2").await;
     let q1 = identity(&a, "fuse-q1").await;
     assert_eq!((t1[0].as_str(), t2[0].as_str()), ("fuse-t1", "fuse-t2"));
-    for (i, what) in ["hostname", "address", "MAC", "boot_id", "urandom", "link token"]
-        .iter()
-        .enumerate()
+    for (i, what) in [
+        "hostname",
+        "address",
+        "MAC",
+        "boot_id",
+        "urandom",
+        "link token",
+    ]
+    .iter()
+    .enumerate()
     {
         assert_ne!(t1[i], t2[i], "{what} of the two restored VMs");
         assert_ne!(t1[i], q1[i], "{what} of a restored VM and its source");
@@ -175,7 +238,10 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     bad["from_snapshot"] = json!({"vm_id": "fuse-q1", "snapshot_id": "nope", "memory": true});
     assert_eq!(a.post("/v1/vm", bad).await.0, StatusCode::NOT_FOUND);
     for id in ["fuse-t2", "fuse-q1"] {
-        assert_eq!(a.delete(&format!("/v1/vm/{id}")).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            a.delete(&format!("/v1/vm/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
     }
 
     // Warm, then claimed under a new id with a setup.
@@ -189,7 +255,10 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     assert_eq!(v["state"], "paused", "{v}");
     assert_eq!(v["paused"]["kind"], "warm", "{v}");
     let (_, h) = a.get("/healthz").await;
-    assert_eq!(h["allocated"]["ram_mb"], 512, "a warm VM holds its memory: {h}");
+    assert_eq!(
+        h["allocated"]["ram_mb"], 512,
+        "a warm VM holds its memory: {h}"
+    );
     let (s, _) = a
         .post("/v1/vm/fuse-w1/exec", json!({"cmd": ["true"]}))
         .await;
@@ -204,10 +273,19 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
         .await;
     let claim = t.elapsed();
     assert_eq!(s, StatusCode::OK, "{c}");
-    assert_eq!((c["vm_id"].as_str(), c["state"].as_str()), (Some("fuse-c1"), Some("running")), "{c}");
+    assert_eq!(
+        (c["vm_id"].as_str(), c["state"].as_str()),
+        (Some("fuse-c1"), Some("running")),
+        "{c}"
+    );
     assert_eq!(a.get("/v1/vm/fuse-w1").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(sh(&a, "fuse-c1", "hostname; cat /root/claimed").await, "fuse-c1\nset up at the claim");
-    let (s, _) = a.post("/v1/vm/fuse-t1/claim", json!({"name": "fuse-x"})).await;
+    assert_eq!(
+        sh(&a, "fuse-c1", "hostname; cat /root/claimed").await,
+        "fuse-c1\nset up at the claim"
+    );
+    let (s, _) = a
+        .post("/v1/vm/fuse-t1/claim", json!({"name": "fuse-x"}))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "a running VM is not warm");
 
     // An agent restart finds the claimed VM under its new id. (Not dropped: the harness's
@@ -218,7 +296,10 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     let a = spawn(&ns, &dir, &env).await;
     let (_, c) = a.get("/v1/vm/fuse-c1").await;
     assert_eq!(c["state"], "running", "{c}");
-    assert_eq!(sh(&a, "fuse-c1", "cat /root/claimed").await, "set up at the claim");
+    assert_eq!(
+        sh(&a, "fuse-c1", "cat /root/claimed").await,
+        "set up at the claim"
+    );
 
     eprintln!(
         "figures: qemu TCG 256 MiB: cold boot {boot:?}, pause {pause:?}, resume {resume:?}, \
@@ -226,7 +307,10 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
         restores[0], restores[1]
     );
     for id in ["fuse-t1", "fuse-c1"] {
-        assert_eq!(a.delete(&format!("/v1/vm/{id}")).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(
+            a.delete(&format!("/v1/vm/{id}")).await.0,
+            StatusCode::NO_CONTENT
+        );
     }
     drop(a);
     let _ = std::fs::remove_dir_all(dir);
