@@ -456,6 +456,14 @@ impl Vms {
                         || process_alive(m.pid, &marker(&path)) =>
                 {
                     tracing::info!(vm_id = %m.vm_id, pid = m.pid, paused = m.paused.is_some(), "adopted a VM");
+                    if m.paused.as_ref().is_some_and(|p| !p.is_warm()) {
+                        // A paused VM runs nothing: a process in its directory is a VMM of a
+                        // resume the previous agent did not finish (it holds the tap).
+                        let killed = crate::backend::kill_by_marker(&marker(&path));
+                        if killed > 0 {
+                            tracing::info!(vm_id = %m.vm_id, killed, "killed the VMM of an unfinished resume");
+                        }
+                    }
                     if !m.snapshots.is_empty() {
                         vms.snaps.adopt_legacy(&m.vm_id, &path, &m.snapshots);
                         m.snapshots.clear();

@@ -175,8 +175,25 @@ impl Vms {
                 }
             }
         };
+        // Checked before anything changes: a claim that cannot be done as asked is not done.
         if let Some(egress) = &c.egress {
-            super::check_egress(egress)?;
+            let rules = super::check_egress(egress)?;
+            if !rules.is_default() && !self.can_expose() {
+                return Err(VmError::Invalid(
+                    "egress rules need per-VM networking, which is off on this host".into(),
+                ));
+            }
+        }
+        if !c.expose.is_empty() && !self.can_expose() {
+            return Err(VmError::Invalid(
+                "expose needs per-VM networking, which is off on this host".into(),
+            ));
+        }
+        if let Some(p) = c.expose.iter().find(|e| e.port == 0) {
+            return Err(VmError::Invalid(format!(
+                "expose: guest port {} must be 1-65535",
+                p.port
+            )));
         }
         {
             let _l = vm.lifecycle.lock().await;
