@@ -75,6 +75,16 @@ async fn a_paused_vm_keeps_its_disk_and_network_across_an_agent_restart() {
     );
     let (s, _) = a.get("/v1/vm/fuse-p/files?path=/data/before.txt").await;
     assert_eq!(s, StatusCode::CONFLICT);
+    let tunnel = a
+        .http
+        .get(format!("{}/v1/vm/fuse-p/ports/8000/tunnel", a.base))
+        .bearer_auth(super::TOKEN)
+        .header("connection", "upgrade")
+        .header("upgrade", "fuse-tunnel")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tunnel.status(), StatusCode::CONFLICT);
     let (s, _) = a
         .post(
             "/v1/vm/fuse-p/snapshot",
