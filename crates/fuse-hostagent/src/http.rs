@@ -4,8 +4,10 @@
 //! the `provision` feature in `/healthz`), and with a `healthcheck_wait_ms` waits for the
 //! first passing healthcheck (`healthcheck`); forks (`fork`) and published ports (`expose`)
 //! are advertised the same way, and so is the ports tunnel (`tunnel`: a byte stream to a
-//! guest port after `101 Switching Protocols`, and runtime `expose`). Every request is counted by route, method and status in
-//! `/metrics` (`fc_agent_http_requests_total`).
+//! guest port after `101 Switching Protocols`, and runtime `expose`); so are pause and
+//! resume (`pause`) and templates, warm VMs and claims (`template`, where the backend
+//! restores memory). Every request is counted by route, method and status in `/metrics`
+//! (`fc_agent_http_requests_total`).
 
 use crate::vms::{VmError, Vms};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};

@@ -1,6 +1,7 @@
 //! The VMs of this host: their on-disk state (`<dir>/vms/<id>/vm.json`, written atomically),
-//! adoption of running VMs at start, reclaim of leftovers, and the lifecycle operations
-//! (snapshots in [`snapshots`], healthchecks in [`health`]).
+//! adoption of running and paused VMs at start, reclaim of leftovers, and the lifecycle
+//! operations (snapshots in [`snapshots`], healthchecks in [`health`], pause and resume in
+//! `pause`, templates, warm VMs and claims in `template`).
 //!
 //! Each VM admits a bounded number of pending operations (`MAX_PENDING`); beyond it a
 //! request is answered 503 at once instead of queueing without bound. Lifecycle operations

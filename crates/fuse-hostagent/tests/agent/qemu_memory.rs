@@ -268,7 +268,8 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     let (s, c) = a
         .post(
             "/v1/vm/fuse-w1/claim",
-            json!({"name": "fuse-c1", "setup": {"files": [{"path": "/root/claimed", "content_b64": file, "mode": 420}]}}),
+            json!({"name": "fuse-c1", "expose": [{"port": 7000, "protocol": "tcp"}],
+                   "setup": {"files": [{"path": "/root/claimed", "content_b64": file, "mode": 420}]}}),
         )
         .await;
     let claim = t.elapsed();
@@ -278,7 +279,29 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
         (Some("fuse-c1"), Some("running")),
         "{c}"
     );
+    assert_eq!(c["endpoints"][0]["port"], 7000, "the claim's expose: {c}");
     assert_eq!(a.get("/v1/vm/fuse-w1").await.0, StatusCode::NOT_FOUND);
+    // A claim alone (no setup): what a warm pool buys.
+    let mut w = vm("fuse-w2");
+    w["from_snapshot"] = from.clone();
+    w["warm"] = json!(true);
+    let (s, v) = a.post("/v1/vm", w).await;
+    created(s, &v);
+    let t = Instant::now();
+    let (s, c2) = a
+        .post(
+            "/v1/vm/fuse-w2/claim",
+            json!({"name": "fuse-c2", "hostname": "named"}),
+        )
+        .await;
+    let claim_alone = t.elapsed();
+    assert_eq!(
+        (s, c2["state"].as_str()),
+        (StatusCode::OK, Some("running")),
+        "{c2}"
+    );
+    assert_eq!(sh(&a, "fuse-c2", "hostname").await, "named");
+    assert_eq!(a.delete("/v1/vm/fuse-c2").await.0, StatusCode::NO_CONTENT);
     assert_eq!(
         sh(&a, "fuse-c1", "hostname; cat /root/claimed").await,
         "fuse-c1\nset up at the claim"
@@ -303,7 +326,7 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
 
     eprintln!(
         "figures: qemu TCG 256 MiB: cold boot {boot:?}, pause {pause:?}, resume {resume:?}, \
-         restore into a new VM {:?} and {:?}, warm create {warm:?}, claim (with a one-file setup) {claim:?}",
+         restore into a new VM {:?} and {:?}, warm create {warm:?}, claim (with a one-file setup) {claim:?}, claim alone {claim_alone:?}",
         restores[0], restores[1]
     );
     for id in ["fuse-t1", "fuse-c1"] {
