@@ -222,6 +222,26 @@ impl Control {
         mem: &Path,
         resume: bool,
     ) -> Result<(), FcError> {
+        self.snapshot_load_on(state, mem, resume, &[]).await
+    }
+
+    /// [`Control::snapshot_load`] with the snapshot's network interfaces on other taps
+    /// (`(iface_id, tap)`: `network_overrides`, Firecracker ≥ 1.12), for a snapshot loaded
+    /// as another VM or on another host.
+    pub async fn snapshot_load_on(
+        &self,
+        state: &Path,
+        mem: &Path,
+        resume: bool,
+        taps: &[(&str, &str)],
+    ) -> Result<(), FcError> {
+        let overrides: Vec<crate::models::NetworkOverride> = taps
+            .iter()
+            .map(|(iface, tap)| crate::models::NetworkOverride {
+                iface_id: (*iface).to_owned(),
+                host_dev_name: (*tap).to_owned(),
+            })
+            .collect();
         self.put_snapshot_load(&SnapshotLoadParams {
             snapshot_path: state.to_owned(),
             mem_backend: Some(MemoryBackend {
@@ -231,7 +251,7 @@ impl Control {
             mem_file_path: None,
             enable_diff_snapshots: None,
             resume_vm: Some(resume),
-            network_overrides: None,
+            network_overrides: (!overrides.is_empty()).then_some(overrides),
         })
         .await
     }

@@ -78,8 +78,8 @@ pub fn fc_log(dir: &Path) -> PathBuf {
 }
 
 impl Firecracker {
-    /// Starts `bin --api-sock DIR/firecracker.sock --id ID` with its console and log in
-    /// `dir`, and waits until the API answers.
+    /// Starts `bin --api-sock DIR/firecracker.sock --id ID` in `dir` (its working
+    /// directory) with its console and log there, and waits until the API answers.
     pub async fn spawn(bin: &Path, dir: &Path, id: &str) -> Result<Firecracker, FcError> {
         std::fs::create_dir_all(dir).map_err(|e| FcError::Spawn(e.to_string()))?;
         let sock = api_socket(dir);
@@ -102,6 +102,10 @@ impl Firecracker {
             .arg("--level")
             // Info would log request bodies, and the boot arguments carry the VM's token.
             .arg("Warning")
+            // Relative paths in its configuration (drives, the vsock socket) resolve in the
+            // VM's directory, and so do those a snapshot of it records: a snapshot loads
+            // into another VM's directory and finds that VM's files.
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(console))
             .stderr(Stdio::null())

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod error;
 pub mod files;
+pub mod identity;
 pub mod inbox;
 pub mod logs;
 pub mod ops;
@@ -20,13 +21,14 @@ pub mod vport;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// How the helper was started.
 #[derive(Debug, Clone)]
 pub struct Guest {
-    /// The per-VM token.
-    pub token: String,
+    /// The per-VM token; replaced by an `identity` request (a VM restored from another
+    /// VM's memory starts with that VM's token, and takes its own).
+    pub token: Arc<RwLock<String>>,
     /// Root that guest paths resolve under (`/` in a real VM; the VM's directory for the
     /// `process` backend, which is not isolation).
     pub root: PathBuf,
@@ -35,6 +37,28 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// A helper that accepts `token`, with guest paths under `root`.
+    pub fn new(token: String, root: PathBuf, agent: Arc<agent::Supervisor>) -> Guest {
+        Guest {
+            token: Arc::new(RwLock::new(token)),
+            root,
+            agent,
+        }
+    }
+
+    /// Whether `token` is the one the helper accepts now (constant time).
+    pub fn token_matches(&self, token: &str) -> bool {
+        let cur = self.token.read().unwrap_or_else(|e| e.into_inner());
+        ct_eq(token.as_bytes(), cur.as_bytes())
+    }
+
+    /// Whether the helper runs as a real guest's (its root is `/`), so an identity may
+    /// change the system: not under the `process` backend, where it is a process on the
+    /// host and its hostname, clock and network are the host's.
+    pub fn owns_the_system(&self) -> bool {
+        self.root == std::path::Path::new("/")
+    }
+
     /// Maps an absolute guest path to a host path under `root`; refuses `..`.
     pub fn resolve(&self, guest_path: &str) -> Result<PathBuf, error::GuestError> {
         if !guest_path.starts_with('/') {
@@ -73,7 +97,7 @@ impl Guest {
                 return;
             }
         };
-        if !ct_eq(req.token.as_bytes(), self.token.as_bytes()) {
+        if !self.token_matches(&req.token) {
             let _ = write_line(&mut out, &proto::Response::err("unauthorized"));
             return;
         }

@@ -88,11 +88,7 @@ fn main() {
         eprintln!("fuse-guest: the token must be at least 16 characters");
         std::process::exit(2);
     }
-    let guest = Arc::new(Guest {
-        token,
-        root,
-        agent: Arc::new(Supervisor::default()),
-    });
+    let guest = Arc::new(Guest::new(token, root, Arc::new(Supervisor::default())));
     if let Some(path) = listen.strip_prefix("unix:") {
         let _ = std::fs::remove_file(path);
         let l = match std::os::unix::net::UnixListener::bind(path) {

@@ -143,6 +143,7 @@ pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
             let limit = Duration::from_millis(timeout_ms.unwrap_or(30_000).clamp(1, 3_600_000));
             crate::startup::run(g, &script, limit)
         }
+        Op::Identity(id) => crate::identity::apply(g, &id),
         Op::ReadLog {
             source,
             tail,

@@ -177,6 +177,12 @@ pub enum Op {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Take a new identity (a VM restored from another VM's memory, a warm VM claimed, a
+    /// cold boot that names its hostname): each given part is applied, in this order, and
+    /// named in the answer's `applied`; an absent part is left as it is. Idempotent. Under
+    /// the `process` backend (a helper whose root is not `/`) only the token is applied:
+    /// the rest would be the host's. See `identity`.
+    Identity(Identity),
     /// Read a chunk of a guest log (`agent` or `startup`): from `offset` of the file `id`
     /// (a reader's last answer), or, without them, from the start of its last `tail` lines.
     /// Answers `log_b64` (possibly empty), `log_id` and `log_offset` for the next read.
@@ -196,6 +202,46 @@ pub enum Op {
         #[serde(default)]
         max_bytes: Option<u32>,
     },
+}
+
+/// What an [`Op::Identity`] sets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// The token the helper accepts from now on (this request was made with the old one;
+    /// not `token`, which is the request's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_token: Option<String>,
+    /// The hostname (`sethostname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The network of `eth0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<IdentityNet>,
+    /// The host's clock (Unix milliseconds), set as the guest's `CLOCK_REALTIME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_ms: Option<u64>,
+    /// Fresh bytes from the host's random source (base64), added to the kernel's pool,
+    /// credited, and the kernel's generator reseeded from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_b64: Option<String>,
+}
+
+/// The network part of an [`Identity`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityNet {
+    /// The interface (`eth0` when empty).
+    #[serde(default)]
+    pub dev: String,
+    /// Its new MAC address (`02:…`, locally administered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Its only IPv4 address.
+    pub address: String,
+    /// The address's prefix length.
+    pub prefix: u8,
+    /// The default route's gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// A line the host sends after its request.
@@ -315,6 +361,10 @@ pub struct Response {
     /// Log read: the offset the next read starts at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_offset: Option<u64>,
+    /// Identity: the parts applied (`token`, `hostname`, `mac`, `address`, `clock`,
+    /// `random`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Vec<String>>,
 }
 
 impl Response {

@@ -4,8 +4,10 @@
 //! the `provision` feature in `/healthz`), and with a `healthcheck_wait_ms` waits for the
 //! first passing healthcheck (`healthcheck`); forks (`fork`) and published ports (`expose`)
 //! are advertised the same way, and so is the ports tunnel (`tunnel`: a byte stream to a
-//! guest port after `101 Switching Protocols`, and runtime `expose`). Every request is counted by route, method and status in
-//! `/metrics` (`fc_agent_http_requests_total`).
+//! guest port after `101 Switching Protocols`, and runtime `expose`); so are pause and
+//! resume (`pause`) and templates, warm VMs and claims (`template`, where the backend
+//! restores memory). Every request is counted by route, method and status in `/metrics`
+//! (`fc_agent_http_requests_total`).
 
 use crate::vms::{VmError, Vms};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -126,6 +128,8 @@ impl IntoResponse for VmError {
             VmError::Busy(_) | VmError::Link(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
+            VmError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            VmError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, ErrorCode::Unimplemented),
             VmError::Backend { .. }
             | VmError::Network(_)
             | VmError::State { .. }
@@ -231,6 +235,10 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         features.push(FEATURE_EXPOSE);
         features.push(fuse_types::hostagent::FEATURE_EGRESS);
     }
+    features.push(fuse_types::hostagent::FEATURE_PAUSE);
+    if s.vms.restores_memory() {
+        features.push(fuse_types::hostagent::FEATURE_TEMPLATE);
+    }
     Json(AgentHealth {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -240,7 +248,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         capacity: s.vms.capacity,
         allocated: s.vms.allocated(),
         features: features.into_iter().map(str::to_owned).collect(),
-        artifact_bytes: 0,
+        artifact_bytes: s.vms.artifact_bytes(),
     })
 }
 
@@ -252,13 +260,14 @@ async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<R
         let boot = started.elapsed();
         let guest = s.vms.get(&b.name)?;
         let mut steps = Vec::new();
-        if let Some(setup) = &b.setup {
+        // A warm VM's setup is its claim's.
+        if let Some(setup) = b.setup.as_ref().filter(|_| !b.warm) {
             let _permit = guest.admit()?;
             steps = crate::vms::setup::run(&guest, setup).await?;
         }
         // The healthcheck probes what the setup started: it starts after it.
         s.vms.health_start(&guest);
-        let wait = std::time::Duration::from_millis(b.healthcheck_wait_ms);
+        let wait = std::time::Duration::from_millis(if b.warm { 0 } else { b.healthcheck_wait_ms });
         if let (Some(check), false) = (&guest.health, wait.is_zero()) {
             let t = std::time::Instant::now();
             check
@@ -275,7 +284,7 @@ async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<R
             // The answer carries the verdict it waited for.
             vm = s.vms.describe(&b.name)?;
         }
-        if b.setup.is_some() || !steps.is_empty() {
+        if (b.setup.is_some() && !b.warm) || !steps.is_empty() {
             vm.setup = Some(crate::vms::setup::report(boot, steps));
         }
         Ok::<_, VmError>((vm, created))
@@ -305,6 +314,46 @@ async fn vm_get(State(s): State<S>, Path(id): Path<String>) -> Result<Response, 
     let mut vm = [s.vms.describe(&id)?];
     s.vms.observe_agents(&mut vm).await;
     let [vm] = vm;
+    Ok(Json(vm).into_response())
+}
+
+/// `POST /v1/vm/{id}/pause`: the VM's state into its directory, its VMM stopped.
+async fn vm_pause(State(s): State<S>, Path(id): Path<String>) -> Result<Response, VmError> {
+    let vm = tokio::spawn(async move { s.vms.pause(&id).await })
+        .await
+        .map_err(|e| VmError::Busy(format!("the pause was interrupted: {e}")))??;
+    Ok(Json(vm).into_response())
+}
+
+/// `POST /v1/vm/{id}/resume`: a paused VM in a new VMM, from its directory.
+async fn vm_resume(State(s): State<S>, Path(id): Path<String>) -> Result<Response, VmError> {
+    let vm = tokio::spawn(async move { s.vms.resume(&id).await })
+        .await
+        .map_err(|e| VmError::Busy(format!("the resume was interrupted: {e}")))??;
+    Ok(Json(vm).into_response())
+}
+
+/// `POST /v1/vm/{id}/claim`: a warm VM becomes `name`, runs, then its setup is done.
+async fn vm_claim(
+    State(s): State<S>,
+    Path(id): Path<String>,
+    Json(b): Json<fuse_types::hostagent::AgentClaim>,
+) -> Result<Response, VmError> {
+    let vm = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut vm = s.vms.claim(&id, &b).await?;
+        let claimed = started.elapsed();
+        let guest = s.vms.get(&b.name)?;
+        if let Some(setup) = &b.setup {
+            let _permit = guest.admit()?;
+            let steps = crate::vms::setup::run(&guest, setup).await?;
+            vm.setup = Some(crate::vms::setup::report(claimed, steps));
+        }
+        s.vms.health_start(&guest);
+        Ok::<_, VmError>(vm)
+    })
+    .await
+    .map_err(|e| VmError::Busy(format!("the claim was interrupted: {e}")))??;
     Ok(Json(vm).into_response())
 }
 
@@ -669,6 +718,9 @@ pub fn router(state: S) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/vm", post(vm_create).get(vm_list))
         .route("/v1/vm/{id}", get(vm_get).delete(vm_delete))
+        .route("/v1/vm/{id}/pause", post(vm_pause))
+        .route("/v1/vm/{id}/resume", post(vm_resume))
+        .route("/v1/vm/{id}/claim", post(vm_claim))
         .route("/v1/vm/{id}/upload", post(upload))
         .route("/v1/vm/{id}/exec", post(exec))
         .route(

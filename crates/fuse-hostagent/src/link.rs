@@ -381,8 +381,25 @@ async fn connect_vsock(
 }
 
 /// Channel numbers, unique for the agent's lifetime (a guest may still answer a channel of
-/// an earlier connection; such answers are ignored).
-static NEXT_CHANNEL: AtomicU64 = AtomicU64::new(1);
+/// an earlier connection; such answers are ignored), and larger than those of any earlier
+/// agent on this host: they start at the wall clock in microseconds. A guest restored from
+/// memory (a resume, a template) still holds the newest channel number of the host it was
+/// saved under, and ignores lower ones as late frames until it sees the port close; a
+/// restarted agent counting from 1 again would wait for that.
+static NEXT_CHANNEL: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+
+/// The next channel number.
+fn next_channel() -> u64 {
+    NEXT_CHANNEL
+        .get_or_init(|| {
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1);
+            AtomicU64::new(micros.max(1))
+        })
+        .fetch_add(1, Ordering::Relaxed)
+}
 
 /// Frames queued for the port before a sender waits.
 const WRITE_QUEUE: usize = 64;
@@ -474,7 +491,7 @@ impl Mux {
         &self,
         request: String,
     ) -> Result<(u64, mpsc::UnboundedReceiver<String>), LinkError> {
-        let ch = NEXT_CHANNEL.fetch_add(1, Ordering::Relaxed);
+        let ch = next_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         self.chans.lock().insert(ch, tx);
         // The reader marks the connection dead before it drops every channel: a channel
@@ -510,6 +527,16 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    #[test]
+    fn channel_numbers_grow_past_any_earlier_agent() {
+        let a = next_channel();
+        let b = next_channel();
+        assert!(b > a, "they only grow");
+        // Seeded from the clock (microseconds), not 1: a restarted agent numbers above
+        // what a guest restored from memory last saw.
+        assert!(a > 1_700_000_000_000_000, "{a}");
+    }
+
     /// A chardev stand-in: a Unix socket served by the real guest-side multiplexer
     /// (`fuse_guest::vport`), one connection at a time like QEMU's chardev.
     #[tokio::test]
@@ -520,11 +547,11 @@ mod tests {
         let _ = std::fs::remove_file(&sock);
         let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let token = "t".repeat(32);
-        let guest = Arc::new(fuse_guest::Guest {
-            token: token.clone(),
-            root: dir.join("root"),
-            agent: Arc::default(),
-        });
+        let guest = Arc::new(fuse_guest::Guest::new(
+            token.clone(),
+            dir.join("root"),
+            Arc::default(),
+        ));
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::thread::spawn(move || {
             // Like a chardev: one connection at a time, served until it closes.

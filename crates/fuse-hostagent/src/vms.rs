@@ -1,6 +1,7 @@
 //! The VMs of this host: their on-disk state (`<dir>/vms/<id>/vm.json`, written atomically),
-//! adoption of running VMs at start, reclaim of leftovers, and the lifecycle operations
-//! (snapshots in [`snapshots`], healthchecks in [`health`]).
+//! adoption of running and paused VMs at start, reclaim of leftovers, and the lifecycle
+//! operations (snapshots in [`snapshots`], healthchecks in [`health`], pause and resume in
+//! `pause`, templates, warm VMs and claims in `template`).
 //!
 //! Each VM admits a bounded number of pending operations (`MAX_PENDING`); beyond it a
 //! request is answered 503 at once instead of queueing without bound. Lifecycle operations
@@ -24,9 +25,11 @@ pub mod agent;
 mod boot;
 pub mod health;
 pub mod logs;
+mod pause;
 pub mod ports;
 pub mod setup;
 pub mod snapshots;
+mod template;
 
 /// Pending operations admitted per VM.
 pub const MAX_PENDING: usize = 32;
@@ -83,6 +86,12 @@ pub enum VmError {
     /// A restored VM did not answer (the message carries its log tail).
     #[error("{0}")]
     RestoreFailed(String),
+    /// The VM's state does not allow this now (it is paused, or not warm).
+    #[error("{0}")]
+    Conflict(String),
+    /// This host's backend cannot do this (a memory restore on the `process` backend).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl VmError {
@@ -130,6 +139,34 @@ pub struct VmMeta {
     /// Its healthcheck, run for its whole life (again after an agent restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<fuse_types::HealthcheckSpec>,
+    /// Set while the VM is paused (its VMM stopped, its state in its directory) or warm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedMeta>,
+}
+
+/// What is recorded of a paused VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PausedMeta {
+    /// `live`, `disk` or `warm` (see [`fuse_types::hostagent::PausedInfo::kind`]).
+    pub kind: String,
+    /// Bytes its artifacts use.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// When it was paused (Unix seconds).
+    #[serde(default)]
+    pub paused_unix: u64,
+    /// Set by a migration receiver: the VM's network (address, gateway, tap) is not the one
+    /// it was paused with, so its resume gives the guest its new one.
+    #[serde(default)]
+    pub moved: bool,
+}
+
+impl PausedMeta {
+    /// Whether the VM is warm: held in its running VMM with its vCPUs stopped (it holds
+    /// its memory, and its capacity).
+    pub fn is_warm(&self) -> bool {
+        self.kind == crate::backend::PAUSED_WARM
+    }
 }
 
 /// One VM.
@@ -170,18 +207,31 @@ impl Vm {
         })
     }
 
-    fn token(&self) -> String {
-        self.meta.read().token.clone()
+    /// The link token, unless the VM is paused (its guest does not run: 409).
+    fn token(&self) -> Result<String, VmError> {
+        let m = self.meta.read();
+        match &m.paused {
+            Some(p) => Err(VmError::Conflict(format!(
+                "vm {} is paused ({}); resume it first",
+                m.vm_id,
+                if p.is_warm() {
+                    "warm: claim it"
+                } else {
+                    &p.kind
+                }
+            ))),
+            None => Ok(m.token.clone()),
+        }
     }
 
     /// Calls the guest.
     pub async fn guest(&self, op: Op, limit: Duration) -> Result<Vec<Response>, VmError> {
-        Ok(self.link.call(&self.token(), op, limit).await?)
+        Ok(self.link.call(&self.token()?, op, limit).await?)
     }
 
     /// Opens a request on the guest link whose lines are exchanged by the caller.
     pub async fn open(&self, op: Op, window: Option<u32>) -> Result<crate::link::Conn, VmError> {
-        Ok(self.link.open(&self.token(), op, window).await?)
+        Ok(self.link.open(&self.token()?, op, window).await?)
     }
 
     /// Sends one request to the guest helper and forwards each response line to `tx` as it
@@ -194,7 +244,7 @@ impl Vm {
     ) -> Result<(), VmError> {
         Ok(self
             .link
-            .call_streaming(&self.token(), op, limit, tx)
+            .call_streaming(&self.token()?, op, limit, tx)
             .await?)
     }
 
@@ -202,6 +252,8 @@ impl Vm {
     fn wire(&self, public_host: &str) -> AgentVm {
         let m = self.meta.read();
         let alive = process_alive(m.pid, &marker(&self.dir));
+        // A paused VM has no process (a warm one has its VMM, holding it).
+        let paused = m.paused.as_ref().filter(|p| !p.is_warm() || alive);
         let endpoints = m
             .net
             .iter()
@@ -219,18 +271,24 @@ impl Vm {
             net_bytes: m.net.as_ref().and_then(|n| n.bytes()),
             agent_restarts: None,
             agent_running: None,
-            paused: None,
             vm_id: m.vm_id.clone(),
             url: m.url.clone(),
-            state: if alive {
+            state: if paused.is_some() {
+                HostVmState::Paused
+            } else if alive {
                 HostVmState::Running
             } else {
                 HostVmState::Stopped
             },
+            paused: paused.map(|p| fuse_types::hostagent::PausedInfo {
+                kind: p.kind.clone(),
+                size_bytes: p.size_bytes,
+                paused_unix: p.paused_unix,
+            }),
             setup: None,
             age_seconds: now_unix().saturating_sub(m.created_unix),
             // A VM that died says why: the tail of its console / helper log.
-            error: (!alive).then(|| {
+            error: (!alive && paused.is_none()).then(|| {
                 format!(
                     "vm process {} is not running; log tail: {}",
                     m.pid,
@@ -393,8 +451,20 @@ impl Vms {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match meta {
-                Some(mut m) if process_alive(m.pid, &marker(&path)) => {
-                    tracing::info!(vm_id = %m.vm_id, pid = m.pid, "adopted a running VM");
+                // A paused VM has no process; a warm one must still have its VMM.
+                Some(mut m)
+                    if m.paused.as_ref().is_some_and(|p| !p.is_warm())
+                        || process_alive(m.pid, &marker(&path)) =>
+                {
+                    tracing::info!(vm_id = %m.vm_id, pid = m.pid, paused = m.paused.is_some(), "adopted a VM");
+                    if m.paused.as_ref().is_some_and(|p| !p.is_warm()) {
+                        // A paused VM runs nothing: a process in its directory is a VMM of a
+                        // resume the previous agent did not finish (it holds the tap).
+                        let killed = crate::backend::kill_by_marker(&marker(&path));
+                        if killed > 0 {
+                            tracing::info!(vm_id = %m.vm_id, killed, "killed the VMM of an unfinished resume");
+                        }
+                    }
                     if !m.snapshots.is_empty() {
                         vms.snaps.adopt_legacy(&m.vm_id, &path, &m.snapshots);
                         m.snapshots.clear();
@@ -434,19 +504,36 @@ impl Vms {
         }
         // Then network leftovers no adopted VM owns (nftables state, devices, namespaces).
         if let Some(net) = &vms.opts.net {
+            // A paused VM whose namespace is gone (it was kept by a mount of the previous
+            // agent's mount namespace) has its network removed here with the leftovers and
+            // made again below.
+            let gone = |n: &crate::net::NetInfo| {
+                n.netns
+                    .as_ref()
+                    .is_some_and(|ns| crate::net::ns::id_of(&crate::net::ns::path(ns)).is_none())
+            };
+            let mut remake = Vec::new();
             let live: Vec<(String, crate::net::NetInfo)> = vms
                 .map
                 .read()
                 .values()
                 .filter_map(|v| {
                     let m = v.meta.read();
-                    m.net.clone().map(|n| (m.vm_id.clone(), n))
+                    let n = m.net.clone()?;
+                    if m.paused.is_some() && gone(&n) {
+                        remake.push(v.clone());
+                        return None;
+                    }
+                    Some((m.vm_id.clone(), n))
                 })
                 .collect();
             report.net = net
                 .reclaim(&live)
                 .await
                 .map_err(|e| std::io::Error::other(e.report()))?;
+            for vm in remake {
+                vms.net_remake(net, &vm).await;
+            }
         }
         Ok((vms, report))
     }
@@ -454,6 +541,11 @@ impl Vms {
     /// The backend's acceleration, when it has one.
     pub fn acceleration(&self) -> Option<String> {
         self.backend.acceleration()
+    }
+
+    /// Whether the backend restores memory into new VMs (templates, warm VMs).
+    pub fn restores_memory(&self) -> bool {
+        self.backend.restores_memory()
     }
 
     /// The backend's name.
@@ -500,11 +592,13 @@ impl Vms {
             .values()
             .fold(Resources::default(), |acc, vm| {
                 let m = vm.meta.read();
+                // A paused VM holds its disk only; a warm one holds its memory too.
+                let held = m.paused.as_ref().is_none_or(PausedMeta::is_warm);
                 acc.plus(Resources {
-                    cpus: m.cpus,
-                    ram_mb: m.memory_mb,
+                    cpus: if held { m.cpus } else { 0 },
+                    ram_mb: if held { m.memory_mb } else { 0 },
                     storage_gb: m.storage_gb,
-                    vm_count: 1,
+                    vm_count: u32::from(held),
                 })
             })
     }
@@ -542,11 +636,19 @@ impl Vms {
                 p.port
             )));
         }
-        let base = req
-            .from_snapshot
-            .as_ref()
-            .map(|src| self.fork_source(src))
+        let memory = req.from_snapshot.as_ref().filter(|s| s.memory);
+        if req.warm && memory.is_none() {
+            return Err(VmError::Invalid(
+                "warm needs from_snapshot with memory: true".into(),
+            ));
+        }
+        let template = memory
+            .map(|src| self.template_source(src, cpus, memory_mb))
             .transpose()?;
+        let base = match (&req.from_snapshot, &template) {
+            (Some(src), None) => Some(self.fork_source(src)?),
+            _ => None,
+        };
         let need = Resources {
             cpus,
             ram_mb: memory_mb,
@@ -559,6 +661,12 @@ impl Vms {
             let _g = self.creating.lock().await;
             if let Ok(vm) = self.get(id) {
                 return Ok((vm.wire(&self.opts.public_host), false));
+            }
+            let dir = self.root.join(id);
+            if template::dir_in_use(self.map.read().values().map(|v| v.dir.as_path()), &dir) {
+                return Err(VmError::Conflict(format!(
+                    "the directory of vm {id} belongs to a claimed VM; choose another id"
+                )));
             }
             let mut pending = self.pending.lock();
             if pending.contains_key(id) {
@@ -651,17 +759,29 @@ impl Vms {
             net: net.clone(),
             url,
             healthcheck: req.healthcheck.clone(),
+            paused: None,
         };
         let link = Link::new(guest_socket(&dir), self.backend.transport());
-        if let Err(e) = self.boot_until_ready(&spec, &mut meta, &link).await {
+        let hostname = req.hostname.clone().unwrap_or_else(|| id.to_owned());
+        let booted = match &template {
+            Some(t) => {
+                self.restore_until_ready(&spec, &mut meta, &link, t, &hostname, req.warm)
+                    .await
+            }
+            None => self.boot_until_ready(&spec, &mut meta, &link).await,
+        };
+        if let Err(e) = booted {
             undo_net().await;
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
+        if template.is_none() {
+            self.hostname_at_boot(&link, &meta, &hostname).await;
+        }
         let vm = Arc::new(Vm::new(meta, dir, link));
         let wire = vm.wire(&self.opts.public_host);
         self.map.write().insert(id.to_owned(), vm);
-        tracing::info!(vm_id = %id, forked = req.from_snapshot.is_some(), "VM created");
+        tracing::info!(vm_id = %id, forked = req.from_snapshot.is_some(), memory = template.is_some(), warm = req.warm, "VM created");
         Ok((wire, true))
     }
 

@@ -4,6 +4,12 @@
 //! private-link socket), then started. The process runs in its own process group and
 //! survives an `fc-agent` restart; its command line names the VM directory, so adoption can
 //! tell it from a recycled pid.
+//!
+//! Firecracker runs in the VM's directory and is given the drive and the vsock socket as
+//! paths relative to it, so the snapshot state it writes names them relatively too: a
+//! snapshot (or a paused VM's state) loads in another directory — a new VM made from a
+//! template, a paused VM moved to another host — and uses that directory's disk and
+//! socket; its tap is given at load (`network_overrides`).
 
 use super::{guest_socket, BackendError, BootSpec, Booted, VmmBackend};
 use async_trait::async_trait;
@@ -145,8 +151,9 @@ impl VmmBackend for FirecrackerBackend {
             vm.machine_config(spec.cpus, spec.memory_mb).await?;
             vm.boot_source(&self.kernel, self.initrd.as_deref(), &args)
                 .await?;
-            vm.drive("rootfs", &disk, true, false).await?;
-            vm.vsock(GUEST_CID, &guest_socket(&spec.dir)).await?;
+            // Relative to its working directory, the VM's (see the module doc).
+            vm.drive("rootfs", Path::new(DISK), true, false).await?;
+            vm.vsock(GUEST_CID, Path::new(super::GUEST_SOCKET)).await?;
             if let Some(n) = &spec.net {
                 vm.network_interface("eth0", &n.dev, None).await?;
             }
@@ -263,11 +270,122 @@ impl VmmBackend for FirecrackerBackend {
         vm.detach();
         Ok(Some(Booted { pid }))
     }
+
+    async fn pause(&self, dir: &Path, pid: i32) -> Result<super::Paused, BackendError> {
+        let ctl = fuse_firecracker::Control::attach(dir);
+        let fail = BackendError::Firecracker;
+        ctl.pause().await.map_err(fail)?;
+        if let Err(e) = ctl
+            .snapshot_create(&dir.join(STATE_FILE), &dir.join(MEM_FILE))
+            .await
+        {
+            // The VM runs on, as it was.
+            let _ = std::fs::remove_file(dir.join(STATE_FILE));
+            let _ = std::fs::remove_file(dir.join(MEM_FILE));
+            let _ = ctl.resume().await;
+            return Err(fail(e));
+        }
+        self.stop_and_wait(dir, pid).await?;
+        let size = [STATE_FILE, MEM_FILE, DISK]
+            .iter()
+            .map(|f| super::allocated_bytes(&dir.join(f)))
+            .sum();
+        Ok(super::Paused {
+            kind: super::PAUSED_LIVE,
+            size_bytes: size,
+        })
+    }
+
+    async fn resume(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        let (state, mem) = (spec.dir.join(STATE_FILE), spec.dir.join(MEM_FILE));
+        if !state.is_file() || !mem.is_file() || !spec.dir.join(DISK).is_file() {
+            return Err(BackendError::Unsupported(
+                "the paused VM's directory has no VM state, memory or disk image".into(),
+            ));
+        }
+        self.load(spec, &state, &mem).await
+    }
+
+    fn paused_files(&self, _dir: &Path) -> Vec<String> {
+        vec![STATE_FILE.into(), MEM_FILE.into(), DISK.into()]
+    }
+
+    fn paused_cleanup(&self, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(STATE_FILE));
+        let _ = std::fs::remove_file(dir.join(MEM_FILE));
+    }
+
+    fn restores_memory(&self) -> bool {
+        true
+    }
+
+    async fn restore_into(&self, spec: &BootSpec, snap: &Path) -> Result<Booted, BackendError> {
+        if !snap.join(STATE_FILE).is_file() || !snap.join(MEM_FILE).is_file() {
+            return Err(BackendError::Unsupported(
+                "the snapshot has no VM state or memory".into(),
+            ));
+        }
+        // The disk the state names (relatively): this VM's copy of the snapshot's.
+        clone_rootfs(&snap.join(DISK), &spec.dir.join(DISK), 0).await?;
+        // The memory file is mapped privately: every VM made from it loads the same.
+        self.load(spec, &snap.join(STATE_FILE), &snap.join(MEM_FILE))
+            .await
+    }
+
+    async fn vcpus(&self, dir: &Path, run: bool) -> Result<(), BackendError> {
+        let ctl = fuse_firecracker::Control::attach(dir);
+        let done = if run {
+            ctl.resume().await
+        } else {
+            ctl.pause().await
+        };
+        done.map_err(BackendError::Firecracker)
+    }
 }
 
-/// A full snapshot's files in its directory (beside `rootfs.ext4`).
+/// A full snapshot's files in its directory (beside `rootfs.ext4`), and a paused VM's in
+/// its own.
 const STATE_FILE: &str = "vm.state";
 const MEM_FILE: &str = "vm.mem";
+/// The root disk in a VM's directory.
+const DISK: &str = "rootfs.ext4";
+
+impl FirecrackerBackend {
+    /// A new Firecracker in `spec.dir` loaded from `state` and `mem`, on `spec`'s tap, running.
+    async fn load(
+        &self,
+        spec: &BootSpec,
+        state: &Path,
+        mem: &Path,
+    ) -> Result<Booted, BackendError> {
+        let _ = std::fs::remove_file(guest_socket(&spec.dir));
+        let fail = BackendError::Firecracker;
+        let mut vm = Firecracker::spawn(&self.bin, &spec.dir, &spec.vm_id)
+            .await
+            .map_err(fail)?;
+        let taps: Vec<(&str, &str)> = spec.net.iter().map(|n| ("eth0", n.dev.as_str())).collect();
+        if let Err(e) = vm.snapshot_load_on(state, mem, true, &taps).await {
+            vm.stop().await;
+            return Err(fail(e));
+        }
+        let pid = vm.pid().map(|p| p as i32).unwrap_or(-1);
+        vm.detach();
+        Ok(Booted { pid })
+    }
+
+    /// Stops the VMM at `pid` and waits until it is gone (it holds the tap and the socket).
+    async fn stop_and_wait(&self, dir: &Path, pid: i32) -> Result<(), BackendError> {
+        self.stop(dir, pid).await;
+        let marker = format!("{}/", dir.display());
+        for _ in 0..250 {
+            if !super::process_alive(pid, &marker) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(BackendError::Boot("the running VMM did not stop".into()))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -94,9 +94,30 @@ pub struct Booted {
     pub pid: i32,
 }
 
+/// `paused.kind` of a VM whose memory and device state are kept (a resume continues
+/// every process).
+pub const PAUSED_LIVE: &str = "live";
+/// `paused.kind` of a VM whose disk alone is kept (the `process` backend: a resume boots
+/// the guest again).
+pub const PAUSED_DISK: &str = "disk";
+/// `paused.kind` of a warm VM: held in its VMM with its vCPUs stopped.
+pub const PAUSED_WARM: &str = "warm";
+
+/// What a pause left in the VM's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paused {
+    /// [`PAUSED_LIVE`] or [`PAUSED_DISK`].
+    pub kind: &'static str,
+    /// Bytes its artifacts (memory, state, disk) use.
+    pub size_bytes: u64,
+}
+
+/// The private-link socket's name in a VM directory.
+pub const GUEST_SOCKET: &str = "guest.sock";
+
 /// The private-link socket of a VM directory.
 pub fn guest_socket(dir: &Path) -> PathBuf {
-    dir.join("guest.sock")
+    dir.join(GUEST_SOCKET)
 }
 
 /// Boots and stops VMs.
@@ -149,6 +170,44 @@ pub trait VmmBackend: Send + Sync + 'static {
     fn acceleration(&self) -> Option<String> {
         None
     }
+    /// Writes the VM's state into its own directory (memory and devices where the backend
+    /// captures them, and its disk) and stops its VMM. On failure the VM runs on.
+    async fn pause(&self, dir: &Path, pid: i32) -> Result<Paused, BackendError>;
+    /// Starts a paused VM again from what [`VmmBackend::pause`] left in `spec.dir`, whose
+    /// network and directory may differ from those at the pause (a VM moved to another
+    /// host): the VMM is configured for `spec`, not from what it ran with before. On
+    /// failure nothing of the pause's files is changed.
+    async fn resume(&self, spec: &BootSpec) -> Result<Booted, BackendError>;
+    /// The files a paused VM's directory holds for its resume (names inside it): what a
+    /// move sends to another host.
+    fn paused_files(&self, dir: &Path) -> Vec<String>;
+    /// After a resume: removes the files only the resume needed (its memory).
+    fn paused_cleanup(&self, dir: &Path);
+    /// Whether it restores a snapshot's memory into a new VM ([`VmmBackend::restore_into`]).
+    fn restores_memory(&self) -> bool {
+        false
+    }
+    /// Starts the new VM `spec` (its directory made, its network set up) from the memory
+    /// of the full snapshot in `snap` and a copy of its disk, running.
+    async fn restore_into(&self, _spec: &BootSpec, _snap: &Path) -> Result<Booted, BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "the {} backend does not restore memory into a new VM (it keeps no memory)",
+            self.name()
+        )))
+    }
+    /// Stops (`run: false`) or starts the VM's vCPUs inside its running VMM (a warm VM).
+    async fn vcpus(&self, _dir: &Path, _run: bool) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "the {} backend cannot hold a VM with its vCPUs stopped",
+            self.name()
+        )))
+    }
+}
+
+/// Bytes allocated to the file at `p` (0 when it is absent).
+pub fn allocated_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
 }
 
 /// Whether `pid` runs and is the process we started (its command line mentions `marker`),

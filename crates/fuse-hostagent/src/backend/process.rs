@@ -4,7 +4,10 @@
 //! such. It exists for tests of everything above the hypervisor and for scale runs.
 //!
 //! Its disk is the guest root directory: a snapshot archives it (`root.tar`, the image its
-//! digest is of), a restore and a fork unpack it.
+//! digest is of), a restore and a fork unpack it. It has no memory to keep: a pause stops
+//! the helper and archives the root into the VM's directory (`root.tar`, kind `disk`, one
+//! file a move can send); a resume unpacks it if the root is not there (a moved VM) and
+//! starts the helper again.
 
 use super::{guest_socket, BackendError, BootSpec, Booted, VmmBackend};
 use async_trait::async_trait;
@@ -186,6 +189,44 @@ impl VmmBackend for ProcessBackend {
 
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         archive_root(&dir.join("root"), dest).await
+    }
+
+    async fn pause(&self, dir: &Path, pid: i32) -> Result<super::Paused, BackendError> {
+        // Stopped first: the archive is the root as the helper left it.
+        self.stop(dir, pid).await;
+        let size = archive_root(&dir.join("root"), dir).await?;
+        Ok(super::Paused {
+            kind: super::PAUSED_DISK,
+            size_bytes: size,
+        })
+    }
+
+    async fn resume(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        let root = spec.dir.join("root");
+        if !root.exists() {
+            if !spec.dir.join(ROOT_ARCHIVE).is_file() {
+                return Err(BackendError::Unsupported(format!(
+                    "the paused VM has neither its root nor {ROOT_ARCHIVE}"
+                )));
+            }
+            if let Err(e) = unpack_root(&spec.dir, &root).await {
+                let _ = tokio::fs::remove_dir_all(&root).await;
+                return Err(e);
+            }
+        }
+        self.boot(&BootSpec {
+            base: None,
+            ..spec.clone()
+        })
+        .await
+    }
+
+    fn paused_files(&self, _dir: &Path) -> Vec<String> {
+        vec![ROOT_ARCHIVE.into()]
+    }
+
+    fn paused_cleanup(&self, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(ROOT_ARCHIVE));
     }
 
     async fn restore(

@@ -437,6 +437,86 @@ fn spawn(bin: &Path, dir: &Path, args: &[String]) -> Result<Booted, BackendError
     Ok(Booted { pid })
 }
 
+/// The memory and device state in a snapshot's or a paused VM's directory.
+const MEMORY: &str = "memory";
+
+/// Keeps the command line in `qemu.json` (a snapshot restore starts the same machine).
+fn save_args(dir: &Path, args: &[String]) -> Result<(), BackendError> {
+    // A list of strings always serialises.
+    let saved = serde_json::to_vec(args).unwrap_or_default();
+    // The kernel command line in it carries the VM's link token.
+    crate::files::write_private(&dir.join("qemu.json"), &saved).map_err(io("writing qemu.json"))
+}
+
+/// Saves the (stopped) VM's memory and device state into the file `mem`.
+async fn save_memory(q: &mut Qmp, mem: &Path) -> Result<(), BackendError> {
+    q.execute(
+        "migrate",
+        json!({ "uri": format!("file:{}", mem.display()) }),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let st = q.execute("query-migrate", Value::Null).await?;
+        match st["status"].as_str().unwrap_or("") {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(BackendError::Qmp(format!(
+                    "saving the memory failed: {}",
+                    st["error-desc"].as_str().unwrap_or("unknown error")
+                )))
+            }
+            _ if tokio::time::Instant::now() > deadline => {
+                return Err(BackendError::TimedOut("saving the memory"))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+impl QemuBackend {
+    /// Starts QEMU with `args` loading the memory file `mem` (`-incoming`), waits until it
+    /// is loaded, and runs the VM; on failure the new process is stopped.
+    async fn incoming(
+        &self,
+        dir: &Path,
+        mut args: Vec<String>,
+        mem: &Path,
+    ) -> Result<Booted, BackendError> {
+        args.extend([
+            "-S".into(),
+            "-incoming".into(),
+            format!("file:{}", mem.display()),
+        ]);
+        let booted = spawn(&self.bin, dir, &args)?;
+        let resumed = async {
+            let mut q = Qmp::connect(dir).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let st = q.execute("query-status", Value::Null).await?;
+                match st["status"].as_str().unwrap_or("") {
+                    "inmigrate" if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    "inmigrate" => return Err(BackendError::TimedOut("loading the memory")),
+                    "running" => return Ok(()),
+                    _ => break,
+                }
+            }
+            q.execute("cont", Value::Null).await.map(|_| ())
+        }
+        .await;
+        if let Err(e) = resumed {
+            self.stop(dir, booted.pid).await;
+            return Err(BackendError::Boot(format!(
+                "loading the saved memory: {e}; qemu log: {}",
+                fuse_firecracker::tail_lines(&dir.join("qemu.log"), 3).join(" | ")
+            )));
+        }
+        Ok(booted)
+    }
+}
+
 fn exists(pid: i32) -> bool {
     super::pid_running(pid)
 }
@@ -448,8 +528,7 @@ async fn copy_disk(src: &Path, dest: &Path) -> Result<(), BackendError> {
 }
 
 fn allocated(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
+    super::allocated_bytes(p)
 }
 
 #[async_trait]
@@ -493,11 +572,7 @@ impl VmmBackend for QemuBackend {
             clone_rootfs(&base, &disk, spec.storage_gb).await?;
         }
         let args = qemu_args(self, spec, &disk);
-        // A list of strings always serialises.
-        let saved = serde_json::to_vec(&args).unwrap_or_default();
-        // The kernel command line in it carries the VM's link token.
-        crate::files::write_private(&spec.dir.join("qemu.json"), &saved)
-            .map_err(io("writing qemu.json"))?;
+        save_args(&spec.dir, &args)?;
         // A retry after the watchdog starts from a fresh console.
         let _ = std::fs::remove_file(spec.dir.join("console.log"));
         spawn(&self.bin, &spec.dir, &args)
@@ -530,32 +605,11 @@ impl VmmBackend for QemuBackend {
 
     async fn snapshot(&self, dir: &Path, _pid: i32, dest: &Path) -> Result<u64, BackendError> {
         std::fs::create_dir_all(dest).map_err(io("creating the snapshot directory"))?;
-        let mem = dest.join("memory");
+        let mem = dest.join(MEMORY);
         let mut q = Qmp::connect(dir).await?;
         q.execute("stop", Value::Null).await?;
         let taken = async {
-            q.execute(
-                "migrate",
-                json!({ "uri": format!("file:{}", mem.display()) }),
-            )
-            .await?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-            loop {
-                let st = q.execute("query-migrate", Value::Null).await?;
-                match st["status"].as_str().unwrap_or("") {
-                    "completed" => break,
-                    "failed" | "cancelled" => {
-                        return Err(BackendError::Qmp(format!(
-                            "saving the memory failed: {}",
-                            st["error-desc"].as_str().unwrap_or("unknown error")
-                        )))
-                    }
-                    _ if tokio::time::Instant::now() > deadline => {
-                        return Err(BackendError::TimedOut("saving the memory"))
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
+            save_memory(&mut q, &mem).await?;
             // The disk while the VM is paused: consistent with the memory.
             copy_disk(&dir.join("rootfs.ext4"), &dest.join("rootfs.ext4")).await
         }
@@ -573,48 +627,92 @@ impl VmmBackend for QemuBackend {
         pid: i32,
         src: &Path,
     ) -> Result<Option<Booted>, BackendError> {
-        let mem = src.join("memory");
+        let mem = src.join(MEMORY);
         if !mem.is_file() || !src.join("rootfs.ext4").is_file() {
             return Err(BackendError::Unsupported(
                 "the snapshot has no memory or disk image".into(),
             ));
         }
         let saved = std::fs::read(dir.join("qemu.json")).map_err(io("reading qemu.json"))?;
-        let mut args: Vec<String> =
-            serde_json::from_slice(&saved).map_err(|e| BackendError::Io {
-                what: "reading qemu.json".into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
+        let args: Vec<String> = serde_json::from_slice(&saved).map_err(|e| BackendError::Io {
+            what: "reading qemu.json".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         self.stop(dir, pid).await;
         copy_disk(&src.join("rootfs.ext4"), &dir.join("rootfs.ext4")).await?;
-        args.extend([
-            "-S".into(),
-            "-incoming".into(),
-            format!("file:{}", mem.display()),
-        ]);
-        let booted = spawn(&self.bin, dir, &args)?;
-        let resumed = async {
-            let mut q = Qmp::connect(dir).await?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            loop {
-                let st = q.execute("query-status", Value::Null).await?;
-                match st["status"].as_str().unwrap_or("") {
-                    "inmigrate" if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    "inmigrate" => return Err(BackendError::TimedOut("loading the memory")),
-                    "running" => return Ok(()),
-                    _ => break,
-                }
-            }
-            q.execute("cont", Value::Null).await.map(|_| ())
-        }
-        .await;
-        if let Err(e) = resumed {
-            self.stop(dir, booted.pid).await;
-            return Err(BackendError::Boot(format!("restoring the snapshot: {e}")));
-        }
+        let booted = self.incoming(dir, args, &mem).await?;
         Ok(Some(booted))
+    }
+
+    async fn pause(&self, dir: &Path, pid: i32) -> Result<super::Paused, BackendError> {
+        let mem = dir.join(MEMORY);
+        let tmp = dir.join("memory.partial");
+        let _ = std::fs::remove_file(&tmp);
+        let mut q = Qmp::connect(dir).await?;
+        q.execute("stop", Value::Null).await?;
+        if let Err(e) = save_memory(&mut q, &tmp).await {
+            // The VM runs on, as it was.
+            let _ = std::fs::remove_file(&tmp);
+            let _ = q.execute("cont", Value::Null).await;
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &mem).map_err(io("keeping the saved memory"))?;
+        drop(q);
+        // Stopped for good: the memory and the disk are what a resume starts from.
+        self.stop(dir, pid).await;
+        Ok(super::Paused {
+            kind: super::PAUSED_LIVE,
+            size_bytes: allocated(&mem) + allocated(&dir.join("rootfs.ext4")),
+        })
+    }
+
+    async fn resume(&self, spec: &BootSpec) -> Result<Booted, BackendError> {
+        let mem = spec.dir.join(MEMORY);
+        let disk = spec.dir.join("rootfs.ext4");
+        if !mem.is_file() || !disk.is_file() {
+            return Err(BackendError::Unsupported(
+                "the paused VM's directory has no memory or disk image".into(),
+            ));
+        }
+        // The machine for this directory and this network (a moved VM has new ones); the
+        // same machine type, size and devices as at the pause, which is what QEMU checks.
+        let args = qemu_args(self, spec, &disk);
+        save_args(&spec.dir, &args)?;
+        self.incoming(&spec.dir, args, &mem).await
+    }
+
+    fn paused_files(&self, _dir: &Path) -> Vec<String> {
+        vec![MEMORY.into(), "rootfs.ext4".into()]
+    }
+
+    fn paused_cleanup(&self, dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(MEMORY));
+    }
+
+    fn restores_memory(&self) -> bool {
+        true
+    }
+
+    async fn restore_into(&self, spec: &BootSpec, snap: &Path) -> Result<Booted, BackendError> {
+        let mem = snap.join(MEMORY);
+        if !mem.is_file() || !snap.join("rootfs.ext4").is_file() {
+            return Err(BackendError::Unsupported(
+                "the snapshot has no memory or disk image".into(),
+            ));
+        }
+        let disk = spec.dir.join("rootfs.ext4");
+        copy_disk(&snap.join("rootfs.ext4"), &disk).await?;
+        let args = qemu_args(self, spec, &disk);
+        save_args(&spec.dir, &args)?;
+        // The snapshot's memory file is only read: every VM made from it loads the same.
+        self.incoming(&spec.dir, args, &mem).await
+    }
+
+    async fn vcpus(&self, dir: &Path, run: bool) -> Result<(), BackendError> {
+        let mut q = Qmp::connect(dir).await?;
+        q.execute(if run { "cont" } else { "stop" }, Value::Null)
+            .await
+            .map(|_| ())
     }
 }
 

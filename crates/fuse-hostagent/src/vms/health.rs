@@ -81,8 +81,17 @@ impl Check {
         }
         let check = self.clone();
         tokio::spawn(async move {
-            let id = vm.meta.read().vm_id.clone();
             loop {
+                let id = vm.meta.read().vm_id.clone();
+                // A paused VM is not probed (its guest does not run): its verdict stays
+                // what it was until it resumes.
+                if vm.meta.read().paused.is_some() {
+                    tokio::select! {
+                        _ = check.stop.cancelled() => return,
+                        _ = tokio::time::sleep(check.timing.interval) => {}
+                    }
+                    continue;
+                }
                 let outcome = tokio::select! {
                     _ = check.stop.cancelled() => return,
                     o = probe(&vm, &check.spec, check.timing.timeout) => o,

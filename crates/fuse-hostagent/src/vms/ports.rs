@@ -16,6 +16,11 @@ impl Vms {
             return Err(VmError::Invalid("port must be 1-65535".into()));
         }
         let vm = self.get(id)?;
+        if vm.meta.read().paused.is_some() {
+            return Err(VmError::Conflict(format!(
+                "vm {id} is paused; resume it first"
+            )));
+        }
         let ip = match &vm.meta.read().net {
             Some(n) => IpAddr::V4(n.guest_ip),
             None if self.backend.capabilities().netns => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -38,6 +38,25 @@ pub struct SnapshotRecord {
     /// When it was taken (Unix seconds).
     #[serde(default)]
     pub created_unix: u64,
+    /// What a memory restore of a full snapshot needs of the VM it was taken of (absent
+    /// from a disk snapshot and from those of older agents). The record is private (0600):
+    /// it holds the VM's link token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SnapshotSourceVm>,
+}
+
+/// The VM a full snapshot was taken of, as a memory restore needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotSourceVm {
+    /// Its link token (what the guest helper in the snapshot's memory accepts).
+    pub token: String,
+    /// Its virtual CPUs (a restore keeps them).
+    pub cpus: u32,
+    /// Its memory in MiB (a restore keeps it).
+    pub memory_mb: u64,
+    /// Its guest address at the snapshot (a restored VM is given its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ip: Option<String>,
 }
 
 impl SnapshotRecord {
@@ -212,6 +231,26 @@ impl Vms {
         &self.snaps
     }
 
+    /// Bytes the snapshot store and the paused VMs' artifacts use (`/healthz`).
+    pub fn artifact_bytes(&self) -> u64 {
+        let snaps: u64 = std::fs::read_dir(&self.snaps.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|vm| self.snaps.list(&vm))
+            .flatten()
+            .map(|r| r.size_bytes)
+            .sum();
+        let paused: u64 = self
+            .map
+            .read()
+            .values()
+            .filter_map(|v| v.meta.read().paused.as_ref().map(|p| p.size_bytes))
+            .sum();
+        snaps + paused
+    }
+
     /// Takes a snapshot of the VM (its disk, and its memory where the backend captures
     /// it), with the sha256 of its disk image.
     pub async fn snapshot(
@@ -226,6 +265,11 @@ impl Vms {
         let _l = vm.lifecycle.lock().await;
         if !self.still_current(id, &vm) {
             return Err(VmError::NotFound(format!("vm {id}")));
+        }
+        if vm.meta.read().paused.is_some() {
+            return Err(VmError::Conflict(format!(
+                "vm {id} is paused; resume it before a snapshot"
+            )));
         }
         let dest = self.snaps.dir(id, sid);
         let _ = tokio::fs::remove_dir_all(&dest).await;
@@ -281,12 +325,23 @@ impl Vms {
             .map_err(|e| VmError::state("hashing the snapshot's disk")(std::io::Error::other(e)))?
             .map_err(VmError::state("hashing the snapshot's disk"))?;
         tracing::info!(vm_id = %id, size, hash_ms = started.elapsed().as_millis() as u64, "snapshot taken");
+        let mode = self.backend.snapshot_mode(mode);
+        let source = (mode == "full").then(|| {
+            let m = vm.meta.read();
+            SnapshotSourceVm {
+                token: m.token.clone(),
+                cpus: m.cpus,
+                memory_mb: m.memory_mb,
+                guest_ip: m.net.as_ref().map(|n| n.guest_ip.to_string()),
+            }
+        });
         Ok(SnapshotRecord {
             snapshot_id: sid.to_owned(),
-            mode: self.backend.snapshot_mode(mode),
+            mode,
             size_bytes: size,
             digest,
             created_unix: super::now_unix(),
+            source,
         })
     }
 
@@ -310,6 +365,11 @@ impl Vms {
         }
         if self.snaps.get(id, sid).is_none() {
             return Err(VmError::NotFound(format!("snapshot {sid}")));
+        }
+        if vm.meta.read().paused.is_some() {
+            return Err(VmError::Conflict(format!(
+                "vm {id} is paused; resume it before a restore"
+            )));
         }
         let pid = vm.meta.read().pid;
         let replaced = self
@@ -423,6 +483,7 @@ mod tests {
             size_bytes: 3,
             digest: "ab".into(),
             created_unix: 1,
+            source: None,
         };
         s.write("fuse-a", &r).unwrap();
         std::fs::create_dir_all(s.dir("fuse-a", "half")).unwrap();

@@ -6,9 +6,12 @@
 
 mod egress;
 mod expose;
+mod fc_memory;
 mod healthcheck;
 mod logs;
+mod pause;
 mod provision;
+mod qemu_memory;
 mod runtime;
 mod snapshots;
 mod tools;
@@ -146,7 +149,14 @@ async fn spawn(ns: &Ns, dir: &Path, extra: &[(&str, &str)]) -> Agent {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(std::fs::File::create(dir.with_extension("log")).unwrap())
+        // Appended to: a restarted agent's log follows its predecessor's.
+        .stdout(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.with_extension("log"))
+                .unwrap(),
+        )
         .stderr(std::process::Stdio::null());
     for (k, v) in extra {
         cmd.env(k, v);
@@ -222,6 +232,7 @@ impl Agent {
 fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fc-agent-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_file(d.with_extension("log"));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
