@@ -228,7 +228,7 @@ impl Supervisor {
             let left = deadline.saturating_duration_since(Instant::now());
             let _unused = self
                 .changed
-                .wait_timeout(s, left.min(Duration::from_millis(50)))
+                .wait_timeout(s, left.min(Duration::from_millis(10)))
                 .map_err(|_| "the agent supervisor failed".to_owned())?;
         }
     }

@@ -52,6 +52,19 @@ pub fn commit(f: std::fs::File, tmp: &Path, target: &Path, mode: u32) -> std::io
     std::fs::rename(tmp, target)
 }
 
+/// As [`commit`] without the sync: atomic for readers, durable once the kernel writes it
+/// back.
+pub fn commit_unsynced(
+    f: std::fs::File,
+    tmp: &Path,
+    target: &Path,
+    mode: u32,
+) -> std::io::Result<()> {
+    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    drop(f);
+    std::fs::rename(tmp, target)
+}
+
 fn not_found(path: &str) -> Response {
     Response::err_code(
         code::NOT_FOUND,

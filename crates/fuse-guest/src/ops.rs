@@ -31,7 +31,8 @@ pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
             path,
             content_b64,
             mode,
-        } => match upload(g, &path, &content_b64, mode.unwrap_or(0o644)) {
+            no_sync,
+        } => match upload(g, &path, &content_b64, mode.unwrap_or(0o644), !no_sync) {
             Ok(()) => Response::default(),
             Err(e) => Response::err(e.message()),
         },
@@ -160,7 +161,13 @@ pub fn handle<W: Write>(g: &Guest, op: Op, inbox: &Inbox, out: &mut W) {
     let _ = write_line(out, &resp);
 }
 
-fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), GuestError> {
+fn upload(
+    g: &Guest,
+    path: &str,
+    content_b64: &str,
+    mode: u32,
+    sync: bool,
+) -> Result<(), GuestError> {
     let target = g.resolve(path)?;
     let bytes = b64()
         .decode(content_b64)
@@ -171,7 +178,13 @@ fn upload(g: &Guest, path: &str, content_b64: &str, mode: u32) -> Result<(), Gue
     let io = GuestError::io("writing", std::path::Path::new(path));
     let (mut f, tmp) = crate::files::create_temp(&target, mode).map_err(io)?;
     f.write_all(&bytes)
-        .and_then(|_| crate::files::commit(f, &tmp, &target, mode))
+        .and_then(|_| {
+            if sync {
+                crate::files::commit(f, &tmp, &target, mode)
+            } else {
+                crate::files::commit_unsynced(f, &tmp, &target, mode)
+            }
+        })
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             GuestError::io("writing", std::path::Path::new(path))(e)

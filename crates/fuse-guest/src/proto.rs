@@ -42,6 +42,13 @@ pub enum Op {
         /// Mode (default 0644).
         #[serde(default)]
         mode: Option<u32>,
+        /// Skip the `fsync` before the rename (still atomic: readers see the old file or
+        /// the new one). For a create's setup files, which live or die with their new VM: a
+        /// guest that crashes before the kernel writes them back fails its create anyway,
+        /// and a snapshot keeps them (memory, or a disk taken after `sync`). An older guest
+        /// ignores the field and syncs.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_sync: bool,
     },
     /// Run a command.
     Exec {

@@ -260,10 +260,14 @@ async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<R
         let boot = started.elapsed();
         let guest = s.vms.get(&b.name)?;
         let mut steps = Vec::new();
-        // A warm VM's setup is its claim's.
-        if let Some(setup) = b.setup.as_ref().filter(|_| !b.warm) {
+        // A warm VM's setup warms it up (its claim runs the claiming environment's own).
+        if let Some(setup) = &b.setup {
             let _permit = guest.admit()?;
-            steps = crate::vms::setup::run(&guest, setup).await?;
+            steps = if b.warm {
+                s.vms.warm_up(&guest, setup).await?
+            } else {
+                crate::vms::setup::run(&guest, setup).await?
+            };
         }
         // The healthcheck probes what the setup started: it starts after it.
         s.vms.health_start(&guest);
@@ -284,7 +288,7 @@ async fn vm_create(State(s): State<S>, Json(b): Json<AgentVmCreate>) -> Result<R
             // The answer carries the verdict it waited for.
             vm = s.vms.describe(&b.name)?;
         }
-        if (b.setup.is_some() && !b.warm) || !steps.is_empty() {
+        if b.setup.is_some() || !steps.is_empty() {
             vm.setup = Some(crate::vms::setup::report(boot, steps));
         }
         Ok::<_, VmError>((vm, created))
@@ -373,6 +377,7 @@ async fn upload(
         path: b.path,
         content_b64: b.content_b64,
         mode: b.mode,
+        no_sync: false,
     };
     vm.guest(op, Duration::from_secs(60)).await?;
     Ok(StatusCode::NO_CONTENT)

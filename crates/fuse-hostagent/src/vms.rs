@@ -180,6 +180,10 @@ pub struct Vm {
     admission: Arc<Semaphore>,
     /// Its healthcheck, when it has one.
     pub health: Option<Arc<health::Check>>,
+    /// A pause is under way: the VM is listed as running until it is recorded paused, so a
+    /// reader never sees the moment between its VMM stopping and `paused` being written as
+    /// a VM that died.
+    pausing: std::sync::atomic::AtomicBool,
 }
 
 impl Vm {
@@ -194,7 +198,21 @@ impl Vm {
             dir,
             lifecycle: Mutex::new(()),
             admission: Arc::new(Semaphore::new(MAX_PENDING)),
+            pausing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks a pause under way (see `pausing`) until the returned guard is dropped.
+    pub(crate) fn pausing(&self) -> impl Drop + '_ {
+        struct Guard<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.pausing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Guard(&self.pausing)
     }
 
     /// Admits one operation, or says the VM is too busy.
@@ -251,7 +269,8 @@ impl Vm {
     /// Its wire view; endpoint addresses name `public_host`.
     fn wire(&self, public_host: &str) -> AgentVm {
         let m = self.meta.read();
-        let alive = process_alive(m.pid, &marker(&self.dir));
+        let alive = process_alive(m.pid, &marker(&self.dir))
+            || (m.paused.is_none() && self.pausing.load(std::sync::atomic::Ordering::SeqCst));
         // A paused VM has no process (a warm one has its VMM, holding it).
         let paused = m.paused.as_ref().filter(|p| !p.is_warm() || alive);
         let endpoints = m

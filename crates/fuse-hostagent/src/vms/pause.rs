@@ -83,6 +83,7 @@ impl Vms {
         }
         let pid = vm.meta.read().pid;
         let started = std::time::Instant::now();
+        let _pausing = vm.pausing();
         let paused = self
             .backend
             .pause(&vm.dir, pid)

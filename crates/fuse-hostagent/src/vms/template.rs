@@ -12,10 +12,10 @@
 //! fresh random pool again.
 
 use super::pause::identity;
-use super::{log_tail, now_unix, write_meta, PausedMeta, VmError, VmMeta, Vms};
+use super::{log_tail, now_unix, write_meta, PausedMeta, Vm, VmError, VmMeta, Vms};
 use crate::backend::{BackendError, BootSpec, PAUSED_WARM};
 use crate::link::Link;
-use fuse_types::hostagent::{AgentClaim, AgentVm, SnapshotSource};
+use fuse_types::hostagent::{AgentClaim, AgentVm, GuestSetup, SnapshotSource, StepTiming};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,6 +157,30 @@ impl Vms {
         if let Err(e) = link.call(&meta.token, op, IDENTITY_LIMIT).await {
             tracing::warn!(vm_id = %meta.vm_id, error = %e, "the guest took no hostname (an older guest helper?)");
         }
+    }
+
+    /// Warms a warm VM up: its vCPUs run `setup` (what a create would run: files, the
+    /// agent), then stop again. Its claim then finds the guest's caches, and under TCG the
+    /// emulator's translations, already made for that work, and only redoes it with the
+    /// claiming environment's own files and credentials.
+    pub async fn warm_up(&self, vm: &Vm, setup: &GuestSetup) -> Result<Vec<StepTiming>, VmError> {
+        let _l = vm.lifecycle.lock().await;
+        self.backend
+            .vcpus(&vm.dir, true)
+            .await
+            .map_err(VmError::backend("starting the warm VM's vCPUs"))?;
+        // Running for its warm-up: guest calls are let through (it is warm again after).
+        let warm = vm.meta.write().paused.take();
+        let steps = super::setup::run(vm, setup).await;
+        vm.meta.write().paused = warm;
+        let stopped = self
+            .backend
+            .vcpus(&vm.dir, false)
+            .await
+            .map_err(VmError::backend("stopping the warm VM's vCPUs"));
+        let steps = steps?;
+        stopped?;
+        Ok(steps)
     }
 
     /// Claims a warm VM: it becomes `c.name`, runs, takes its hostname, the clock and a

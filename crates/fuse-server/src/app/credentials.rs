@@ -15,7 +15,7 @@ use fuse_types::hostagent::GuestFile;
 #[error("generating the agent's TLS certificate: {0}")]
 pub struct CredentialError(#[from] rcgen::Error);
 
-fn tls_pair(vm_id: &str) -> Result<(String, String), CredentialError> {
+pub(super) fn tls_pair(vm_id: &str) -> Result<(String, String), CredentialError> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![vm_id.to_owned(), "localhost".into()])?;
     params

@@ -231,19 +231,61 @@ impl App {
             let seed = self.seed_for(&name).await?;
             apply_seed(&mut valid, &req.spec, &seed)?;
         }
-        let mut agent = self.profile.resolve(
-            &self.config.agent_download_url,
-            req.agent.as_ref(),
-            &valid.gateway_url,
-        );
+        let agent = self.agent_for(req.agent.as_ref(), &valid.gateway_url);
+        self.create_valid(valid, agent, None, wait).await
+    }
+
+    /// The agent launch of a create: the profile's, the request's overrides, the server's
+    /// defaults (start window, `FUSE_AGENT_COMMAND`).
+    pub(super) fn agent_for(
+        &self,
+        asked: Option<&fuse_types::AgentOverride>,
+        gateway_url: &str,
+    ) -> AgentSpec {
+        let mut agent = self
+            .profile
+            .resolve(&self.config.agent_download_url, asked, gateway_url);
         agent
             .start_window_ms
             .get_or_insert(self.config.agent_start_window.as_millis() as u64);
-        let asked = req.agent.as_ref().is_some_and(|a| a.command.is_some());
-        if !asked && !self.config.agent_command.is_empty() {
+        let command_asked = asked.is_some_and(|a| a.command.is_some());
+        if !command_asked && !self.config.agent_command.is_empty() {
             agent.command = self.config.agent_command.clone();
         }
-        self.create_valid(valid, agent, None, wait).await
+        agent
+    }
+
+    /// What a warm-pool member runs before it waits (see `fc-agent`'s warm-up): the files
+    /// and agent of a plain create, with credentials of its own that no one is given (its
+    /// claim replaces them with the claiming environment's).
+    pub(super) fn warm_up_setup(&self, rec: &VmRecord) -> Result<GuestSetup, AppError> {
+        let (cert, key) = super::credentials::tls_pair(rec.id.as_str())
+            .map_err(|e| AppError::Internal(format!("credentials: {e}")))?;
+        let s = VmSecrets {
+            auth_token: super::random_token(),
+            gateway_token: String::new(),
+            secrets: Default::default(),
+            tls_cert_pem: cert,
+            tls_key_pem: key,
+            traffic_token: super::random_token(),
+        };
+        let mut files = super::credentials::files(self.profile, &s);
+        let config = serde_json::json!({
+            "vm_id": rec.id.as_str(),
+            "task_id": rec.task_id.as_str(),
+            "listen": rec.agent.listen,
+            "gateway_url": "",
+        });
+        files.push(GuestFile {
+            path: self.profile.config_path(),
+            content_b64: b64(config.to_string().as_bytes()),
+            mode: 0o644,
+        });
+        Ok(GuestSetup {
+            files,
+            startup: None,
+            agent: Some(agent_start(&rec.agent, &s.auth_token, "")),
+        })
     }
 
     /// Creates an environment from a validated request (a create, or a fork).
@@ -395,6 +437,10 @@ impl App {
             self.provision_steps(rec, &valid, started),
         )
         .await;
+        if valid.warm_from.is_some() {
+            // A warm VM was drawn for it: its pool is refilled now that it is done.
+            self.pools_wake();
+        }
         let failure = match result {
             Ok(Ok(done)) => {
                 self.metrics

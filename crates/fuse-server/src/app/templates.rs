@@ -355,7 +355,9 @@ impl App {
                         .pool_draws
                         .with_label_values(&[template, "hit"])
                         .inc();
-                    self.pools_wake();
+                    // The refill is asked for once this create is done (see `provision`):
+                    // a restore running beside the claim would slow the very create the
+                    // pool is there to speed up.
                     return Ok(Some((m.id.to_string(), host)));
                 }
                 // Another create drew it first.
@@ -479,7 +481,7 @@ impl App {
             url: String::new(),
             spec: spec.clone(),
             request_hash: String::new(),
-            agent: fuse_types::AgentSpec::default(),
+            agent: self.agent_for(None, ""),
             error: None,
             restored_from: Some(seed.snapshot.id.clone()),
             created_at: at,
@@ -508,6 +510,8 @@ impl App {
             return Err(AppError::NoCapacity(np));
         }
         let provider = self.provider_of(&placed).await?;
+        // Warmed up by the work of a plain create before it waits, so a claim redoes it warm.
+        let warm_up = self.warm_up_setup(&placed)?;
         let made = provider
             .vm_provision(&AgentVmCreate {
                 name: id.to_string(),
@@ -516,6 +520,7 @@ impl App {
                 storage_gb: spec.storage_gb,
                 from_snapshot: Some(seed.source()),
                 warm: true,
+                setup: Some(warm_up),
                 ..AgentVmCreate::default()
             })
             .await;

@@ -137,7 +137,10 @@ impl Agent {
             .env("FC_AGENT_STORAGE_GB", "100000000")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(match std::env::var_os("FUSE_BENCH_AGENT_LOG") {
+                Some(p) => std::fs::File::create(p)?.into(),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .context("starting fc-agent")?;
         Ok(Agent {
@@ -187,6 +190,19 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // VMMs outlive their agent by design: those of this agent's directory go with it.
+        let marker = format!("{}/", self.dir.display());
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&marker) {
+                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -432,7 +448,57 @@ async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
             anyhow::Ok((id, ms))
         }
     };
+    // The host's per-step setup timings, summed from the server's metrics: (step, sum, count).
+    let steps = || async {
+        let text = auth(http.get(format!("{base}/metrics")))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let mut out: Vec<(String, f64, f64)> = Vec::new();
+        for l in text.lines() {
+            let (kind, rest) = if let Some(r) =
+                l.strip_prefix("orchestrator_provision_step_duration_seconds_sum{")
+            {
+                (0, r)
+            } else if let Some(r) =
+                l.strip_prefix("orchestrator_provision_step_duration_seconds_count{")
+            {
+                (1, r)
+            } else {
+                continue;
+            };
+            let step = rest.split('"').nth(1).unwrap_or("").to_owned();
+            let v: f64 = rest
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            match out.iter_mut().find(|(s, _, _)| *s == step) {
+                Some(e) if kind == 0 => e.1 = v,
+                Some(e) => e.2 = v,
+                None if kind == 0 => out.push((step, v, 0.0)),
+                None => out.push((step, 0.0, v)),
+            }
+        }
+        anyhow::Ok(out)
+    };
+    let show_steps = |before: &[(String, f64, f64)], after: &[(String, f64, f64)]| {
+        after
+            .iter()
+            .filter_map(|(s, sum, n)| {
+                let (s0, n0) = before
+                    .iter()
+                    .find(|(b, _, _)| b == s)
+                    .map(|(_, a, b)| (*a, *b))
+                    .unwrap_or((0.0, 0.0));
+                (n - n0 > 0.0).then(|| format!("{s} {:.0}", (sum - s0) / (n - n0) * 1000.0))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let n = args.creates.max(2);
+    let s0 = steps().await?;
     let mut cold = Vec::new();
     for i in 0..n {
         cold.push(
@@ -441,6 +507,7 @@ async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
                 .1,
         );
     }
+    let s1 = steps().await?;
     // The template: a live snapshot of a running environment.
     let (src, _) = create("bench-tsrc".into(), serde_json::json!({}), true).await?;
     let t = Instant::now();
@@ -471,6 +538,7 @@ async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
             .1,
         );
     }
+    let s2 = steps().await?;
     // The warm pool: filled, then drawn one create at a time (each waits for a ready VM).
     let r = auth(http.patch(format!("{base}/v1/templates/bench")))
         .json(&serde_json::json!({"pool": {"per_host": args.pool}}))
@@ -502,6 +570,7 @@ async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
             .1,
         );
     }
+    let s3 = steps().await?;
     let r = auth(http.patch(format!("{base}/v1/templates/bench")))
         .json(&serde_json::json!({"pool": {"per_host": 0}}))
         .send()
@@ -531,6 +600,12 @@ async fn fast_start(base: &str, args: &Args) -> anyhow::Result<()> {
         c95 / w95
     );
     println!("  (the template's live snapshot took {snap_ms:.0} ms)");
+    println!("  host steps, mean ms: cold [{}]", show_steps(&s0, &s1));
+    println!("                       template [{}]", show_steps(&s1, &s2));
+    println!(
+        "                       warm pool [{}] (warm VMs restored meanwhile count here too)",
+        show_steps(&s2, &s3)
+    );
     Ok(())
 }
 
@@ -548,6 +623,14 @@ const BENCH_KEY: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The in-process server's log, when asked for (`RUST_LOG=info`), on standard error.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let mut _server = None;
     let base = if args.url.is_empty() {
         let mut flags = fuse_server::config::Flags::parse_from(["fuse"]);
