@@ -104,6 +104,25 @@ impl SnapshotStore {
         Some(v)
     }
 
+    /// Every finished snapshot in the store, as `(vm id, record)`, by VM id then id.
+    pub fn all(&self) -> Vec<(String, SnapshotRecord)> {
+        let mut vms: Vec<String> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        vms.sort();
+        vms.into_iter()
+            .flat_map(|vm| {
+                self.list(&vm)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |r| (vm.clone(), r))
+            })
+            .collect()
+    }
+
     fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
         // Plain data always serialises.
         let body = serde_json::to_vec_pretty(r).unwrap_or_default();
@@ -226,6 +245,18 @@ pub fn sha256_file(p: &Path) -> std::io::Result<String> {
 }
 
 impl Vms {
+    /// Every snapshot in the host's store, whatever its VM (`GET /v1/snapshots`).
+    pub fn snapshots_all(&self) -> Vec<fuse_types::hostagent::AgentSnapshotRef> {
+        self.snaps
+            .all()
+            .into_iter()
+            .map(|(vm_id, r)| fuse_types::hostagent::AgentSnapshotRef {
+                vm_id,
+                snapshot: r.wire(),
+            })
+            .collect()
+    }
+
     /// The host's snapshot store.
     pub fn snapshot_store(&self) -> &SnapshotStore {
         &self.snaps
