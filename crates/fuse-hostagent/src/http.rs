@@ -753,6 +753,10 @@ pub fn router(state: S) -> Router {
             axum::routing::delete(snapshot_delete),
         )
         .route("/v1/vm/{id}/send", post(migrations::send))
+        .route(
+            "/v1/vm/{id}/snapshots/{sid}/send",
+            post(migrations::send_snapshot),
+        )
         .route("/v1/snapshots", get(migrations::snapshots))
         .route("/v1/migrations", post(migrations::register))
         .route(

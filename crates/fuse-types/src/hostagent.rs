@@ -197,10 +197,16 @@ pub struct AgentMigrationIn {
     /// Egress rules (as on create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::EgressRules>,
+    /// Expect this snapshot of `vm_id` for the host's snapshot store instead of the VM
+    /// (sent by `POST /v1/vm/{vm_id}/snapshots/{snapshot_id}/send`; a template's snapshot
+    /// replicated to another host). `cpus`, `memory_mb` and `storage_gb` bound its size;
+    /// the network fields are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
 }
 
 /// `POST /v1/vm/{id}/send` body (on the source host, the VM paused): stream its artifacts
-/// to the target host.
+/// to the target host. Also the body of `POST /v1/vm/{id}/snapshots/{sid}/send`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSend {
     /// The target host agent's base URL.
@@ -229,8 +235,13 @@ pub const HEADER_SHA256: &str = "x-fuse-sha256";
 pub struct AgentMigrationCommit {
     /// Every file of the VM, as sent (each checked against what arrived).
     pub files: Vec<ArtifactFile>,
-    /// The VM.
+    /// The VM (a VM's transfer).
+    #[serde(default)]
     pub meta: MigratedVm,
+    /// The snapshot's record (a snapshot's transfer): its digest must be the hash of the
+    /// disk image among `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<AgentSnapshot>,
 }
 
 /// What a moved VM carries from its source host's record.

@@ -1,10 +1,12 @@
-//! The cold-migration routes (`FEATURE_MIGRATE`) and the host-wide snapshot list. The
+//! The cold-migration routes (`FEATURE_MIGRATE`: a paused VM or a snapshot to another
+//! host) and the host-wide snapshot list. The
 //! receiving routes (a file, the commit) are called by another host's agent with the
 //! transfer's one-time token instead of this host's token: [`own_auth`] names them for the
 //! host-token check to let through, and they check the one-time token before they read
 //! a byte of the body.
 
 use super::S;
+use crate::vms::migrate::Arrived;
 use crate::vms::VmError;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -87,8 +89,10 @@ pub async fn commit(
         serde_json::from_slice::<AgentMigrationCommit>(&body)
             .map_err(|e| VmError::Invalid(format!("the commit body does not parse: {e}")))
     };
-    let vm = s.vms.migration_commit(&id, &token, parse).await?;
-    Ok((StatusCode::CREATED, Json(vm)).into_response())
+    Ok(match s.vms.migration_commit(&id, &token, parse).await? {
+        Arrived::Vm(vm) => (StatusCode::CREATED, Json(vm)).into_response(),
+        Arrived::Snapshot(snap) => (StatusCode::CREATED, Json(snap)).into_response(),
+    })
 }
 
 /// `POST /v1/vm/{id}/send`: stream a paused VM to another host.
@@ -98,6 +102,15 @@ pub async fn send(
     Json(b): Json<AgentSend>,
 ) -> Result<Json<AgentSent>, VmError> {
     Ok(Json(s.vms.send(&id, &b).await?))
+}
+
+/// `POST /v1/vm/{id}/snapshots/{sid}/send`: copy a snapshot to another host's store.
+pub async fn send_snapshot(
+    State(s): State<S>,
+    Path((id, sid)): Path<(String, String)>,
+    Json(b): Json<AgentSend>,
+) -> Result<Json<AgentSent>, VmError> {
+    Ok(Json(s.vms.send_snapshot(&id, &sid, &b).await?))
 }
 
 /// `GET /v1/snapshots`: every snapshot in the host's store.

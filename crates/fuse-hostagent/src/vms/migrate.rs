@@ -14,16 +14,22 @@
 //! are removed by [`Vms::migration_sweep`]; nothing of the staging survives an agent
 //! restart. The source only reads: an interrupted send leaves it paused and intact.
 //!
+//! A snapshot travels the same way (`POST /v1/vm/{id}/snapshots/{sid}/send`, registered
+//! with its `snapshot_id`): its commit puts the files into the target's snapshot store,
+//! its record last, so a template can start on another host. One arrival per VM id at a
+//! time: a VM and a snapshot of it are not expected at once.
+//!
 //! Pause lives elsewhere (`VmMeta::paused`, the backend's paused files); the two functions
 //! that read what it leaves, [`paused_state`] and [`Vms::paused_artifacts`], are the only
 //! places this module depends on it.
+
+mod send;
 
 use super::{check_egress, check_id, Pending, PendingGuard, Vm, VmError, VmMeta, Vms};
 use crate::link::Link;
 use bytes::Bytes;
 use fuse_types::hostagent::{
-    AgentMigrationCommit, AgentMigrationIn, AgentSend, AgentSent, AgentVm, ArtifactFile,
-    MigratedVm, HEADER_SHA256,
+    AgentMigrationCommit, AgentMigrationIn, AgentVm, ArtifactFile, MigratedVm, HEADER_SHA256,
 };
 use fuse_types::Resources;
 use serde::{Deserialize, Serialize};
@@ -34,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 
 /// The longest a registration may be good for.
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -42,10 +48,6 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 const SLACK_BYTES: u64 = 256 << 20;
 /// Receive blocks: a block of zeros becomes a hole instead of a write.
 const BLOCK: usize = 64 << 10;
-/// Send chunk (bounded memory: one chunk in flight per file).
-const CHUNK: usize = 1 << 20;
-/// Bytes between two progress lines of a send.
-const PROGRESS_BYTES: u64 = 256 << 20;
 
 /// What a pause left, as the VM's record says (`VmMeta::paused`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,11 +233,24 @@ impl Vms {
         if let Some(r) = &req.egress {
             check_egress(r)?;
         }
-        if self.get(&req.vm_id).is_ok() || self.pending.lock().contains_key(&req.vm_id) {
-            return Err(VmError::Conflict(format!(
-                "vm {} already exists on this host",
-                req.vm_id
-            )));
+        match &req.snapshot_id {
+            Some(sid) => {
+                check_id(sid)?;
+                if self.snaps.get(&req.vm_id, sid).is_some() {
+                    return Err(VmError::Conflict(format!(
+                        "snapshot {sid} of vm {} is already in this host's store",
+                        req.vm_id
+                    )));
+                }
+            }
+            None => {
+                if self.get(&req.vm_id).is_ok() || self.pending.lock().contains_key(&req.vm_id) {
+                    return Err(VmError::Conflict(format!(
+                        "vm {} already exists on this host",
+                        req.vm_id
+                    )));
+                }
+            }
         }
         let id = &req.vm_id;
         let dir = self.arrivals.staging(id);
@@ -465,7 +480,7 @@ impl Vms {
         vm_id: &str,
         bearer: &str,
         commit: impl FnOnce() -> Result<AgentMigrationCommit, VmError>,
-    ) -> Result<AgentVm, VmError> {
+    ) -> Result<Arrived, VmError> {
         check_id(vm_id)?;
         let serial = self.arrivals.authorize(vm_id, bearer)?;
         let commit = &commit()?;
@@ -484,9 +499,16 @@ impl Vms {
             a.committing = true;
             a.req.clone()
         };
-        let out = self
-            .adopt_moved(vm_id, &req, &commit.meta, &commit.files)
-            .await;
+        let out = match &req.snapshot_id {
+            Some(sid) => self
+                .adopt_snapshot(vm_id, sid, commit)
+                .await
+                .map(Arrived::Snapshot),
+            None => self
+                .adopt_moved(vm_id, &req, &commit.meta, &commit.files)
+                .await
+                .map(Arrived::Vm),
+        };
         {
             let mut g = self.arrivals.map.lock();
             if out.is_ok() {
@@ -501,6 +523,70 @@ impl Vms {
             tracing::info!(vm_id, files = commit.files.len(), "migrated VM committed");
         }
         out
+    }
+
+    /// Puts an arrived snapshot into the host's store: its files, then its record (which
+    /// makes it finished). The record's digest must be the hash of its disk image.
+    async fn adopt_snapshot(
+        &self,
+        vm_id: &str,
+        sid: &str,
+        commit: &AgentMigrationCommit,
+    ) -> Result<fuse_types::hostagent::AgentSnapshot, VmError> {
+        let Some(snap) = commit.snapshot.as_ref().filter(|s| s.snapshot_id == sid) else {
+            return Err(VmError::Invalid(format!(
+                "a snapshot's commit must carry the record of snapshot {sid}"
+            )));
+        };
+        let disk = self.backend.snapshot_disk(Path::new(""));
+        let disk = disk.to_string_lossy();
+        if !snap.digest.is_empty()
+            && !commit
+                .files
+                .iter()
+                .any(|f| f.name == disk && f.sha256.eq_ignore_ascii_case(&snap.digest))
+        {
+            return Err(VmError::Invalid(format!(
+                "snapshot {sid}'s digest is not the hash of its disk image {disk} among the files"
+            )));
+        }
+        if self.snaps.get(vm_id, sid).is_some() {
+            return Err(VmError::Conflict(format!(
+                "snapshot {sid} of vm {vm_id} is already in this host's store"
+            )));
+        }
+        let dest = self.snaps.dir(vm_id, sid);
+        let staging = self.arrivals.staging(vm_id);
+        let placed = async {
+            crate::files::create_private_dir(&self.snaps.vm_dir(vm_id))
+                .and_then(|()| crate::files::create_private_dir(&dest))
+                .map_err(VmError::state("creating the snapshot directory"))?;
+            for f in &commit.files {
+                tokio::fs::rename(staging.join(&f.name), dest.join(&f.name))
+                    .await
+                    .map_err(VmError::state(format!(
+                        "moving {} into the snapshot store",
+                        f.name
+                    )))?;
+            }
+            self.snaps.write(
+                vm_id,
+                &super::snapshots::SnapshotRecord {
+                    snapshot_id: sid.to_owned(),
+                    mode: snap.mode.clone(),
+                    size_bytes: snap.size_bytes,
+                    digest: snap.digest.to_ascii_lowercase(),
+                    created_unix: super::now_unix(),
+                    source: None,
+                },
+            )
+        }
+        .await;
+        if let Err(e) = placed {
+            let _ = self.snaps.remove(vm_id, sid).await;
+            return Err(e);
+        }
+        Ok(snap.clone())
     }
 
     /// Makes the arrived VM one of this host's, paused.
@@ -636,191 +722,15 @@ impl Vms {
         self.map.write().insert(id.to_owned(), vm);
         Ok(wire)
     }
-
-    /// The files a paused VM's directory holds for its resume (integration point with
-    /// pause: the backend's paused files).
-    pub fn paused_artifacts(&self, vm: &Vm) -> Vec<String> {
-        match self.backend.name() {
-            // What the process backend's pause writes: its root, archived.
-            "process" => vec![crate::backend::process::ROOT_ARCHIVE.to_owned()],
-            _ => Vec::new(),
-        }
-        .into_iter()
-        .filter(|f| vm.dir.join(f).is_file())
-        .collect()
-    }
-
-    /// Sends a paused VM's files to the target named in `req` and commits them there
-    /// (`POST /v1/vm/{id}/send`). Only reads the VM, which stays paused here.
-    pub async fn send(&self, id: &str, req: &AgentSend) -> Result<AgentSent, VmError> {
-        let vm = self.get(id)?;
-        let _permit = vm.admit()?;
-        // Held for the whole transfer: no resume or destroy changes the files meanwhile.
-        let _l = vm.lifecycle.lock().await;
-        if !self.still_current(id, &vm) {
-            return Err(VmError::NotFound(format!("vm {id}")));
-        }
-        let Some(paused) = paused_state(&vm) else {
-            return Err(VmError::Conflict(format!(
-                "vm {id} is not paused; pause it before sending it"
-            )));
-        };
-        let names = self.paused_artifacts(&vm);
-        if names.is_empty() {
-            return Err(VmError::Conflict(format!(
-                "vm {id} has no paused files this agent can send (backend {})",
-                self.backend.name()
-            )));
-        }
-        let target = req.target_url.trim_end_matches('/');
-        if !(target.starts_with("http://") || target.starts_with("https://")) {
-            return Err(VmError::Invalid(format!(
-                "target_url {target:?} must be an http(s) URL"
-            )));
-        }
-        let started = Instant::now();
-        let mut files = Vec::new();
-        for n in &names {
-            let p = vm.dir.join(n);
-            let hashed = p.clone();
-            let sha256 =
-                tokio::task::spawn_blocking(move || super::snapshots::sha256_file(&hashed))
-                    .await
-                    .map_err(|e| VmError::state(format!("hashing {n}"))(std::io::Error::other(e)))?
-                    .map_err(VmError::state(format!("hashing {n}")))?;
-            let size = std::fs::metadata(&p)
-                .map_err(VmError::state(format!("reading {n}")))?
-                .len();
-            files.push(ArtifactFile {
-                name: n.clone(),
-                size,
-                sha256,
-            });
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| VmError::Transfer(format!("building the HTTP client: {e}")))?;
-        let mut bytes = 0u64;
-        for f in &files {
-            let sent = send_file(&http, target, id, &req.token, &vm.dir, f).await?;
-            bytes += sent;
-        }
-        let m = vm.meta.read().clone();
-        let commit = AgentMigrationCommit {
-            files: files.clone(),
-            meta: MigratedVm {
-                token: m.token,
-                kind: paused.kind,
-                size_bytes: paused.size_bytes,
-                paused_unix: paused.paused_unix,
-                cpus: m.cpus,
-                memory_mb: m.memory_mb,
-                storage_gb: m.storage_gb,
-                created_unix: m.created_unix,
-                healthcheck: m.healthcheck,
-                backend: m.backend,
-            },
-        };
-        let resp = http
-            .post(format!("{target}/v1/migrations/{id}/commit"))
-            .bearer_auth(&req.token)
-            .timeout(Duration::from_secs(120))
-            .json(&commit)
-            .send()
-            .await
-            .map_err(|e| VmError::Transfer(format!("committing vm {id} at {target}: {e}")))?;
-        refused(resp, &format!("committing vm {id} at {target}")).await?;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(vm_id = %id, target, bytes, duration_ms, "VM sent");
-        Ok(AgentSent {
-            files,
-            bytes,
-            duration_ms,
-        })
-    }
 }
 
-/// Streams one file to the target; returns its bytes.
-async fn send_file(
-    http: &reqwest::Client,
-    target: &str,
-    id: &str,
-    token: &str,
-    dir: &Path,
-    f: &ArtifactFile,
-) -> Result<u64, VmError> {
-    let file = tokio::fs::File::open(dir.join(&f.name))
-        .await
-        .map_err(VmError::state(format!("opening {}", f.name)))?;
-    let sent = Arc::new(AtomicU64::new(0));
-    let body = reqwest::Body::wrap_stream(file_stream(
-        file,
-        sent.clone(),
-        id.to_owned(),
-        f.name.clone(),
-        f.size,
-    ));
-    // Bounded: a minute plus the time the file takes at 4 MiB/s.
-    let limit = Duration::from_secs(60 + f.size / (4 << 20));
-    let what = format!("sending {} of vm {id} to {target}", f.name);
-    let resp = http
-        .put(format!("{target}/v1/migrations/{id}/files/{}", f.name))
-        .bearer_auth(token)
-        .header(HEADER_SHA256, &f.sha256)
-        .header(reqwest::header::CONTENT_LENGTH, f.size)
-        .timeout(limit)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| VmError::Transfer(format!("{what}: {e}")))?;
-    refused(resp, &what).await?;
-    Ok(sent.load(Ordering::Relaxed))
-}
-
-/// A file as a stream of chunks, one read ahead of the network at most, counting what
-/// was read and logging progress.
-fn file_stream(
-    file: tokio::fs::File,
-    sent: Arc<AtomicU64>,
-    vm_id: String,
-    name: String,
-    size: u64,
-) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> {
-    futures_util::stream::unfold(Some(file), move |file| {
-        let (sent, vm_id, name) = (sent.clone(), vm_id.clone(), name.clone());
-        async move {
-            let mut file = file?;
-            let mut buf = vec![0u8; CHUNK];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    let before = sent.fetch_add(n as u64, Ordering::Relaxed);
-                    if (before + n as u64) / PROGRESS_BYTES > before / PROGRESS_BYTES {
-                        tracing::info!(vm_id, file = %name, sent = before + n as u64, size, "sending");
-                    }
-                    Some((Ok(Bytes::from(buf)), Some(file)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        }
-    })
-}
-
-/// A non-2xx answer of the target as an error that quotes its message.
-async fn refused(resp: reqwest::Response, what: &str) -> Result<(), VmError> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let message = serde_json::from_str::<fuse_types::ErrorBody>(&body)
-        .map(|b| b.error.message)
-        .unwrap_or(body);
-    Err(VmError::Transfer(format!(
-        "{what}: the target answered {status}: {message}"
-    )))
+/// What a commit made.
+#[derive(Debug)]
+pub enum Arrived {
+    /// The VM, paused here.
+    Vm(AgentVm),
+    /// The snapshot, in the store.
+    Snapshot(fuse_types::hostagent::AgentSnapshot),
 }
 
 /// Writes one block at the file's position, or skips it (a hole) when it is all zeros.

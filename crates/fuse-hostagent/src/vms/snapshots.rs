@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The file of a snapshot's own record, inside its directory.
-const RECORD: &str = "snapshot.json";
+pub const RECORD: &str = "snapshot.json";
 
 /// What is recorded of one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,8 @@ pub struct SnapshotSourceVm {
 }
 
 impl SnapshotRecord {
-    fn wire(&self) -> AgentSnapshot {
+    /// The wire view.
+    pub fn wire(&self) -> AgentSnapshot {
         AgentSnapshot {
             snapshot_id: self.snapshot_id.clone(),
             size_bytes: self.size_bytes,
@@ -80,6 +81,11 @@ impl SnapshotStore {
     /// The store under `root` (`<state>/snapshots`).
     pub fn new(root: PathBuf) -> SnapshotStore {
         SnapshotStore { root }
+    }
+
+    /// The store's directory of one VM id's snapshots.
+    pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        self.root.join(vm_id)
     }
 
     /// The directory of one snapshot's files.
@@ -123,7 +129,8 @@ impl SnapshotStore {
             .collect()
     }
 
-    fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
+    /// Writes a snapshot's record (last: it makes the snapshot finished).
+    pub(super) fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
         // Plain data always serialises.
         let body = serde_json::to_vec_pretty(r).unwrap_or_default();
         crate::files::write_private_atomic(&self.dir(vm_id, &r.snapshot_id).join(RECORD), &body)
@@ -132,7 +139,7 @@ impl SnapshotStore {
 
     /// Removes one snapshot (and its VM's directory in the store once empty); whether it
     /// was there.
-    async fn remove(&self, vm_id: &str, sid: &str) -> Result<bool, VmError> {
+    pub(super) async fn remove(&self, vm_id: &str, sid: &str) -> Result<bool, VmError> {
         let dir = self.dir(vm_id, sid);
         let existed = match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => true,

@@ -3,7 +3,7 @@
 //! target, which holds it paused with a network of its own; one-time tokens are checked
 //! (wrong, spent, expired); a corrupted file is refused and nothing is adopted; a send cut
 //! off by the sending agent's death leaves the target clean after an abort and the source
-//! paused and intact.
+//! paused and intact; a snapshot is copied into another host's store and forks there.
 
 use super::{spawn, spawn_at, tempdir, Agent, Ns, TOKEN};
 use reqwest::StatusCode;
@@ -443,4 +443,84 @@ async fn a_send_cut_off_by_the_sender_leaves_both_sides_clean() {
         serde_json::from_slice(&std::fs::read(src.dir.join("vms/fuse-big/vm.json")).unwrap())
             .unwrap();
     assert_eq!(meta["paused"]["kind"], "disk", "{meta}");
+}
+
+#[tokio::test]
+async fn a_snapshot_is_copied_into_another_hosts_store() {
+    let Some(ns) = Ns::new("migsnap") else { return };
+    let root = tempdir("migsnap");
+    let src = spawn(&ns, &root.join("a"), &[]).await;
+    let dst = target(&ns, &root.join("b")).await;
+    assert_eq!(
+        src.post("/v1/vm", vm("fuse-tpl")).await.0,
+        StatusCode::CREATED
+    );
+    src.exec(
+        "fuse-tpl",
+        &["sh", "-c", "echo from the template > tpl.txt"],
+    )
+    .await;
+    let (s, snap) = src
+        .post(
+            "/v1/vm/fuse-tpl/snapshot",
+            json!({"snapshot_id": "snap-tpl", "mode": "disk"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{snap}");
+    // The source VM may be gone: its snapshot is what travels.
+    assert_eq!(
+        src.delete("/v1/vm/fuse-tpl").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let send = json!({"target_url": dst.base, "token": MOVE_TOKEN});
+    let mut reg = registration("fuse-tpl", MOVE_TOKEN, 300);
+    reg["snapshot_id"] = json!("snap-tpl");
+    let (s, e) = dst.post("/v1/migrations", reg.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let (s, sent) = src
+        .post("/v1/vm/fuse-tpl/snapshots/snap-tpl/send", send.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{sent}");
+    assert_eq!(sent["files"][0]["name"], "root.tar", "{sent}");
+    assert_eq!(sent["files"][0]["sha256"], snap["digest"], "{sent}");
+    // In the target's store with the same record, and a fork there starts from it.
+    let (_, all) = dst.get("/v1/snapshots").await;
+    assert_eq!(all["snapshots"][0]["vm_id"], "fuse-tpl", "{all}");
+    assert_eq!(all["snapshots"][0]["digest"], snap["digest"], "{all}");
+    assert_eq!(
+        all["snapshots"][0]["size_bytes"], snap["size_bytes"],
+        "{all}"
+    );
+    let (s, fork) = dst
+        .post(
+            "/v1/vm",
+            json!({"name": "fuse-fork", "cpus": 1, "memory_mb": 128, "storage_gb": 1,
+                   "from_snapshot": {"vm_id": "fuse-tpl", "snapshot_id": "snap-tpl"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{fork}");
+    assert_eq!(
+        dst.exec("fuse-fork", &["cat", "tpl.txt"]).await,
+        (0, "from the template\n".into())
+    );
+    assert!(!staging(&dst, "fuse-tpl").exists());
+    // Spent, and the snapshot is there now: neither can be done again.
+    let (s, _) = src
+        .post("/v1/vm/fuse-tpl/snapshots/snap-tpl/send", send)
+        .await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        dst.post("/v1/migrations", reg).await.0,
+        StatusCode::CONFLICT
+    );
+    // The source's copy is untouched.
+    let (_, list) = src.get("/v1/vm/fuse-tpl/snapshots").await;
+    assert_eq!(list["snapshots"][0]["digest"], snap["digest"], "{list}");
+    let (s, _) = src
+        .post(
+            "/v1/vm/fuse-tpl/snapshots/snap-none/send",
+            json!({"target_url": dst.base, "token": MOVE_TOKEN}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
 }
