@@ -15,8 +15,9 @@
 //! restart. The source only reads: an interrupted send leaves it paused and intact.
 //!
 //! A snapshot travels the same way (`POST /v1/vm/{id}/snapshots/{sid}/send`, registered
-//! with its `snapshot_id`): its commit puts the files into the target's snapshot store,
-//! its record last, so a template can start on another host. One arrival per VM id at a
+//! with its `snapshot_id`), its own record (`snapshot.json`) among its files: the commit
+//! puts the files into the target's snapshot store, the record last, so a template can
+//! start on another host. One arrival per VM id at a
 //! time: a VM and a snapshot of it are not expected at once.
 //!
 //! Pause lives elsewhere (`VmMeta::paused`, the backend's paused files); the two functions
@@ -25,6 +26,7 @@
 
 mod send;
 
+use super::snapshots::{SnapshotRecord, RECORD};
 use super::{check_egress, check_id, Pending, PendingGuard, Vm, VmError, VmMeta, Vms};
 use crate::link::Link;
 use bytes::Bytes;
@@ -374,10 +376,12 @@ impl Vms {
             path: part.clone(),
             done: false,
         };
+        // Private like every VM file (a snapshot's record holds the guest's link token).
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(crate::files::PRIVATE_FILE)
             .open(&part)
             .await
             .map_err(VmError::state(format!("creating staged file {name}")))?;
@@ -525,26 +529,44 @@ impl Vms {
         out
     }
 
-    /// Puts an arrived snapshot into the host's store: its files, then its record (which
-    /// makes it finished). The record's digest must be the hash of its disk image.
+    /// Puts an arrived snapshot into the host's store: its files, then its record (the
+    /// source's own `snapshot.json`, sent as a file, so every field it has travels), which
+    /// makes it finished. The record must name the registered snapshot, agree with the
+    /// commit's, and its digest must be the hash of the disk image among the files.
     async fn adopt_snapshot(
         &self,
         vm_id: &str,
         sid: &str,
         commit: &AgentMigrationCommit,
     ) -> Result<fuse_types::hostagent::AgentSnapshot, VmError> {
-        let Some(snap) = commit.snapshot.as_ref().filter(|s| s.snapshot_id == sid) else {
+        let staging = self.arrivals.staging(vm_id);
+        if !commit.files.iter().any(|f| f.name == RECORD) {
             return Err(VmError::Invalid(format!(
-                "a snapshot's commit must carry the record of snapshot {sid}"
+                "a snapshot's transfer must include its record {RECORD}"
             )));
-        };
+        }
+        let record: SnapshotRecord = std::fs::read(staging.join(RECORD))
+            .map_err(VmError::state(format!("reading the staged {RECORD}")))
+            .and_then(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| VmError::Invalid(format!("the sent {RECORD} does not parse: {e}")))
+            })?;
+        let told = commit.snapshot.as_ref();
+        if record.snapshot_id != sid
+            || told.is_some_and(|t| t.snapshot_id != sid || t.digest != record.digest)
+        {
+            return Err(VmError::Invalid(format!(
+                "the sent record is of snapshot {} (digest {:?}), not the {sid} registered",
+                record.snapshot_id, record.digest
+            )));
+        }
         let disk = self.backend.snapshot_disk(Path::new(""));
         let disk = disk.to_string_lossy();
-        if !snap.digest.is_empty()
+        if !record.digest.is_empty()
             && !commit
                 .files
                 .iter()
-                .any(|f| f.name == disk && f.sha256.eq_ignore_ascii_case(&snap.digest))
+                .any(|f| f.name == disk && f.sha256.eq_ignore_ascii_case(&record.digest))
         {
             return Err(VmError::Invalid(format!(
                 "snapshot {sid}'s digest is not the hash of its disk image {disk} among the files"
@@ -556,37 +578,27 @@ impl Vms {
             )));
         }
         let dest = self.snaps.dir(vm_id, sid);
-        let staging = self.arrivals.staging(vm_id);
         let placed = async {
             crate::files::create_private_dir(&self.snaps.vm_dir(vm_id))
                 .and_then(|()| crate::files::create_private_dir(&dest))
                 .map_err(VmError::state("creating the snapshot directory"))?;
-            for f in &commit.files {
-                tokio::fs::rename(staging.join(&f.name), dest.join(&f.name))
+            // The record last: until it is there the snapshot is unfinished.
+            let files = commit.files.iter().filter(|f| f.name != RECORD);
+            for name in files.map(|f| f.name.as_str()).chain([RECORD]) {
+                tokio::fs::rename(staging.join(name), dest.join(name))
                     .await
                     .map_err(VmError::state(format!(
-                        "moving {} into the snapshot store",
-                        f.name
+                        "moving {name} into the snapshot store"
                     )))?;
             }
-            self.snaps.write(
-                vm_id,
-                &super::snapshots::SnapshotRecord {
-                    snapshot_id: sid.to_owned(),
-                    mode: snap.mode.clone(),
-                    size_bytes: snap.size_bytes,
-                    digest: snap.digest.to_ascii_lowercase(),
-                    created_unix: super::now_unix(),
-                    source: None,
-                },
-            )
+            Ok::<_, VmError>(())
         }
         .await;
         if let Err(e) = placed {
             let _ = self.snaps.remove(vm_id, sid).await;
             return Err(e);
         }
-        Ok(snap.clone())
+        Ok(record.wire())
     }
 
     /// Makes the arrived VM one of this host's, paused.

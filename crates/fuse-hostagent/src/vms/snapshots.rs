@@ -129,8 +129,7 @@ impl SnapshotStore {
             .collect()
     }
 
-    /// Writes a snapshot's record (last: it makes the snapshot finished).
-    pub(super) fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
+    fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
         // Plain data always serialises.
         let body = serde_json::to_vec_pretty(r).unwrap_or_default();
         crate::files::write_private_atomic(&self.dir(vm_id, &r.snapshot_id).join(RECORD), &body)

@@ -483,7 +483,18 @@ async fn a_snapshot_is_copied_into_another_hosts_store() {
     assert_eq!(s, StatusCode::OK, "{sent}");
     assert_eq!(sent["files"][0]["name"], "root.tar", "{sent}");
     assert_eq!(sent["files"][0]["sha256"], snap["digest"], "{sent}");
+    assert_eq!(
+        sent["files"][1]["name"], "snapshot.json",
+        "its record travels: {sent}"
+    );
     // In the target's store with the same record, and a fork there starts from it.
+    let record =
+        |a: &Agent| std::fs::read(a.dir.join("snapshots/fuse-tpl/snap-tpl/snapshot.json")).unwrap();
+    assert_eq!(
+        record(&dst),
+        record(&src),
+        "the record is the source's, field for field"
+    );
     let (_, all) = dst.get("/v1/snapshots").await;
     assert_eq!(all["snapshots"][0]["vm_id"], "fuse-tpl", "{all}");
     assert_eq!(all["snapshots"][0]["digest"], snap["digest"], "{all}");

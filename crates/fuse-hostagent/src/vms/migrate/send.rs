@@ -88,7 +88,8 @@ impl Vms {
 
     /// Copies a snapshot from the host's store to another host's
     /// (`POST /v1/vm/{id}/snapshots/{sid}/send`, registered there with its `snapshot_id`),
-    /// whether its VM still exists or not. Only reads it.
+    /// whether its VM still exists or not: every file of its directory, its record
+    /// included. Only reads it.
     pub async fn send_snapshot(
         &self,
         vm_id: &str,
@@ -122,9 +123,8 @@ impl Vms {
                      (a snapshot of an older agent?); it cannot be sent"
                 )));
             }
-            if name != crate::vms::snapshots::RECORD {
-                names.push(name);
-            }
+            // The record too: the target's copy is the source's, field for field.
+            names.push(name);
         }
         names.sort();
         let target = check_target(&req.target_url)?;
