@@ -20,21 +20,22 @@
 //! start on another host. One arrival per VM id at a
 //! time: a VM and a snapshot of it are not expected at once.
 //!
-//! Pause lives elsewhere (`VmMeta::paused`, the backend's paused files); the two functions
-//! that read what it leaves, [`paused_state`] and [`Vms::paused_artifacts`], are the only
-//! places this module depends on it.
+//! Pause lives in `pause`: this module reads what it leaves (`VmMeta::paused`, the
+//! backend's [`crate::backend::VmmBackend::paused_files`]) and writes a moved VM's record
+//! as a pause would, with `moved` set.
 
 mod send;
 
 use super::snapshots::{SnapshotRecord, RECORD};
-use super::{check_egress, check_id, Pending, PendingGuard, Vm, VmError, VmMeta, Vms};
+use super::{
+    check_egress, check_id, write_meta, PausedMeta, Pending, PendingGuard, Vm, VmError, VmMeta, Vms,
+};
 use crate::link::Link;
 use bytes::Bytes;
 use fuse_types::hostagent::{
     AgentMigrationCommit, AgentMigrationIn, AgentVm, ArtifactFile, MigratedVm, HEADER_SHA256,
 };
 use fuse_types::Resources;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,44 +52,10 @@ const SLACK_BYTES: u64 = 256 << 20;
 /// Receive blocks: a block of zeros becomes a hole instead of a write.
 const BLOCK: usize = 64 << 10;
 
-/// What a pause left, as the VM's record says (`VmMeta::paused`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PausedState {
-    /// `live`, `disk` or `warm`.
-    pub kind: String,
-    /// Bytes its artifacts use.
-    #[serde(default)]
-    pub size_bytes: u64,
-    /// When it was paused (Unix seconds).
-    #[serde(default)]
-    pub paused_unix: u64,
-    /// It arrived from another host since: its resume gives the guest this host's network.
-    #[serde(default)]
-    pub moved: bool,
-}
-
-/// What the VM's record says of its pause, if it is paused (integration point with pause:
-/// read from `vm.json`, where `VmMeta::paused` is written).
-pub fn paused_state(vm: &Vm) -> Option<PausedState> {
-    let body = std::fs::read(vm.dir.join("vm.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    serde_json::from_value(v.get("paused")?.clone()).ok()
-}
-
-/// Writes the record of a VM that arrived paused (integration point with pause: `paused`
-/// is the field `VmMeta::paused` reads).
-fn write_moved_meta(dir: &Path, m: &VmMeta, paused: &PausedState) -> Result<(), VmError> {
-    // Plain data always serialises.
-    let mut v = serde_json::to_value(m).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert(
-            "paused".into(),
-            serde_json::to_value(paused).unwrap_or_default(),
-        );
-    }
-    let body = serde_json::to_vec_pretty(&v).unwrap_or_default();
-    crate::files::write_private_atomic(&dir.join("vm.json"), &body)
-        .map_err(VmError::state("saving the moved VM's state"))
+/// What the VM's record says of its pause, if it is paused (a warm VM, held in its VMM,
+/// is not: it has no files to send).
+pub fn paused_state(vm: &Vm) -> Option<PausedMeta> {
+    vm.meta.read().paused.clone().filter(|p| !p.is_warm())
 }
 
 /// A file name a transfer may use: one path component of `[A-Za-z0-9._-]`, not starting
@@ -609,6 +576,11 @@ impl Vms {
         meta: &MigratedVm,
         files: &[ArtifactFile],
     ) -> Result<AgentVm, VmError> {
+        if meta.kind == crate::backend::PAUSED_WARM {
+            return Err(VmError::Invalid(
+                "a warm VM cannot move: it is held in its VMM".into(),
+            ));
+        }
         if meta.token.is_empty() || meta.kind.is_empty() {
             return Err(VmError::Invalid(
                 "meta.token and meta.kind are required".into(),
@@ -698,13 +670,13 @@ impl Vms {
             net: net.clone(),
             url,
             healthcheck: meta.healthcheck.clone(),
-            paused: None,
-        };
-        let paused = PausedState {
-            kind: meta.kind.clone(),
-            size_bytes: meta.size_bytes,
-            paused_unix: meta.paused_unix,
-            moved: true,
+            // Moved: its resume gives the guest this host's network.
+            paused: Some(PausedMeta {
+                kind: meta.kind.clone(),
+                size_bytes: meta.size_bytes,
+                paused_unix: meta.paused_unix,
+                moved: true,
+            }),
         };
         let staging = self.arrivals.staging(id);
         let placed = async {
@@ -716,7 +688,7 @@ impl Vms {
                         f.name
                     )))?;
             }
-            write_moved_meta(&dir, &m, &paused)
+            write_meta(&dir, &m)
         }
         .await;
         if let Err(e) = placed {

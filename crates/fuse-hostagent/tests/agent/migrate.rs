@@ -3,7 +3,7 @@
 //! target, which holds it paused with a network of its own; one-time tokens are checked
 //! (wrong, spent, expired); a corrupted file is refused and nothing is adopted; a send cut
 //! off by the sending agent's death leaves the target clean after an abort and the source
-//! paused and intact; a snapshot is copied into another host's store and forks there.
+//! paused, intact and resumable; a moved VM resumes on the target with its files; a snapshot is copied into another host's store and forks there.
 
 use super::{spawn, spawn_at, tempdir, Agent, Ns, TOKEN};
 use reqwest::StatusCode;
@@ -41,36 +41,13 @@ fn sha_of(p: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
 }
 
-/// Pauses a process-backend VM the way its pause does (the helper stopped, its root
-/// archived into `root.tar` in the VM's directory, `paused` in `vm.json`), by hand: the
-/// agent's own pause is not on this branch yet.
-fn pause_by_hand(a: &Agent, id: &str) -> PathBuf {
-    let dir = a.dir.join("vms").join(id);
-    let meta_path = dir.join("vm.json");
-    let mut meta: Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-    let pid = meta["pid"].as_i64().unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the helper {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let archive = dir.join("root.tar");
-    let st = std::process::Command::new("tar")
-        .args(["--create", "--sort=name", "--numeric-owner", "--file"])
-        .arg(&archive)
-        .arg("--directory")
-        .arg(dir.join("root"))
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let size = std::fs::metadata(&archive).unwrap().len();
-    meta["paused"] = json!({"kind": "disk", "size_bytes": size, "paused_unix": 1});
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
-    archive
+/// Pauses a VM (the process backend archives its root into `root.tar` in the VM's
+/// directory, the file a move sends) and returns that archive.
+async fn pause(a: &Agent, id: &str) -> PathBuf {
+    let (s, v) = a.post(&format!("/v1/vm/{id}/pause"), json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "paused", "{v}");
+    a.dir.join("vms").join(id).join("root.tar")
 }
 
 /// Reads `path` from a moved VM's archived root (what its resume unpacks).
@@ -168,7 +145,7 @@ async fn a_paused_vm_moves_to_another_host() {
     let send = json!({"target_url": dst.base, "token": MOVE_TOKEN});
     let (s, e) = src.post("/v1/vm/fuse-mv/send", send.clone()).await;
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
-    let archive = pause_by_hand(&src, "fuse-mv");
+    let archive = pause(&src, "fuse-mv").await;
     let want = sha_of(&archive);
     let (_, h) = src.get("/healthz").await;
     assert!(
@@ -240,10 +217,20 @@ async fn a_paused_vm_moves_to_another_host() {
         .post("/v1/migrations", registration("fuse-mv", MOVE_TOKEN, 300))
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(got["state"], "paused", "{got}");
     // The source is untouched: still paused, its archive as it was.
     assert_eq!(sha_of(&archive), want);
     assert_eq!(src_meta["paused"]["kind"], "disk");
-    assert_eq!(src.get("/v1/vm/fuse-mv").await.0, StatusCode::OK);
+    let (_, was) = src.get("/v1/vm/fuse-mv").await;
+    assert_eq!(was["state"], "paused", "{was}");
+    // It resumes on the target with its file, and its agent port forwards there.
+    let (s, up) = dst.post("/v1/vm/fuse-mv/resume", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{up}");
+    assert_eq!(up["state"], "running", "{up}");
+    assert_eq!(
+        dst.exec("fuse-mv", &["cat", "data.txt"]).await,
+        (0, "carried along\n".into())
+    );
     // The control plane destroys the source once the target runs it.
     assert_eq!(src.delete("/v1/vm/fuse-mv").await.0, StatusCode::NO_CONTENT);
     assert_eq!(dst.delete("/v1/vm/fuse-mv").await.0, StatusCode::NO_CONTENT);
@@ -397,7 +384,7 @@ async fn a_send_cut_off_by_the_sender_leaves_both_sides_clean() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
-    let archive = pause_by_hand(&src, "fuse-big");
+    let archive = pause(&src, "fuse-big").await;
     let want = sha_of(&archive);
     let (s, _) = dst
         .post("/v1/migrations", registration("fuse-big", MOVE_TOKEN, 300))
@@ -443,6 +430,15 @@ async fn a_send_cut_off_by_the_sender_leaves_both_sides_clean() {
         serde_json::from_slice(&std::fs::read(src.dir.join("vms/fuse-big/vm.json")).unwrap())
             .unwrap();
     assert_eq!(meta["paused"]["kind"], "disk", "{meta}");
+    // And it resumes there (after an agent restart: the sender died) with its data.
+    drop(src);
+    let src = spawn(&ns, &root.join("a"), &[]).await;
+    let (s, up) = src.post("/v1/vm/fuse-big/resume", json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{up}");
+    assert_eq!(
+        src.exec("fuse-big", &["stat", "-c", "%s", "big.bin"]).await,
+        (0, "536870912\n".into())
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! The source only reads.
 
 use super::{check_file_name, paused_state};
-use crate::vms::{check_id, Vm, VmError, Vms};
+use crate::vms::{check_id, VmError, Vms};
 use bytes::Bytes;
 use fuse_types::hostagent::{
     AgentMigrationCommit, AgentSend, AgentSent, ArtifactFile, MigratedVm, HEADER_SHA256,
@@ -20,19 +20,6 @@ const CHUNK: usize = 1 << 20;
 const PROGRESS_BYTES: u64 = 256 << 20;
 
 impl Vms {
-    /// The files a paused VM's directory holds for its resume (integration point with
-    /// pause: the backend's paused files).
-    pub fn paused_artifacts(&self, vm: &Vm) -> Vec<String> {
-        match self.backend.name() {
-            // What the process backend's pause writes: its root, archived.
-            "process" => vec![crate::backend::process::ROOT_ARCHIVE.to_owned()],
-            _ => Vec::new(),
-        }
-        .into_iter()
-        .filter(|f| vm.dir.join(f).is_file())
-        .collect()
-    }
-
     /// Sends a paused VM's files to the target named in `req` and commits them there
     /// (`POST /v1/vm/{id}/send`). Only reads the VM, which stays paused here.
     pub async fn send(&self, id: &str, req: &AgentSend) -> Result<AgentSent, VmError> {
@@ -48,7 +35,12 @@ impl Vms {
                 "vm {id} is not paused; pause it before sending it"
             )));
         };
-        let names = self.paused_artifacts(&vm);
+        let names = self.backend.paused_files(&vm.dir);
+        if let Some(gone) = names.iter().find(|f| !vm.dir.join(f).is_file()) {
+            return Err(VmError::Conflict(format!(
+                "vm {id} is paused but its file {gone} is missing; it cannot be sent"
+            )));
+        }
         if names.is_empty() {
             return Err(VmError::Conflict(format!(
                 "vm {id} has no paused files this agent can send (backend {})",
