@@ -152,16 +152,31 @@ impl Arrivals {
     }
 }
 
-/// Removes a staged file, unless it was finished.
-struct PartGuard {
+/// Removes a staged file, unless it was finished, and takes its bytes back out of its
+/// arrival's count (so failed uploads do not use up the limit).
+struct PartGuard<'a> {
+    arrivals: &'a Arrivals,
+    vm_id: &'a str,
+    serial: u64,
     path: PathBuf,
+    counted: u64,
     done: bool,
 }
 
-impl Drop for PartGuard {
+impl Drop for PartGuard<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.path);
+        if self.done {
+            return;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(a) = self
+            .arrivals
+            .map
+            .lock()
+            .get_mut(self.vm_id)
+            .filter(|a| a.serial == self.serial)
+        {
+            a.staged = a.staged.saturating_sub(self.counted);
         }
     }
 }
@@ -340,7 +355,11 @@ impl Vms {
         let dir = self.arrivals.staging(vm_id);
         let part = dir.join(format!(".part-{name}"));
         let mut guard = PartGuard {
+            arrivals: &self.arrivals,
+            vm_id,
+            serial,
             path: part.clone(),
+            counted: 0,
             done: false,
         };
         // Private like every VM file (a snapshot's record holds the guest's link token).
@@ -368,6 +387,7 @@ impl Vms {
                 None => break,
             };
             self.migration_count(vm_id, serial, chunk.len() as u64)?;
+            guard.counted += chunk.len() as u64;
             hash.update(&chunk);
             len += chunk.len() as u64;
             let mut rest: &[u8] = &chunk;
