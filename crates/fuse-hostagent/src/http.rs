@@ -9,6 +9,8 @@
 //! restores memory). Every request is counted by route, method and status in `/metrics`
 //! (`fc_agent_http_requests_total`).
 
+mod migrations;
+
 use crate::vms::{VmError, Vms};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -125,6 +127,8 @@ impl IntoResponse for VmError {
             VmError::Invalid(_) | VmError::Link(LinkError::Guest(_)) => {
                 (StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument)
             }
+            VmError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            VmError::Transfer(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
             VmError::Busy(_) | VmError::Link(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
@@ -189,6 +193,9 @@ async fn metrics(State(s): State<S>) -> Response {
 }
 
 async fn auth(State(s): State<S>, req: Request, next: Next) -> Response {
+    if migrations::own_auth(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     let got = req
         .headers()
         .get("authorization")
@@ -231,6 +238,7 @@ async fn healthz(State(s): State<S>) -> Json<AgentHealth> {
         fuse_types::hostagent::FEATURE_RUNTIME,
         FEATURE_TUNNEL,
     ];
+    features.push(fuse_types::hostagent::FEATURE_MIGRATE);
     if s.vms.can_expose() {
         features.push(FEATURE_EXPOSE);
         features.push(fuse_types::hostagent::FEATURE_EGRESS);
@@ -749,6 +757,22 @@ pub fn router(state: S) -> Router {
             "/v1/vm/{id}/snapshots/{sid}",
             axum::routing::delete(snapshot_delete),
         )
+        .route("/v1/vm/{id}/send", post(migrations::send))
+        .route(
+            "/v1/vm/{id}/snapshots/{sid}/send",
+            post(migrations::send_snapshot),
+        )
+        .route("/v1/snapshots", get(migrations::snapshots))
+        .route("/v1/migrations", post(migrations::register))
+        .route(
+            "/v1/migrations/{id}",
+            axum::routing::delete(migrations::abort),
+        )
+        .route(
+            "/v1/migrations/{id}/files/{name}",
+            axum::routing::put(migrations::receive),
+        )
+        .route("/v1/migrations/{id}/commit", post(migrations::commit))
         .route_layer(middleware::from_fn_with_state(state.clone(), observe))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))

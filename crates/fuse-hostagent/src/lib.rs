@@ -151,5 +151,15 @@ pub async fn build(cfg: &config::Config) -> anyhow::Result<(axum::Router, vms::S
             let _ = tokio::task::spawn_blocking(move || s.vms.bound_consoles(max)).await;
         }
     });
+    // Expired migration registrations and their staging go within a second.
+    let weak = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { return };
+            s.vms.migration_sweep().await;
+        }
+    });
     Ok((http::router(state), report))
 }

@@ -25,6 +25,7 @@ pub mod agent;
 mod boot;
 pub mod health;
 pub mod logs;
+pub mod migrate;
 mod pause;
 pub mod ports;
 pub mod setup;
@@ -92,6 +93,12 @@ pub enum VmError {
     /// This host's backend cannot do this (a memory restore on the `process` backend).
     #[error("{0}")]
     Unsupported(String),
+    /// A transfer's one-time token is unknown, expired or spent.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Another host's agent refused or failed a transfer.
+    #[error("{0}")]
+    Transfer(String),
 }
 
 impl VmError {
@@ -391,6 +398,7 @@ pub struct Vms {
     creating: Mutex<()>,
     pending: parking_lot::Mutex<HashMap<String, Pending>>,
     opts: Options,
+    arrivals: migrate::Arrivals,
 }
 
 /// A VM's address slot, its optional (host port, agent port) forward and its exposed
@@ -457,6 +465,7 @@ impl Vms {
             capacity: opts.capacity,
             creating: Mutex::new(()),
             pending: parking_lot::Mutex::new(HashMap::new()),
+            arrivals: migrate::Arrivals::new(root.join("incoming"))?,
             opts,
         };
         let mut report = StartReport::default();

@@ -134,7 +134,7 @@ pub const FEATURE_PAUSE: &str = "pause";
 /// `POST /v1/vm/{id}/claim`.
 pub const FEATURE_TEMPLATE: &str = "template";
 /// Feature of `/healthz`: cold migration between hosts (`POST /v1/migrations`,
-/// `POST /v1/vm/{id}/send`, the receiving routes, `DELETE /v1/migrations/{token}`).
+/// `POST /v1/vm/{id}/send`, the receiving routes, `DELETE /v1/migrations/{vm_id}`).
 pub const FEATURE_MIGRATE: &str = "migrate";
 
 /// What a paused VM keeps, in [`AgentVm::paused`].
@@ -197,10 +197,16 @@ pub struct AgentMigrationIn {
     /// Egress rules (as on create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::EgressRules>,
+    /// Expect this snapshot of `vm_id` for the host's snapshot store instead of the VM
+    /// (sent by `POST /v1/vm/{vm_id}/snapshots/{snapshot_id}/send`; a template's snapshot
+    /// replicated to another host). `cpus`, `memory_mb` and `storage_gb` bound its size;
+    /// the network fields are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
 }
 
 /// `POST /v1/vm/{id}/send` body (on the source host, the VM paused): stream its artifacts
-/// to the target host.
+/// to the target host. Also the body of `POST /v1/vm/{id}/snapshots/{sid}/send`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentSend {
     /// The target host agent's base URL.
@@ -218,6 +224,54 @@ pub struct ArtifactFile {
     pub size: u64,
     /// Hex SHA-256.
     pub sha256: String,
+}
+
+/// Header of `PUT /v1/migrations/{vm_id}/files/{name}`: the hex SHA-256 the file must have.
+pub const HEADER_SHA256: &str = "x-fuse-sha256";
+
+/// `POST /v1/migrations/{vm_id}/commit` body (sending host to target host): the files it
+/// sent and what the VM's own record on the target must say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentMigrationCommit {
+    /// Every file of the VM, as sent (each checked against what arrived).
+    pub files: Vec<ArtifactFile>,
+    /// The VM (a VM's transfer).
+    #[serde(default)]
+    pub meta: MigratedVm,
+    /// The snapshot's record (a snapshot's transfer): its digest must be the hash of the
+    /// disk image among `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<AgentSnapshot>,
+}
+
+/// What a moved VM carries from its source host's record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigratedVm {
+    /// Its private link's token (the guest knows it).
+    pub token: String,
+    /// What its pause kept ([`PausedInfo::kind`]).
+    pub kind: String,
+    /// Bytes its artifacts use.
+    #[serde(default)]
+    pub size_bytes: u64,
+    /// When it was paused (Unix seconds).
+    #[serde(default)]
+    pub paused_unix: u64,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Disk in GiB.
+    pub storage_gb: u64,
+    /// When it was created (Unix seconds).
+    #[serde(default)]
+    pub created_unix: u64,
+    /// Its healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::HealthcheckSpec>,
+    /// The backend that paused it (`process`, `firecracker`, `qemu`): only a host with
+    /// the same backend can resume it.
+    pub backend: String,
 }
 
 /// `POST /v1/vm/{id}/send` answer: what arrived at the target, which now holds the VM paused.

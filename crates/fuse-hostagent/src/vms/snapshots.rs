@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The file of a snapshot's own record, inside its directory.
-const RECORD: &str = "snapshot.json";
+pub const RECORD: &str = "snapshot.json";
 
 /// What is recorded of one snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,8 @@ pub struct SnapshotSourceVm {
 }
 
 impl SnapshotRecord {
-    fn wire(&self) -> AgentSnapshot {
+    /// The wire view.
+    pub fn wire(&self) -> AgentSnapshot {
         AgentSnapshot {
             snapshot_id: self.snapshot_id.clone(),
             size_bytes: self.size_bytes,
@@ -80,6 +81,11 @@ impl SnapshotStore {
     /// The store under `root` (`<state>/snapshots`).
     pub fn new(root: PathBuf) -> SnapshotStore {
         SnapshotStore { root }
+    }
+
+    /// The store's directory of one VM id's snapshots.
+    pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        self.root.join(vm_id)
     }
 
     /// The directory of one snapshot's files.
@@ -104,6 +110,25 @@ impl SnapshotStore {
         Some(v)
     }
 
+    /// Every finished snapshot in the store, as `(vm id, record)`, by VM id then id.
+    pub fn all(&self) -> Vec<(String, SnapshotRecord)> {
+        let mut vms: Vec<String> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        vms.sort();
+        vms.into_iter()
+            .flat_map(|vm| {
+                self.list(&vm)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |r| (vm.clone(), r))
+            })
+            .collect()
+    }
+
     fn write(&self, vm_id: &str, r: &SnapshotRecord) -> Result<(), VmError> {
         // Plain data always serialises.
         let body = serde_json::to_vec_pretty(r).unwrap_or_default();
@@ -113,7 +138,7 @@ impl SnapshotStore {
 
     /// Removes one snapshot (and its VM's directory in the store once empty); whether it
     /// was there.
-    async fn remove(&self, vm_id: &str, sid: &str) -> Result<bool, VmError> {
+    pub(super) async fn remove(&self, vm_id: &str, sid: &str) -> Result<bool, VmError> {
         let dir = self.dir(vm_id, sid);
         let existed = match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => true,
@@ -226,6 +251,18 @@ pub fn sha256_file(p: &Path) -> std::io::Result<String> {
 }
 
 impl Vms {
+    /// Every snapshot in the host's store, whatever its VM (`GET /v1/snapshots`).
+    pub fn snapshots_all(&self) -> Vec<fuse_types::hostagent::AgentSnapshotRef> {
+        self.snaps
+            .all()
+            .into_iter()
+            .map(|(vm_id, r)| fuse_types::hostagent::AgentSnapshotRef {
+                vm_id,
+                snapshot: r.wire(),
+            })
+            .collect()
+    }
+
     /// The host's snapshot store.
     pub fn snapshot_store(&self) -> &SnapshotStore {
         &self.snaps

@@ -9,6 +9,7 @@ mod expose;
 mod fc_memory;
 mod healthcheck;
 mod logs;
+mod migrate;
 mod pause;
 mod provision;
 mod qemu_memory;
@@ -136,11 +137,17 @@ impl Drop for Agent {
 
 /// Starts fc-agent inside `ns`, listening on the namespace's address.
 async fn spawn(ns: &Ns, dir: &Path, extra: &[(&str, &str)]) -> Agent {
+    spawn_at(ns, 8090, dir, extra).await
+}
+
+/// Starts fc-agent inside `ns`, listening on `port` of the namespace's address (a second
+/// agent in one namespace also needs a subnet and forward ports of its own).
+async fn spawn_at(ns: &Ns, port: u16, dir: &Path, extra: &[(&str, &str)]) -> Agent {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.name])
         .arg(env!("CARGO_BIN_EXE_fc-agent"))
         .env_clear()
-        .env("FC_AGENT_LISTEN", format!("{}:8090", ns.ip))
+        .env("FC_AGENT_LISTEN", format!("{}:{port}", ns.ip))
         .env("FC_AGENT_PUBLIC_HOST", &ns.ip)
         .env("FC_AGENT_TOKEN", TOKEN)
         .env("FC_AGENT_BACKEND", "process")
@@ -164,7 +171,7 @@ async fn spawn(ns: &Ns, dir: &Path, extra: &[(&str, &str)]) -> Agent {
     let child = cmd.spawn().unwrap();
     let a = Agent {
         child,
-        base: format!("http://{}:8090", ns.ip),
+        base: format!("http://{}:{port}", ns.ip),
         dir: dir.to_owned(),
         http: reqwest::Client::new(),
     };

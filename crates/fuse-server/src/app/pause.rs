@@ -465,6 +465,7 @@ impl App {
             expose: expose_of(rec),
             agent_port: rec.agent.port,
             egress: rec.extras.egress.clone(),
+            snapshot_id: None,
         })
         .await?;
         let sent = src
