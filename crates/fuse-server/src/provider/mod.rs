@@ -344,6 +344,11 @@ pub async fn provision_call_by_call<P: Provider + ?Sized>(
     };
     let mut vm = p.vm_create(&bare).await?;
     lap(SetupStep::Boot, &mut t);
+    if req.warm {
+        // A warm VM's setup only warms it up, in the host's one-call create; a host driven
+        // call by call holds it cold (its claim runs the claiming environment's setup).
+        return Ok(vm);
+    }
     let id = vm.vm_id.clone();
     let failed = |step: SetupStep, e: ProviderError| {
         tracing::warn!(vm_id = %id, step = step.as_str(), error = %e, "guest setup step failed");

@@ -635,11 +635,11 @@ async fn small_file_kept(f: &FuseProc, id: &str) {
 }
 
 /// Sends `path` without waiting for the answer (the control plane is killed meanwhile).
-fn post_and_forget(f: &FuseProc, path: &str, body: Value) -> tokio::task::JoinHandle<()> {
+fn post_and_forget(f: &FuseProc, path: &str, body: Value) {
     let (http, url) = (f.http.clone(), format!("{}{path}", f.base));
     tokio::spawn(async move {
         let _ = http.post(url).json(&body).send().await;
-    })
+    });
 }
 
 /// `fuse` killed in the middle of a pause, of a resume and of a migration (issue 13): after
@@ -666,7 +666,7 @@ async fn control_plane_killed_mid_pause_mid_resume_and_mid_migrate() {
 
     // 1. Mid-pause: the host is archiving 400 MB when the control plane dies.
     let t = Instant::now();
-    let _ = post_and_forget(&a, &format!("/v1/environments/{p}?action=pause"), json!({}));
+    post_and_forget(&a, &format!("/v1/environments/{p}?action=pause"), json!({}));
     tokio::time::sleep(Duration::from_millis(150)).await;
     a.kill9();
     eprintln!("killed mid-pause after {:?}", t.elapsed());
@@ -674,7 +674,7 @@ async fn control_plane_killed_mid_pause_mid_resume_and_mid_migrate() {
     settled(&b2, &[&hs[0], &hs[1]], &db, HEAL).await;
 
     // 2. Mid-resume: the room is taken and the host is unpacking when it dies.
-    let _ = post_and_forget(
+    post_and_forget(
         &b2,
         &format!("/v1/environments/{r}?action=resume"),
         json!({}),
@@ -685,7 +685,7 @@ async fn control_plane_killed_mid_pause_mid_resume_and_mid_migrate() {
     settled(&c, &[&hs[0], &hs[1]], &db, HEAL).await;
 
     // 3. Mid-migrate: killed once the target is receiving the files.
-    let _ = post_and_forget(
+    post_and_forget(
         &c,
         &format!("/v1/environments/{m}?action=migrate"),
         json!({"target_host_id": "h2"}),
