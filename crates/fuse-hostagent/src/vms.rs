@@ -418,6 +418,26 @@ struct Pending {
     ports: Vec<u16>,
 }
 
+impl Pending {
+    /// What a VM being made holds until it exists: its size, its address slot and the host
+    /// ports of its network plan.
+    fn of(need: Resources, plan: Option<&NetPlan>) -> Pending {
+        Pending {
+            need,
+            index: plan.map(|p| p.index),
+            ports: plan
+                .iter()
+                .flat_map(|p| {
+                    p.forward
+                        .map(|f| f.0)
+                        .into_iter()
+                        .chain(p.exposed.iter().map(|e| e.host_port))
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Removes a pending entry when the create ends, however it ends.
 struct PendingGuard<'a> {
     vms: &'a Vms,
@@ -711,22 +731,7 @@ impl Vms {
                 )));
             }
             let plan = self.net_plan(req.agent_port, &req.expose, &pending)?;
-            pending.insert(
-                id.to_owned(),
-                Pending {
-                    need,
-                    index: plan.as_ref().map(|p| p.index),
-                    ports: plan
-                        .iter()
-                        .flat_map(|p| {
-                            p.forward
-                                .map(|f| f.0)
-                                .into_iter()
-                                .chain(p.exposed.iter().map(|e| e.host_port))
-                        })
-                        .collect(),
-                },
-            );
+            pending.insert(id.to_owned(), Pending::of(need, plan.as_ref()));
             plan
         };
         let _pending = PendingGuard {

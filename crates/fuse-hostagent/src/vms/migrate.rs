@@ -637,22 +637,7 @@ impl Vms {
                 )));
             }
             let plan = self.net_plan(req.agent_port, &req.expose, &pending)?;
-            pending.insert(
-                id.to_owned(),
-                Pending {
-                    need,
-                    index: plan.as_ref().map(|p| p.index),
-                    ports: plan
-                        .iter()
-                        .flat_map(|p| {
-                            p.forward
-                                .map(|f| f.0)
-                                .into_iter()
-                                .chain(p.exposed.iter().map(|e| e.host_port))
-                        })
-                        .collect(),
-                },
-            );
+            pending.insert(id.to_owned(), Pending::of(need, plan.as_ref()));
             plan
         };
         let _pending = PendingGuard {

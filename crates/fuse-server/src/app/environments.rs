@@ -570,19 +570,7 @@ impl App {
                 &secrets.gateway_token,
             )),
         };
-        let expose = valid
-            .expose
-            .iter()
-            .map(|e| PortExpose {
-                port: e.port as u16,
-                protocol: e
-                    .protocol
-                    .as_deref()
-                    .unwrap_or("")
-                    .parse()
-                    .unwrap_or_default(),
-            })
-            .collect();
+        let expose = port_exposes(&valid.expose);
         let create = AgentVmCreate {
             name: rec.id.to_string(),
             cpus: rec.spec.cpus,
@@ -881,6 +869,23 @@ impl App {
             .ok_or_else(|| ProviderError::Unavailable(format!("{} is not placed", rec.id)))?;
         self.providers.for_host(&*self.store, h).await
     }
+}
+
+/// The host's form of the ports an environment publishes (validated before: the port fits
+/// and the protocol parses).
+pub(super) fn port_exposes(asked: &[fuse_types::ExposeSpec]) -> Vec<PortExpose> {
+    asked
+        .iter()
+        .map(|e| PortExpose {
+            port: e.port as u16,
+            protocol: e
+                .protocol
+                .as_deref()
+                .unwrap_or("")
+                .parse()
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Makes a validated create start from `seed` (a template or a live snapshot): the size is

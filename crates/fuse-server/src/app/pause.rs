@@ -19,7 +19,7 @@ use super::lifecycle::{Change, LifecycleError};
 use super::App;
 use crate::provider::{Provider, ProviderError};
 use fuse_store::{Migration, StoreError, VmRecord};
-use fuse_types::hostagent::{AgentMigrationIn, AgentSend, AgentVm, PortExpose};
+use fuse_types::hostagent::{AgentMigrationIn, AgentSend, AgentVm};
 use fuse_types::lifecycle::Event;
 use fuse_types::{now, HostId, HostState, Resources, VmState};
 use rand::RngCore;
@@ -47,22 +47,6 @@ pub struct MigrateRequest {
     /// Lazy (post-copy) migration (not built: 501).
     #[serde(default)]
     pub lazy: Option<bool>,
-}
-
-fn expose_of(rec: &VmRecord) -> Vec<PortExpose> {
-    rec.extras
-        .expose
-        .iter()
-        .map(|e| PortExpose {
-            port: e.port as u16,
-            protocol: e
-                .protocol
-                .as_deref()
-                .unwrap_or("")
-                .parse()
-                .unwrap_or_default(),
-        })
-        .collect()
 }
 
 impl App {
@@ -462,7 +446,7 @@ impl App {
             memory_mb: rec.spec.ram_mb,
             storage_gb: rec.spec.storage_gb,
             ttl_seconds: 3600,
-            expose: expose_of(rec),
+            expose: super::environments::port_exposes(&rec.extras.expose),
             agent_port: rec.agent.port,
             egress: rec.extras.egress.clone(),
             snapshot_id: None,
