@@ -269,7 +269,7 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
         .post(
             "/v1/vm/fuse-w1/claim",
             json!({"name": "fuse-c1", "expose": [{"port": 7000, "protocol": "tcp"}],
-                   "setup": {"files": [{"path": "/root/claimed", "content_b64": file, "mode": 420}]}}),
+                   "setup": {"files": [{"path": "/srv/claimed", "content_b64": file, "mode": 420}]}}),
         )
         .await;
     let claim = t.elapsed();
@@ -303,7 +303,7 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     assert_eq!(sh(&a, "fuse-c2", "hostname").await, "named");
     assert_eq!(a.delete("/v1/vm/fuse-c2").await.0, StatusCode::NO_CONTENT);
     assert_eq!(
-        sh(&a, "fuse-c1", "hostname; cat /root/claimed").await,
+        sh(&a, "fuse-c1", "hostname; cat /srv/claimed").await,
         "fuse-c1\nset up at the claim"
     );
     let (s, _) = a
@@ -320,7 +320,7 @@ async fn qemu_pause_resume_templates_and_warm_claims_with_real_guests() {
     let (_, c) = a.get("/v1/vm/fuse-c1").await;
     assert_eq!(c["state"], "running", "{c}");
     assert_eq!(
-        sh(&a, "fuse-c1", "cat /root/claimed").await,
+        sh(&a, "fuse-c1", "cat /srv/claimed").await,
         "set up at the claim"
     );
 

@@ -1706,7 +1706,12 @@ async fn real_guests_templates_pause_resume_and_migration_qemu() {
     eprintln!("pause {pause_ms} ms, resume {resume_ms} ms");
 
     // Migration to qemu-b keeps a file and a running process.
-    exec(&fuse, &id, "echo on-disk > /root/moved && sync").await;
+    exec(
+        &fuse,
+        &id,
+        "mkdir -p /srv && echo on-disk > /srv/moved && sync",
+    )
+    .await;
     let t = Instant::now();
     let (s, m) = fuse
         .post(
@@ -1723,7 +1728,7 @@ async fn real_guests_templates_pause_resume_and_migration_qemu() {
     let moved = exec(
         &fuse,
         &id,
-        &format!("kill -0 {pid} && echo alive; cat /root/moved /dev/shm/v"),
+        &format!("kill -0 {pid} && echo alive; cat /srv/moved /dev/shm/v"),
     )
     .await;
     assert_eq!(moved["stdout"], "alive\non-disk\nin-memory\n", "{moved}");
@@ -1740,7 +1745,7 @@ async fn real_guests_templates_pause_resume_and_migration_qemu() {
 
     // An interrupted migration: the target agent dies while the files arrive.
     let id2 = made[1].clone();
-    exec(&fuse, &id2, "echo stays > /root/f && sync").await;
+    exec(&fuse, &id2, "mkdir -p /srv && echo stays > /srv/f && sync").await;
     let mig = {
         let (http, url) = (
             fuse.http.clone(),
@@ -1783,7 +1788,7 @@ async fn real_guests_templates_pause_resume_and_migration_qemu() {
         (Some("running"), Some("qemu-a")),
         "{e}"
     );
-    let f2 = exec(&fuse, &id2, "cat /root/f").await;
+    let f2 = exec(&fuse, &id2, "cat /srv/f").await;
     assert_eq!(f2["stdout"], "stays\n");
     // The target, back up, holds nothing of it.
     let deadline = Instant::now() + Duration::from_secs(30);
