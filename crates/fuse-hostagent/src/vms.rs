@@ -720,10 +720,7 @@ impl Vms {
             if pending.contains_key(id) {
                 return Err(VmError::Busy(format!("vm {id} is being created; retry")));
             }
-            let in_flight = pending
-                .values()
-                .fold(Resources::default(), |a, p| a.plus(p.need));
-            let used = self.allocated().plus(in_flight);
+            let used = self.in_use(&pending);
             if !self.capacity.minus(used).covers(need) {
                 return Err(VmError::Busy(format!(
                     "host is full ({} of {} VMs); retry on another host",
@@ -755,13 +752,7 @@ impl Vms {
                 return Err(e);
             }
         };
-        let url = match (&net, req.agent_port) {
-            (Some(n), Some(_)) => n
-                .forward
-                .map(|(hp, _)| format!("http://{}:{hp}", self.opts.public_host))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
+        let url = self.agent_url(net.as_ref(), req.agent_port);
         let spec = BootSpec {
             vm_id: id.to_owned(),
             dir: dir.clone(),
@@ -816,6 +807,25 @@ impl Vms {
         self.map.write().insert(id.to_owned(), vm);
         tracing::info!(vm_id = %id, forked = req.from_snapshot.is_some(), memory = template.is_some(), warm = req.warm, "VM created");
         Ok((wire, true))
+    }
+
+    /// What the host's VMs use, live ones and those being made (`pending`).
+    fn in_use(&self, pending: &HashMap<String, Pending>) -> Resources {
+        let in_flight = pending
+            .values()
+            .fold(Resources::default(), |a, p| a.plus(p.need));
+        self.allocated().plus(in_flight)
+    }
+
+    /// The URL of a VM's agent: its host port forwarded to the agent port, when it has one.
+    fn agent_url(&self, net: Option<&crate::net::NetInfo>, agent_port: Option<u16>) -> String {
+        match (net, agent_port) {
+            (Some(n), Some(_)) => n
+                .forward
+                .map(|(hp, _)| format!("http://{}:{hp}", self.opts.public_host))
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
     }
 
     /// Starts the VM's healthcheck task, if it has a healthcheck (idempotent).

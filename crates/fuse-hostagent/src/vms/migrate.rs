@@ -626,10 +626,7 @@ impl Vms {
                     "vm {id} already exists on this host"
                 )));
             }
-            let in_flight = pending
-                .values()
-                .fold(Resources::default(), |a, p| a.plus(p.need));
-            let used = self.allocated().plus(in_flight);
+            let used = self.in_use(&pending);
             if self.capacity.minus(used).storage_gb < need.storage_gb {
                 return Err(VmError::Busy(format!(
                     "host storage is full ({} of {} GiB used); {} GiB needed",
@@ -655,13 +652,7 @@ impl Vms {
                 return Err(e);
             }
         };
-        let url = match (&net, req.agent_port) {
-            (Some(n), Some(_)) => n
-                .forward
-                .map(|(hp, _)| format!("http://{}:{hp}", self.opts.public_host))
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
+        let url = self.agent_url(net.as_ref(), req.agent_port);
         let m = VmMeta {
             vm_id: id.to_owned(),
             cpus: req.cpus,

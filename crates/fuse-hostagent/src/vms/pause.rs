@@ -114,10 +114,7 @@ impl Vms {
         if pending.contains_key(id) {
             return Err(VmError::Busy(format!("vm {id} is busy; retry")));
         }
-        let in_flight = pending
-            .values()
-            .fold(Resources::default(), |a, p| a.plus(p.need));
-        let used = self.allocated().plus(in_flight);
+        let used = self.in_use(&pending);
         if !self.capacity.minus(used).covers(need) {
             return Err(VmError::Busy(format!(
                 "host has no room for vm {id} ({} CPUs, {} MiB free); retry on another host",
