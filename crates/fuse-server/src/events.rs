@@ -70,6 +70,7 @@ impl EventHub {
             error: rec.error.as_ref().map(|e| e.chars().take(2000).collect()),
             updated_at: rec.updated_at,
             health: None,
+            pool: rec.extras.pool.clone(),
         }
     }
 

@@ -896,6 +896,10 @@ pub struct StateEvent {
     /// The healthcheck verdict, on `health` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// The template whose warm pool the VM belongs to, while it waits to be drawn (such
+    /// VMs are hidden from lists and from the fleet-wide stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// `GET /health` body.

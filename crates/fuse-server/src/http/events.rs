@@ -2,8 +2,15 @@
 //! with the current state, then one event per change, `: keepalive` comments in between,
 //! and ends after `destroyed` or `failed`. The subscription is taken before the current
 //! state is read, so no change can fall between the two.
+//!
+//! `GET /v1/events`: the same events for the whole fleet (warm-pool members left out), for
+//! dashboards and `fusectl events`. It starts with an SSE event named `subscribed` once the
+//! subscription is taken (a client lists the environments after it and misses nothing),
+//! and sends one named `resync` (data `{"missed":N}`) when it fell behind: the client
+//! lists again.
 
 use super::error::ApiError;
+use super::extract::Params;
 use crate::app::App;
 use crate::events::EventHub;
 use axum::extract::{Path, State};
@@ -69,6 +76,46 @@ pub async fn stream(
             }
             last = (ev.state.clone(), ev.updated_at);
             if tx.send(to_sse(&ev)).await.is_err() || is_final(&ev.state) {
+                return;
+            }
+        }
+    });
+    Ok(Sse::new(s)
+        .keep_alive(KeepAlive::new().interval(keepalive).text("keepalive"))
+        .into_response())
+}
+
+/// `GET /v1/events[?vm_id=ID]`.
+pub async fn fleet(State(app): State<Arc<App>>, q: Params) -> Result<Response, ApiError> {
+    let only = q.str("vm_id").map(str::to_owned);
+    let mut rx = app.events.subscribe();
+    let keepalive = app.config.sse_keepalive;
+    let shutdown = app.shutdown.clone();
+    let lagged = app.metrics.events_lagged.clone();
+    let s = async_stream(move |tx| async move {
+        let hello = Event::default().event("subscribed").data("{}");
+        if tx.send(hello).await.is_err() {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                r = rx.recv() => r,
+            };
+            let out = match ev {
+                Ok(ev) if ev.pool.is_some() => continue,
+                Ok(ev) if only.as_deref().is_some_and(|v| v != ev.vm_id) => continue,
+                Ok(ev) => to_sse(&ev),
+                Err(RecvError::Lagged(n)) => {
+                    lagged.inc();
+                    Event::default()
+                        .event("resync")
+                        .data(serde_json::json!({ "missed": n }).to_string())
+                }
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(out).await.is_err() {
                 return;
             }
         }

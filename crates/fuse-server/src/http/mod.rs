@@ -88,6 +88,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<HttpState>)> {
             get(events::stream),
         ),
         (Method::GET, "/v1/environments/{id}/logs", get(logs::get)),
+        (Method::GET, "/v1/events", get(events::fleet)),
         (
             Method::PUT,
             "/v1/environments/{id}/egress",

@@ -177,3 +177,121 @@ async fn a_silent_host_sends_lost_then_running_on_the_stream() {
         "{events:?}"
     );
 }
+
+/// Reads named and unnamed SSE frames until `done` says so: (event name, data) pairs.
+async fn read_named(
+    resp: reqwest::Response,
+    limit: Duration,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(&out) {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(c))) => c,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => panic!("stream error: {e}"),
+            Err(_) => panic!("timed out; got {out:?}"),
+        };
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let mut name = "message".to_owned();
+            let mut data = None;
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str::<Value>(v).unwrap());
+                }
+            }
+            if let Some(data) = data {
+                out.push((name, data));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_fleet_stream_carries_every_environment_and_leaves_out_pool_members() {
+    let f = start().await;
+    f.stub_host("h1", 16, 100).await;
+    let resp = f
+        .http
+        .get(format!("{}/v1/events", f.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let only = f
+        .http
+        .get(format!("{}/v1/events?vm_id=fuse-fb", f.base))
+        .send()
+        .await
+        .unwrap();
+    let all = tokio::spawn(read_named(resp, Duration::from_secs(20), |ev| {
+        ev.iter().filter(|(_, d)| d["state"] == "destroyed").count() == 2
+    }));
+    let one = tokio::spawn(read_named(only, Duration::from_secs(20), |ev| {
+        ev.iter().any(|(_, d)| d["state"] == "destroyed")
+    }));
+    for id in ["fa", "fb"] {
+        let c = f
+            .post(
+                "/v1/environments",
+                json!({"task_id": id, "spec": {"cpus": 1}}),
+            )
+            .await;
+        assert_eq!(c.body["state"], "running", "{}", c.text);
+    }
+    // A template with a warm pool: its members' changes are not the fleet's.
+    let t = f
+        .post(
+            "/v1/templates",
+            json!({"name": "tpl", "from_environment": "fuse-fa", "pool": {"per_host": 1}}),
+        )
+        .await;
+    assert_eq!(t.status, StatusCode::CREATED, "{}", t.text);
+    f.run_task("pools").await.unwrap();
+    assert_eq!(f.get("/v1/templates/tpl").await.body["pool"]["ready"], 1);
+    for id in ["fuse-fa", "fuse-fb"] {
+        f.delete(&format!("/v1/environments/{id}")).await;
+    }
+    let all = all.await.unwrap();
+    assert_eq!(all[0], ("subscribed".to_owned(), json!({})), "{all:?}");
+    let states = |ev: &[(String, Value)], vm: &str| -> Vec<String> {
+        ev.iter()
+            .filter(|(n, d)| n == "message" && d["vm_id"] == vm)
+            .map(|(_, d)| d["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for vm in ["fuse-fa", "fuse-fb"] {
+        let s = states(&all, vm);
+        assert_eq!(
+            s.first().map(String::as_str),
+            Some("provisioning"),
+            "{vm}: {s:?}"
+        );
+        assert!(s.contains(&"running".to_owned()), "{vm}: {s:?}");
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("destroyed"),
+            "{vm}: {s:?}"
+        );
+    }
+    assert!(
+        all.iter()
+            .skip(1)
+            .all(|(_, d)| d["vm_id"] == "fuse-fa" || d["vm_id"] == "fuse-fb"),
+        "pool members leaked into the fleet stream: {all:?}"
+    );
+    let one = one.await.unwrap();
+    assert!(
+        one.iter().skip(1).all(|(_, d)| d["vm_id"] == "fuse-fb")
+            && states(&one, "fuse-fb").len() >= 3,
+        "{one:?}"
+    );
+}
