@@ -14,3 +14,10 @@ pub mod provider;
 pub mod rotate_key;
 pub mod serve;
 pub mod server;
+
+/// Whether text logs get ANSI colours: only when stdout (where they go) is a terminal and
+/// `NO_COLOR` is unset or empty, so a log file or journald gets plain text.
+pub fn colour_logs() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}

@@ -74,7 +74,10 @@ fn init_logs(json: bool) {
             .json()
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(fuse_server::colour_logs())
+            .init();
     }
 }
 

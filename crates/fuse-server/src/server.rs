@@ -230,7 +230,10 @@ pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
 pub fn log_startup(app: &App, addr: SocketAddr) {
     let c = &app.config;
     let provider = match &c.default_provider {
-        DefaultProvider::Stub => "in-memory stub provider (no VMs are started)".to_owned(),
+        DefaultProvider::Stub => {
+            "registered hosts; until one is registered, the in-memory stub (runs nothing)"
+                .to_owned()
+        }
         DefaultProvider::HostAgent { url, .. } => format!("default host agent at {url}"),
     };
     tracing::info!(

@@ -128,6 +128,8 @@ impl Host {
             .env("FC_AGENT_STORAGE_GB", "100")
             .env("FC_AGENT_MAX_VMS", self.max_vms.to_string())
             .env("RUST_LOG", "info")
+            // Its log is a file: the agent must see that, not be told.
+            .env_remove("NO_COLOR")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

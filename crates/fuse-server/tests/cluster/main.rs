@@ -20,6 +20,7 @@ mod harness;
 mod hosts;
 mod keys;
 mod multihost;
+mod plain_logs;
 mod ports;
 mod real_guests;
 mod replicas;
