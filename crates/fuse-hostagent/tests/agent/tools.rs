@@ -1,13 +1,18 @@
 //! The host toolchain's `tools/install-fc-agent.sh`, run into a temporary root: it installs
 //! the binary, a systemd unit and an environment file with a generated token (private), keeps
-//! that token on a re-install, and prints the registration command with it.
+//! that token on a re-install, and prints the registration command with it; relative paths
+//! are the caller's; without systemd it refuses before writing anything, or installs without
+//! a unit when asked.
 
 use std::path::Path;
 use std::process::Command;
 
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/install-fc-agent.sh")
+}
+
 fn install(root: &Path) -> String {
-    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(ws.join("tools/install-fc-agent.sh"))
+    let out = Command::new(script())
         .arg("--root")
         .arg(root)
         .args(["--bin", env!("CARGO_BIN_EXE_fc-agent")])
@@ -82,6 +87,68 @@ fn install_fc_agent_writes_unit_env_and_registration_command() {
     let env2 = std::fs::read_to_string(&env_path).unwrap();
     assert_eq!(env2, env);
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn install_fc_agent_takes_relative_paths_from_the_caller_and_works_without_systemd() {
+    let base = std::env::temp_dir().join(format!("fuse-install-rel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    // A relative --root, --state-dir and --images from the caller's directory, no unit.
+    let out = Command::new(script())
+        .current_dir(&base)
+        .args(["--root", "pkg", "--no-systemd"])
+        .args(["--bin", env!("CARGO_BIN_EXE_fc-agent")])
+        .args(["--backend", "qemu", "--state-dir", "/srv/fc-state"])
+        .args(["--images", "img", "--public-host", "192.0.2.8"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = base.join("pkg");
+    assert!(root.join("usr/local/bin/fc-agent").is_file(), "{printed}");
+    assert!(root.join("srv/fc-state").is_dir());
+    assert!(
+        !root.join("etc/systemd").exists(),
+        "--no-systemd writes no unit"
+    );
+    let env = std::fs::read_to_string(root.join("etc/fc-agent/fc-agent.env")).unwrap();
+    assert!(env.contains("FC_AGENT_DIR=/srv/fc-state"), "{env}");
+    assert!(
+        env.contains(&format!("FC_AGENT_ROOTFS={}/img/rootfs.ext4", base.display())),
+        "{env}"
+    );
+    assert!(
+        printed.contains("without a systemd unit")
+            && printed.contains(". /etc/fc-agent/fc-agent.env")
+            && printed.contains("exec /usr/local/bin/fc-agent"),
+        "{printed}"
+    );
+    // Without --root, on a machine without systemd: refused before anything is written
+    // (the binary given does not exist, so a refusal that came too late would say so).
+    let out = Command::new(script())
+        .env("FUSE_INSTALL_SYSTEMD_DIR", base.join("no-systemd-here"))
+        .args(["--bin", "/nonexistent/fc-agent", "--backend", "qemu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            err.contains("does not run systemd")
+                && err.contains("nothing was written")
+                && err.contains("--no-systemd")
+                && err.contains("--foreground"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("needs root"), "{err}");
+    }
+    std::fs::remove_dir_all(&base).unwrap();
 }
 
 /// The guest image's `pkill`/`pgrep` (`tools/guest/pkill`, plain sh: busybox has neither),
