@@ -26,4 +26,5 @@ mod replicas;
 mod runtime;
 mod sdk;
 mod soak;
+mod ui;
 mod wire;
