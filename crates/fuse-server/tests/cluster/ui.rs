@@ -660,6 +660,35 @@ async fn ui_in_a_real_browser() {
     b.screenshot("05-fleet-phone.png").await;
     b.click("nav a[href='#/charts']").await;
     b.find("#chart-rate path, #chart-rate line").await;
+    // The chart arithmetic on two known samples 10 s apart: 4 creates (3 under 1 s, one
+    // between 1 and 5 s) taking 6 s in all.
+    let figures = b
+        .js(r#"
+            const m = 'orchestrator_provision_duration_seconds';
+            const text = (n, sum, b1, b5) => [
+              `${m}_bucket{outcome="running",le="1"} ${b1}`,
+              `${m}_bucket{outcome="running",le="5"} ${b5}`,
+              `${m}_bucket{outcome="running",le="+Inf"} ${n}`,
+              `${m}_sum{outcome="running"} ${sum}`,
+              `${m}_count{outcome="running"} ${n}`].join('\n');
+            const a = FuseCharts.parseProvision(text(2, 1, 2, 2), 0);
+            const c = FuseCharts.parseProvision(text(6, 7, 5, 6), 10000);
+            const s = FuseCharts.provisionSeries([a, c]);
+            return [s.rate[0][1], s.mean[0][1], s.p50[0][1], s.p95[0][1]];
+        "#)
+        .await;
+    let f64s: Vec<f64> = figures
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(f64s[0], 0.4, "creates/s: {figures}");
+    assert_eq!(f64s[1], 1.5, "mean latency: {figures}");
+    // p50: rank 2 of 4, inside the first bucket (3 of 4 there): 2/3 of 1 s.
+    assert!((f64s[2] - 2.0 / 3.0).abs() < 1e-9, "p50: {figures}");
+    // p95: rank 3.8, in the 1-5 s bucket (the 4th): 1 + 4 * 0.8.
+    assert!((f64s[3] - 4.2).abs() < 1e-9, "p95: {figures}");
     b.screenshot("06-charts-phone.png").await;
 
     // Logout shows the login form again.
