@@ -103,9 +103,20 @@ fn forbidden(m: &str) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, m)
 }
 
-/// Whether the request's `Origin` (when there is one, or always when `required`) names the
-/// request's own `Host`.
-fn same_origin(h: &HeaderMap, required: bool) -> Result<(), ApiError> {
+/// The host (and port) the request was sent to: its `Host` header, or under HTTP/2 (which
+/// has none) the URI's authority.
+fn request_host(req: &Request) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default()
+}
+
+/// Whether the request's `Origin` (when there is one, or always when `required`) names
+/// `host`, the host the request was sent to.
+fn same_origin(h: &HeaderMap, host: &str, required: bool) -> Result<(), ApiError> {
     let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let Some(origin) = origin else {
         return if required {
@@ -116,10 +127,6 @@ fn same_origin(h: &HeaderMap, required: bool) -> Result<(), ApiError> {
             Ok(())
         };
     };
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let authority = origin.split_once("://").map(|(_, a)| a).unwrap_or("");
     if host.is_empty() || !authority.eq_ignore_ascii_case(host) {
         return Err(forbidden(
@@ -149,7 +156,7 @@ pub(crate) fn token_of(sessions: &Sessions, req: &Request) -> Result<String, Api
     let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let upgrade = h.contains_key(header::UPGRADE);
     if unsafe_method || upgrade {
-        same_origin(h, true)?;
+        same_origin(h, &request_host(req), true)?;
     }
     Ok(token)
 }
@@ -287,7 +294,7 @@ async fn login(State(s): State<HttpState>, req: Request) -> Result<Response, Api
     if !peer_allowed(&s.app.config, &req) {
         return Err(forbidden("client address is not in ORCH_ALLOWED_CIDRS"));
     }
-    same_origin(req.headers(), false)?;
+    same_origin(req.headers(), &request_host(&req), false)?;
     let body = axum::body::to_bytes(req.into_body(), 64 * 1024)
         .await
         .map_err(|e| ApiError::invalid(format!("reading the login body: {e}")))?;
@@ -320,9 +327,9 @@ async fn login(State(s): State<HttpState>, req: Request) -> Result<Response, Api
 }
 
 /// `POST /ui/logout`: drops the session and clears the cookie (204).
-async fn logout(State(s): State<HttpState>, h: HeaderMap) -> Result<Response, ApiError> {
-    same_origin(&h, false)?;
-    if let Some(id) = session_id(&h) {
+async fn logout(State(s): State<HttpState>, req: Request) -> Result<Response, ApiError> {
+    same_origin(req.headers(), &request_host(&req), false)?;
+    if let Some(id) = session_id(req.headers()) {
         s.sessions.close(&id);
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -356,19 +363,25 @@ mod tests {
             HeaderValue::from_static("a=1; fuse_session=abc; b=2"),
         );
         assert_eq!(session_id(&h).as_deref(), Some("abc"));
-        h.insert(header::HOST, HeaderValue::from_static("example.test:8080"));
-        assert!(same_origin(&h, false).is_ok());
-        assert!(same_origin(&h, true).is_err());
+        let host = "example.test:8080";
+        assert!(same_origin(&h, host, false).is_ok());
+        assert!(same_origin(&h, host, true).is_err());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://example.test:8080"),
         );
-        assert!(same_origin(&h, true).is_ok());
+        assert!(same_origin(&h, host, true).is_ok());
+        assert!(same_origin(&h, "", true).is_err());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://example.test:9090"),
+        );
+        assert!(same_origin(&h, host, true).is_err());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://evil.test:8080"),
         );
-        assert!(same_origin(&h, false).is_err());
+        assert!(same_origin(&h, host, false).is_err());
     }
 
     #[test]
