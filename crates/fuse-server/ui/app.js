@@ -404,7 +404,7 @@ pages.env = (view, id) => {
     upload.value = '';
   });
   view.append(h('h2', {}, 'Files'),
-    h('div', { class: 'row' }, dirInput, h('button', { type: 'button', class: 'secondary', onclick: listFiles }, 'List'), h('label', { for: 'files-upload' }, 'Upload into this directory: '), upload),
+    h('div', { class: 'row' }, dirInput, h('button', { type: 'button', class: 'secondary', id: 'files-list', onclick: listFiles }, 'List'), h('label', { for: 'files-upload' }, 'Upload into this directory: '), upload),
     filesErr, h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'Size'), h('th', { class: 'wide' }, 'Mode'), h('th', { class: 'wide' }, 'Modified'))), filesBody)));
 
   // Ports.
@@ -473,7 +473,7 @@ pages.templates = (view) => {
 
 pages.background = (view) => {
   const err = errorBox();
-  const loops = h('tbody', {}); const dead = h('tbody', {}); const replica = h('p', { class: 'note' });
+  const loops = h('tbody', { id: 'loops' }); const dead = h('tbody', {}); const replica = h('p', { class: 'note' });
   view.append(h('h1', {}, 'Background'), err, replica,
     h('h2', {}, 'Loops'), h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Loop'), h('th', {}, 'Last outcome'), h('th', {}, 'Passes'), h('th', { class: 'wide' }, 'Panics'), h('th', { class: 'wide' }, 'Last run'), h('th', { class: 'wide' }, 'Took'))), loops)),
     h('h2', {}, 'Dead letters'), h('div', { class: 'table-wrap' }, h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Kind'), h('th', {}, 'Entity'), h('th', {}, 'Attempts'), h('th', {}, 'Last error'))), dead)));

@@ -1,7 +1,9 @@
 //! The REST API (DESIGN §2). The router is built from one route table, so the OpenAPI
 //! description can be checked against every route that exists. Layers, outermost first:
 //! request id (always echoed) → metrics and tracing span → for `/v1`: CIDR allowlist (403)
-//! → bearer token (401) → body limit → handler.
+//! → bearer token or the dashboard's session cookie (401; `ui`) → body limit → handler.
+//! The dashboard's own routes (`/ui`) are added beside the route table: they are not part
+//! of the REST contract.
 
 mod api_keys;
 mod environments;

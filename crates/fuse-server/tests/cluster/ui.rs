@@ -610,8 +610,29 @@ async fn ui_in_a_real_browser() {
         "return document.querySelectorAll('#timeline li').length > 0",
     )
     .await;
+    // Its files: upload one over PUT from a script (a file input cannot be filled here),
+    // then list its directory.
+    b.js("window.__up = fetch('/v1/environments/fuse-ui-one/files?path=/tmp/ui-test/hello.txt', {method: 'PUT', credentials: 'same-origin', body: new Blob(['hi'])}).then(r => window.__upStatus = r.status)").await;
+    b.wait("the upload", "return window.__upStatus").await;
+    assert_eq!(b.js("return window.__upStatus").await, json!(200));
+    b.js("document.querySelector('#files-path').value = '/tmp/ui-test'")
+        .await;
+    b.click("#files-list").await;
+    b.wait(
+        "the file in the listing",
+        "return document.querySelector('#files').innerText.includes('hello.txt')",
+    )
+    .await;
     b.screenshot("04-environment.png").await;
     assert_eq!(b.js("return window.__noReload").await, json!("kept"));
+
+    // The background page lists the loops.
+    b.click("nav a[href='#/background']").await;
+    b.wait(
+        "the loops",
+        "return document.querySelector('#loops') && document.querySelector('#loops').innerText.includes('reconcile')",
+    )
+    .await;
 
     // Destroy from the table; the row goes, live.
     b.click("nav a[href='#/envs']").await;
