@@ -29,6 +29,12 @@ if [ -n "$missing" ]; then
   apt-get update -qq && apt-get install -y -qq iproute2 nftables gcc binutils python3 python3-venv lz4 zstd e2fsprogs >/dev/null
 fi
 
+step "chromium and chromedriver (Debian's, for the dashboard's browser test)"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+
 step "firecracker (real binary for the backend tests)"
 ./tools/install-firecracker.sh "$PWD/.fuse-test/bin" ||
   { echo "firecracker could not be installed; its tests cannot run" >&2; exit 1; }

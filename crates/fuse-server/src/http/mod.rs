@@ -1,7 +1,9 @@
 //! The REST API (DESIGN §2). The router is built from one route table, so the OpenAPI
 //! description can be checked against every route that exists. Layers, outermost first:
 //! request id (always echoed) → metrics and tracing span → for `/v1`: CIDR allowlist (403)
-//! → bearer token (401) → body limit → handler.
+//! → bearer token or the dashboard's session cookie (401; `ui`) → body limit → handler.
+//! The dashboard's own routes (`/ui`) are added beside the route table: they are not part
+//! of the REST contract.
 
 mod api_keys;
 mod environments;
@@ -15,6 +17,7 @@ mod runtime;
 mod snapshots;
 mod system;
 mod templates;
+pub mod ui;
 
 use crate::app::api_keys::{Caller, KeyLookup};
 use crate::app::App;
@@ -41,6 +44,8 @@ pub struct HttpState {
     pub app: Arc<App>,
     /// The background tasks of this process.
     pub tasks: Arc<Driver>,
+    /// The dashboard's browser sessions.
+    pub sessions: Arc<ui::Sessions>,
 }
 
 impl FromRef<HttpState> for Arc<App> {
@@ -198,13 +203,18 @@ pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
             public = public.route(path, handler);
         }
     }
+    let sessions = Arc::new(ui::Sessions::default());
     let v1 = v1
-        .route_layer(middleware::from_fn_with_state(app.clone(), auth))
+        .route_layer(middleware::from_fn_with_state(
+            (app.clone(), sessions.clone()),
+            auth,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.max_body_bytes,
         ));
     public
         .merge(v1)
+        .merge(ui::router())
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)
@@ -221,7 +231,11 @@ pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
             proxy::gate,
         ))
         .layer(middleware::from_fn(request_id))
-        .with_state(HttpState { app, tasks })
+        .with_state(HttpState {
+            app,
+            tasks,
+            sessions,
+        })
 }
 
 fn valid_request_id(s: &str) -> bool {
@@ -348,15 +362,22 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
     resp
 }
 
-/// CIDR allowlist (403), then bearer token (401), constant-time.
-async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Result<Response, ApiError> {
+/// CIDR allowlist (403), then bearer token (401), constant-time. Without a bearer header
+/// the dashboard's session cookie stands for its token (`ui::token_of`, with its
+/// cross-origin checks).
+async fn auth(
+    State((app, sessions)): State<(Arc<App>, Arc<ui::Sessions>)>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if !peer_allowed(&app.config, &req) {
         return Err(ApiError::new(
             fuse_types::ErrorCode::Forbidden,
             "client address is not in ORCH_ALLOWED_CIDRS",
         ));
     }
-    let caller = match caller_of(&app, &bearer_of(req.headers())).await? {
+    let token = ui::token_of(&sessions, &req)?;
+    let caller = match caller_of(&app, &token).await? {
         Ok(c) => c,
         Err(m) => return Err(ApiError::new(fuse_types::ErrorCode::Unauthorized, m)),
     };

@@ -27,4 +27,5 @@ mod replicas;
 mod runtime;
 mod sdk;
 mod soak;
+mod ui;
 mod wire;
