@@ -11,6 +11,7 @@
 
 mod agent;
 mod check;
+mod cli;
 mod crash;
 mod db_faults;
 mod fast_start;
