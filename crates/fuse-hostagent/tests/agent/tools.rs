@@ -119,7 +119,10 @@ fn install_fc_agent_takes_relative_paths_from_the_caller_and_works_without_syste
     let env = std::fs::read_to_string(root.join("etc/fc-agent/fc-agent.env")).unwrap();
     assert!(env.contains("FC_AGENT_DIR=/srv/fc-state"), "{env}");
     assert!(
-        env.contains(&format!("FC_AGENT_ROOTFS={}/img/rootfs.ext4", base.display())),
+        env.contains(&format!(
+            "FC_AGENT_ROOTFS={}/img/rootfs.ext4",
+            base.display()
+        )),
         "{env}"
     );
     assert!(
