@@ -182,7 +182,10 @@ fn quick_start_binary_serves_with_memory_store_and_stub() {
     let _ = child.wait();
     assert!(found, "no startup line; last: {line}");
     assert!(line.contains("store=memory"), "{line}");
-    assert!(line.contains("stub provider"), "{line}");
+    assert!(
+        line.contains("until one is registered, the in-memory stub"),
+        "{line}"
+    );
 }
 
 /// An answer that needs no body (here a 404 for an unknown environment) still reads the
