@@ -5,8 +5,9 @@
 //! plain HTTP routes (`/files`, `/health`, `/envs`, `/init`).
 //!
 //! `fuse-guest` starts it at boot (from beside its own binary) on every backend; the
-//! control plane reaches it through the VM's host like any guest port, and sets its
-//! access token and variables with `/init` once the VM runs.
+//! control plane reaches it through the VM's host like any guest port, and configures it
+//! (access token, variables, default user) by writing [`server::CONFIG_PATH`] over the
+//! VM's private link before it answers the create.
 //!
 //! Invariants: an access token, once set, is required on every route but `/health`
 //! (constant-time compare); uploads are atomic (temp file + rename); a command's output

@@ -33,12 +33,37 @@ const KEEPALIVE: Duration = Duration::from_secs(50);
 /// The search path of commands.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Where the control plane writes envd's configuration (an [`InitRequest`] as JSON, mode
+/// 0600), over the VM's private link, before anyone is told the VM exists. Until it is
+/// there (or a token was given at start) envd answers nothing but `/health`: an envd that
+/// was never configured is not open to whoever reaches the guest first.
+pub const CONFIG_PATH: &str = "/run/fuse-envd/config.json";
+
 #[derive(Default)]
 struct Init {
     env_vars: BTreeMap<String, String>,
     token: Option<String>,
     default_user: Option<String>,
     default_workdir: Option<String>,
+    /// The configuration file's modification time when it was read last.
+    read_at: Option<std::time::SystemTime>,
+}
+
+impl Init {
+    fn apply(&mut self, r: InitRequest) {
+        if let Some(v) = r.env_vars {
+            self.env_vars = v;
+        }
+        if let Some(t) = r.access_token.filter(|t| !t.is_empty()) {
+            self.token = Some(t);
+        }
+        if let Some(u) = r.default_user.filter(|u| !u.is_empty()) {
+            self.default_user = Some(u);
+        }
+        if let Some(w) = r.default_workdir.filter(|w| !w.is_empty()) {
+            self.default_workdir = Some(w);
+        }
+    }
 }
 
 /// envd's state.
@@ -111,15 +136,49 @@ impl Envd {
         })
     }
 
-    fn token_ok(&self, req: &Request<Incoming>) -> bool {
+    /// Reads the configuration file again if it changed since it was read.
+    fn refresh(&self) {
+        let file = users::host_path(&self.root, CONFIG_PATH);
+        let Ok(modified) = std::fs::metadata(&file).and_then(|m| m.modified()) else {
+            return;
+        };
+        if self.init.read().unwrap_or_else(|e| e.into_inner()).read_at == Some(modified) {
+            return;
+        }
+        let parsed = std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<InitRequest>(&b).map_err(|e| e.to_string()));
+        let mut init = self.init.write().unwrap_or_else(|e| e.into_inner());
+        init.read_at = Some(modified);
+        match parsed {
+            Ok(r) => init.apply(r),
+            Err(e) => eprintln!("fuse-envd: {CONFIG_PATH}: {e}"),
+        }
+    }
+
+    /// Whether the request may go on: envd is configured and it carries the token.
+    fn gate(&self, req: &Request<Incoming>) -> Result<(), (StatusCode, &'static str)> {
+        self.refresh();
         let init = self.init.read().unwrap_or_else(|e| e.into_inner());
         let Some(want) = &init.token else {
-            return true;
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "envd has not been configured by the control plane yet",
+            ));
         };
-        req.headers()
+        let ok = req
+            .headers()
             .get("x-access-token")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| ct_eq(t.as_bytes(), want.as_bytes()))
+            .is_some_and(|t| ct_eq(t.as_bytes(), want.as_bytes()));
+        if ok {
+            Ok(())
+        } else {
+            Err((
+                StatusCode::UNAUTHORIZED,
+                "the X-Access-Token header is missing or wrong",
+            ))
+        }
     }
 
     /// Who the request acts as (its home made when missing).
@@ -159,12 +218,16 @@ impl Envd {
                 .body(full(""))
                 .unwrap_or_default();
         }
-        if !self.token_ok(&req) {
-            let msg = "the X-Access-Token header is missing or wrong";
+        if let Err((status, msg)) = self.gate(&req) {
             if path.starts_with("/process.") || path.starts_with("/filesystem.") {
-                return connect::error_response(&RpcError::new(Code::Unauthenticated, msg));
+                let code = if status == StatusCode::UNAUTHORIZED {
+                    Code::Unauthenticated
+                } else {
+                    Code::Unavailable
+                };
+                return connect::error_response(&RpcError::new(code, msg));
             }
-            return http_error(StatusCode::UNAUTHORIZED, msg);
+            return http_error(status, msg);
         }
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/envs") => {
@@ -208,19 +271,10 @@ impl Envd {
                 }
             }
         };
-        let mut init = self.init.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = r.env_vars {
-            init.env_vars = v;
-        }
-        if let Some(t) = r.access_token.filter(|t| !t.is_empty()) {
-            init.token = Some(t);
-        }
-        if let Some(u) = r.default_user.filter(|u| !u.is_empty()) {
-            init.default_user = Some(u);
-        }
-        if let Some(w) = r.default_workdir.filter(|w| !w.is_empty()) {
-            init.default_workdir = Some(w);
-        }
+        self.init
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply(r);
         Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(full(""))

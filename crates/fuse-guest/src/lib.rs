@@ -7,6 +7,7 @@
 //! code 127 and a timed-out one 124, never a crash of the helper.
 
 pub mod agent;
+pub mod envd;
 pub mod error;
 pub mod files;
 pub mod identity;

@@ -6,8 +6,11 @@
 //!
 //! ```text
 //! fuse-guest --listen unix:/var/lib/fc-agent/vms/x/guest.sock --token-file T [--root DIR]
-//!            [--netns /run/netns/NAME]
+//!            [--netns /run/netns/NAME] [--envd PATH|off]
 //! ```
+//!
+//! It also starts `fuse-envd` (the E2B-compatible envd) from beside its own binary, or
+//! `--envd PATH`; `--envd off` does not.
 //!
 //! `--netns` (the `process` backend) joins that network namespace first thing, while the
 //! process has one thread: `setns` changes only the calling thread, and every thread
@@ -18,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn usage() -> ! {
-    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT|vport:NAME|vport-dev:PATH (--token-file FILE | --token-env VAR) [--root DIR] [--netns PATH]");
+    eprintln!("usage: fuse-guest --listen unix:PATH|vsock:PORT|vport:NAME|vport-dev:PATH (--token-file FILE | --token-env VAR) [--root DIR] [--netns PATH] [--envd PATH|off]");
     std::process::exit(2);
 }
 
@@ -49,6 +52,7 @@ fn main() {
     let mut listen = None;
     let mut token = None;
     let mut root = PathBuf::from("/");
+    let mut envd = Some(String::new());
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -70,6 +74,10 @@ fn main() {
                 std::env::remove_var(&v);
             }
             "--root" => root = PathBuf::from(args.next().unwrap_or_else(|| usage())),
+            "--envd" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                envd = (v != "off").then_some(v);
+            }
             // Joined already, by `join_netns`.
             "--netns" => {
                 args.next();
@@ -87,6 +95,19 @@ fn main() {
     if token.len() < 16 {
         eprintln!("fuse-guest: the token must be at least 16 characters");
         std::process::exit(2);
+    }
+    match envd.map(|p| {
+        if p.is_empty() {
+            fuse_guest::envd::beside_me()
+        } else {
+            Some(PathBuf::from(p))
+        }
+    }) {
+        Some(Some(bin)) => fuse_guest::envd::start(bin, &root),
+        Some(None) => eprintln!(
+            "fuse-guest: no fuse-envd beside this binary; the E2B API cannot reach this VM"
+        ),
+        None => {}
     }
     let guest = Arc::new(Guest::new(token, root, Arc::new(Supervisor::default())));
     if let Some(path) = listen.strip_prefix("unix:") {
