@@ -5,13 +5,15 @@
 #   OUT/vmlinux           the ELF kernel cut out of it, for Firecracker
 #   OUT/initramfs.cpio.gz busybox-static + the virtio modules; mounts /dev/vda, switch_root
 #   OUT/rootfs.ext4       ext4 root: busybox (or a full Debian with --debootstrap),
-#                         fuse-guest started at boot, fused in /usr/local/bin. No SSH keys.
+#                         fuse-guest started at boot (it starts fuse-envd, beside it in
+#                         /usr/local/bin), fused in /usr/local/bin. No SSH keys.
 #   OUT/kernel-release    the guest kernel's `uname -r`
 #
 # Usage: tools/build-guest-image.sh [--out DIR] [--fuse-guest BIN] [--fused BIN]
 #                                   [--size-mb N] [--debootstrap [--suite S] [--mirror URL]]
 # Defaults: OUT=.fuse-test/guest; the static binaries are built with
-# tools/build-fuse-guest.sh (both fuse-guest and fused). Cached: the kernel and initramfs are
+# tools/build-fuse-guest.sh (fuse-guest, fuse-envd and fused; fuse-envd is taken from beside
+# --fuse-guest). Cached: the kernel and initramfs are
 # kept while present, the root image is rebuilt only when the binaries or this script
 # change. Needs root (file ownership in the image, debootstrap), apt-get, dpkg, mkfs.ext4,
 # python3, lz4/zstd (to unpack the kernel payload).
@@ -160,9 +162,10 @@ if [ -z "$fuse_guest" ] || [ -z "$fused" ]; then
   fuse_guest=${fuse_guest:-$repo/target/fuse-guest-static/fuse-guest}
   fused=${fused:-$repo/target/fuse-guest-static/fused}
 fi
-for b in "$fuse_guest" "$fused"; do [ -x "$b" ] || { say "missing binary $b"; exit 1; }; done
+fuse_envd=$(dirname "$fuse_guest")/fuse-envd
+for b in "$fuse_guest" "$fuse_envd" "$fused"; do [ -x "$b" ] || { say "missing binary $b"; exit 1; }; done
 
-stamp=$( (sha256sum "$fuse_guest" "$fused" "$0" "$repo/tools/guest/pkill" | cut -d' ' -f1; echo "$size_mb $debootstrap $suite") | sha256sum | cut -d' ' -f1)
+stamp=$( (sha256sum "$fuse_guest" "$fuse_envd" "$fused" "$0" "$repo/tools/guest/pkill" | cut -d' ' -f1; echo "$size_mb $debootstrap $suite") | sha256sum | cut -d' ' -f1)
 if [ -s "$out/rootfs.ext4" ] && [ "$(cat "$out/rootfs.stamp" 2>/dev/null)" = "$stamp" ]; then
   say "rootfs up to date ($out)"
   exit 0
@@ -226,6 +229,7 @@ EOF
 fi
 mkdir -p "$root/usr/local/bin" "$root/usr/local/sbin" "$root/fuse" "$root/var/log"
 install -m 0755 "$fuse_guest" "$root/usr/local/bin/fuse-guest"
+install -m 0755 "$fuse_envd" "$root/usr/local/bin/fuse-envd"
 install -m 0755 "$fused" "$root/usr/local/bin/fused"
 cat > "$root/usr/local/sbin/fuse-guest-start" <<'EOF'
 #!/bin/sh

@@ -191,6 +191,11 @@ pub struct Flags {
     /// How long the ports proxy waits for a guest's response head (seconds).
     #[arg(long, env = "FUSE_PROXY_TIMEOUT_SECS", default_value = "60")]
     pub proxy_timeout_secs: String,
+    /// Where the E2B-compatible API is served (`E2B_API_URL` is this server's URL with it,
+    /// e.g. `http://fuse:8080/e2b`); `off` serves none. Sandboxes' envd and ports are
+    /// routed by the `E2b-Sandbox-Id`/`-Port` headers, and by `{port}-{id}.{FUSE_PROXY_DOMAIN}`.
+    #[arg(long, env = "FUSE_E2B_PREFIX", default_value = "/e2b")]
+    pub e2b_prefix: String,
 }
 
 /// Subcommands of `fuse`.
@@ -313,6 +318,8 @@ pub struct Config {
     pub allow_link_local_hosts: bool,
     /// The ports proxy.
     pub proxy: proxy::ProxyConfig,
+    /// The path the E2B-compatible API is under (`None`: not served).
+    pub e2b_prefix: Option<String>,
 }
 
 /// The shortest accepted `ORCH_AUTH_TOKEN` (the host agent's `FC_AGENT_TOKEN` has the same
@@ -590,6 +597,24 @@ impl Config {
             false
         });
         let proxy = proxy::ProxyConfig::from_flags(&f, tls.is_some(), listen, &mut errs);
+        let e2b_prefix = match f.e2b_prefix.trim().trim_end_matches('/') {
+            "off" => None,
+            p if p.starts_with('/')
+                && !p.starts_with("/v1")
+                && !p.starts_with("/ui")
+                && p[1..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_/".contains(&b)) =>
+            {
+                Some(p.to_owned())
+            }
+            p => {
+                errs.push(format!(
+                    "FUSE_E2B_PREFIX: {p:?} must be a path like /e2b (not under /v1 or /ui), or off"
+                ));
+                None
+            }
+        };
         let db_ok = f.database_url.is_empty() || is_postgres_url(&f.database_url);
         if !db_ok {
             errs.push("DATABASE_URL: must start with postgres:// or postgresql://".into());
@@ -633,6 +658,7 @@ impl Config {
             log_json,
             allow_link_local_hosts,
             proxy,
+            e2b_prefix,
         })
     }
 }

@@ -150,6 +150,35 @@ pub struct VmExtras {
     /// from [`crate::StateStore::vm_list`] unless the filter asks for pool members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// When the environment's time is up (E2B's sandbox timeout, which `timeout`,
+    /// `refreshes` and `connect` move): reconcile ends it then, instead of after
+    /// `max_runtime_seconds` in `running`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub ends_at: Option<Timestamp>,
+    /// What an environment created through the E2B-compatible API was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2b: Option<E2bSandbox>,
+}
+
+/// The E2B side of a sandbox (an environment created through `POST /e2b/sandboxes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct E2bSandbox {
+    /// The template asked for (`templateID`), as the sandbox answers it.
+    pub template_id: String,
+    /// The caller's metadata (`metadata`), filtered on by the list.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Pause instead of kill when the time is up (`autoPause`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_pause: bool,
+    /// Ports other than envd's need the traffic token (`network.allowPublicTraffic:
+    /// false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private_traffic: bool,
 }
 
 /// A cold migration in progress, recorded before anything moves.

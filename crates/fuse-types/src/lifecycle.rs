@@ -85,11 +85,14 @@ pub enum Event {
     Warmed,
     /// A create drew this warm-pool member: its VM now belongs to the new environment.
     Drawn,
+    /// When the environment's time is up moved (E2B's sandbox timeout; kept in the record's
+    /// extras as `ends_at`).
+    TimeoutChanged,
 }
 
 impl Event {
     /// Every event, for exhaustive tests.
-    pub const ALL: [Event; 31] = [
+    pub const ALL: [Event; 32] = [
         Event::Create,
         Event::NoRoom,
         Event::Provisioned,
@@ -121,6 +124,7 @@ impl Event {
         Event::MigrateFailed,
         Event::Warmed,
         Event::Drawn,
+        Event::TimeoutChanged,
     ];
 
     /// The spelling in audit events and logs (snake_case).
@@ -157,6 +161,7 @@ impl Event {
             Event::MigrateFailed => "migrate_failed",
             Event::Warmed => "warmed",
             Event::Drawn => "drawn",
+            Event::TimeoutChanged => "timeout_changed",
         }
     }
 }
@@ -318,6 +323,12 @@ pub const TABLE: &[Row] = &[
     ),
     row(
         Some(Running),
+        Event::TimeoutChanged,
+        Running,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Running),
         Event::AgentCrashLoop,
         Running,
         &[RecordError, Persist, Publish],
@@ -362,6 +373,12 @@ pub const TABLE: &[Row] = &[
     ),
     row(
         Some(Draining),
+        Event::TimeoutChanged,
+        Draining,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Draining),
         Event::AgentCrashLoop,
         Draining,
         &[RecordError, Persist, Publish],
@@ -399,6 +416,12 @@ pub const TABLE: &[Row] = &[
     row(
         Some(Paused),
         Event::MigrateStarted,
+        Paused,
+        &[Persist, Audit],
+    ),
+    row(
+        Some(Paused),
+        Event::TimeoutChanged,
         Paused,
         &[Persist, Audit],
     ),
@@ -508,6 +531,7 @@ mod tests {
             "running + idle -> running [Audit, Publish]",
             "running + port_exposed -> running [Persist, Audit]",
             "running + egress_changed -> running [Persist, Audit]",
+            "running + timeout_changed -> running [Persist, Audit]",
             "running + agent_crash_loop -> running [RecordError, Persist, Publish]",
             "draining + drain -> draining [ClearError, Persist, Publish]",
             "draining + drain_failed -> draining [RecordError, Persist, Publish]",
@@ -521,6 +545,7 @@ mod tests {
             "draining + idle -> draining [Audit, Publish]",
             "draining + port_exposed -> draining [Persist, Audit]",
             "draining + egress_changed -> draining [Persist, Audit]",
+            "draining + timeout_changed -> draining [Persist, Audit]",
             "draining + agent_crash_loop -> draining [RecordError, Persist, Publish]",
             "running + pause -> paused [ClearError, Persist, Resize, Publish]",
             "running + pause_failed -> running [RecordError, Persist, Publish]",
@@ -528,6 +553,7 @@ mod tests {
             "paused + resume -> running [ClearError, Persist, Resize, Publish]",
             "paused + resume_failed -> paused [RecordError, Persist, Publish]",
             "paused + migrate_started -> paused [Persist, Audit]",
+            "paused + timeout_changed -> paused [Persist, Audit]",
             "paused + migrated -> running [ClearError, Persist, Resize, Publish]",
             "paused + migrate_failed -> paused [RecordError, Persist, Publish]",
             "paused + drawn -> destroyed [Persist, Release, ForgetSecrets, Publish]",

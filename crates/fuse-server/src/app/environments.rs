@@ -221,7 +221,21 @@ impl App {
         req: CreateEnvironment,
         wait: bool,
     ) -> Result<(Environment, CreateOutcome), AppError> {
+        self.env_create_with(req, wait, None, None).await
+    }
+
+    /// [`App::env_create`], with when its time is up and (for an E2B sandbox) what the E2B
+    /// API was asked for.
+    pub async fn env_create_with(
+        self: &Arc<Self>,
+        req: CreateEnvironment,
+        wait: bool,
+        ends_at: Option<fuse_types::Timestamp>,
+        e2b: Option<fuse_store::E2bSandbox>,
+    ) -> Result<(Environment, CreateOutcome), AppError> {
         let mut valid = validate::create(&req).map_err(AppError::Invalid)?;
+        valid.ends_at = ends_at;
+        valid.e2b = e2b;
         let seed_name = req
             .template
             .clone()
@@ -338,6 +352,8 @@ impl App {
                 forked_from,
                 egress: valid.egress.clone(),
                 template: valid.template.clone(),
+                ends_at: valid.ends_at,
+                e2b: valid.e2b.clone(),
                 ..Default::default()
             },
         };
@@ -1150,6 +1166,8 @@ impl App {
             }),
             template: None,
             warm_from: None,
+            ends_at: None,
+            e2b: None,
         };
         tracing::info!(source = %src.id, snapshot_id = %snap.id, task_id = %valid.task_id, "forking environment");
         let (env, _) = self

@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod clock;
 pub mod credentials;
+pub mod e2b;
 pub mod environments;
 pub mod error;
 pub mod host_addr;

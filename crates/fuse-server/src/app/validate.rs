@@ -56,6 +56,10 @@ pub struct ValidCreate {
     pub template: Option<String>,
     /// A warm VM of that template's pool, drawn for it (claimed instead of restored).
     pub warm_from: Option<String>,
+    /// When its time is up (E2B's timeout), if not `max_runtime_seconds` after it starts.
+    pub ends_at: Option<fuse_types::Timestamp>,
+    /// What the E2B-compatible API was asked for, for a sandbox.
+    pub e2b: Option<fuse_store::E2bSandbox>,
 }
 
 /// Checks an `egress` object (of a create or of `PUT …/egress`): the routing mode and the
@@ -449,6 +453,8 @@ pub fn create(req: &CreateEnvironment) -> Result<ValidCreate, Vec<String>> {
         template: None,
         warm_from: None,
         egress,
+        ends_at: None,
+        e2b: None,
     })
 }
 

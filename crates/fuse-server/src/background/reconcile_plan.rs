@@ -122,6 +122,10 @@ pub enum Action {
 
 /// Whether `rec` has run longer than its `max_runtime_seconds` at `now`.
 pub fn past_runtime(rec: &VmRecord, now: Timestamp) -> bool {
+    if let Some(ends) = rec.extras.ends_at {
+        // A moved limit (E2B's timeout) replaces the one counted from the start.
+        return now > ends;
+    }
     let Some(since) = rec.running_since else {
         return false;
     };

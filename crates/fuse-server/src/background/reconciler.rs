@@ -471,10 +471,29 @@ async fn fail_missing(app: &App, provider: &dyn Provider, rec: &VmRecord) {
 /// Fails a VM past its maximum runtime (second pass), then destroys it on its host; the
 /// capacity comes back once the host confirms (or later through recovery).
 async fn fail_runtime(app: &App, provider: &dyn Provider, rec: &VmRecord) {
-    let why = format!(
-        "ran longer than its max_runtime_seconds ({} s)",
-        rec.spec.max_runtime_seconds
-    );
+    if rec.extras.e2b.as_ref().is_some_and(|e| e.auto_pause) {
+        // An E2B sandbox created with `autoPause` is paused when its time is up.
+        match app.env_pause(rec.id.as_str()).await {
+            Ok(_) => {
+                tracing::info!(vm_id = %rec.id, "reconcile: timeout reached; paused (autoPause)")
+            }
+            Err(e) => {
+                tracing::warn!(vm_id = %rec.id, error = %e, "reconcile: pausing at the timeout")
+            }
+        }
+        return;
+    }
+    let why = match rec.extras.ends_at {
+        Some(t) => format!(
+            "its timeout ran out at {}",
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "ran longer than its max_runtime_seconds ({} s)",
+            rec.spec.max_runtime_seconds
+        ),
+    };
     let change = Change::new(Event::RuntimeExceeded)
         .reason("reconcile: max runtime")
         .error(why);

@@ -6,6 +6,7 @@
 //! of the REST contract.
 
 mod api_keys;
+pub mod e2b;
 mod environments;
 pub mod error;
 mod events;
@@ -212,9 +213,11 @@ pub fn router(app: Arc<App>, tasks: Arc<Driver>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             app.config.max_body_bytes,
         ));
+    let mut public = public.merge(v1).merge(ui::router());
+    if let Some(prefix) = &app.config.e2b_prefix {
+        public = public.nest(prefix, e2b::router(app.clone()));
+    }
     public
-        .merge(v1)
-        .merge(ui::router())
         .route_layer(middleware::from_fn_with_state(app.clone(), observe))
         .fallback(system::not_found)
         .method_not_allowed_fallback(system::method_not_allowed)

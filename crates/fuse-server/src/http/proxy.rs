@@ -64,6 +64,18 @@ struct Target {
 
 /// Sends a request for a proxy URL to the proxy; everything else to the API.
 pub async fn gate(State(s): State<ProxyState>, req: Request, next: Next) -> Response {
+    if s.app.config.e2b_prefix.is_some() {
+        let headers = req.headers().clone();
+        match super::e2b::route(&s.app, &headers).await {
+            Ok(Some(r)) => {
+                return super::e2b::send(s, r, req)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response)
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
     match target_of(&s.app.config.proxy, &req) {
         Ok(Some(t)) => proxy(s, t, req)
             .await
@@ -152,7 +164,7 @@ fn target_of(
 }
 
 /// How a private request proved itself, and what to remove before it reaches the guest.
-enum Proof {
+pub(super) enum Proof {
     /// The endpoint is public.
     Public,
     /// The API is open (no `ORCH_AUTH_TOKEN`), so are private ports; nothing is removed.
@@ -311,7 +323,7 @@ fn bad_gateway(message: String) -> ApiError {
     e
 }
 
-async fn proxy(s: ProxyState, t: Target, mut req: Request) -> Result<Response, ApiError> {
+async fn proxy(s: ProxyState, t: Target, req: Request) -> Result<Response, ApiError> {
     let app = &s.app;
     let (upstream, query_token) = split_query_token(&t.upstream);
     let (rec, ep) = app.proxy_target(&t.id, t.port).await?;
@@ -351,6 +363,28 @@ async fn proxy(s: ProxyState, t: Target, mut req: Request) -> Result<Response, A
             .body(Body::empty())
             .unwrap_or_default());
     }
+    forward(s, &rec, t.port, t.prefix, proof, upstream, req).await
+}
+
+/// Sends a request, authorized by `proof`, to `port` of `rec`'s guest through its host,
+/// and its answer back (upgrades too).
+pub(super) async fn forward(
+    s: ProxyState,
+    rec: &VmRecord,
+    port: u16,
+    prefix: Option<String>,
+    proof: Proof,
+    upstream: String,
+    mut req: Request,
+) -> Result<Response, ApiError> {
+    let app = &s.app;
+    let https = app.config.tls.is_some() || app.config.proxy.tls.is_some();
+    let t = Target {
+        id: rec.id.to_string(),
+        port,
+        upstream: upstream.clone(),
+        prefix,
+    };
     let Ok(permit) = s.permits.clone().try_acquire_owned() else {
         return Err(ApiError::unavailable(
             "the ports proxy has ORCH_MAX_CONNECTIONS exchanges open; retry later",

@@ -14,6 +14,7 @@ mod check;
 mod cli;
 mod crash;
 mod db_faults;
+mod e2b;
 mod fast_start;
 mod faults;
 mod hardening;

@@ -26,13 +26,14 @@ const MASTER_TOKEN: &str = "sdk-compat-master-token-0123456789";
 /// The longest a whole run of the script may take (it takes seconds).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
+/// The venvs' directory names start so (then the test process's id); one kind per SDK.
 const VENV_PREFIX: &str = "fuse-sdk-venv-";
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/folsom_fuse_compat.py")
 }
 
-fn output_text(out: &std::process::Output) -> String {
+pub fn output_text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -41,11 +42,11 @@ fn output_text(out: &std::process::Output) -> String {
 }
 
 /// Removes the venvs of test processes that are gone.
-fn sweep_venvs(tmp: &Path) {
+fn sweep_venvs(tmp: &Path, prefix: &str) {
     for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
-            .strip_prefix(VENV_PREFIX)
+            .strip_prefix(prefix)
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
@@ -58,9 +59,14 @@ fn sweep_venvs(tmp: &Path) {
 
 /// Makes the venv and installs the SDK into it: its Python, or why that failed.
 fn make_venv() -> Result<PathBuf, String> {
+    make_venv_of(VENV_PREFIX, SDK)
+}
+
+/// Makes a venv named `prefix` + this process's id with the pinned package `sdk` in it.
+pub fn make_venv_of(prefix: &str, sdk: &str) -> Result<PathBuf, String> {
     let tmp = std::env::temp_dir();
-    sweep_venvs(&tmp);
-    let dir = tmp.join(format!("{VENV_PREFIX}{}", std::process::id()));
+    sweep_venvs(&tmp, prefix);
+    let dir = tmp.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = Command::new("python3")
         .args(["-m", "venv"])
@@ -79,12 +85,12 @@ fn make_venv() -> Result<PathBuf, String> {
             "--quiet",
             "--no-input",
             "--disable-pip-version-check",
-            SDK,
+            sdk,
         ])
         .output()
         .map_err(|e| format!("running pip: {e}"))?;
     if !out.status.success() {
-        return Err(format!("pip install {SDK} failed: {}", output_text(&out)));
+        return Err(format!("pip install {sdk} failed: {}", output_text(&out)));
     }
     Ok(python)
 }
@@ -154,7 +160,7 @@ async fn compat(db: &str) {
     );
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
