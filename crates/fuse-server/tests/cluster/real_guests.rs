@@ -1817,3 +1817,47 @@ async fn real_guests_templates_pause_resume_and_migration_qemu() {
     let (s, _) = fuse.delete("/v1/templates/rg").await;
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
+
+/// E2B's SDK unchanged against a real guest (the image's `fuse-envd`, started by
+/// `fuse-guest` at boot) through `fuse` on Postgres and a `qemu` host: the same script as
+/// on the `process` backend (`e2b`), here with one root for commands and files, and the
+/// guest's busybox `httpd` as the server `get_host` reaches.
+#[tokio::test]
+async fn the_e2b_sdk_runs_unchanged_against_a_real_qemu_guest() {
+    let Some(python) = crate::e2b::e2b_python().await else {
+        return;
+    };
+    let Some(lab) =
+        GuestLab::start(1, "qemu-e2b", &[("FUSE_PROXY_DOMAIN", crate::e2b::DOMAIN)]).await
+    else {
+        return;
+    };
+    let GuestLab { host, fuse, .. } = lab;
+    let server = "mkdir -p /tmp/www && printf fuse-e2b-ok > /tmp/www/index.html && \
+                  exec httpd -f -p 8000 -h /tmp/www";
+    let (ok, text) = crate::e2b::run_script(
+        &python,
+        &fuse.base,
+        "any-key-of-an-open-server",
+        &[("E2B_SHARED_ROOT", "1"), ("E2B_HTTP_SERVER", server)],
+    )
+    .await;
+    println!("{text}");
+    assert!(
+        ok,
+        "the e2b SDK script failed against a qemu guest:\n{text}\n--- fuse log (last 200 lines):\n{}\n--- fc-agent log (last 150 lines):\n{}",
+        crate::sdk::tail(&fuse.log_text(), 200),
+        crate::sdk::tail(&host.log_text(), 150),
+    );
+    assert!(text.contains("E2B-TIMINGS {"), "{text}");
+    // Every sandbox was killed: nothing of them stays on the host.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.leftovers().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        host.leftovers().is_empty(),
+        "left on the host: {:?}",
+        host.leftovers()
+    );
+}

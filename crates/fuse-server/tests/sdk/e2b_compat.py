@@ -20,7 +20,7 @@ E2B_DOMAIN (a domain with no DNS, e.g. e2b.fuse.test), FUSE_ADDR (host:port of F
 where `get_host` names are reached with a `Host:` header), E2B_TEMPLATE (default
 "base"), E2B_SHARED_ROOT=1 (optional: commands and files see the same root, so a file
 written with `files.write` is read back by `cat`), E2B_COMPAT_KEEP_GOING=1 (as
-`--keep-going`).
+`--keep-going`; FUSE_SDK_KEEP_GOING=1 too).
 
 What each check exercises in the SDK (package e2b):
   Sandbox.create ................ sandbox_sync/main.py (create, _create),
@@ -709,8 +709,10 @@ def main() -> int:
     p.add_argument(
         "--keep-going",
         action="store_true",
-        default=os.environ.get("E2B_COMPAT_KEEP_GOING", "") not in ("", "0"),
-        help="run every check and report all failures [E2B_COMPAT_KEEP_GOING=1]",
+        default=any(
+            os.environ.get(n, "") not in ("", "0") for n in ("E2B_COMPAT_KEEP_GOING", "FUSE_SDK_KEEP_GOING")
+        ),
+        help="run every check and report all failures [E2B_COMPAT_KEEP_GOING=1 or FUSE_SDK_KEEP_GOING=1]",
     )
     args = p.parse_args()
     # The SDK reads these itself; without them it would talk to E2B's cloud.
