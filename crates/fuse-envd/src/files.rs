@@ -3,7 +3,8 @@
 //! Uploads are one `application/octet-stream` body for `?path=`, or `multipart/form-data`
 //! whose parts are each a file (at `?path=` when there is one part, else at the part's
 //! file name). Parents are made; an upload answers the written files as
-//! `[{"name", "type": "file", "path"}]`.
+//! `[{"name", "type": "file", "path"}]`. An upload with `Content-Encoding: gzip` is
+//! decompressed as it arrives.
 
 use crate::connect::Body;
 use crate::fs::{rand_u64, Place};
@@ -99,6 +100,7 @@ pub async fn download(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body
 async fn write_stream<S, E>(
     place: &Place,
     account: Option<&User>,
+    gzip: bool,
     mut data: S,
 ) -> Result<(), (StatusCode, String)>
 where
@@ -106,6 +108,16 @@ where
     E: std::fmt::Display,
 {
     let fail = |e: std::io::Error| (io_status(&e), format!("{}: {e}", place.guest));
+    let bad_data = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the upload of {}: {e}", place.guest),
+            )
+        } else {
+            fail(e)
+        }
+    };
     let dir = place
         .host
         .parent()
@@ -130,7 +142,11 @@ where
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
     let tmp = dir.join(format!(".{name}.envd-{:016x}", rand_u64()));
-    let mut f = tokio::fs::File::create(&tmp).await.map_err(fail)?;
+    let f = tokio::fs::File::create(&tmp).await.map_err(fail)?;
+    let mut out = Sink {
+        file: f,
+        gunzip: gzip.then(|| flate2::write::GzDecoder::new(Vec::new())),
+    };
     let result: Result<(), (StatusCode, String)> = async {
         while let Some(chunk) = data.next().await {
             let chunk = chunk.map_err(|e| {
@@ -139,13 +155,12 @@ where
                     format!("reading the upload of {}: {e}", place.guest),
                 )
             })?;
-            f.write_all(&chunk).await.map_err(fail)?;
+            out.write(&chunk).await.map_err(bad_data)?;
         }
-        f.flush().await.map_err(fail)?;
+        out.finish().await.map_err(bad_data)?;
         Ok(())
     }
     .await;
-    drop(f);
     if let Err(e) = result {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(e);
@@ -156,6 +171,39 @@ where
         return Err(fail(e));
     }
     Ok(())
+}
+
+/// A decoder's failure: the upload is not gzip (`InvalidData`, answered as a 400).
+fn not_gzip(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not gzip: {e}"))
+}
+
+/// Where an upload's bytes go: the temp file, through a gzip decoder for a compressed
+/// upload (each chunk decompressed in memory, then written).
+struct Sink {
+    file: tokio::fs::File,
+    gunzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+}
+
+impl Sink {
+    async fn write(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match &mut self.gunzip {
+            None => self.file.write_all(b).await,
+            Some(d) => {
+                std::io::Write::write_all(d, b).map_err(not_gzip)?;
+                let plain = std::mem::take(d.get_mut());
+                self.file.write_all(&plain).await
+            }
+        }
+    }
+
+    async fn finish(mut self) -> std::io::Result<()> {
+        if let Some(d) = self.gunzip.take() {
+            let rest = d.finish().map_err(not_gzip)?;
+            self.file.write_all(&rest).await?;
+        }
+        self.file.flush().await
+    }
 }
 
 fn written(place: &Place) -> serde_json::Value {
@@ -177,17 +225,22 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    if req
+    let gzip = match req
         .headers()
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| !v.eq_ignore_ascii_case("identity"))
+        .map(|v| v.trim().to_ascii_lowercase())
     {
-        return http_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed uploads are not supported; send the bytes as they are",
-        );
-    }
+        None => false,
+        Some(v) if v == "identity" => false,
+        Some(v) if v == "gzip" => true,
+        Some(v) => {
+            return http_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Encoding {v} is not supported (gzip is)"),
+            )
+        }
+    };
     let body = BodyStream::new(req.into_body())
         .try_filter_map(|f| futures::future::ready(Ok(f.into_data().ok())));
     let path = q.get("path").filter(|p| !p.is_empty()).cloned();
@@ -213,7 +266,7 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
                 }
             };
             let place = Place::of(&envd.root, &who.home, &target);
-            if let Err((s, m)) = write_stream(&place, account.as_ref(), field).await {
+            if let Err((s, m)) = write_stream(&place, account.as_ref(), gzip, field).await {
                 return http_error(s, m);
             }
             done.push(written(&place));
@@ -226,7 +279,7 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
             );
         };
         let place = Place::of(&envd.root, &who.home, &p);
-        if let Err((s, m)) = write_stream(&place, account.as_ref(), Box::pin(body)).await {
+        if let Err((s, m)) = write_stream(&place, account.as_ref(), gzip, Box::pin(body)).await {
             return http_error(s, m);
         }
         done.push(written(&place));

@@ -718,6 +718,7 @@ pub struct WatchDirResponse {
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
+#[allow(clippy::large_enum_variant)] // as prost generates it: one event at a time
 pub enum Watch {
     #[prost(message, tag = "1")]
     Start(Empty),

@@ -304,6 +304,9 @@ impl Processes {
     }
 }
 
+/// How a pipe's bytes become a data event.
+type Wrap = fn(Vec<u8>) -> pb::Output;
+
 enum Reader {
     Stdout(std::process::ChildStdout),
     Stderr(std::process::ChildStderr),
@@ -313,7 +316,7 @@ enum Reader {
 impl Reader {
     fn pump(self, p: &Proc) {
         let mut buf = vec![0u8; CHUNK];
-        let (mut src, wrap): (Box<dyn Read>, fn(Vec<u8>) -> pb::Output) = match self {
+        let (mut src, wrap): (Box<dyn Read>, Wrap) = match self {
             Reader::Stdout(o) => (Box::new(o), pb::Output::Stdout),
             Reader::Stderr(e) => (Box::new(e), pb::Output::Stderr),
             Reader::Pty(m) => (Box::new(m), pb::Output::Pty),

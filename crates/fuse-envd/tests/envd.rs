@@ -2,6 +2,8 @@
 //! spoken to by a plain HTTP client in both Connect codecs (the SDK compatibility test
 //! drives it with E2B's own SDK).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 use fuse_envd::pb;
 use prost::Message as _;
 use std::path::PathBuf;
@@ -288,4 +290,50 @@ async fn files_go_up_as_octet_stream_or_form_and_come_back_whole() {
         missing.json::<serde_json::Value>().await.unwrap()["code"],
         404
     );
+}
+
+#[tokio::test]
+async fn a_gzip_upload_is_written_decompressed() {
+    use std::io::Write as _;
+    let s = server().await;
+    s.configure();
+    let plain = b"compressed on the way, plain on disk\n".repeat(1000);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let body = gz.finish().unwrap();
+    assert!(body.len() < plain.len() / 10);
+    let r = s
+        .post("/files?path=/tmp/z.txt", "application/octet-stream", body)
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::fs::read(s.root.join("tmp/z.txt")).unwrap(), plain);
+    let bad = s
+        .post(
+            "/files?path=/tmp/y.txt",
+            "application/octet-stream",
+            b"not gzip".to_vec(),
+        )
+        .header("content-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(
+        !s.root.join("tmp/y.txt").exists(),
+        "a failed upload leaves nothing"
+    );
+    let br = s
+        .post(
+            "/files?path=/tmp/x.txt",
+            "application/octet-stream",
+            b"x".to_vec(),
+        )
+        .header("content-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(br.status(), 415);
 }

@@ -445,7 +445,7 @@ pub(super) async fn forward(
         .map_err(|e| ApiError::internal(format!("building the upstream request: {e}")))?;
     *out.headers_mut() = headers;
 
-    let tunnel = app.proxy_open(&rec, t.port).await?;
+    let tunnel = app.proxy_open(rec, t.port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(tunnel))
         .await
