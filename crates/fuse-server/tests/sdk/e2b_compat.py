@@ -66,6 +66,7 @@ import e2b
 from e2b import (
     CommandExitException,
     FileNotFoundException,
+    FilesystemEventType,
     FileType,
     NotFoundException,
     Sandbox,
@@ -83,6 +84,7 @@ BLOB = f"{DIR}/blob.bin"
 RENAMED = f"{DIR}/hello-renamed.txt"
 SUB = f"{DIR}/sub"
 KEEP = "/home/user/keep.txt"
+WATCHED = "/home/user/fuse-e2b-watched"
 BLOB_SIZE = 300 * 1024
 SERVER_PORT = 8000
 SERVER_BODY = b"fuse-e2b-ok"
@@ -665,6 +667,60 @@ class Run:
         eq([i.sandbox_id for i in items], [], "Sandbox.list of this run after every sandbox is killed")
         return f"then {type(e).__name__}: {e}"
 
+    def pty(self) -> str:
+        sbx = self.sandbox()
+        out: list = []
+        h = sbx.pty.create(e2b.PtySize(rows=24, cols=80))
+        ensure(h.pid > 0, f"pty.create pid {h.pid}")
+        sbx.pty.resize(h.pid, e2b.PtySize(rows=30, cols=100))
+        sbx.pty.send_stdin(h.pid, b"stty size; echo pty-$((6*7)); exit\n")
+        r = h.wait(on_pty=lambda d: out.append(bytes(d)))
+        text = b"".join(out).decode(errors="replace")
+        ensure("30 100" in text, f"the terminal's size after resize is not 30x100: {text!r}")
+        ensure("pty-42" in text, f"the shell on the terminal did not run the input: {text!r}")
+        eq(r.exit_code, 0, "exit code of the terminal's shell")
+        return f"{len(text)} bytes of terminal output"
+
+    def watch_sync(self) -> str:
+        sbx = self.sandbox()
+        sbx.files.make_dir(WATCHED)
+        w = sbx.files.watch_dir(WATCHED)
+        sbx.files.write(f"{WATCHED}/new.txt", "watched")
+        sbx.files.remove(f"{WATCHED}/new.txt")
+        seen: list = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen += [(e.name, e.type) for e in w.get_new_events()]
+            if ("new.txt", FilesystemEventType.REMOVE) in seen:
+                break
+            time.sleep(0.1)
+        w.stop()
+        ensure(("new.txt", FilesystemEventType.CREATE) in seen, f"no create event: {seen}")
+        ensure(("new.txt", FilesystemEventType.REMOVE) in seen, f"no remove event: {seen}")
+        return f"events {[(n, t.value) for n, t in seen]}"
+
+    def watch_async(self) -> str:
+        import asyncio
+
+        async def go() -> list:
+            a = await e2b.AsyncSandbox.connect(self.sandbox().sandbox_id)
+            await a.files.make_dir(f"{WATCHED}/deep")
+            got: list = []
+            h = await a.files.watch_dir(WATCHED, on_event=lambda e: got.append((e.name, e.type)), recursive=True)
+            await a.files.write(f"{WATCHED}/deep/streamed.txt", "x")
+            deadline = time.monotonic() + 10
+            while ("deep/streamed.txt", FilesystemEventType.CREATE) not in got and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await h.stop()
+            return got
+
+        got = asyncio.run(go())
+        ensure(
+            ("deep/streamed.txt", FilesystemEventType.CREATE) in got,
+            f"the streamed, recursive watch saw no create of deep/streamed.txt: {got}",
+        )
+        return f"events {[(n, t.value) for n, t in got]}"
+
     # -- order -----------------------------------------------------------------------------
 
     def all(self) -> int:
@@ -682,6 +738,9 @@ class Run:
         s("files and commands share a root (E2B_SHARED_ROOT=1)", self.files_shared_root)
         s("files.make_dir, files.rename", self.files_dir_rename)
         s("files.get_info, files.remove (FileNotFoundException)", self.files_info_remove)
+        s("pty.create, pty.resize, pty.send_stdin (a terminal)", self.pty)
+        s("files.watch_dir (polled watcher)", self.watch_sync)
+        s("AsyncSandbox files.watch_dir (streamed, recursive)", self.watch_async)
         s("get_host (HTTP server in the sandbox through Fuse)", self.get_host)
         s("set_timeout, get_info", self.set_timeout_info)
         s("Sandbox.list (metadata query)", self.list_metadata)
