@@ -1850,6 +1850,45 @@ async fn the_e2b_sdk_runs_unchanged_against_a_real_qemu_guest() {
         crate::sdk::tail(&host.log_text(), 150),
     );
     assert!(text.contains("E2B-TIMINGS {"), "{text}");
+
+    // `templateID` names a Fuse template: one made from a sandbox (a live snapshot of its
+    // memory) starts the next sandboxes with what it had, without a boot.
+    let sdk = |code: &str| {
+        let mut c = std::process::Command::new(&python);
+        c.arg("-c")
+            .arg(code)
+            .env("E2B_API_URL", format!("{}/e2b", fuse.base))
+            .env("E2B_SANDBOX_URL", &fuse.base)
+            .env("E2B_API_KEY", "any-key-of-an-open-server");
+        let out = c.output().unwrap();
+        let text = crate::sdk::output_text(&out);
+        assert!(out.status.success(), "{code}\n{text}");
+        text.trim().to_owned()
+    };
+    let src = sdk("from e2b import Sandbox\n\
+                   s = Sandbox.create(timeout=600)\n\
+                   s.files.write('/home/user/marker', 'from-the-template')\n\
+                   print(s.sandbox_id)");
+    let (s, tpl) = fuse
+        .post(
+            "/v1/templates",
+            json!({"name": "e2b-tpl", "from_environment": src}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{tpl}");
+    let out = sdk("import time\nfrom e2b import Sandbox\n\
+                   t = time.monotonic()\n\
+                   s = Sandbox.create('e2b-tpl')\n\
+                   took = time.monotonic() - t\n\
+                   assert s.get_info().template_id == 'e2b-tpl'\n\
+                   got = s.commands.run('cat /home/user/marker').stdout\n\
+                   assert got == 'from-the-template', got\n\
+                   s.kill()\n\
+                   print(f'{took:.3f}')");
+    eprintln!("an e2b sandbox from a Fuse template: created in {out} s (a cold one: see E2B-TIMINGS)");
+    sdk(&format!("from e2b import Sandbox\nassert Sandbox.kill('{src}')"));
+    let (s, _) = fuse.delete("/v1/templates/e2b-tpl").await;
+    assert!(s.is_success(), "deleting the template: {s}");
     // Every sandbox was killed: nothing of them stays on the host.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !host.leftovers().is_empty() && Instant::now() < deadline {
