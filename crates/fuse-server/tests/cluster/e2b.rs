@@ -175,6 +175,120 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
     let ok = list(Some(&token)).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     assert_eq!(ok.text().await.unwrap(), r#"{"processes":[]}"#);
+    // The same envd by name: `49983-{id}.{domain}` (what the SDK uses without
+    // E2B_SANDBOX_URL), and a name under the domain that is no sandbox is not one of ours.
+    let by_name = http
+        .post(format!("{}/process.Process/List", fuse.base))
+        .header("host", format!("49983-{id}.{DOMAIN}"))
+        .header("x-access-token", &token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_name.status(), StatusCode::OK);
+    assert_eq!(by_name.text().await.unwrap(), r#"{"processes":[]}"#);
+    // `/resume` of a running sandbox is a conflict; paused, it resumes (201).
+    let post = |path: String, body: Value| {
+        http.post(format!("{}/e2b{path}", fuse.base))
+            .header("x-api-key", MASTER)
+            .json(&body)
+            .send()
+    };
+    let r = post(format!("/sandboxes/{id}/resume"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = post(format!("/sandboxes/{id}/pause"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = post(format!("/sandboxes/{id}/pause"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT, "paused already");
+    // A paused sandbox's envd is not reachable (E2B answers 502): connect first.
+    assert_eq!(
+        list(Some(&token)).await.unwrap().status(),
+        StatusCode::BAD_GATEWAY
+    );
+    let r = post(format!("/sandboxes/{id}/resume"), json!({"timeout": 60}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(list(Some(&token)).await.unwrap().status(), StatusCode::OK);
+
+    // A Fuse API key is an E2B API key; a revoked one is refused.
+    let k: Value = http
+        .post(format!("{}/v1/api-keys", fuse.base))
+        .bearer_auth(MASTER)
+        .json(&json!({"label": "e2b"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = k["key"].as_str().unwrap().to_owned();
+    let with_key = |key: String| {
+        http.get(format!("{}/e2b/v2/sandboxes", fuse.base))
+            .header("x-api-key", key)
+            .send()
+    };
+    let r = with_key(key.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed[0]["sandboxID"], id.as_str(), "{listed}");
+    let r = http
+        .delete(format!(
+            "{}/v1/api-keys/{}",
+            fuse.base,
+            k["id"].as_str().unwrap()
+        ))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(
+        with_key(key).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // With autoPause, the end of its time pauses a sandbox instead of killing it.
+    let r = post(
+        "/v2/sandboxes".into(),
+        json!({"templateID": "base", "timeout": 1, "autoPause": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let paused_id = r.json::<Value>().await.unwrap()["sandboxID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    fuse_testkit::eventually(
+        "an autoPause sandbox past its timeout is paused",
+        Duration::from_secs(20),
+        || async {
+            let r = http
+                .get(format!("{}/e2b/sandboxes/{paused_id}", fuse.base))
+                .header("x-api-key", MASTER)
+                .send()
+                .await
+                .unwrap();
+            r.status() == StatusCode::OK && r.json::<Value>().await.unwrap()["state"] == "paused"
+        },
+    )
+    .await;
+    let r = http
+        .delete(format!("{}/e2b/sandboxes/{paused_id}", fuse.base))
+        .header("x-api-key", MASTER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
     // Its time runs out: reconcile ends it (1 s passes here).
     let r = http
         .post(format!("{}/e2b/sandboxes/{id}/timeout", fuse.base))

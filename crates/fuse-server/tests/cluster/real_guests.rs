@@ -1885,8 +1885,12 @@ async fn the_e2b_sdk_runs_unchanged_against_a_real_qemu_guest() {
                    assert got == 'from-the-template', got\n\
                    s.kill()\n\
                    print(f'{took:.3f}')");
-    eprintln!("an e2b sandbox from a Fuse template: created in {out} s (a cold one: see E2B-TIMINGS)");
-    sdk(&format!("from e2b import Sandbox\nassert Sandbox.kill('{src}')"));
+    eprintln!(
+        "an e2b sandbox from a Fuse template: created in {out} s (a cold one: see E2B-TIMINGS)"
+    );
+    sdk(&format!(
+        "from e2b import Sandbox\nassert Sandbox.kill('{src}')"
+    ));
     let (s, _) = fuse.delete("/v1/templates/e2b-tpl").await;
     assert!(s.is_success(), "deleting the template: {s}");
     // Every sandbox was killed: nothing of them stays on the host.
