@@ -371,34 +371,20 @@ fn winsize(s: &pb::PtySize) -> nix::pty::Winsize {
     }
 }
 
-#[allow(unsafe_code)]
 fn set_size(master: &impl AsRawFd, s: &pb::PtySize) {
     let ws = winsize(s);
-    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which outlives the call;
-    // the descriptor is an open pseudo-terminal master.
-    unsafe {
-        nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &ws);
-    }
+    fuse_guest::pty::set_size(
+        master,
+        fuse_guest::proto::WinSize {
+            rows: ws.ws_row,
+            cols: ws.ws_col,
+        },
+    );
 }
 
-#[allow(unsafe_code)]
 fn spawn_on_terminal(cmd: &mut Command, slave: &OwnedFd) -> std::io::Result<std::process::Child> {
-    cmd.env("TERM", "xterm-256color")
-        .stdin(Stdio::from(slave.try_clone()?))
-        .stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave.try_clone()?));
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and ioctl(2)
-    // making the terminal (now fd 0) the new session's controlling terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
+    cmd.env("TERM", "xterm-256color");
+    fuse_guest::pty::spawn_on(cmd, slave)
 }
 
 #[cfg(test)]

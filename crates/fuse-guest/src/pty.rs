@@ -41,8 +41,9 @@ fn winsize(s: WinSize) -> nix::pty::Winsize {
     }
 }
 
+/// Sets the size of the terminal whose master is `master` (`fuse-envd` uses it too).
 #[allow(unsafe_code)]
-fn set_size(master: &impl AsRawFd, s: WinSize) {
+pub fn set_size(master: &impl AsRawFd, s: WinSize) {
     let ws = winsize(s);
     // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which outlives the call;
     // the descriptor is an open pseudo-terminal master.
@@ -51,7 +52,6 @@ fn set_size(master: &impl AsRawFd, s: WinSize) {
     }
 }
 
-#[allow(unsafe_code)]
 fn spawn(
     argv: &[String],
     env: &BTreeMap<String, String>,
@@ -63,8 +63,15 @@ fn spawn(
         .env("TERM", "xterm-256color")
         .env("HOME", "/root")
         .envs(env)
-        .current_dir(dir)
-        .stdin(Stdio::from(slave.try_clone()?))
+        .current_dir(dir);
+    spawn_on(&mut cmd, slave)
+}
+
+/// Starts `cmd` on the terminal whose slave is `slave`: its stdio, in a new session whose
+/// controlling terminal it is (`fuse-envd` uses it too).
+#[allow(unsafe_code)]
+pub fn spawn_on(cmd: &mut Command, slave: &OwnedFd) -> std::io::Result<std::process::Child> {
+    cmd.stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave.try_clone()?));
     // SAFETY: between fork and exec only async-signal-safe calls: setsid(2) and ioctl(2)
