@@ -57,7 +57,9 @@ fn main() {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("fuse-envd: listening on {listen}: {e}");
-                std::process::exit(1);
+                // Exit code 3: the port is another's (fuse-guest does not retry then).
+                let taken = e.kind() == std::io::ErrorKind::AddrInUse;
+                std::process::exit(if taken { 3 } else { 1 });
             }
         };
         let envd = fuse_envd::Envd::new(root, token);

@@ -2,8 +2,12 @@
 //! is found beside the helper's own binary (`/usr/local/bin/fuse-envd` in the guest image,
 //! `target/<profile>/fuse-envd` for the `process` backend) or named by `--envd PATH`, and
 //! runs with the helper's guest root and network namespace. A missing binary is said once
-//! and is not an error: only the E2B API needs it. One that keeps failing at once (its
-//! port taken, say) is given up on after a few tries.
+//! and is not an error: only the E2B API needs it. One that keeps failing at once is given
+//! up on after a few tries, one whose port is taken (exit code 3) at once.
+//!
+//! It listens on every address of the guest, except for a `process` VM without a network
+//! namespace of its own (it shares the host's network): there on loopback only, which is
+//! where the host's tunnel reaches such a VM's ports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,20 +25,32 @@ pub fn beside_me() -> Option<PathBuf> {
     bin.is_file().then_some(bin)
 }
 
-/// Supervises `bin` with guest root `root` on a thread of its own.
-pub fn start(bin: PathBuf, root: &Path) {
+/// Supervises `bin` with guest root `root` on a thread of its own; `shared_net`: the
+/// helper runs in the host's network (a `process` VM without a namespace).
+pub fn start(bin: PathBuf, root: &Path, shared_net: bool) {
     let root = root.to_owned();
+    let listen = if shared_net {
+        "127.0.0.1:49983"
+    } else {
+        "0.0.0.0:49983"
+    };
     std::thread::spawn(move || {
         let mut quick = 0;
         loop {
             let began = Instant::now();
             let run = Command::new(&bin)
+                .arg("--listen")
+                .arg(listen)
                 .arg("--root")
                 .arg(&root)
                 .stdin(Stdio::null())
                 .spawn()
                 .and_then(|mut c| c.wait());
             match run {
+                Ok(st) if st.code() == Some(3) => {
+                    eprintln!("fuse-guest: fuse-envd's port is taken; not restarting it");
+                    return;
+                }
                 Ok(st) => eprintln!("fuse-guest: fuse-envd exited ({st})"),
                 Err(e) => eprintln!("fuse-guest: starting {}: {e}", bin.display()),
             }

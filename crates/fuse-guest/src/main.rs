@@ -96,6 +96,8 @@ fn main() {
         eprintln!("fuse-guest: the token must be at least 16 characters");
         std::process::exit(2);
     }
+    // A `process` VM without a network namespace shares the host's network.
+    let shared_net = root != std::path::Path::new("/") && !std::env::args().any(|a| a == "--netns");
     match envd.map(|p| {
         if p.is_empty() {
             fuse_guest::envd::beside_me()
@@ -103,7 +105,7 @@ fn main() {
             Some(PathBuf::from(p))
         }
     }) {
-        Some(Some(bin)) => fuse_guest::envd::start(bin, &root),
+        Some(Some(bin)) => fuse_guest::envd::start(bin, &root, shared_net),
         Some(None) => eprintln!(
             "fuse-guest: no fuse-envd beside this binary; the E2B API cannot reach this VM"
         ),
