@@ -599,6 +599,8 @@ impl Config {
         let proxy = proxy::ProxyConfig::from_flags(&f, tls.is_some(), listen, &mut errs);
         let e2b_prefix = match f.e2b_prefix.trim().trim_end_matches('/') {
             "off" => None,
+            // Flags built in code (not parsed) leave it empty: the default.
+            "" => Some("/e2b".to_owned()),
             p if p.starts_with('/')
                 && !p.starts_with("/v1")
                 && !p.starts_with("/ui")
@@ -746,6 +748,26 @@ mod tests {
             (secs(10), secs(60), secs(60))
         );
         assert_eq!(c.max_connections, 4096);
+    }
+
+    #[test]
+    fn the_e2b_api_is_under_a_prefix_or_off() {
+        let at = |v: &str| {
+            Config::from_flags(flags(&["--listen", ":8080", "--e2b-prefix", v]), |_| None)
+                .map(|c| c.e2b_prefix)
+                .map_err(|e| e.0.join("; "))
+        };
+        let default = Config::from_flags(flags(&["--listen", ":8080"]), |_| None).unwrap();
+        assert_eq!(default.e2b_prefix.as_deref(), Some("/e2b"));
+        assert_eq!(
+            at("/sandbox-api/").unwrap().as_deref(),
+            Some("/sandbox-api")
+        );
+        assert_eq!(at("off").unwrap(), None);
+        for bad in ["e2b", "/v1/e2b", "/ui", "/a b"] {
+            let e = at(bad).unwrap_err();
+            assert!(e.starts_with("FUSE_E2B_PREFIX"), "{bad}: {e}");
+        }
     }
 
     #[test]
