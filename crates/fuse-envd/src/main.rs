@@ -1,6 +1,6 @@
 //! `fuse-envd [--listen ADDR] [--root DIR] [--access-token-file FILE]`: E2B's envd for
 //! Fuse guests (see the library). `--listen` defaults to `0.0.0.0:49983`, `--root` (where
-//! guest paths are) to `/`. It stops with its parent (`fuse-guest`), and stops every
+//! guest paths are) to `$FUSE_ENVD_ROOT`, else `/`. It stops with its parent (`fuse-guest`), and stops every
 //! command it started when it does.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ fn usage() -> ! {
 
 fn main() {
     let mut listen = "0.0.0.0:49983".to_owned();
-    let mut root = PathBuf::from("/");
+    let mut root = PathBuf::from(std::env::var("FUSE_ENVD_ROOT").unwrap_or_else(|_| "/".into()));
     let mut token = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -38,11 +38,12 @@ pub fn start(bin: PathBuf, root: &Path, shared_net: bool) {
         let mut quick = 0;
         loop {
             let began = Instant::now();
+            // The root goes in the environment, not the command line: the host's tools
+            // find a VM's own processes by its directory on their command lines.
             let run = Command::new(&bin)
                 .arg("--listen")
                 .arg(listen)
-                .arg("--root")
-                .arg(&root)
+                .env("FUSE_ENVD_ROOT", &root)
                 .stdin(Stdio::null())
                 .spawn()
                 .and_then(|mut c| c.wait());
