@@ -39,6 +39,14 @@ const ENVD_UP: Duration = Duration::from_secs(60);
 /// The placeholder agent of a sandbox: it waits; the sandbox is envd.
 const PLACEHOLDER_AGENT: &str = "exec sleep 2147483647";
 
+/// Why envd did not answer `/health`.
+enum Health {
+    /// It may yet (it is starting).
+    NotYet(String),
+    /// It never will: the host cannot reach guest ports.
+    Never(String),
+}
+
 /// A create, checked.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxCreate {
@@ -198,7 +206,14 @@ impl App {
         while Instant::now() < deadline {
             match self.envd_health(rec).await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
+                Err(Health::Never(why)) => {
+                    return Err(AppError::Unavailable(format!(
+                        "sandbox {} cannot be reached on port {ENVD_PORT}: {why}; E2B sandboxes \
+                         need a host that runs guests (fc-agent, docs/hosts.md)",
+                        rec.id
+                    )))
+                }
+                Err(Health::NotYet(e)) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -211,29 +226,34 @@ impl App {
     }
 
     /// One `GET /health` of the sandbox's envd, through its host.
-    async fn envd_health(&self, rec: &VmRecord) -> Result<(), String> {
+    async fn envd_health(&self, rec: &VmRecord) -> Result<(), Health> {
         use http_body_util::Empty;
-        let tunnel = self
-            .proxy_open(rec, ENVD_PORT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tunnel = match self.proxy_open(rec, ENVD_PORT).await {
+            Ok(t) => t,
+            // A host that cannot reach guest ports at all (the stub): no point waiting.
+            Err(AppError::Host(crate::provider::ProviderError::Unsupported(m))) => {
+                return Err(Health::Never(m))
+            }
+            Err(e) => return Err(Health::NotYet(e.to_string())),
+        };
+        let not_yet = |e: String| Health::NotYet(e);
         let (mut send, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tunnel))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| not_yet(e.to_string()))?;
         tokio::spawn(conn);
         let req = hyper::Request::get("/health")
             .header(hyper::header::HOST, "envd")
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| not_yet(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
             .await
-            .map_err(|_| "no answer within 5 s".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| not_yet("no answer within 5 s".to_owned()))?
+            .map_err(|e| not_yet(e.to_string()))?;
         if resp.status() == hyper::StatusCode::NO_CONTENT {
             Ok(())
         } else {
-            Err(format!("/health answered {}", resp.status()))
+            Err(not_yet(format!("/health answered {}", resp.status())))
         }
     }
 

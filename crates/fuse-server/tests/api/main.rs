@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod e2b;
 mod egress;
 mod environments;
 mod events;
