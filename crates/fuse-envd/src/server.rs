@@ -337,6 +337,14 @@ impl Envd {
         }
     }
 
+    /// The running command `sel` names (`not_found` otherwise).
+    fn proc_of(
+        &self,
+        sel: Option<&pb::ProcessSelector>,
+    ) -> Result<Arc<crate::process::Proc>, RpcError> {
+        self.procs.find(sel).map_err(RpcError::not_found)
+    }
+
     fn launch(&self, c: &Call, r: pb::StartRequest) -> Result<Launch, RpcError> {
         let config = r
             .process
@@ -443,11 +451,7 @@ impl Envd {
                 let m: pb::StreamInputRequest = connect::decode(c.codec, &data)?;
                 match m.event {
                     Some(pb::StreamInput::Start(s)) => {
-                        target = Some(
-                            self.procs
-                                .find(s.process.as_ref())
-                                .map_err(RpcError::not_found)?,
-                        );
+                        target = Some(self.proc_of(s.process.as_ref())?);
                     }
                     Some(pb::StreamInput::Data(d)) => {
                         let p = target.clone().ok_or_else(|| {
@@ -494,10 +498,7 @@ impl Envd {
             )),
             "SendInput" => {
                 let r: pb::SendInputRequest = connect::decode(codec, &data)?;
-                let p = self
-                    .procs
-                    .find(r.process.as_ref())
-                    .map_err(RpcError::not_found)?;
+                let p = self.proc_of(r.process.as_ref())?;
                 write_input(p, r.input).await?;
                 Ok(connect::unary(codec, Ok(pb::Empty {})))
             }
@@ -512,29 +513,20 @@ impl Envd {
                         )))
                     }
                 };
-                let p = self
-                    .procs
-                    .find(r.process.as_ref())
-                    .map_err(RpcError::not_found)?;
+                let p = self.proc_of(r.process.as_ref())?;
                 self.procs.signal(&p, sig).map_err(RpcError::internal)?;
                 Ok(connect::unary(codec, Ok(pb::Empty {})))
             }
             "CloseStdin" => {
                 let r: pb::SelectRequest = connect::decode(codec, &data)?;
-                let p = self
-                    .procs
-                    .find(r.process.as_ref())
-                    .map_err(RpcError::not_found)?;
+                let p = self.proc_of(r.process.as_ref())?;
                 p.close_stdin()
                     .map_err(|e| RpcError::new(Code::FailedPrecondition, e))?;
                 Ok(connect::unary(codec, Ok(pb::Empty {})))
             }
             "Update" => {
                 let r: pb::UpdateRequest = connect::decode(codec, &data)?;
-                let p = self
-                    .procs
-                    .find(r.process.as_ref())
-                    .map_err(RpcError::not_found)?;
+                let p = self.proc_of(r.process.as_ref())?;
                 if let Some(size) = r.pty.and_then(|p| p.size) {
                     p.resize(&size)
                         .map_err(|e| RpcError::new(Code::FailedPrecondition, e))?;

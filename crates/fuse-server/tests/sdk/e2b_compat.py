@@ -389,10 +389,12 @@ class Run:
         h = sbx.commands.run("cat", background=True, stdin=True)
         ensure(isinstance(h.pid, int) and h.pid > 0, f"pid is not a positive int: {h.pid!r}")
         sbx.commands.send_stdin(h.pid, "piped\n")
+        # One client-streamed request carrying several chunks (StreamInput).
+        sbx.commands.stream_input(h.pid, ["streamed ", b"in ", "chunks\n"])
         sbx.commands.close_stdin(h.pid)
         r = h.wait()
         eq(r.exit_code, 0, "exit_code of cat after stdin is closed")
-        eq(r.stdout, "piped\n", "stdout of cat fed through send_stdin")
+        eq(r.stdout, "piped\nstreamed in chunks\n", "stdout of cat fed through send_stdin and stream_input")
         eq(r.stderr, "", "stderr")
         return f"pid={h.pid}"
 
@@ -731,7 +733,7 @@ class Run:
         s("commands.run (non-zero exit: CommandExitException)", self.exit_code)
         s("commands.run (envs, cwd)", self.envs_cwd)
         s("commands.run background, commands.list, commands.kill", self.background_kill)
-        s("commands.run background stdin, send_stdin, close_stdin", self.background_stdin)
+        s("commands.run background stdin, send_stdin, stream_input, close_stdin", self.background_stdin)
         s("files.write, files.read (text)", self.files_text)
         s("files.write, files.read (300 KiB bytes)", self.files_bytes)
         s("files.list, files.exists", self.files_list_exists)
