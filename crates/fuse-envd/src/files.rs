@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Request, Response, StatusCode};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -100,7 +101,7 @@ pub async fn download(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body
 async fn write_stream<S, E>(
     place: &Place,
     account: Option<&User>,
-    gzip: bool,
+    (gzip, metadata): (bool, &BTreeMap<String, String>),
     mut data: S,
 ) -> Result<(), (StatusCode, String)>
 where
@@ -166,6 +167,21 @@ where
         return Err(e);
     }
     own(&tmp, account);
+    // The upload's metadata replaces the file's: set on the new file before it is renamed
+    // into place (one without any clears it).
+    for (k, v) in metadata {
+        let name = format!("{}{k}", crate::fs::METADATA_XATTR);
+        if let Err(e) = xattr::set(&tmp, &name, v.as_bytes()) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "keeping metadata {k} on {}: {e} (the filesystem needs user extended attributes)",
+                    place.guest
+                ),
+            ));
+        }
+    }
     if let Err(e) = tokio::fs::rename(&tmp, &place.host).await {
         let _ = tokio::fs::remove_file(&tmp).await;
         return Err(fail(e));
@@ -211,7 +227,8 @@ fn written(place: &Place) -> serde_json::Value {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    serde_json::json!({"name": name, "type": "file", "path": place.guest})
+    let metadata = crate::fs::metadata_of(&place.host);
+    serde_json::json!({"name": name, "type": "file", "path": place.guest, "metadata": metadata})
 }
 
 /// `POST /files`.
@@ -241,6 +258,15 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
             )
         }
     };
+    let metadata: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| {
+            let key = n.as_str().strip_prefix("x-metadata-")?;
+            Some((key.to_ascii_lowercase(), v.to_str().ok()?.to_owned()))
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect();
     let body = BodyStream::new(req.into_body())
         .try_filter_map(|f| futures::future::ready(Ok(f.into_data().ok())));
     let path = q.get("path").filter(|p| !p.is_empty()).cloned();
@@ -266,7 +292,9 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
                 }
             };
             let place = Place::of(&envd.root, &who.home, &target);
-            if let Err((s, m)) = write_stream(&place, account.as_ref(), gzip, field).await {
+            if let Err((s, m)) =
+                write_stream(&place, account.as_ref(), (gzip, &metadata), field).await
+            {
                 return http_error(s, m);
             }
             done.push(written(&place));
@@ -279,7 +307,9 @@ pub async fn upload(envd: &Arc<Envd>, req: Request<Incoming>) -> Response<Body> 
             );
         };
         let place = Place::of(&envd.root, &who.home, &p);
-        if let Err((s, m)) = write_stream(&place, account.as_ref(), gzip, Box::pin(body)).await {
+        if let Err((s, m)) =
+            write_stream(&place, account.as_ref(), (gzip, &metadata), Box::pin(body)).await
+        {
             return http_error(s, m);
         }
         done.push(written(&place));

@@ -15,6 +15,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The extended attributes a file's user metadata is kept in: `user.e2b.<key>`.
+pub const METADATA_XATTR: &str = "user.e2b.";
+
+/// A file's user metadata (from uploads' `X-Metadata-*` headers).
+pub fn metadata_of(host: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(names) = xattr::list(host) else {
+        return out;
+    };
+    for n in names {
+        let Some(key) = n.to_str().and_then(|n| n.strip_prefix(METADATA_XATTR)) else {
+            continue;
+        };
+        if let Ok(Some(v)) = xattr::get(host, &n) {
+            out.insert(key.to_owned(), String::from_utf8_lossy(&v).into_owned());
+        }
+    }
+    out
+}
+
 /// Most entries a listing answers.
 const MAX_ENTRIES: usize = 100_000;
 /// How often a watcher looks for events when there were none.
@@ -76,7 +96,7 @@ pub fn entry(guest: &str, host: &Path) -> std::io::Result<pb::EntryInfo> {
             nanos: meta.mtime_nsec() as i32,
         }),
         symlink_target,
-        metadata: Default::default(),
+        metadata: metadata_of(host),
     })
 }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The envd version this implements, as the SDK's feature checks read it.
-pub const ENVD_VERSION: &str = "0.5.7";
+pub const ENVD_VERSION: &str = "0.6.4";
 /// The default user when a request names none and `/init` set none (E2B's).
 pub const DEFAULT_USER: &str = "user";
 /// The keep-alive interval of streams when the client asks for none.

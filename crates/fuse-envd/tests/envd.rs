@@ -337,3 +337,56 @@ async fn a_gzip_upload_is_written_decompressed() {
         .unwrap();
     assert_eq!(br.status(), 415);
 }
+
+#[tokio::test]
+async fn an_uploads_metadata_is_kept_on_the_file_and_replaced_by_the_next() {
+    let s = server().await;
+    s.configure();
+    let r = s
+        .post(
+            "/files?path=/tmp/m.txt",
+            "application/octet-stream",
+            b"m".to_vec(),
+        )
+        .header("x-metadata-owner", "alice")
+        .header("X-Metadata-Purpose", "test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let w: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        w[0]["metadata"],
+        serde_json::json!({"owner": "alice", "purpose": "test"})
+    );
+    let stat = |s: &Server| {
+        s.post(
+            "/filesystem.Filesystem/Stat",
+            "application/json",
+            br#"{"path": "/tmp/m.txt"}"#.to_vec(),
+        )
+        .send()
+    };
+    let st: serde_json::Value = stat(&s).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        st["entry"]["metadata"],
+        serde_json::json!({"owner": "alice", "purpose": "test"}),
+        "{st}"
+    );
+    let r = s
+        .post(
+            "/files?path=/tmp/m.txt",
+            "application/octet-stream",
+            b"n".to_vec(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let st: serde_json::Value = stat(&s).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        st["entry"]["metadata"],
+        serde_json::json!({}),
+        "an upload without metadata clears it"
+    );
+}

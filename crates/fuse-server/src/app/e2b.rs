@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 pub const ENVD_PORT: u16 = 49983;
 /// The envd version sandboxes answer: `fuse-envd --version` (the cluster test checks
 /// they agree).
-pub const ENVD_VERSION: &str = "0.5.7";
+pub const ENVD_VERSION: &str = "0.6.4";
 /// Where envd reads its configuration in the guest (`fuse_envd::server::CONFIG_PATH`).
 pub const ENVD_CONFIG: &str = "/run/fuse-envd/config.json";
 /// The sandbox's time when a create or resume names none (E2B's default).

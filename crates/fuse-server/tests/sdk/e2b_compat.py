@@ -408,7 +408,15 @@ class Run:
         eq(info.name, "hello.txt", "WriteInfo.name")
         got = sbx.files.read(HELLO)
         eq(got, "hi there", "files.read (text)")
-        return f"path={info.path} type={info.type}"
+        # Metadata on a file (envd 0.6.2: X-Metadata-* headers, kept as user.e2b.* xattrs).
+        meta = {"purpose": "fuse-e2b", "run": self.run_id}
+        tagged = sbx.files.write(f"{DIR}/tagged.txt", "tagged", metadata=meta)
+        eq(tagged.metadata, meta, "WriteInfo.metadata of an upload with metadata")
+        eq(sbx.files.get_info(f"{DIR}/tagged.txt").metadata, meta, "get_info metadata")
+        sbx.files.write(f"{DIR}/tagged.txt", "untagged")
+        eq(sbx.files.get_info(f"{DIR}/tagged.txt").metadata, None, "metadata cleared by an upload without it")
+        sbx.files.remove(f"{DIR}/tagged.txt")
+        return f"path={info.path} type={info.type}; metadata kept and replaced"
 
     def files_bytes(self) -> str:
         sbx = self.sandbox()
@@ -686,17 +694,25 @@ class Run:
     def watch_sync(self) -> str:
         sbx = self.sandbox()
         sbx.files.make_dir(WATCHED)
-        w = sbx.files.watch_dir(WATCHED)
+        w = sbx.files.watch_dir(WATCHED, include_entry=True, allow_network_mounts=True)
         sbx.files.write(f"{WATCHED}/new.txt", "watched")
+        time.sleep(0.3)
         sbx.files.remove(f"{WATCHED}/new.txt")
         seen: list = []
+        entries: dict = {}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            seen += [(e.name, e.type) for e in w.get_new_events()]
+            for e in w.get_new_events():
+                seen.append((e.name, e.type))
+                if e.entry is not None:
+                    entries[(e.name, e.type)] = e.entry
             if ("new.txt", FilesystemEventType.REMOVE) in seen:
                 break
             time.sleep(0.1)
         w.stop()
+        created = entries.get(("new.txt", FilesystemEventType.CREATE))
+        ensure(created is not None, f"the create event carries no entry (include_entry): {seen}")
+        eq(created.path, f"{WATCHED}/new.txt", "path of the created entry")
         ensure(("new.txt", FilesystemEventType.CREATE) in seen, f"no create event: {seen}")
         ensure(("new.txt", FilesystemEventType.REMOVE) in seen, f"no remove event: {seen}")
         return f"events {[(n, t.value) for n, t in seen]}"
