@@ -403,8 +403,11 @@ pub fn rand_u64() -> u64 {
 mod tests {
     use super::*;
 
+    /// The test user's home (any guest directory serves).
+    const HOME: &str = "/srv/u";
+
     fn place(root: &Path, p: &str) -> Place {
-        Place::of(root, "/home/user", p)
+        Place::of(root, HOME, p)
     }
 
     #[test]
@@ -412,21 +415,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fuse-envd-fs-{}", rand_u64()));
         let root = dir.as_path();
         let d = make_dir(&place(root, "proj/sub")).unwrap();
-        assert_eq!(d.path, "/home/user/proj/sub");
+        assert_eq!(d.path, "/srv/u/proj/sub");
         assert_eq!(d.r#type, pb::FileType::Directory as i32);
         assert_eq!(
             make_dir(&place(root, "proj/sub")).unwrap_err().code,
             Code::AlreadyExists
         );
-        std::fs::write(root.join("home/user/proj/a.txt"), b"abc").unwrap();
-        let a = stat(&place(root, "/home/user/proj/a.txt")).unwrap();
+        std::fs::write(root.join("srv/u/proj/a.txt"), b"abc").unwrap();
+        let a = stat(&place(root, "/srv/u/proj/a.txt")).unwrap();
         assert_eq!((a.name.as_str(), a.size), ("a.txt", 3));
         assert!(a.permissions.starts_with('-'));
         let one = list_dir(&place(root, "proj"), 1).unwrap();
         let names: Vec<_> = one.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["a.txt", "sub"]);
         let moved = rename(&place(root, "proj/a.txt"), &place(root, "proj/sub/b.txt")).unwrap();
-        assert_eq!(moved.path, "/home/user/proj/sub/b.txt");
+        assert_eq!(moved.path, "/srv/u/proj/sub/b.txt");
         let two = list_dir(&place(root, "proj"), 2).unwrap();
         assert_eq!(two.len(), 2, "{two:?}");
         remove(&place(root, "proj")).unwrap();
@@ -441,8 +444,8 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_reports_creates_writes_and_removes() {
         let dir = std::env::temp_dir().join(format!("fuse-envd-watch-{}", rand_u64()));
-        std::fs::create_dir_all(dir.join("home/user/w")).unwrap();
-        let p = Place::of(&dir, "/home/user", "w");
+        std::fs::create_dir_all(dir.join("srv/u/w")).unwrap();
+        let p = Place::of(&dir, HOME, "w");
         let (_w, mut rx) = watch(&p, true, true).unwrap();
         std::fs::create_dir(p.host.join("sub")).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -456,7 +459,7 @@ mod tests {
                 .unwrap();
             seen.push((ev.name.clone(), ev.r#type));
             if ev.name == "sub" {
-                assert_eq!(ev.entry.unwrap().path, "/home/user/w/sub");
+                assert_eq!(ev.entry.unwrap().path, "/srv/u/w/sub");
             }
         }
         assert!(

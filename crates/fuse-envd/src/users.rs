@@ -2,11 +2,19 @@
 //! base64(user:)` (the SDK's way) or `?username=`; without one it is the default user
 //! (`/init`'s `defaultUser`, else `user`, E2B's). A user that exists in the guest's
 //! accounts is switched to when envd runs as root; one that does not exist runs as envd
-//! itself, with `/home/<name>` as its home, so code written for E2B's `user` works on any
-//! image.
+//! itself, with a home of its name under [`HOMES`], so code written for E2B's `user`
+//! works on any image.
 
 use base64::Engine as _;
 use std::path::PathBuf;
+
+/// The guest directory the homes of users without an account are made in.
+pub const HOMES: &str = "/home";
+
+/// The home of a user without an account (or whose account names none).
+pub fn home_of(name: &str) -> String {
+    format!("{HOMES}/{name}")
+}
 
 /// A user to run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +64,12 @@ pub fn identity(name: &str) -> Identity {
                 .to_str()
                 .filter(|d| !d.is_empty())
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("/home/{name}")),
+                .unwrap_or_else(|| home_of(name)),
         },
         None => Identity {
             name: name.to_owned(),
             account: None,
-            home: if name == "root" {
-                "/root".into()
-            } else {
-                format!("/home/{name}")
-            },
+            home: home_of(name),
         },
     }
 }
@@ -131,14 +135,15 @@ mod tests {
 
     #[test]
     fn paths_are_joined_to_home_and_never_climb_above_the_root() {
-        assert_eq!(guest_path("/home/user", "a/b.txt"), "/home/user/a/b.txt");
-        assert_eq!(guest_path("/home/user", "/tmp/./x"), "/tmp/x");
-        assert_eq!(guest_path("/home/user", "../../../etc"), "/etc");
-        assert_eq!(guest_path("/home/user", "/.."), "/");
-        assert_eq!(guest_path("/home/user", ""), "/home/user");
+        let home = "/srv/u";
+        assert_eq!(guest_path(home, "a/b.txt"), "/srv/u/a/b.txt");
+        assert_eq!(guest_path(home, "/tmp/./x"), "/tmp/x");
+        assert_eq!(guest_path(home, "../../../etc"), "/etc");
+        assert_eq!(guest_path(home, "/.."), "/");
+        assert_eq!(guest_path(home, ""), home);
         assert_eq!(
-            host_path(std::path::Path::new("/vm/root"), "/etc/x"),
-            PathBuf::from("/vm/root/etc/x")
+            host_path(std::path::Path::new("/vm/guest"), "/etc/x"),
+            PathBuf::from("/vm/guest/etc/x")
         );
     }
 
@@ -146,6 +151,7 @@ mod tests {
     fn an_unknown_user_gets_a_home_of_its_own_name() {
         let id = identity("fuse-envd-no-such-user");
         assert_eq!(id.account, None);
-        assert_eq!(id.home, "/home/fuse-envd-no-such-user");
+        assert_eq!(id.home, home_of("fuse-envd-no-such-user"));
+        assert!(id.home.starts_with(HOMES));
     }
 }

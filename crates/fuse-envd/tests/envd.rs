@@ -254,12 +254,13 @@ async fn files_go_up_as_octet_stream_or_form_and_come_back_whole() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let w: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(w[0]["path"], "/home/user/dir/a.bin");
+    let home = fuse_envd::users::home_of(fuse_envd::server::DEFAULT_USER);
+    assert_eq!(w[0]["path"], format!("{home}/dir/a.bin"));
     assert_eq!(w[0]["type"], "file");
-    assert!(s.root.join("home/user/dir/a.bin").is_file());
+    assert!(fuse_envd::users::host_path(&s.root, &format!("{home}/dir/a.bin")).is_file());
     let back = s
         .http
-        .get(format!("{}/files?path=/home/user/dir/a.bin", s.base))
+        .get(format!("{}/files?path={home}/dir/a.bin", s.base))
         .header("x-access-token", TOKEN)
         .send()
         .await
