@@ -74,6 +74,40 @@ pub async fn run_script(
     (out.status.success(), output_text(&out))
 }
 
+/// The E2B API of a `fuse`, called with an API key.
+struct E2bApi {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl E2bApi {
+    fn call(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/e2b{path}", self.base))
+            .header("x-api-key", &self.key)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.call(reqwest::Method::GET, path).send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.call(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.call(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
     let Some(python) = e2b_python().await else {
@@ -113,15 +147,17 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    let api = |key: &str| E2bApi {
+        http: http.clone(),
+        base: fuse.base.clone(),
+        key: key.to_owned(),
+    };
+    let e2b = api(MASTER);
 
     // A wrong key is refused in E2B's error shape.
-    let r = http
-        .post(format!("{}/e2b/v2/sandboxes", fuse.base))
-        .header("x-api-key", "not-the-key")
-        .json(&json!({"templateID": "base"}))
-        .send()
-        .await
-        .unwrap();
+    let r = api("not-the-key")
+        .post("/v2/sandboxes", json!({"templateID": "base"}))
+        .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["code"], 401, "{b}");
@@ -131,24 +167,17 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
         (json!({"timeout": 10}), 400),
         (json!({"templateID": "base", "timeout": 0}), 400),
     ] {
-        let r = http
-            .post(format!("{}/e2b/sandboxes", fuse.base))
-            .header("x-api-key", MASTER)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = e2b.post("/sandboxes", body.clone()).await;
         assert_eq!(r.status().as_u16(), want, "{body}");
     }
 
     // A sandbox's envd takes nothing without its access token; with it, it answers.
-    let r = http
-        .post(format!("{}/e2b/v2/sandboxes", fuse.base))
-        .header("x-api-key", MASTER)
-        .json(&json!({"templateID": "base", "timeout": 60}))
-        .send()
-        .await
-        .unwrap();
+    let r = e2b
+        .post(
+            "/v2/sandboxes",
+            json!({"templateID": "base", "timeout": 60}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let sbx: Value = r.json().await.unwrap();
     let id = sbx["sandboxID"].as_str().unwrap().to_owned();
@@ -189,32 +218,22 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
     assert_eq!(by_name.status(), StatusCode::OK);
     assert_eq!(by_name.text().await.unwrap(), r#"{"processes":[]}"#);
     // `/resume` of a running sandbox is a conflict; paused, it resumes (201).
-    let post = |path: String, body: Value| {
-        http.post(format!("{}/e2b{path}", fuse.base))
-            .header("x-api-key", MASTER)
-            .json(&body)
-            .send()
-    };
-    let r = post(format!("/sandboxes/{id}/resume"), json!({}))
-        .await
-        .unwrap();
+    let r = e2b
+        .post(&format!("/sandboxes/{id}/resume"), json!({}))
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let r = post(format!("/sandboxes/{id}/pause"), json!({}))
-        .await
-        .unwrap();
+    let r = e2b.post(&format!("/sandboxes/{id}/pause"), json!({})).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = post(format!("/sandboxes/{id}/pause"), json!({}))
-        .await
-        .unwrap();
+    let r = e2b.post(&format!("/sandboxes/{id}/pause"), json!({})).await;
     assert_eq!(r.status(), StatusCode::CONFLICT, "paused already");
     // A paused sandbox's envd is not reachable (E2B answers 502): connect first.
     assert_eq!(
         list(Some(&token)).await.unwrap().status(),
         StatusCode::BAD_GATEWAY
     );
-    let r = post(format!("/sandboxes/{id}/resume"), json!({"timeout": 60}))
-        .await
-        .unwrap();
+    let r = e2b
+        .post(&format!("/sandboxes/{id}/resume"), json!({"timeout": 60}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(list(Some(&token)).await.unwrap().status(), StatusCode::OK);
 
@@ -230,12 +249,7 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
         .await
         .unwrap();
     let key = k["key"].as_str().unwrap().to_owned();
-    let with_key = |key: String| {
-        http.get(format!("{}/e2b/v2/sandboxes", fuse.base))
-            .header("x-api-key", key)
-            .send()
-    };
-    let r = with_key(key.clone()).await.unwrap();
+    let r = api(&key).get("/v2/sandboxes").await;
     assert_eq!(r.status(), StatusCode::OK);
     let listed: Value = r.json().await.unwrap();
     assert_eq!(listed[0]["sandboxID"], id.as_str(), "{listed}");
@@ -251,17 +265,17 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
         .unwrap();
     assert!(r.status().is_success());
     assert_eq!(
-        with_key(key).await.unwrap().status(),
+        api(&key).get("/v2/sandboxes").await.status(),
         StatusCode::UNAUTHORIZED
     );
 
     // With autoPause, the end of its time pauses a sandbox instead of killing it.
-    let r = post(
-        "/v2/sandboxes".into(),
-        json!({"templateID": "base", "timeout": 1, "autoPause": true}),
-    )
-    .await
-    .unwrap();
+    let r = e2b
+        .post(
+            "/v2/sandboxes",
+            json!({"templateID": "base", "timeout": 1, "autoPause": true}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let paused_id = r.json::<Value>().await.unwrap()["sandboxID"]
         .as_str()
@@ -271,45 +285,23 @@ async fn the_e2b_sdk_runs_unchanged_against_fuse_on_the_process_backend() {
         "an autoPause sandbox past its timeout is paused",
         Duration::from_secs(20),
         || async {
-            let r = http
-                .get(format!("{}/e2b/sandboxes/{paused_id}", fuse.base))
-                .header("x-api-key", MASTER)
-                .send()
-                .await
-                .unwrap();
+            let r = e2b.get(&format!("/sandboxes/{paused_id}")).await;
             r.status() == StatusCode::OK && r.json::<Value>().await.unwrap()["state"] == "paused"
         },
     )
     .await;
-    let r = http
-        .delete(format!("{}/e2b/sandboxes/{paused_id}", fuse.base))
-        .header("x-api-key", MASTER)
-        .send()
-        .await
-        .unwrap();
+    let r = e2b.delete(&format!("/sandboxes/{paused_id}")).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
 
     // Its time runs out: reconcile ends it (1 s passes here).
-    let r = http
-        .post(format!("{}/e2b/sandboxes/{id}/timeout", fuse.base))
-        .header("x-api-key", MASTER)
-        .json(&json!({"timeout": 1}))
-        .send()
-        .await
-        .unwrap();
+    let r = e2b
+        .post(&format!("/sandboxes/{id}/timeout"), json!({"timeout": 1}))
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     fuse_testkit::eventually(
         "a sandbox past its timeout is ended",
         Duration::from_secs(20),
-        || async {
-            let r = http
-                .get(format!("{}/e2b/sandboxes/{id}", fuse.base))
-                .header("x-api-key", MASTER)
-                .send()
-                .await
-                .unwrap();
-            r.status() == StatusCode::NOT_FOUND
-        },
+        || async { e2b.get(&format!("/sandboxes/{id}")).await.status() == StatusCode::NOT_FOUND },
     )
     .await;
 
