@@ -7,10 +7,11 @@
 //! decompressed as it arrives.
 
 use crate::connect::Body;
-use crate::fs::{rand_u64, Place};
+use crate::fs::Place;
 use crate::server::{http_error, query, Envd};
 use crate::users::User;
 use bytes::Bytes;
+use fuse_guest::ops::random_u64;
 use futures::{Stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -142,7 +143,7 @@ where
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.envd-{:016x}", rand_u64()));
+    let tmp = dir.join(format!(".{name}.envd-{:016x}", random_u64()));
     let f = tokio::fs::File::create(&tmp).await.map_err(fail)?;
     let mut out = Sink {
         file: f,

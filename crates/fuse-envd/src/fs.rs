@@ -6,6 +6,7 @@
 use crate::connect::{Code, RpcError};
 use crate::pb;
 use crate::users;
+use fuse_guest::ops::random_u64;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -347,7 +348,7 @@ impl Polled {
         w: Watcher,
         mut rx: mpsc::UnboundedReceiver<pb::FilesystemEvent>,
     ) -> String {
-        let id = format!("w{:016x}", rand_u64());
+        let id = format!("w{:016x}", random_u64());
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         tokio::spawn(async move {
@@ -386,19 +387,6 @@ impl Polled {
     }
 }
 
-/// A random number for ids and temp names.
-pub fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,7 +400,7 @@ mod tests {
 
     #[test]
     fn entries_list_make_move_and_remove_under_the_root() {
-        let dir = std::env::temp_dir().join(format!("fuse-envd-fs-{}", rand_u64()));
+        let dir = std::env::temp_dir().join(format!("fuse-envd-fs-{}", random_u64()));
         let root = dir.as_path();
         let d = make_dir(&place(root, "proj/sub")).unwrap();
         assert_eq!(d.path, "/srv/u/proj/sub");
@@ -443,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_reports_creates_writes_and_removes() {
-        let dir = std::env::temp_dir().join(format!("fuse-envd-watch-{}", rand_u64()));
+        let dir = std::env::temp_dir().join(format!("fuse-envd-watch-{}", random_u64()));
         std::fs::create_dir_all(dir.join("srv/u/w")).unwrap();
         let p = Place::of(&dir, HOME, "w");
         let (_w, mut rx) = watch(&p, true, true).unwrap();

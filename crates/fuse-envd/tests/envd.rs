@@ -17,7 +17,7 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let root = std::env::temp_dir().join(format!("fuse-envd-it-{}", fuse_envd::fs::rand_u64()));
+    let root = std::env::temp_dir().join(format!("fuse-envd-it-{}", fuse_guest::ops::random_u64()));
     std::fs::create_dir_all(&root).unwrap();
     let envd = fuse_envd::Envd::new(root.clone(), None);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
