@@ -488,26 +488,20 @@ const PORT_HEADER: &str = "e2b-sandbox-port";
 /// The header of a private sandbox's traffic token.
 const TRAFFIC_HEADER: &str = "e2b-traffic-access-token";
 
-fn host_label<'a>(h: &'a HeaderMap, domain: &str) -> Option<&'a str> {
-    let host = h.get(axum::http::header::HOST)?.to_str().ok()?;
-    let name = host.rsplit_once(':').map_or(host, |(n, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) {
-            n
-        } else {
-            host
-        }
-    });
-    let label = name
-        .trim_end_matches('.')
-        .strip_suffix(domain)?
-        .strip_suffix('.')?;
-    (!label.is_empty() && !label.contains('.')).then_some(label)
+/// The `{port}-{id}` label of the request's host name under `domain`, if it has one.
+fn host_label(h: &HeaderMap, uri: &axum::http::Uri, domain: &str) -> Option<String> {
+    let host = super::proxy::host_name(h, uri)?;
+    super::proxy::label_under(&host, domain).map(str::to_owned)
 }
 
 /// The sandbox a request is for: by header (`E2b-Sandbox-Id`, `E2b-Sandbox-Port`,
 /// envd's port by default), or by a `{port}-{id}` name under the proxy's domain that is a
 /// sandbox's (other names there are the ports proxy's).
-pub async fn route(app: &App, h: &HeaderMap) -> Result<Option<Route>, ApiError> {
+pub async fn route(
+    app: &App,
+    h: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Option<Route>, ApiError> {
     if let Some(id) = h.get(SANDBOX_HEADER).and_then(|v| v.to_str().ok()) {
         let port = match h.get(PORT_HEADER).and_then(|v| v.to_str().ok()) {
             None => ENVD_PORT,
@@ -525,8 +519,10 @@ pub async fn route(app: &App, h: &HeaderMap) -> Result<Option<Route>, ApiError> 
     let Some(domain) = &app.config.proxy.domain else {
         return Ok(None);
     };
-    let Some((port, id)) = host_label(h, domain).and_then(crate::app::ports::parse_host_label)
-    else {
+    let Some(label) = host_label(h, uri, domain) else {
+        return Ok(None);
+    };
+    let Some((port, id)) = crate::app::ports::parse_host_label(&label) else {
         return Ok(None);
     };
     let is_sandbox = app.e2b_sandbox(id).await.is_ok();
@@ -611,12 +607,16 @@ mod tests {
 
     #[test]
     fn host_names_under_the_domain_have_one_label() {
+        let uri = axum::http::Uri::from_static("/");
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_static("8000-vm1.e2b.test:8080"));
-        assert_eq!(host_label(&h, "e2b.test"), Some("8000-vm1"));
+        assert_eq!(
+            host_label(&h, &uri, "e2b.test").as_deref(),
+            Some("8000-vm1")
+        );
         h.insert("host", HeaderValue::from_static("a.b.e2b.test"));
-        assert_eq!(host_label(&h, "e2b.test"), None);
+        assert_eq!(host_label(&h, &uri, "e2b.test"), None);
         h.insert("host", HeaderValue::from_static("e2b.test"));
-        assert_eq!(host_label(&h, "e2b.test"), None);
+        assert_eq!(host_label(&h, &uri, "e2b.test"), None);
     }
 }

@@ -65,8 +65,8 @@ struct Target {
 /// Sends a request for a proxy URL to the proxy; everything else to the API.
 pub async fn gate(State(s): State<ProxyState>, req: Request, next: Next) -> Response {
     if s.app.config.e2b_prefix.is_some() {
-        let headers = req.headers().clone();
-        match super::e2b::route(&s.app, &headers).await {
+        let (headers, uri) = (req.headers().clone(), req.uri().clone());
+        match super::e2b::route(&s.app, &headers, &uri).await {
             Ok(Some(r)) => {
                 return super::e2b::send(s, r, req)
                     .await
@@ -90,19 +90,25 @@ pub async fn behind_gate() -> ApiError {
     ApiError::internal("the ports proxy's gate is not in front of the router")
 }
 
-/// The request's host name, lower case, without a port.
-fn host_of(req: &Request) -> Option<String> {
-    let h = req
-        .headers()
+/// The request's host name (its `Host`, else its URI's), lower case, without a port.
+pub(super) fn host_name(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let h = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri().host())?;
+        .or_else(|| uri.host())?;
     // An IPv6 literal (`[::1]:8080`) is never a name under the domain.
     let name = match h.rsplit_once(':') {
         Some((n, p)) if !h.starts_with('[') && p.bytes().all(|b| b.is_ascii_digit()) => n,
         _ => h,
     };
     Some(name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// The one label of `host` under `domain` (`8080-vm1` of `8080-vm1.example.com`); `None`
+/// for the domain itself, other domains and deeper names.
+pub(super) fn label_under<'a>(host: &'a str, domain: &str) -> Option<&'a str> {
+    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some(label)
 }
 
 /// Whether (and where) `req` is for the proxy.
@@ -115,25 +121,20 @@ fn target_of(
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    if let (Some(domain), Some(host)) = (&cfg.domain, host_of(req)) {
-        if let Some(label) = host
-            .strip_suffix(domain.as_str())
-            .and_then(|l| l.strip_suffix('.'))
-        {
-            if !label.is_empty() && !label.contains('.') {
-                let (port, id) = parse_host_label(label).ok_or_else(|| {
-                    ApiError::not_found(format!(
-                        "{host} is not a port of an environment: names under {domain} are \
-                         {{port}}-{{environment id}}.{domain}"
-                    ))
-                })?;
-                return Ok(Some(Target {
-                    id: id.to_owned(),
-                    port,
-                    upstream: pq.to_owned(),
-                    prefix: None,
-                }));
-            }
+    if let (Some(domain), Some(host)) = (&cfg.domain, host_name(req.headers(), req.uri())) {
+        if let Some(label) = label_under(&host, domain) {
+            let (port, id) = parse_host_label(label).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "{host} is not a port of an environment: names under {domain} are \
+                     {{port}}-{{environment id}}.{domain}"
+                ))
+            })?;
+            return Ok(Some(Target {
+                id: id.to_owned(),
+                port,
+                upstream: pq.to_owned(),
+                prefix: None,
+            }));
         }
     }
     let Some(rest) = pq.strip_prefix("/v1/environments/") else {
