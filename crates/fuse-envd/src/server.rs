@@ -104,10 +104,6 @@ pub fn http_error(status: StatusCode, message: impl Into<String>) -> Response<Bo
         .unwrap_or_default()
 }
 
-fn status_of(code: Code) -> StatusCode {
-    code.status()
-}
-
 /// The query parameters of a request.
 pub fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
     req.uri()
@@ -737,9 +733,4 @@ async fn pump(
         }
     }
     tx.end(None).await;
-}
-
-/// The status of an RPC error as plain HTTP.
-pub fn rpc_status(e: &RpcError) -> StatusCode {
-    status_of(e.code)
 }
