@@ -191,6 +191,23 @@ impl rustls::server::ResolvesServerCert for SniResolver {
     }
 }
 
+/// Binds `addr` with an accept backlog as deep as `max_connections` (the kernel caps it at
+/// `net.core.somaxconn`). Tokio's own `bind` asks for 1,024: a burst of more new
+/// connections than that while the accept loop is busy overflows the queue, and the
+/// kernel then makes the overflowing clients wait for its SYN-ACK retries (1 s, 2 s, 4 s …)
+/// although their `connect` already returned.
+pub fn bind(addr: SocketAddr, max_connections: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted `fuse` rebinds while old sockets linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(max_connections).unwrap_or(u32::MAX).max(1024))
+}
+
 /// Raises the soft open-files limit towards what `max_connections` needs (the hard limit
 /// caps it); warns when it stays short, as connections past it fail at accept.
 pub fn ensure_fd_limit(max_connections: usize) {

@@ -157,8 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// Starts serving an already-built app.
 pub async fn start_with(app: Arc<App>) -> anyhow::Result<Running> {
     let cfg = &app.config;
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
+    let listener = crate::serve::bind(cfg.listen, cfg.max_connections)
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     // Host-based endpoint URLs name the port bound (a listen port of 0 picks one).
