@@ -1867,7 +1867,7 @@ async fn the_e2b_sdk_runs_unchanged_against_a_real_qemu_guest() {
     };
     let src = sdk("from e2b import Sandbox\n\
                    s = Sandbox.create(timeout=600)\n\
-                   s.files.write('/home/user/marker', 'from-the-template')\n\
+                   s.files.write('/srv/e2b-marker', 'from-the-template')\n\
                    print(s.sandbox_id)");
     let (s, tpl) = fuse
         .post(
@@ -1881,7 +1881,7 @@ async fn the_e2b_sdk_runs_unchanged_against_a_real_qemu_guest() {
                    s = Sandbox.create('e2b-tpl')\n\
                    took = time.monotonic() - t\n\
                    assert s.get_info().template_id == 'e2b-tpl'\n\
-                   got = s.commands.run('cat /home/user/marker').stdout\n\
+                   got = s.commands.run('cat /srv/e2b-marker').stdout\n\
                    assert got == 'from-the-template', got\n\
                    s.kill()\n\
                    print(f'{took:.3f}')");

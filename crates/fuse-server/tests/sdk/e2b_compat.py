@@ -78,13 +78,13 @@ from e2b import (
 
 E2B_SDK_VERSION = "2.63.0"
 
-DIR = "/home/user/fuse-e2b"
+DIR = "/srv/fuse-e2b"
 HELLO = f"{DIR}/hello.txt"
 BLOB = f"{DIR}/blob.bin"
 RENAMED = f"{DIR}/hello-renamed.txt"
 SUB = f"{DIR}/sub"
-KEEP = "/home/user/keep.txt"
-WATCHED = "/home/user/fuse-e2b-watched"
+KEEP = "/srv/fuse-e2b-keep.txt"
+WATCHED = "/srv/fuse-e2b-watched"
 BLOB_SIZE = 300 * 1024
 SERVER_PORT = 8000
 SERVER_BODY = b"fuse-e2b-ok"
